@@ -1,1 +1,8 @@
+//! adanorm-onnx: find every LayerNorm-family subgraph in an ONNX model and rewrite it into the
+//! `ai.adanorm` ops (AdaNorm, LayerNorm-simple). See ARCHITECTURE.md for the map.
+
+pub mod error;
+pub mod graph;
 pub mod onnx;
+
+pub use error::{Error, Result};

@@ -1,0 +1,127 @@
+//! Constant values: initializers (unless a graph input of the same name can override them),
+//! `Constant` nodes, and `Identity`/`Cast`/`Reshape`/`Squeeze`/`Unsqueeze` of a constant.
+//! Values are decoded lazily and cached; only small tensors are decoded (weights are referred
+//! to by name, never read).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use half::{bf16, f16};
+
+use super::GraphIndex;
+use crate::onnx::dtype::{self, BFLOAT16, FLOAT, FLOAT16, INT32, INT64};
+use crate::onnx::proto::NodeProto;
+use crate::onnx::tensor::{decode, ConstValue};
+use crate::onnx::{attr, Model};
+
+pub struct Constants<'m> {
+    model: &'m Model,
+    cache: RefCell<HashMap<String, Option<Rc<ConstValue>>>>,
+}
+
+impl<'m> Constants<'m> {
+    pub fn new(model: &'m Model) -> Self {
+        Constants { model, cache: RefCell::new(HashMap::new()) }
+    }
+
+    pub fn value(&self, g: &GraphIndex<'m>, name: &str) -> Option<Rc<ConstValue>> {
+        if let Some(hit) = self.cache.borrow().get(name) {
+            return hit.clone();
+        }
+        let v = self.compute(g, name, 0).map(Rc::new);
+        self.cache.borrow_mut().insert(name.to_string(), v.clone());
+        v
+    }
+
+    /// Whether a value is a constant at all (large weights included, which `value` does not
+    /// decode).
+    pub fn is_constant(&self, g: &GraphIndex<'m>, name: &str) -> bool {
+        if g.initializer(name).is_some() && !g.is_graph_input(name) {
+            return true;
+        }
+        match g.producer_node(name) {
+            Some((_, n)) if n.op_type() == "Constant" && n.domain().is_empty() => true,
+            Some((_, n)) if matches!(n.op_type(), "Identity" | "Cast") && n.domain().is_empty() => {
+                n.input.first().is_some_and(|i| self.is_constant(g, i))
+            }
+            _ => false,
+        }
+    }
+
+    fn compute(&self, g: &GraphIndex<'m>, name: &str, depth: usize) -> Option<ConstValue> {
+        if depth > 8 {
+            return None;
+        }
+        if let Some(t) = g.initializer(name) {
+            if g.is_graph_input(name) {
+                return None; // a default the caller may override: not a constant
+            }
+            return decode(self.model, t).ok().flatten();
+        }
+        let (_, node) = g.producer_node(name)?;
+        if !node.domain().is_empty() && node.domain() != "ai.onnx" {
+            return None;
+        }
+        match node.op_type() {
+            "Constant" => constant_node_value(self.model, node),
+            "Identity" => self.value_of_input(g, node, 0, depth),
+            "Cast" => {
+                let v = self.value_of_input(g, node, 0, depth)?;
+                cast(v, attr::int(node, "to")? as i32)
+            }
+            "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" => {
+                // Only the numbers matter to the matcher (axes lists, scalars), not the layout.
+                let mut v = self.value_of_input(g, node, 0, depth)?;
+                v.dims = vec![v.numel() as i64];
+                Some(v)
+            }
+            _ => None,
+        }
+    }
+
+    fn value_of_input(&self, g: &GraphIndex<'m>, node: &NodeProto, i: usize, depth: usize) -> Option<ConstValue> {
+        let input = node.input.get(i)?;
+        if let Some(hit) = self.cache.borrow().get(input.as_str()) {
+            return hit.as_deref().cloned();
+        }
+        self.compute(g, input, depth + 1)
+    }
+}
+
+fn constant_node_value(model: &Model, node: &NodeProto) -> Option<ConstValue> {
+    if let Some(t) = attr::tensor(node, "value") {
+        return decode(model, t).ok().flatten();
+    }
+    if let Some(f) = attr::float(node, "value_float") {
+        return Some(ConstValue { elem_type: FLOAT, dims: vec![], floats: Some(vec![f as f64]), ints: None });
+    }
+    if let Some(i) = attr::int(node, "value_int") {
+        return Some(ConstValue { elem_type: INT64, dims: vec![], floats: None, ints: Some(vec![i]) });
+    }
+    let a = attr::find(node, "value_floats").or_else(|| attr::find(node, "value_ints"))?;
+    if a.name() == "value_floats" {
+        let f: Vec<f64> = a.floats.iter().map(|&v| v as f64).collect();
+        Some(ConstValue { elem_type: FLOAT, dims: vec![f.len() as i64], floats: Some(f), ints: None })
+    } else {
+        Some(ConstValue { elem_type: INT64, dims: vec![a.ints.len() as i64], floats: None, ints: Some(a.ints.clone()) })
+    }
+}
+
+/// Applies a Cast to a constant, rounding floats to the target precision as the runtime would.
+fn cast(v: ConstValue, to: i32) -> Option<ConstValue> {
+    let as_f64: Vec<f64> = match (&v.floats, &v.ints) {
+        (Some(f), _) => f.clone(),
+        (_, Some(i)) => i.iter().map(|&x| x as f64).collect(),
+        _ => return None,
+    };
+    let out = ConstValue { elem_type: to, dims: v.dims.clone(), floats: None, ints: None };
+    Some(match to {
+        FLOAT => ConstValue { floats: Some(as_f64.iter().map(|&x| x as f32 as f64).collect()), ..out },
+        FLOAT16 => ConstValue { floats: Some(as_f64.iter().map(|&x| f16::from_f64(x).to_f64()).collect()), ..out },
+        BFLOAT16 => ConstValue { floats: Some(as_f64.iter().map(|&x| bf16::from_f64(x).to_f64()).collect()), ..out },
+        t if t == dtype::DOUBLE => ConstValue { floats: Some(as_f64), ..out },
+        INT64 | INT32 => ConstValue { ints: Some(as_f64.iter().map(|&x| x as i64).collect()), ..out },
+        _ => return None,
+    })
+}

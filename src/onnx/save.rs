@@ -1,0 +1,114 @@
+//! Saving a model atomically: the protobuf is streamed into a temporary file beside the
+//! destination (no whole-model buffer in memory), synced, then renamed over the destination.
+//! A failure at any point leaves no half-written output behind.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::buf::UninitSlice;
+use bytes::BufMut;
+use prost::Message;
+
+use super::proto::ModelProto;
+use crate::error::{Error, Result};
+
+/// Writes `model` to `dest`. Refuses to replace an existing file unless `overwrite`.
+pub fn save_model(model: &ModelProto, dest: &Path, overwrite: bool) -> Result<()> {
+    if dest.exists() && !overwrite {
+        return Err(Error::msg("the output file exists (use --force to replace it)").in_file(dest));
+    }
+    let tmp = temp_path(dest);
+    let result = write_then_rename(model, &tmp, dest);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|e| e.in_file(dest))
+}
+
+fn temp_path(dest: &Path) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn write_then_rename(model: &ModelProto, tmp: &Path, dest: &Path) -> Result<()> {
+    let file = File::create(tmp).map_err(|e| Error::with_source("cannot create a temporary file beside the output", e))?;
+    let mut sink = FileSink::new(file);
+    model
+        .encode(&mut sink)
+        .map_err(|e| Error::with_source("protobuf encoding failed", e))?;
+    let file = sink.finish().map_err(|e| Error::with_source("cannot write the output", e))?;
+    file.sync_all().map_err(|e| Error::with_source("cannot sync the output", e))?;
+    drop(file);
+    std::fs::rename(tmp, dest).map_err(|e| Error::with_source("cannot move the output into place", e))
+}
+
+const SINK_CAPACITY: usize = 1 << 20;
+
+/// A `BufMut` that flushes to a file whenever its buffer fills, so prost can encode a model of
+/// any size with a fixed-size buffer. Large payloads (`put_slice`) bypass the buffer.
+struct FileSink {
+    file: File,
+    buf: Vec<u8>,
+    error: Option<std::io::Error>,
+}
+
+impl FileSink {
+    fn new(file: File) -> Self {
+        FileSink { file, buf: Vec::with_capacity(SINK_CAPACITY), error: None }
+    }
+
+    fn flush_buf(&mut self) {
+        if self.error.is_none() && !self.buf.is_empty() {
+            if let Err(e) = self.file.write_all(&self.buf) {
+                self.error = Some(e);
+            }
+        }
+        self.buf.clear();
+    }
+
+    fn finish(mut self) -> std::io::Result<File> {
+        self.flush_buf();
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(self.file),
+        }
+    }
+}
+
+// SAFETY: `chunk_mut` hands out the vector's spare capacity, and `advance_mut` only extends the
+// length over bytes the caller has written, as the trait requires.
+unsafe impl BufMut for FileSink {
+    fn remaining_mut(&self) -> usize {
+        isize::MAX as usize
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        let len = self.buf.len() + cnt;
+        assert!(len <= self.buf.capacity(), "advance_mut past the buffer");
+        self.buf.set_len(len);
+    }
+
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        if self.buf.len() == self.buf.capacity() {
+            self.flush_buf();
+        }
+        UninitSlice::uninit(self.buf.spare_capacity_mut())
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        if src.len() >= SINK_CAPACITY / 4 {
+            self.flush_buf();
+            if self.error.is_none() {
+                if let Err(e) = self.file.write_all(src) {
+                    self.error = Some(e);
+                }
+            }
+            return;
+        }
+        if self.buf.capacity() - self.buf.len() < src.len() {
+            self.flush_buf();
+        }
+        self.buf.extend_from_slice(src);
+    }
+}
