@@ -4,5 +4,8 @@
 pub mod error;
 pub mod graph;
 pub mod onnx;
+pub mod patterns;
+pub mod report;
+pub mod cli;
 
 pub use error::{Error, Result};

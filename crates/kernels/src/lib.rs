@@ -1,1 +1,34 @@
-//! placeholder
+//! The math of the `ai.adanorm` operator set (`AdaNorm`, `LayerNormSimple`), shared by every
+//! runtime: the tract ops, the ONNX Runtime custom-op library and the CUDA kernels' tests.
+//!
+//! Per row of `N = prod(X.shape[axis:])` elements, in f32 (f64 for f64 tensors):
+//!
+//! ```text
+//! mean  = sum(x) / N                 d = x - mean
+//! var   = sum(d*d) / N               (unbiased = 1: / (N - 1); N = 1 gives NaN)
+//! sigma = sqrt(var + epsilon)        (eps_in_sqrt = 0: sqrt(var) + epsilon)
+//! y     = d / sigma
+//! Y     = c * (1 - k*y) * y          (AdaNorm; LayerNormSimple: Y = y)
+//! Y     = Y * Scale + B              (each when given)
+//! ```
+//!
+//! `InvStdDev = 1 / sigma`. The contract itself is `ops-spec.md`.
+//!
+//! - [`params`]: op names, attributes, their defaults and validation, [`SpecError`].
+//! - [`layout`]: rows of `X`, allowed `Scale`/`B` shapes, the stats' output shape.
+//! - [`reference`]: the float64 oracle, formula for formula; every fast path is tested against it.
+//! - [`rows`]: the fast row kernels for f32, f16, bf16 and f64.
+//!
+//! A runtime checks `Params::validate`, `layout::row_layout` and `layout::check_param_shape`,
+//! expands `Scale`/`B` with `layout::expand_param`, then calls `rows::normalize_rows`.
+#![forbid(unsafe_code)]
+
+pub mod layout;
+pub mod params;
+pub mod reference;
+pub mod rows;
+
+pub use layout::{check_param_shape, expand_param, row_layout, stats_shape, RowLayout};
+pub use params::{Params, SpecError, Variant};
+pub use reference::{reference, RefOutput};
+pub use rows::{normalize_rows, normalize_rows_in_place, Accumulator, Element};

@@ -1,0 +1,536 @@
+//! Fast row kernels: the formulas of `reference`, over contiguous rows, in the compute precision
+//! (f32 for f32/f16/bf16, f64 for f64).
+//!
+//! Per row: one pass for a first mean `m`, one pass for `sum(x - m)` and `sum((x - m)^2)`, then
+//! the output pass. `sum(x - m)` corrects `m` (the "corrected two-pass" variance): on a row like
+//! `1e4 + noise`, `m` alone is only as exact as one f32 at `1e4` (~5e-4), which would show up
+//! directly in `y`; `m + sum(x - m)/N` is exact to the precision of the deviations instead.
+//! Sums use many independent accumulators in fixed-size chunks so the compiler vectorises them,
+//! and restart every [`BLOCK`] elements so long rows do not accumulate one long rounding chain.
+
+use std::fmt::Debug;
+use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Sub};
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+
+use crate::params::{Params, Variant};
+
+/// Independent accumulators per sum; 16 f32 fill two AVX registers (or four SSE ones).
+const LANES: usize = 16;
+/// Elements summed into one partial result before it joins the row total.
+const BLOCK: usize = 64 * LANES;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// The compute precision: `f32` or `f64`. Sealed.
+pub trait Accumulator:
+    sealed::Sealed
+    + Copy
+    + Debug
+    + PartialOrd
+    + Send
+    + Sync
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + AddAssign
+    + MulAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NAN: Self;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn from_usize(n: usize) -> Self;
+    fn sqrt(self) -> Self;
+}
+
+impl Accumulator for f32 {
+    const ZERO: f32 = 0.0;
+    const ONE: f32 = 1.0;
+    const NAN: f32 = f32::NAN;
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_usize(n: usize) -> f32 {
+        n as f32
+    }
+    fn sqrt(self) -> f32 {
+        f32::sqrt(self)
+    }
+}
+
+impl Accumulator for f64 {
+    const ZERO: f64 = 0.0;
+    const ONE: f64 = 1.0;
+    const NAN: f64 = f64::NAN;
+    fn from_f64(v: f64) -> f64 {
+        v
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_usize(n: usize) -> f64 {
+        n as f64
+    }
+    fn sqrt(self) -> f64 {
+        f64::sqrt(self)
+    }
+}
+
+/// A tensor element type `T` of the spec, with its compute precision.
+///
+/// Only `to_acc`/`from_acc` are required; the row methods have converting defaults, which `f32`
+/// and `f64` override to work on the data without a copy and `f16`/`bf16` override with `half`'s
+/// bulk (SIMD where available) conversions.
+pub trait Element: Copy + Send + Sync + 'static {
+    type Acc: Accumulator;
+
+    fn to_acc(self) -> Self::Acc;
+    fn from_acc(acc: Self::Acc) -> Self;
+
+    /// `row` in compute precision: `row` itself when `Self` is `Acc`, else a copy in `buf`.
+    fn acc_row<'a>(row: &'a [Self], buf: &'a mut Vec<Self::Acc>) -> &'a [Self::Acc] {
+        buf.clear();
+        buf.extend(row.iter().map(|v| v.to_acc()));
+        buf
+    }
+
+    /// Calls `f` with `row` in compute precision and stores what `f` leaves there back in `row`.
+    fn update_row<R>(row: &mut [Self], buf: &mut Vec<Self::Acc>, f: impl FnOnce(&mut [Self::Acc]) -> R) -> R {
+        buf.clear();
+        buf.extend(row.iter().map(|v| v.to_acc()));
+        let r = f(buf);
+        for (d, &s) in row.iter_mut().zip(buf.iter()) {
+            *d = Self::from_acc(s);
+        }
+        r
+    }
+
+    /// Calls `f` with a compute-precision slice as long as `out` (contents unspecified), then
+    /// stores it in `out`.
+    fn write_row<R>(out: &mut [Self], buf: &mut Vec<Self::Acc>, f: impl FnOnce(&mut [Self::Acc]) -> R) -> R {
+        buf.clear();
+        buf.resize(out.len(), <Self::Acc as Accumulator>::ZERO);
+        let r = f(buf);
+        for (d, &s) in out.iter_mut().zip(buf.iter()) {
+            *d = Self::from_acc(s);
+        }
+        r
+    }
+}
+
+macro_rules! native_element {
+    ($t:ty) => {
+        impl Element for $t {
+            type Acc = $t;
+            fn to_acc(self) -> $t {
+                self
+            }
+            fn from_acc(acc: $t) -> $t {
+                acc
+            }
+            fn acc_row<'a>(row: &'a [$t], _: &'a mut Vec<$t>) -> &'a [$t] {
+                row
+            }
+            fn update_row<R>(row: &mut [$t], _: &mut Vec<$t>, f: impl FnOnce(&mut [$t]) -> R) -> R {
+                f(row)
+            }
+            fn write_row<R>(out: &mut [$t], _: &mut Vec<$t>, f: impl FnOnce(&mut [$t]) -> R) -> R {
+                f(out)
+            }
+        }
+    };
+}
+
+native_element!(f32);
+native_element!(f64);
+
+macro_rules! half_element {
+    ($t:ty) => {
+        impl Element for $t {
+            type Acc = f32;
+            fn to_acc(self) -> f32 {
+                self.to_f32()
+            }
+            fn from_acc(acc: f32) -> $t {
+                <$t>::from_f32(acc)
+            }
+            fn acc_row<'a>(row: &'a [$t], buf: &'a mut Vec<f32>) -> &'a [f32] {
+                buf.clear();
+                buf.resize(row.len(), 0.0);
+                row.convert_to_f32_slice(buf);
+                buf
+            }
+            fn update_row<R>(row: &mut [$t], buf: &mut Vec<f32>, f: impl FnOnce(&mut [f32]) -> R) -> R {
+                buf.clear();
+                buf.resize(row.len(), 0.0);
+                row.convert_to_f32_slice(buf);
+                let r = f(buf);
+                row.convert_from_f32_slice(buf);
+                r
+            }
+            fn write_row<R>(out: &mut [$t], buf: &mut Vec<f32>, f: impl FnOnce(&mut [f32]) -> R) -> R {
+                buf.clear();
+                buf.resize(out.len(), 0.0);
+                let r = f(buf);
+                out.convert_from_f32_slice(buf);
+                r
+            }
+        }
+    };
+}
+
+half_element!(f16);
+half_element!(bf16);
+
+/// Normalises each `row_len`-element row of `x` into `y`.
+///
+/// `scale` and `bias` hold one full row each (see `layout::expand_param`). `mean` and
+/// `inv_std_dev`, when given, receive one entry per row. `params` should have passed
+/// `Params::validate`; the kernel itself checks nothing about them and never panics on them.
+/// Rows are independent, so callers may split `x`/`y` (and the stats) at row boundaries across
+/// threads.
+///
+/// With `row_len == 0` there are no rows to read; every entry of `mean` and `inv_std_dev` is set
+/// to NaN (the statistics of an empty row, as in `reference`).
+///
+/// # Panics
+/// On length mismatches: `y.len() != x.len()`, `x.len()` not a multiple of `row_len`, `scale` or
+/// `bias` not `row_len` long, `mean`/`inv_std_dev` not one per row.
+#[allow(clippy::too_many_arguments)]
+pub fn normalize_rows<T: Element>(
+    x: &[T],
+    y: &mut [T],
+    row_len: usize,
+    scale: Option<&[T]>,
+    bias: Option<&[T]>,
+    params: &Params,
+    mut mean: Option<&mut [T::Acc]>,
+    mut inv_std_dev: Option<&mut [T::Acc]>,
+) {
+    assert_eq!(x.len(), y.len(), "x and y differ in length");
+    let Some(rows) = check_lengths(x.len(), row_len, scale, bias, &mut mean, &mut inv_std_dev) else {
+        return;
+    };
+    let (mut scale_buf, mut bias_buf) = (Vec::new(), Vec::new());
+    let epilogue = Epilogue {
+        ada: ada_consts(params),
+        scale: scale.map(|s| T::acc_row(s, &mut scale_buf)),
+        bias: bias.map(|b| T::acc_row(b, &mut bias_buf)),
+    };
+    let (mut x_buf, mut y_buf) = (Vec::new(), Vec::new());
+    for (r, (xr, yr)) in x.chunks_exact(row_len).zip(y.chunks_exact_mut(row_len)).enumerate() {
+        debug_assert!(r < rows);
+        let xa = T::acc_row(xr, &mut x_buf);
+        let stats = RowStats::of(xa, params);
+        T::write_row(yr, &mut y_buf, |out| {
+            for (o, &v) in out.iter_mut().zip(xa) {
+                *o = stats.normalize(v);
+            }
+            epilogue.apply(out);
+        });
+        stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
+    }
+}
+
+/// [`normalize_rows`] with `Y` written over `X`.
+///
+/// # Panics
+/// As [`normalize_rows`].
+pub fn normalize_rows_in_place<T: Element>(
+    xy: &mut [T],
+    row_len: usize,
+    scale: Option<&[T]>,
+    bias: Option<&[T]>,
+    params: &Params,
+    mut mean: Option<&mut [T::Acc]>,
+    mut inv_std_dev: Option<&mut [T::Acc]>,
+) {
+    if check_lengths(xy.len(), row_len, scale, bias, &mut mean, &mut inv_std_dev).is_none() {
+        return;
+    }
+    let (mut scale_buf, mut bias_buf) = (Vec::new(), Vec::new());
+    let epilogue = Epilogue {
+        ada: ada_consts(params),
+        scale: scale.map(|s| T::acc_row(s, &mut scale_buf)),
+        bias: bias.map(|b| T::acc_row(b, &mut bias_buf)),
+    };
+    let mut buf = Vec::new();
+    for (r, row) in xy.chunks_exact_mut(row_len).enumerate() {
+        let stats = T::update_row(row, &mut buf, |a| {
+            let stats = RowStats::of(a, params);
+            for v in a.iter_mut() {
+                *v = stats.normalize(*v);
+            }
+            epilogue.apply(a);
+            stats
+        });
+        stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
+    }
+}
+
+/// Asserts the documented length contract; returns the row count, or `None` when
+/// `row_len == 0` (after filling the stats with NaN).
+fn check_lengths<T: Element>(
+    len: usize,
+    row_len: usize,
+    scale: Option<&[T]>,
+    bias: Option<&[T]>,
+    mean: &mut Option<&mut [T::Acc]>,
+    inv_std_dev: &mut Option<&mut [T::Acc]>,
+) -> Option<usize> {
+    for (name, p) in [("scale", scale), ("bias", bias)] {
+        if let Some(p) = p {
+            assert_eq!(p.len(), row_len, "{name} must hold one row");
+        }
+    }
+    if row_len == 0 {
+        assert_eq!(len, 0, "row_len 0 with a non-empty x");
+        for s in [mean.as_deref_mut(), inv_std_dev.as_deref_mut()].into_iter().flatten() {
+            s.fill(<T::Acc as Accumulator>::NAN);
+        }
+        return None;
+    }
+    assert_eq!(len % row_len, 0, "x length is not a multiple of row_len");
+    let rows = len / row_len;
+    for (name, s) in [("mean", mean.as_deref()), ("inv_std_dev", inv_std_dev.as_deref())] {
+        if let Some(s) = s {
+            assert_eq!(s.len(), rows, "{name} must hold one entry per row");
+        }
+    }
+    Some(rows)
+}
+
+/// A row's statistics: `mean = shift + corr`, kept apart because `shift + corr` rounded to `A`
+/// would lose exactly the precision `corr` restores.
+#[derive(Debug, Clone, Copy)]
+struct RowStats<A> {
+    shift: A,
+    corr: A,
+    inv_std_dev: A,
+}
+
+impl<A: Accumulator> RowStats<A> {
+    /// Requires a non-empty row.
+    fn of(x: &[A], params: &Params) -> RowStats<A> {
+        let n = A::from_usize(x.len());
+        let shift = sum(x) / n;
+        let (sum_d, sum_d2) = centered_sums(x, shift);
+        let corr = sum_d / n;
+        // sum((x - mean)^2) = sum(d^2) - sum(d)^2 / N with d = x - shift. Mathematically >= 0;
+        // the clamp only removes rounding below zero and lets NaN through.
+        let mut sum_sq = sum_d2 - sum_d * corr;
+        if sum_sq < A::ZERO {
+            sum_sq = A::ZERO;
+        }
+        // N = 1, unbiased: 0 / 0 = NaN, as the spec (and torch) say.
+        let var = sum_sq / if params.unbiased { n - A::ONE } else { n };
+        let eps = A::from_f64(params.epsilon);
+        let sigma = if params.eps_in_sqrt { (var + eps).sqrt() } else { var.sqrt() + eps };
+        RowStats { shift, corr, inv_std_dev: A::ONE / sigma }
+    }
+
+    #[inline(always)]
+    fn normalize(&self, v: A) -> A {
+        ((v - self.shift) - self.corr) * self.inv_std_dev
+    }
+
+    fn store(&self, row: usize, mean: Option<&mut [A]>, inv_std_dev: Option<&mut [A]>) {
+        if let Some(m) = mean {
+            m[row] = self.shift + self.corr;
+        }
+        if let Some(s) = inv_std_dev {
+            s[row] = self.inv_std_dev;
+        }
+    }
+}
+
+/// What follows `y = d / sigma`: the AdaNorm factor, `* Scale`, `+ B`. Each step is its own pass
+/// over the (cache-resident) row so every loop is a plain, branch-free, vectorisable map.
+struct Epilogue<'a, A> {
+    ada: Option<(A, A)>,
+    scale: Option<&'a [A]>,
+    bias: Option<&'a [A]>,
+}
+
+impl<A: Accumulator> Epilogue<'_, A> {
+    fn apply(&self, out: &mut [A]) {
+        if let Some((c, k)) = self.ada {
+            for v in out.iter_mut() {
+                *v = c * (A::ONE - k * *v) * *v;
+            }
+        }
+        if let Some(s) = self.scale {
+            for (v, &s) in out.iter_mut().zip(s) {
+                *v *= s;
+            }
+        }
+        if let Some(b) = self.bias {
+            for (v, &b) in out.iter_mut().zip(b) {
+                *v += b;
+            }
+        }
+    }
+}
+
+fn ada_consts<A: Accumulator>(params: &Params) -> Option<(A, A)> {
+    match params.variant {
+        Variant::AdaNorm { c, k } => Some((A::from_f64(c), A::from_f64(k))),
+        Variant::LayerNormSimple => None,
+    }
+}
+
+fn sum<A: Accumulator>(x: &[A]) -> A {
+    let mut total = A::ZERO;
+    for block in x.chunks(BLOCK) {
+        let (chunks, tail) = block.as_chunks::<LANES>();
+        let mut acc = [A::ZERO; LANES];
+        for chunk in chunks {
+            for (a, &v) in acc.iter_mut().zip(chunk) {
+                *a += v;
+            }
+        }
+        total += reduce(acc) + tail.iter().fold(A::ZERO, |s, &v| s + v);
+    }
+    total
+}
+
+/// `(sum(x - shift), sum((x - shift)^2))`.
+fn centered_sums<A: Accumulator>(x: &[A], shift: A) -> (A, A) {
+    let (mut total_d, mut total_d2) = (A::ZERO, A::ZERO);
+    for block in x.chunks(BLOCK) {
+        let (chunks, tail) = block.as_chunks::<LANES>();
+        let mut acc_d = [A::ZERO; LANES];
+        let mut acc_d2 = [A::ZERO; LANES];
+        for chunk in chunks {
+            for ((a, a2), &v) in acc_d.iter_mut().zip(acc_d2.iter_mut()).zip(chunk) {
+                let d = v - shift;
+                *a += d;
+                *a2 += d * d;
+            }
+        }
+        let (mut tail_d, mut tail_d2) = (A::ZERO, A::ZERO);
+        for &v in tail {
+            let d = v - shift;
+            tail_d += d;
+            tail_d2 += d * d;
+        }
+        total_d += reduce(acc_d) + tail_d;
+        total_d2 += reduce(acc_d2) + tail_d2;
+    }
+    (total_d, total_d2)
+}
+
+/// Pairwise sum of the lanes.
+fn reduce<A: Accumulator>(mut acc: [A; LANES]) -> A {
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc[i] = acc[i] + acc[i + width];
+        }
+    }
+    acc[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lns(epsilon: f64) -> Params {
+        Params { variant: Variant::LayerNormSimple, epsilon, unbiased: false, eps_in_sqrt: true }
+    }
+
+    #[test]
+    fn sums_cover_chunks_tails_and_blocks() {
+        for n in [0, 1, 15, 16, 17, 100, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5] {
+            let x: Vec<f64> = (0..n).map(|i| (i % 7) as f64).collect();
+            let expect: f64 = x.iter().sum();
+            assert_eq!(sum(&x), expect, "n = {n}");
+            let (d, d2) = centered_sums(&x, 3.0);
+            assert_eq!(d, expect - 3.0 * n as f64, "n = {n}");
+            assert_eq!(d2, x.iter().map(|v| (v - 3.0) * (v - 3.0)).sum::<f64>(), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn hand_computed_row() {
+        // [1, 2, 3, 4]: mean 2.5, biased var 1.25.
+        let x = [1.0f32, 2.0, 3.0, 4.0];
+        let mut y = [0.0f32; 4];
+        let (mut mean, mut inv) = ([0.0f32], [0.0f32]);
+        normalize_rows(&x, &mut y, 4, None, None, &lns(0.0), Some(&mut mean), Some(&mut inv));
+        let s = 1.25f32.sqrt();
+        assert_eq!(mean, [2.5]);
+        assert!((inv[0] - 1.0 / s).abs() < 1e-7);
+        for (got, want) in y.iter().zip([-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s]) {
+            assert!((got - want).abs() < 1e-6, "{y:?}");
+        }
+    }
+
+    #[test]
+    fn large_mean_row_stays_accurate_in_f32() {
+        // 1e4 + {-1, +1} alternating: mean exactly 1e4, d = ±1, y = ±1 with eps 0.
+        // E[x²] - E[x]² in f32 would give var = 0 or a multiple of ulp(1e8) = 8 here.
+        let n = 1000;
+        let x: Vec<f32> = (0..n).map(|i| if i % 2 == 0 { 9999.0 } else { 10001.0 }).collect();
+        let mut y = vec![0.0f32; n];
+        let mut mean = [0.0f32];
+        normalize_rows(&x, &mut y, n, None, None, &lns(0.0), Some(&mut mean), None);
+        assert_eq!(mean, [1e4]);
+        for (i, v) in y.iter().enumerate() {
+            let want = if i % 2 == 0 { -1.0 } else { 1.0 };
+            assert!((v - want).abs() < 1e-6, "y[{i}] = {v}");
+        }
+    }
+
+    #[test]
+    fn empty_inputs_do_not_panic() {
+        let p = lns(1e-5);
+        let mut mean = [1.0f32; 3];
+        let mut inv = [1.0f32; 3];
+        normalize_rows::<f32>(&[], &mut [], 0, Some(&[]), None, &p, Some(&mut mean), Some(&mut inv));
+        assert!(mean.iter().chain(&inv).all(|v| v.is_nan()));
+        normalize_rows::<f16>(&[], &mut [], 4, None, None, &p, Some(&mut []), None);
+        normalize_rows_in_place::<bf16>(&mut [], 0, None, None, &p, None, None);
+        normalize_rows_in_place::<f64>(&mut [], 8, None, None, &p, None, Some(&mut []));
+    }
+
+    #[test]
+    fn unbiased_single_element_gives_nan() {
+        let p = Params { unbiased: true, ..lns(1e-5) };
+        let mut y = [0.0f32];
+        let mut inv = [0.0f32];
+        normalize_rows(&[5.0f32], &mut y, 1, None, None, &p, None, Some(&mut inv));
+        assert!(y[0].is_nan() && inv[0].is_nan());
+    }
+
+    #[test]
+    #[should_panic(expected = "one entry per row")]
+    fn wrong_stats_length_panics() {
+        normalize_rows(&[1.0f32; 4], &mut [0.0; 4], 2, None, None, &lns(0.0), Some(&mut [0.0; 1]), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "multiple of row_len")]
+    fn ragged_input_panics() {
+        normalize_rows_in_place(&mut [1.0f32; 5], 2, None, None, &lns(0.0), None, None);
+    }
+
+    #[test]
+    #[should_panic(expected = "scale must hold one row")]
+    fn short_scale_panics() {
+        normalize_rows(&[1.0f32; 4], &mut [0.0; 4], 2, Some(&[1.0]), None, &lns(0.0), None, None);
+    }
+}

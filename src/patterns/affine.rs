@@ -1,0 +1,105 @@
+//! The affine tail `y * scale + bias` after a normalisation, and the rule that a parameter
+//! belongs to the normalisation only when it is constant and its shape is per-row: it must
+//! broadcast onto the normalised dimensions alone (size 1 on every other axis), without
+//! expanding the output.
+
+use super::canon::{Axes, Canon};
+use crate::graph::{Dim, NodeId};
+use crate::onnx::attr;
+
+/// Whether `param` is a constant whose shape is a valid Scale/B for a normalisation of `x` over
+/// `axes`.
+pub fn is_row_parameter(c: &Canon<'_, '_>, param: &str, x: &str, axes: &Axes) -> bool {
+    if !c.is_constant(param) {
+        return false;
+    }
+    let Some(pshape) = c.g.shape(param) else { return false };
+    let x_shape = c.g.shape(x);
+    let rank = axes.rank.or(x_shape.map(<[Dim]>::len));
+    match rank {
+        Some(r) => {
+            if pshape.len() > r {
+                return false; // would expand the output
+            }
+            let off = r - pshape.len();
+            pshape.iter().enumerate().all(|(i, d)| {
+                let axis = (off + i) as i64;
+                let normalised = axes.axes.contains(&axis) || axes.axes.contains(&(axis - r as i64));
+                match d {
+                    Dim::Known(1) => true,
+                    Dim::Known(n) if normalised => {
+                        match x_shape.and_then(|s| s.get(off + i)).and_then(Dim::known) {
+                            Some(xn) => xn == *n,
+                            None => true, // the runtime would reject a mismatch; nothing else fits
+                        }
+                    }
+                    _ => false,
+                }
+            })
+        }
+        // Rank unknown (negative trailing axes): the parameter must fit in the trailing axes.
+        None => {
+            let n = axes.axes.len();
+            pshape.len() <= n || pshape[..pshape.len() - n].iter().all(|d| *d == Dim::Known(1))
+        }
+    }
+}
+
+/// What the tail absorbed.
+#[derive(Debug, Default)]
+pub struct Tail {
+    pub output: String,
+    pub scale: Option<String>,
+    pub bias: Option<String>,
+    pub nodes: Vec<NodeId>,
+}
+
+/// Follows `y` through an optional Cast back to `out_type`, then `Mul(scale)` and `Add(bias)`
+/// (either operand order), each only when `y` has that single consumer.
+pub fn tail(c: &Canon<'_, '_>, y: &str, x: &str, axes: &Axes, out_type: Option<i32>, want_scale: bool) -> Tail {
+    let mut t = Tail { output: y.to_string(), ..Tail::default() };
+    let single = |v: &str| -> Option<NodeId> {
+        match c.g.consumers(v) {
+            [only] if !c.g.is_graph_output(v) => Some(*only),
+            _ => None,
+        }
+    };
+    // A Cast back to the input's type closes a higher-precision island.
+    if let (Some(id), Some(want)) = (single(&t.output), out_type) {
+        let n = c.g.node(id);
+        if n.op_type() == "Cast"
+            && attr::int(n, "to") == Some(want as i64)
+            && c.g.elem_type(&t.output) != Some(want)
+        {
+            t.nodes.push(id);
+            t.output = n.output[0].clone();
+        }
+    }
+    if want_scale {
+        if let Some(id) = single(&t.output) {
+            let n = c.g.node(id);
+            if n.op_type() == "Mul" {
+                if let Some(p) = c.other_operand(n, &t.output) {
+                    if is_row_parameter(c, p, x, axes) {
+                        t.scale = Some(p.to_string());
+                        t.nodes.push(id);
+                        t.output = n.output[0].clone();
+                    }
+                }
+            }
+        }
+    }
+    if let Some(id) = single(&t.output) {
+        let n = c.g.node(id);
+        if n.op_type() == "Add" {
+            if let Some(p) = c.other_operand(n, &t.output) {
+                if is_row_parameter(c, p, x, axes) {
+                    t.bias = Some(p.to_string());
+                    t.nodes.push(id);
+                    t.output = n.output[0].clone();
+                }
+            }
+        }
+    }
+    t
+}

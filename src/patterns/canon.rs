@@ -1,0 +1,242 @@
+//! Canonical reading of the graph for the matcher: look through what does not change meaning
+//! (Identity, precision Casts between float types), read constants as numbers whatever node holds
+//! them, treat Add/Mul as commutative, `Div(1, x)` as `Reciprocal(x)`, `Pow(d, 2)` as `Mul(d, d)`,
+//! normalise reduction axes (attribute or opset-18 input, either sign, `GlobalAveragePool`), and
+//! recognise "a centred value" `x - mean(x)` by meaning, so duplicated `Sub`/`ReduceMean` nodes are
+//! the same thing.
+
+use crate::graph::{GraphIndex, NodeId};
+use crate::onnx::attr;
+use crate::onnx::dtype;
+use crate::onnx::proto::NodeProto;
+
+/// Normalised reduction axes: sorted and deduplicated, positive when the rank is known, else the
+/// negative form (only all-negative axes can be compared without a rank).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Axes {
+    pub axes: Vec<i64>,
+    pub rank: Option<usize>,
+}
+
+impl Axes {
+    pub fn new(raw: &[i64], rank: Option<usize>) -> Option<Axes> {
+        if raw.is_empty() {
+            return None;
+        }
+        let mut axes: Vec<i64> = match rank {
+            Some(r) => {
+                let r = r as i64;
+                raw.iter()
+                    .map(|&a| {
+                        let p = if a < 0 { a + r } else { a };
+                        (0..r).contains(&p).then_some(p)
+                    })
+                    .collect::<Option<_>>()?
+            }
+            None if raw.iter().all(|&a| a < 0) => raw.to_vec(),
+            None => return None,
+        };
+        axes.sort_unstable();
+        axes.dedup();
+        Some(Axes { axes, rank })
+    }
+
+    /// The ops-spec `axis` when the axes are one contiguous run ending at the last axis (what
+    /// `ai.adanorm` ops and ONNX LayerNormalization can express), as a negative number.
+    pub fn trailing_axis(&self) -> Option<i64> {
+        let n = self.axes.len() as i64;
+        let last = *self.axes.last()?;
+        let contiguous = self.axes.windows(2).all(|w| w[1] == w[0] + 1);
+        let ends_last = match self.rank {
+            Some(r) => last == r as i64 - 1,
+            None => last == -1,
+        };
+        (contiguous && ends_last).then_some(-n)
+    }
+
+    /// The normalised axes in negative form, when it can be known.
+    pub fn negative(&self) -> Vec<i64> {
+        match self.rank {
+            Some(r) => self.axes.iter().map(|&a| a - r as i64).collect(),
+            None => self.axes.clone(),
+        }
+    }
+
+    /// Same axes, comparing across values whose rank may be known on only one side.
+    pub fn same_as(&self, other: &Axes) -> bool {
+        match (self.rank, other.rank) {
+            (Some(a), Some(b)) if a != b => false,
+            (Some(_), Some(_)) => self.axes == other.axes,
+            _ => self.negative() == other.negative(),
+        }
+    }
+}
+
+/// A reduction over `axes` of `input` that keeps dimensions (`ReduceMean` or
+/// `GlobalAveragePool`).
+#[derive(Debug, Clone)]
+pub struct MeanOf {
+    pub node: NodeId,
+    pub input: String,
+    pub axes: Axes,
+}
+
+/// `x - mean(x)`: the centring layer.
+#[derive(Debug, Clone)]
+pub struct Centred {
+    /// `x` with Identity and precision Casts looked through.
+    pub x: String,
+    pub axes: Axes,
+    /// The Sub, the mean, and any casts crossed.
+    pub nodes: Vec<NodeId>,
+    pub mean_node: NodeId,
+}
+
+pub struct Canon<'g, 'm> {
+    pub g: &'g GraphIndex<'m>,
+}
+
+impl<'g, 'm> Canon<'g, 'm> {
+    pub fn new(g: &'g GraphIndex<'m>) -> Self {
+        Canon { g }
+    }
+
+    /// The producer of `value` when it is a standard-domain node with this op type.
+    pub fn op(&self, value: &str, op_type: &str) -> Option<(NodeId, &'m NodeProto)> {
+        let (id, node) = self.g.producer_node(value)?;
+        let std_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
+        (std_domain && node.op_type() == op_type).then_some((id, node))
+    }
+
+    /// Looks through Identity and Casts between float types, returning the root value and the
+    /// nodes crossed.
+    pub fn root(&self, value: &str) -> (String, Vec<NodeId>) {
+        let mut v = value.to_string();
+        let mut crossed = Vec::new();
+        for _ in 0..8 {
+            let Some((id, node)) = self.g.producer_node(&v) else { break };
+            let std_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
+            let pass = std_domain
+                && match node.op_type() {
+                    "Identity" => true,
+                    "Cast" => {
+                        let to = attr::int(node, "to").unwrap_or(0) as i32;
+                        let from = node.input.first().and_then(|i| self.g.elem_type(i));
+                        dtype::is_float(to) && from.is_none_or(dtype::is_float)
+                    }
+                    _ => false,
+                };
+            if !pass || node.input.first().is_none_or(|i| i.is_empty()) {
+                break;
+            }
+            crossed.push(id);
+            v = node.input[0].clone();
+        }
+        (v, crossed)
+    }
+
+    /// The numeric value of a one-element float or integer constant.
+    pub fn scalar(&self, value: &str) -> Option<f64> {
+        self.g.constant(value)?.scalar_f64()
+    }
+
+    pub fn is_constant(&self, value: &str) -> bool {
+        self.g.constants.is_constant(self.g, value)
+    }
+
+    /// For a two-input node, the operand that is not `value` (compared after `root`), with the
+    /// index of `value`'s slot. Used for commutative ops.
+    pub fn other_operand(&self, node: &'m NodeProto, value: &str) -> Option<&'m str> {
+        if node.input.len() != 2 {
+            return None;
+        }
+        if node.input[0] == value {
+            Some(&node.input[1])
+        } else if node.input[1] == value {
+            Some(&node.input[0])
+        } else {
+            None
+        }
+    }
+
+    /// `ReduceMean(x, axes, keepdims=1)` or `GlobalAveragePool(x)` (axes 2.. of a known rank).
+    pub fn mean_of(&self, value: &str) -> Option<MeanOf> {
+        if let Some((id, node)) = self.op(value, "ReduceMean") {
+            let input = node.input.first()?.clone();
+            if attr::int(node, "keepdims").unwrap_or(1) != 1 {
+                return None;
+            }
+            let raw: Vec<i64> = match attr::ints(node, "axes") {
+                Some(a) => a.to_vec(),
+                None => match node.input.get(1).filter(|s| !s.is_empty()) {
+                    Some(axes_input) => self.g.constant(axes_input)?.as_ints()?.to_vec(),
+                    // No axes: every axis (unless noop_with_empty_axes makes it the identity).
+                    None => {
+                        if attr::int(node, "noop_with_empty_axes").unwrap_or(0) != 0 {
+                            return None;
+                        }
+                        let r = self.g.rank(&input)?;
+                        (0..r as i64).collect()
+                    }
+                },
+            };
+            let axes = Axes::new(&raw, self.g.rank(&input))?;
+            return Some(MeanOf { node: id, input, axes });
+        }
+        if let Some((id, node)) = self.op(value, "GlobalAveragePool") {
+            let input = node.input.first()?.clone();
+            let r = self.g.rank(&input)?;
+            if r < 3 {
+                return None;
+            }
+            let axes = Axes::new(&(2..r as i64).collect::<Vec<_>>(), Some(r))?;
+            return Some(MeanOf { node: id, input, axes });
+        }
+        None
+    }
+
+    /// `value` (through casts) is `Sub(x, mean(x))` with the mean over `x` itself.
+    pub fn centred(&self, value: &str) -> Option<Centred> {
+        let (v, mut nodes) = self.root(value);
+        let (sub_id, sub) = self.op(&v, "Sub")?;
+        let (mean_value, x_value) = (sub.input.get(1)?, sub.input.first()?);
+        let mean = self.mean_of(mean_value)?;
+        let (x, _) = self.root(x_value);
+        let (mx, _) = self.root(&mean.input);
+        if x != mx {
+            return None;
+        }
+        nodes.push(sub_id);
+        nodes.push(mean.node);
+        Some(Centred { x, axes: mean.axes, nodes, mean_node: mean.node })
+    }
+
+    /// `Pow(a, 2)` or `Mul(a, b)` with `a` and `b` the same value or equivalent centred values:
+    /// returns the squared operand and the node.
+    pub fn square(&self, value: &str) -> Option<(String, NodeId)> {
+        if let Some((id, node)) = self.op(value, "Pow") {
+            let e = self.scalar(node.input.get(1)?)?;
+            return (e == 2.0).then(|| (node.input[0].clone(), id));
+        }
+        let (id, node) = self.op(value, "Mul")?;
+        let (a, b) = (node.input.first()?, node.input.get(1)?);
+        if a == b {
+            return Some((a.clone(), id));
+        }
+        let (ca, cb) = (self.centred(a)?, self.centred(b)?);
+        (ca.x == cb.x && ca.axes.same_as(&cb.axes)).then(|| (a.clone(), id))
+    }
+
+    /// `Reciprocal(d)` or `Div(1, d)`: returns `d`.
+    pub fn reciprocal_of(&self, node: &'m NodeProto) -> Option<&'m str> {
+        let std_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
+        if !std_domain {
+            return None;
+        }
+        match node.op_type() {
+            "Reciprocal" => node.input.first().map(String::as_str),
+            "Div" if self.scalar(node.input.first()?) == Some(1.0) => node.input.get(1).map(String::as_str),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Whole-match checks: which nodes a match covers (core nodes, plus constant and shape helpers
+//! that nothing else uses), where its input really is (casts in front of it belong to it only
+//! when nothing else reads them), and whether it can be rewritten: no inner value may be a graph
+//! output or be read outside the subgraph, and the axes must be expressible.
+
+use std::collections::HashSet;
+
+use super::canon::Canon;
+use super::decomposed::Candidate;
+use super::stats::Stats;
+use super::{Family, Match};
+use crate::graph::NodeId;
+
+pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
+    let g = c.g;
+    let mut core: HashSet<NodeId> = s.core.iter().chain(&cand.core).copied().collect();
+    let params: HashSet<&str> = cand.scale.iter().chain(&cand.bias).map(String::as_str).collect();
+
+    // Helpers: row-count chains and the nodes holding constants the core reads.
+    let mut aux: Vec<NodeId> = s.aux.clone();
+    let mut stack: Vec<NodeId> = core.iter().copied().collect();
+    let mut seen = HashSet::new();
+    while let Some(id) = stack.pop() {
+        for input in &g.node(id).input {
+            if input.is_empty() || params.contains(input.as_str()) || !c.is_constant(input) {
+                continue;
+            }
+            if let Some((p, _)) = g.producer(input) {
+                if seen.insert(p) && !core.contains(&p) {
+                    aux.push(p);
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    let aux_set: HashSet<NodeId> = aux.iter().copied().collect();
+
+    // Where the input is read: absorb Casts in front of the match that only it reads.
+    let mut problems = cand.problems.clone();
+    let reads: HashSet<String> = core
+        .iter()
+        .flat_map(|&id| g.node(id).input.iter())
+        .filter(|v| !v.is_empty() && !params.contains(v.as_str()) && !c.is_constant(v))
+        .filter(|v| g.producer(v).is_none_or(|(p, _)| !core.contains(&p) && !aux_set.contains(&p)))
+        .cloned()
+        .collect();
+    let mut inputs = HashSet::new();
+    for r in reads {
+        let mut v = r;
+        while v != s.x {
+            let Some((id, node)) = g.producer_node(&v) else { break };
+            let is_cast = matches!(node.op_type(), "Cast" | "Identity");
+            let only_us = g.consumers(&v).iter().all(|n| core.contains(n)) && !g.is_graph_output(&v);
+            if !is_cast || !only_us {
+                break;
+            }
+            core.insert(id);
+            v = node.input[0].clone();
+        }
+        inputs.insert(v);
+    }
+    let input = match inputs.len() {
+        1 => inputs.into_iter().next().expect("one input"),
+        _ => {
+            problems.push(format!("it reads its input '{}' through several different casts", s.x));
+            s.x.clone()
+        }
+    };
+
+    // Helpers belong to the match when nothing outside it uses them.
+    let mut included: HashSet<NodeId> = HashSet::new();
+    loop {
+        let before = included.len();
+        for &a in &aux {
+            if included.contains(&a) || core.contains(&a) {
+                continue;
+            }
+            let outputs = &g.node(a).output;
+            let only_us = outputs.iter().all(|o| {
+                !g.is_graph_output(o) && g.consumers(o).iter().all(|n| core.contains(n) || included.contains(n))
+            });
+            if only_us {
+                included.insert(a);
+            }
+        }
+        if included.len() == before {
+            break;
+        }
+    }
+
+    // No inner value may escape.
+    let last = g.producer(&cand.output).map(|(id, _)| id);
+    let mut escapes = None;
+    let mut ids: Vec<NodeId> = core.iter().copied().collect();
+    ids.sort_unstable();
+    for &id in &ids {
+        if Some(id) == last {
+            continue;
+        }
+        for o in g.node(id).output.iter().filter(|o| !o.is_empty()) {
+            if g.is_graph_output(o) {
+                escapes.get_or_insert(format!("inner value '{o}' is a graph output"));
+            }
+            if let Some(&outside) = g.consumers(o).iter().find(|n| !core.contains(n) && !included.contains(n)) {
+                escapes.get_or_insert(format!("inner value '{o}' is also read by node '{}' outside the subgraph", g.label(outside)));
+            }
+        }
+    }
+    problems.extend(escapes);
+
+    // Axes the ai.adanorm ops (and ONNX LayerNormalization) can express.
+    let axis = s.axes.trailing_axis();
+    let mut form = cand.form.clone();
+    if axis.is_none() {
+        let rank = s.axes.rank.or(g.rank(&s.x));
+        if s.axes.axes == [1] && rank.is_some_and(|r| r >= 3) {
+            form.push_str(", channels-first (normalises axis 1 only)");
+            problems.push("it normalises axis 1 only (channels-first); the ai.adanorm ops normalise trailing axes, so it would need Transposes around it".into());
+        } else if rank.is_none() {
+            problems.push(format!("the rank of '{}' is unknown, so axes {:?} cannot be checked to be the trailing axes", s.x, s.axes.axes));
+        } else {
+            problems.push(format!("it normalises axes {:?}, which are not the trailing axes", s.axes.axes));
+        }
+    }
+
+    let dtype = g.elem_type(&input);
+    if let (Some(i), Some(o)) = (dtype, g.elem_type(&cand.output)) {
+        if i != o {
+            problems.push(format!(
+                "its output type ({}) differs from its input type ({})",
+                crate::onnx::dtype::name(o),
+                crate::onnx::dtype::name(i)
+            ));
+        }
+    }
+    let family = cand.family.unwrap_or(Family::LayerNorm);
+    if family == Family::RmsNorm {
+        problems.insert(0, "RMSNorm has no centring: reported, left alone".into());
+    }
+
+    let mut nodes: Vec<NodeId> = core.into_iter().chain(included).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let mut m = Match {
+        family,
+        form,
+        nodes,
+        input,
+        output: cand.output,
+        axes: s.axes.axes.clone(),
+        axis,
+        epsilon: s.epsilon,
+        unbiased: s.unbiased,
+        eps_in_sqrt: s.eps_in_sqrt,
+        c: cand.c,
+        k: cand.k,
+        scale: cand.scale,
+        bias: cand.bias,
+        dtype,
+        rewritable: true,
+        reason: None,
+    };
+    if let Some(p) = problems.into_iter().next() {
+        m.not_rewritable(p);
+    }
+    m
+}

@@ -1,0 +1,368 @@
+//! Decomposed normalisations, read from the statistics outwards: how the centred input is
+//! divided by sigma (plain, through a reciprocal, with the gain before the division, the AdaNorm
+//! factor, the Keras folded affine) and the affine tail after it.
+
+use std::collections::HashSet;
+
+use super::affine::{is_row_parameter, tail};
+use super::canon::Canon;
+use super::cover::finish;
+use super::stats::{stats_at_sqrt, Stats, VarianceForm};
+use super::{Family, Match};
+use crate::graph::{GraphIndex, NodeId};
+
+/// What the normalisation layer recognised, before the whole-match checks.
+#[derive(Debug, Default)]
+pub struct Candidate {
+    pub family: Option<Family>,
+    pub form: String,
+    pub core: Vec<NodeId>,
+    pub output: String,
+    pub scale: Option<String>,
+    pub bias: Option<String>,
+    pub c: f64,
+    pub k: f64,
+    /// Reasons it cannot be rewritten although it is a match.
+    pub problems: Vec<String>,
+}
+
+pub fn find(g: &GraphIndex<'_>, claimed: &HashSet<NodeId>) -> Vec<Match> {
+    let c = Canon::new(g);
+    let mut used = claimed.clone();
+    let mut out = Vec::new();
+    for &id in g.topological() {
+        let n = g.node(id);
+        let std_domain = n.domain().is_empty() || n.domain() == "ai.onnx";
+        if !std_domain || n.op_type() != "Sqrt" || used.contains(&id) {
+            continue;
+        }
+        let Some(stats) = stats_at_sqrt(&c, id) else { continue };
+        let Some(cand) = normalisation(&c, &stats) else { continue };
+        let m = finish(&c, &stats, cand);
+        if m.nodes.iter().any(|n| used.contains(n)) {
+            continue;
+        }
+        used.extend(m.nodes.iter().copied());
+        out.push(m);
+    }
+    out
+}
+
+fn normalisation(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
+    if s.form == VarianceForm::MeanSquare {
+        return rms(c, s);
+    }
+    adanorm(c, s).or_else(|| keras(c, s)).or_else(|| plain(c, s))
+}
+
+fn family_of(s: &Stats) -> Family {
+    if !s.unbiased && s.eps_in_sqrt {
+        Family::LayerNorm
+    } else {
+        Family::LnSimple
+    }
+}
+
+/// The centring nodes when `v` is `x - mean(x)` for this statistics' `x` and axes.
+fn centred_here(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<Vec<NodeId>> {
+    let cen = c.centred(v)?;
+    (cen.x == s.x && cen.axes.same_as(&s.axes)).then_some(cen.nodes)
+}
+
+fn consumers_of<'a>(c: &'a Canon<'_, '_>, v: &str, op: &'a str) -> impl Iterator<Item = NodeId> + 'a {
+    c.g.consumers(v).to_vec().into_iter().filter(move |&id| {
+        let n = c.g.node(id);
+        (n.domain().is_empty() || n.domain() == "ai.onnx") && n.op_type() == op
+    })
+}
+
+/// Reciprocal(den) / Div(1, den) nodes.
+fn reciprocals(c: &Canon<'_, '_>, den: &str) -> Vec<NodeId> {
+    c.g.consumers(den).iter().copied().filter(|&id| c.reciprocal_of(c.g.node(id)) == Some(den)).collect()
+}
+
+/// `d / sigma`, `d * (1/sigma)`, or `(gamma * d) / sigma`, then the affine tail.
+fn plain(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
+    let x_type = c.g.elem_type(&s.x);
+    let finish_tail = |core: Vec<NodeId>, y: String, scale: Option<String>| {
+        let t = tail(c, &y, &s.x, &s.axes, x_type, scale.is_none());
+        let mut core = core;
+        core.extend(t.nodes);
+        Candidate {
+            family: Some(family_of(s)),
+            form: if s.form == VarianceForm::MomentDifference { "decomposed, E[x²]−E[x]²".into() } else { "decomposed".into() },
+            core,
+            output: t.output,
+            scale: scale.or(t.scale),
+            bias: t.bias,
+            c: 1.0,
+            k: 0.0,
+            problems: vec![],
+        }
+    };
+    for id in consumers_of(c, &s.den, "Div") {
+        let n = c.g.node(id);
+        if n.input.get(1) != Some(&s.den) {
+            continue;
+        }
+        let num = &n.input[0];
+        if let Some(mut nodes) = centred_here(c, s, num) {
+            nodes.push(id);
+            return Some(finish_tail(nodes, n.output[0].clone(), None));
+        }
+        // Gain before the division (Annotated Transformer): (gamma * d) / sigma.
+        if let Some((mul_id, mul)) = c.op(num, "Mul") {
+            for (d, gamma) in [(&mul.input[0], &mul.input[1]), (&mul.input[1], &mul.input[0])] {
+                let Some(mut nodes) = centred_here(c, s, d) else { continue };
+                nodes.extend([mul_id, id]);
+                let mut cand = finish_tail(nodes, n.output[0].clone(), Some(gamma.clone()));
+                if !is_row_parameter(c, gamma, &s.x, &s.axes) {
+                    cand.problems.push(format!("its gain '{gamma}' (applied before the division) is not a constant per-row parameter"));
+                }
+                return Some(cand);
+            }
+        }
+    }
+    for r in reciprocals(c, &s.den) {
+        let inv = c.g.node(r).output[0].clone();
+        for id in consumers_of(c, &inv, "Mul") {
+            let n = c.g.node(id);
+            let Some(d) = c.other_operand(n, &inv) else { continue };
+            if let Some(mut nodes) = centred_here(c, s, d) {
+                nodes.extend([r, id]);
+                return Some(finish_tail(nodes, n.output[0].clone(), None));
+            }
+        }
+    }
+    None
+}
+
+/// AdaNorm as lancopku's module exports it:
+/// `y = (xc - xc * (k * (xc - mean(xc)) / sigma)) / sigma`, then `* C` (absent when C = 1).
+fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
+    for g_id in consumers_of(c, &s.den, "Div") {
+        let g_div = c.g.node(g_id);
+        if g_div.input.get(1) != Some(&s.den) {
+            continue;
+        }
+        let Some((k, mut nodes)) = k_times_centred(c, s, &g_div.input[0]) else { continue };
+        nodes.push(g_id);
+        let g_out = &g_div.output[0];
+        // The second division: (xc - xc * g) / sigma.
+        for y_id in consumers_of(c, &s.den, "Div") {
+            let y_div = c.g.node(y_id);
+            if y_id == g_id || y_div.input.get(1) != Some(&s.den) {
+                continue;
+            }
+            let Some((w_id, w)) = c.op(&y_div.input[0], "Sub") else { continue };
+            let Some(xc_nodes) = centred_here(c, s, &w.input[0]) else { continue };
+            let Some((p_id, p)) = c.op(&w.input[1], "Mul") else { continue };
+            let Some(other) = c.other_operand(p, g_out) else { continue };
+            let Some(xc2_nodes) = centred_here(c, s, other) else { continue };
+            let mut core = nodes.clone();
+            core.extend(xc_nodes);
+            core.extend(xc2_nodes);
+            core.extend([w_id, p_id, y_id]);
+            let mut out = y_div.output[0].clone();
+            let mut big_c = 1.0;
+            if let [only] = c.g.consumers(&out) {
+                let n = c.g.node(*only);
+                if n.op_type() == "Mul" && !c.g.is_graph_output(&out) {
+                    if let Some(cv) = c.other_operand(n, &out).and_then(|v| c.scalar(v)) {
+                        big_c = cv;
+                        core.push(*only);
+                        out = n.output[0].clone();
+                    }
+                }
+            }
+            let t = tail(c, &out, &s.x, &s.axes, c.g.elem_type(&s.x), true);
+            core.extend(t.nodes);
+            return Some(Candidate {
+                family: Some(Family::AdaNorm),
+                form: "decomposed AdaNorm".into(),
+                core,
+                output: t.output,
+                scale: t.scale,
+                bias: t.bias,
+                c: big_c,
+                k,
+                problems: vec![],
+            });
+        }
+    }
+    None
+}
+
+/// `k * (xc - mean(xc))` or `k * xc` (either operand order), or the same divided by `1/k`.
+fn k_times_centred(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<(f64, Vec<NodeId>)> {
+    let (id, node, k_from) = if let Some((id, n)) = c.op(v, "Mul") {
+        (id, n, 0)
+    } else {
+        let (id, n) = c.op(v, "Div")?;
+        (id, n, 1)
+    };
+    let (kv, u) = match k_from {
+        0 => {
+            let (a, b) = (&node.input[0], &node.input[1]);
+            match (c.scalar(a), c.scalar(b)) {
+                (None, Some(k)) => (k, a),
+                (Some(k), None) => (k, b),
+                _ => return None,
+            }
+        }
+        _ => (1.0 / c.scalar(&node.input[1])?, &node.input[0]),
+    };
+    if !kv.is_finite() {
+        return None;
+    }
+    let mut nodes = vec![id];
+    if let Some(cn) = centred_here(c, s, u) {
+        nodes.extend(cn);
+        return Some((kv, nodes));
+    }
+    // xc - mean(xc): the reference recentres before scaling.
+    let (sub_id, sub) = c.op(u, "Sub")?;
+    let xc_nodes = centred_here(c, s, &sub.input[0])?;
+    let m3 = c.mean_of(&sub.input[1])?;
+    if m3.input != sub.input[0] || !m3.axes.same_as(&s.axes) {
+        return None;
+    }
+    nodes.extend(xc_nodes);
+    nodes.extend([sub_id, m3.node]);
+    Some((kv, nodes))
+}
+
+/// Keras through tf2onnx: `x * s + (beta - mean * s)` with `s = gamma / sigma`
+/// (`Reciprocal`, gain optional, `Neg(mean)` or `Sub(beta, ·)`, bias optional).
+fn keras(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
+    for r in reciprocals(c, &s.den) {
+        let inv = c.g.node(r).output[0].clone();
+        let mut core = vec![r];
+        let mut scale = None;
+        let mut g_val = inv.clone();
+        if let [only] = c.g.consumers(&inv) {
+            let n = c.g.node(*only);
+            if n.op_type() == "Mul" {
+                if let Some(p) = c.other_operand(n, &inv) {
+                    if is_row_parameter(c, p, &s.x, &s.axes) {
+                        scale = Some(p.to_string());
+                        core.push(*only);
+                        g_val = n.output[0].clone();
+                    }
+                }
+            }
+        }
+        let muls: Vec<NodeId> = consumers_of(c, &g_val, "Mul").collect();
+        if muls.len() != 2 || c.g.consumers(&g_val).len() != 2 {
+            continue;
+        }
+        // Which product is x * s and which is mean * s (or -mean * s)?
+        let mut x_prod = None;
+        let mut m_prod = None;
+        for &id in &muls {
+            let other = c.other_operand(c.g.node(id), &g_val)?;
+            if c.root(other).0 == s.x {
+                x_prod = Some(id);
+            } else if let Some(nodes) = mean_here(c, s, other) {
+                m_prod = Some((id, nodes, false));
+            } else if let Some((neg_id, neg)) = c.op(other, "Neg") {
+                let mut nodes = mean_here(c, s, &neg.input[0])?;
+                nodes.push(neg_id);
+                m_prod = Some((id, nodes, true));
+            }
+        }
+        let (x_prod, (m_id, m_nodes, negated)) = (x_prod?, m_prod?);
+        core.extend([x_prod, m_id]);
+        core.extend(m_nodes);
+        let xs = c.g.node(x_prod).output[0].clone();
+        let ms = c.g.node(m_id).output[0].clone();
+        let [last] = c.g.consumers(&xs) else { continue };
+        let last_node = c.g.node(*last);
+        let mut bias = None;
+        let ok = match (last_node.op_type(), negated) {
+            ("Sub", false) => last_node.input[0] == xs && last_node.input[1] == ms,
+            ("Add", true) => {
+                let rest = c.other_operand(last_node, &xs)?;
+                if rest == ms {
+                    true
+                } else {
+                    let (add_id, add) = c.op(rest, "Add")?;
+                    let beta = c.other_operand(add, &ms)?;
+                    bias = Some(beta.to_string());
+                    core.push(add_id);
+                    is_row_parameter(c, beta, &s.x, &s.axes)
+                }
+            }
+            ("Add", false) => {
+                let rest = c.other_operand(last_node, &xs)?;
+                let (sub_id, sub) = c.op(rest, "Sub")?;
+                if sub.input[1] != ms {
+                    return None;
+                }
+                bias = Some(sub.input[0].clone());
+                core.push(sub_id);
+                is_row_parameter(c, &sub.input[0], &s.x, &s.axes)
+            }
+            _ => false,
+        };
+        if !ok {
+            continue;
+        }
+        core.push(*last);
+        return Some(Candidate {
+            family: Some(family_of(s)),
+            form: "Keras (tf2onnx), folded affine".into(),
+            core,
+            output: last_node.output[0].clone(),
+            scale,
+            bias,
+            c: 1.0,
+            k: 0.0,
+            problems: vec![],
+        });
+    }
+    None
+}
+
+/// The mean of this statistics' `x` over its axes.
+fn mean_here(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<Vec<NodeId>> {
+    let m = c.mean_of(v)?;
+    (c.root(&m.input).0 == s.x && m.axes.same_as(&s.axes)).then(|| vec![m.node])
+}
+
+/// RMSNorm: `x / sqrt(mean(x²) + eps)` or `x * (1 / sqrt(...))`, then the gain.
+fn rms(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
+    let x_type = c.g.elem_type(&s.x);
+    let mut found = None;
+    for id in consumers_of(c, &s.den, "Div") {
+        let n = c.g.node(id);
+        if n.input.get(1) == Some(&s.den) && c.root(&n.input[0]).0 == s.x {
+            found = Some((vec![id], n.output[0].clone()));
+        }
+    }
+    if found.is_none() {
+        for r in reciprocals(c, &s.den) {
+            let inv = c.g.node(r).output[0].clone();
+            for id in consumers_of(c, &inv, "Mul") {
+                let n = c.g.node(id);
+                if c.other_operand(n, &inv).is_some_and(|o| c.root(o).0 == s.x) {
+                    found = Some((vec![r, id], n.output[0].clone()));
+                }
+            }
+        }
+    }
+    let (mut core, y) = found?;
+    let t = tail(c, &y, &s.x, &s.axes, x_type, true);
+    core.extend(t.nodes);
+    Some(Candidate {
+        family: Some(Family::RmsNorm),
+        form: "decomposed RMSNorm".into(),
+        core,
+        output: t.output,
+        scale: t.scale,
+        bias: t.bias,
+        c: 1.0,
+        k: 0.0,
+        problems: vec![],
+    })
+}

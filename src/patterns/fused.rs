@@ -1,0 +1,107 @@
+//! Normalisations that are already one node: ONNX `LayerNormalization` (at any opset the file
+//! declares: ORT-optimised models hold it below 17), ONNX Runtime's `com.microsoft` fusions, ONNX
+//! `RMSNormalization`, and our own `ai.adanorm` ops.
+
+use super::canon::Axes;
+use super::{Family, Match};
+use crate::graph::{GraphIndex, NodeId};
+use crate::onnx::attr;
+
+pub fn find(g: &GraphIndex<'_>) -> Vec<Match> {
+    g.nodes().filter_map(|(id, _)| fused(g, id)).collect()
+}
+
+fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
+    let n = g.node(id);
+    let domain = match n.domain() {
+        "ai.onnx" => "",
+        d => d,
+    };
+    let input = |i: usize| n.input.get(i).filter(|s| !s.is_empty()).cloned();
+    let x = input(0)?;
+    let rank = g.rank(&x);
+    let eps_attr = |default: f32| attr::float(n, "epsilon").unwrap_or(default) as f64;
+    let axis_attr = attr::int(n, "axis").unwrap_or(-1);
+    let base = |family, form: &str, epsilon, axis: i64| {
+        let axes = match rank {
+            Some(r) => {
+                let a = if axis < 0 { axis + r as i64 } else { axis };
+                (a..r as i64).collect()
+            }
+            None => (axis..0).collect(),
+        };
+        let axis = Axes::new(&[axis], rank).map(|a| a.negative()[0]).or(Some(axis));
+        Match {
+            family,
+            form: form.to_string(),
+            nodes: vec![id],
+            input: x.clone(),
+            output: n.output.first().cloned().unwrap_or_default(),
+            axes,
+            axis,
+            epsilon,
+            unbiased: false,
+            eps_in_sqrt: true,
+            c: 1.0,
+            k: 0.0,
+            scale: None,
+            bias: None,
+            dtype: g.elem_type(&x),
+            rewritable: true,
+            reason: None,
+        }
+    };
+    let m = match (domain, n.op_type()) {
+        ("" | "com.microsoft", "LayerNormalization") => {
+            let mut m = base(Family::LayerNorm, "fused LayerNormalization", eps_attr(1e-5), axis_attr);
+            m.scale = input(1);
+            m.bias = input(2);
+            m
+        }
+        ("com.microsoft", "SkipLayerNormalization") => {
+            let mut m = base(Family::LayerNorm, "com.microsoft SkipLayerNormalization (residual Add fused in)", eps_attr(1e-12), -1);
+            m.scale = input(2);
+            m.bias = input(3);
+            m
+        }
+        ("com.microsoft", "EmbedLayerNormalization") => {
+            let mut m = base(Family::LayerNorm, "com.microsoft EmbedLayerNormalization (embeddings fused in)", eps_attr(1e-12), -1);
+            m.dtype = None;
+            m.scale = input(5);
+            m.bias = input(6);
+            m.not_rewritable("the embedding lookups are fused into this node; it is left as it is");
+            m
+        }
+        ("" | "com.microsoft", "SimplifiedLayerNormalization")
+        | ("com.microsoft", "SkipSimplifiedLayerNormalization")
+        | ("", "RMSNormalization") => {
+            let skip = n.op_type().starts_with("Skip");
+            let mut m = base(Family::RmsNorm, &format!("fused {}", n.op_type()), eps_attr(1e-5), if skip { -1 } else { axis_attr });
+            m.scale = input(if skip { 2 } else { 1 });
+            m.not_rewritable("RMSNorm has no centring: reported, left alone");
+            m
+        }
+        ("ai.adanorm", "AdaNorm" | "LayerNormSimple") => {
+            let unbiased = attr::int(n, "unbiased").unwrap_or(0) == 1;
+            let eps_in_sqrt = attr::int(n, "eps_in_sqrt").unwrap_or(1) == 1;
+            let ada = n.op_type() == "AdaNorm";
+            let family = match (ada, unbiased, eps_in_sqrt) {
+                (true, _, _) => Family::AdaNorm,
+                (false, false, true) => Family::LayerNorm,
+                _ => Family::LnSimple,
+            };
+            let mut m = base(family, &format!("ai.adanorm {}", n.op_type()), eps_attr(1e-5), axis_attr);
+            m.unbiased = unbiased;
+            m.eps_in_sqrt = eps_in_sqrt;
+            if ada {
+                m.c = attr::float(n, "c").unwrap_or(1.0) as f64;
+                m.k = attr::float(n, "k").unwrap_or(0.1) as f64;
+            }
+            m.scale = input(1);
+            m.bias = input(2);
+            m
+        }
+        _ => return None,
+    };
+    Some(m)
+}

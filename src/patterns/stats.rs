@@ -1,0 +1,267 @@
+//! The statistics layers, read backwards from a `Sqrt`: the denominator (where epsilon goes),
+//! the variance (biased, unbiased by `N/(N-1)`, or `E[x²]−E[x]²`), and whether it is centred
+//! (LayerNorm family) or not (RMSNorm).
+
+use super::canon::{Axes, Canon};
+use crate::graph::NodeId;
+use crate::onnx::attr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VarianceForm {
+    /// `mean((x - mean x)²)`
+    TwoPass,
+    /// `mean(x²) - mean(x)²`
+    MomentDifference,
+    /// `mean(x²)`: no centring (RMSNorm).
+    MeanSquare,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// The normalised input, Identity and precision casts looked through.
+    pub x: String,
+    pub axes: Axes,
+    pub form: VarianceForm,
+    pub unbiased: bool,
+    pub epsilon: f64,
+    pub eps_in_sqrt: bool,
+    /// The value dividing the centred input (sigma).
+    pub den: String,
+    /// Nodes computing the statistics.
+    pub core: Vec<NodeId>,
+    /// Helper nodes (row-count chains) that belong to the match only if nothing else uses them.
+    pub aux: Vec<NodeId>,
+}
+
+/// Reads the statistics that end in the `Sqrt` node `sqrt`.
+pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
+    let node = c.g.node(sqrt);
+    let s_in = node.input.first()?;
+    let s_out = node.output.first()?;
+    let mut core = vec![sqrt];
+
+    // Epsilon inside the root: Sqrt(Add(var, eps)).
+    let (var_value, epsilon, eps_in_sqrt, den) = if let Some((add_id, add)) = c.op(s_in, "Add") {
+        let (eps, var) = constant_and_other(c, add)?;
+        core.push(add_id);
+        (var.to_string(), eps, true, s_out.clone())
+    } else {
+        // Epsilon outside: Add(Sqrt(var), eps), possibly after a Cast back to the model's type.
+        let mut after = s_out.clone();
+        let mut crossed = Vec::new();
+        if let [only] = c.g.consumers(&after) {
+            let n = c.g.node(*only);
+            if n.op_type() == "Cast" && attr::int(n, "to").is_some_and(|t| crate::onnx::dtype::is_float(t as i32)) {
+                crossed.push(*only);
+                after = n.output[0].clone();
+            }
+        }
+        let eps_add = match c.g.consumers(&after) {
+            [only] if c.g.node(*only).op_type() == "Add" => {
+                constant_and_other(c, c.g.node(*only)).map(|(eps, _)| (*only, eps))
+            }
+            _ => None,
+        };
+        match eps_add {
+            Some((add_id, eps)) => {
+                core.extend(crossed);
+                core.push(add_id);
+                (s_in.clone(), eps, false, c.g.node(add_id).output[0].clone())
+            }
+            // No epsilon at all (removed by an optimiser, or underflowed away).
+            None => (s_in.clone(), 0.0, true, s_out.clone()),
+        }
+    };
+
+    let mut stats = variance(c, &var_value)?;
+    stats.core.extend(core);
+    stats.epsilon = epsilon;
+    stats.eps_in_sqrt = eps_in_sqrt;
+    stats.den = den;
+    Some(stats)
+}
+
+/// A constant, finite, non-negative scalar operand of a two-input node, and the other operand.
+fn constant_and_other<'a>(c: &Canon<'_, '_>, n: &'a crate::onnx::proto::NodeProto) -> Option<(f64, &'a str)> {
+    if n.input.len() != 2 {
+        return None;
+    }
+    let (a, b) = (&n.input[0], &n.input[1]);
+    let (eps, other) = match (c.scalar(a), c.scalar(b)) {
+        (None, Some(e)) => (e, a.as_str()),
+        (Some(e), None) => (e, b.as_str()),
+        _ => return None,
+    };
+    (eps.is_finite() && eps >= 0.0).then_some((eps, other))
+}
+
+/// The variance layer: `[unbiased correction] (mean(d²) | mean(x²) - mean(x)² | mean(x²))`.
+fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
+    let (v, mut core) = c.root(value);
+    let mut aux = Vec::new();
+
+    // Bessel's correction: v*N/(N-1) in any of the shapes exporters write.
+    let mut unbiased = None::<RowCount>;
+    let mut inner = v.clone();
+    if let Some((div_id, div)) = c.op(&v, "Div") {
+        let (num, den) = (div.input.first()?, div.input.get(1)?);
+        if let Some((mul_id, mul)) = c.op(num, "Mul") {
+            for (var_side, n_side) in [(0, 1), (1, 0)] {
+                let (var_in, n_in) = (&mul.input[var_side], &mul.input[n_side]);
+                let Some(n) = row_count(c, n_in, &mut aux) else { continue };
+                let Some(n_minus_1) = n_minus_one(c, den, &n, &mut aux) else { continue };
+                core.extend([div_id, mul_id]);
+                core.extend(n_minus_1);
+                inner = var_in.clone();
+                unbiased = Some(n);
+                break;
+            }
+        }
+    } else if let Some((mul_id, mul)) = c.op(&v, "Mul") {
+        // Folded factor N/(N-1): only accepted where the row length is known to match it.
+        if let Some((factor, var_in)) = constant_and_other(c, mul) {
+            core.push(mul_id);
+            inner = var_in.to_string();
+            unbiased = Some(RowCount::Factor(factor));
+        }
+    }
+
+    let (inner_root, crossed) = c.root(&inner);
+    core.extend(crossed);
+    let (x, axes, form, more) = biased_variance(c, &inner_root)?;
+    core.extend(more);
+
+    if let Some(n) = &unbiased {
+        if !n.counts(c, &x, &axes) {
+            return None;
+        }
+    }
+    Some(Stats {
+        x,
+        axes,
+        form,
+        unbiased: unbiased.is_some(),
+        epsilon: 0.0,
+        eps_in_sqrt: true,
+        den: String::new(),
+        core,
+        aux,
+    })
+}
+
+/// `mean(d²)` with d centred, `mean(x²) - mean(x)²`, or `mean(x²)`.
+fn biased_variance(c: &Canon<'_, '_>, value: &str) -> Option<(String, Axes, VarianceForm, Vec<NodeId>)> {
+    if let Some(mean) = c.mean_of(value) {
+        let (squared, sq_node) = c.square(&mean.input)?;
+        let mut nodes = vec![mean.node, sq_node];
+        if let Some(cen) = c.centred(&squared) {
+            if !cen.axes.same_as(&mean.axes) {
+                return None;
+            }
+            nodes.extend(cen.nodes);
+            return Some((cen.x, mean.axes, VarianceForm::TwoPass, nodes));
+        }
+        let (x, crossed) = c.root(&squared);
+        nodes.extend(crossed);
+        return Some((x, mean.axes, VarianceForm::MeanSquare, nodes));
+    }
+    // E[x²] - E[x]²
+    let (sub_id, sub) = c.op(value, "Sub")?;
+    let ex2 = c.mean_of(sub.input.first()?)?;
+    let (sq_in, sq_node) = c.square(&ex2.input)?;
+    let (x, _) = c.root(&sq_in);
+    let (m_in, m_sq_node) = c.square(sub.input.get(1)?)?;
+    let (m_root, _) = c.root(&m_in);
+    let mean = c.mean_of(&m_root)?;
+    let (mx, _) = c.root(&mean.input);
+    if mx != x || !mean.axes.same_as(&ex2.axes) {
+        return None;
+    }
+    Some((x, ex2.axes, VarianceForm::MomentDifference, vec![sub_id, ex2.node, sq_node, m_sq_node, mean.node]))
+}
+
+/// What a row-count operand is.
+#[derive(Debug, Clone)]
+enum RowCount {
+    /// A constant `N`.
+    Constant(f64),
+    /// `Cast(ReduceProd(Gather(Shape(x), axes)))`.
+    Dynamic { x: String, axes: Vec<i64> },
+    /// A folded `N/(N-1)`.
+    Factor(f64),
+}
+
+impl RowCount {
+    /// Whether this count is the number of elements of a row of `x` over `axes`.
+    fn counts(&self, c: &Canon<'_, '_>, x: &str, axes: &Axes) -> bool {
+        let known_len = || -> Option<f64> {
+            let shape = c.g.shape(x)?;
+            let rank = shape.len() as i64;
+            axes.axes
+                .iter()
+                .map(|&a| {
+                    let p = if a < 0 { a + rank } else { a };
+                    shape.get(p as usize)?.known().map(|d| d as f64)
+                })
+                .product()
+        };
+        match self {
+            RowCount::Dynamic { x: sx, axes: sa } => {
+                sx == x && Axes::new(sa, c.g.rank(sx)).is_some_and(|a| a.same_as(axes))
+            }
+            // Without a known row length a constant N cannot be checked; exporters fold N only
+            // from static shapes, so an unknown length with a constant N is refused.
+            RowCount::Constant(n) => known_len().is_some_and(|len| len == *n),
+            RowCount::Factor(f) => known_len()
+                .is_some_and(|len| len > 1.0 && ((len / (len - 1.0)) - f).abs() <= 1e-6 * f.abs()),
+        }
+    }
+}
+
+fn row_count(c: &Canon<'_, '_>, value: &str, aux: &mut Vec<NodeId>) -> Option<RowCount> {
+    if let Some(n) = c.scalar(value) {
+        return Some(RowCount::Constant(n));
+    }
+    let mut v = value.to_string();
+    let mut chain = Vec::new();
+    if let Some((id, n)) = c.op(&v, "Cast").or_else(|| c.op(&v, "CastLike")) {
+        chain.push(id);
+        v = n.input.first()?.clone();
+    }
+    let (prod_id, prod) = c.op(&v, "ReduceProd")?;
+    let (gather_id, gather) = c.op(prod.input.first()?, "Gather")?;
+    if attr::int(gather, "axis").unwrap_or(0) != 0 {
+        return None;
+    }
+    let (shape_id, shape) = c.op(gather.input.first()?, "Shape")?;
+    if attr::int(shape, "start").is_some() || attr::int(shape, "end").is_some() {
+        return None;
+    }
+    let axes = c.g.constant(gather.input.get(1)?)?.as_ints()?.to_vec();
+    let (x, _) = c.root(shape.input.first()?);
+    chain.extend([prod_id, gather_id, shape_id]);
+    aux.extend(chain);
+    Some(RowCount::Dynamic { x, axes })
+}
+
+/// `N - 1` for the same `N` (the same chain, or a constant one less): returns the nodes.
+fn n_minus_one(c: &Canon<'_, '_>, value: &str, n: &RowCount, aux: &mut Vec<NodeId>) -> Option<Vec<NodeId>> {
+    match n {
+        RowCount::Constant(nv) => (c.scalar(value)? == nv - 1.0).then(Vec::new),
+        RowCount::Dynamic { .. } => {
+            let (sub_id, sub) = c.op(value, "Sub")?;
+            if c.scalar(sub.input.get(1)?)? != 1.0 {
+                return None;
+            }
+            let mut scratch = Vec::new();
+            match row_count(c, sub.input.first()?, &mut scratch)? {
+                RowCount::Dynamic { x, axes } if matches!(n, RowCount::Dynamic { x: nx, axes: na } if *nx == x && *na == axes) => {
+                    aux.extend(scratch);
+                    Some(vec![sub_id])
+                }
+                _ => None,
+            }
+        }
+        RowCount::Factor(_) => None,
+    }
+}
