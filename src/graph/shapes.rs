@@ -255,6 +255,11 @@ fn infer_node(g: &GraphIndex<'_>, node: &NodeProto, facts: &HashMap<String, Valu
                 }
                 Some(out)
             });
+            // A computed target shape still tells the rank, through its own length.
+            let shape = shape.or_else(|| match in_shape(1).map(Vec::as_slice) {
+                Some([Dim::Known(n)]) => Some(vec![Dim::Unknown; *n as usize]),
+                _ => None,
+            });
             with(in_type(0), shape)
         }
         "Unsqueeze" | "Squeeze" => {
@@ -276,8 +281,22 @@ fn infer_node(g: &GraphIndex<'_>, node: &NodeProto, facts: &HashMap<String, Valu
             with(in_type(0), shape)
         }
         "Concat" => {
-            let rank = in_shape(0).map(|s| s.len());
-            with(in_type(0), rank.map(|r| vec![Dim::Unknown; r]))
+            let shapes: Option<Vec<&Vec<Dim>>> = (0..node.input.len()).map(in_shape).collect();
+            let shape = shapes.filter(|s| !s.is_empty()).map(|s| {
+                let r = s[0].len() as i64;
+                let axis = attr::int(node, "axis").unwrap_or(0);
+                let axis = if axis < 0 { axis + r } else { axis } as usize;
+                (0..s[0].len())
+                    .map(|i| {
+                        if i == axis {
+                            s.iter().map(|d| d.get(i).and_then(Dim::known)).sum::<Option<i64>>().map_or(Dim::Unknown, Dim::Known)
+                        } else {
+                            s[0][i].clone()
+                        }
+                    })
+                    .collect()
+            });
+            with(in_type(0), shape)
         }
         "Constant" => {
             let t = attr::tensor(node, "value");

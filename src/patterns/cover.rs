@@ -18,7 +18,7 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
 
     // Helpers: row-count chains and the nodes holding constants the core reads.
     let mut aux: Vec<NodeId> = s.aux.clone();
-    let mut stack: Vec<NodeId> = core.iter().copied().collect();
+    let mut stack: Vec<NodeId> = core.iter().chain(&s.aux).copied().collect();
     let mut seen = HashSet::new();
     while let Some(id) = stack.pop() {
         for input in &g.node(id).input {

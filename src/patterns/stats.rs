@@ -161,8 +161,8 @@ fn biased_variance(c: &Canon<'_, '_>, value: &str) -> Option<(String, Axes, Vari
             nodes.extend(cen.nodes);
             return Some((cen.x, mean.axes, VarianceForm::TwoPass, nodes));
         }
-        let (x, crossed) = c.root(&squared);
-        nodes.extend(crossed);
+        // Casts in front of x are the caller's to judge (they may be shared).
+        let (x, _) = c.root(&squared);
         return Some((x, mean.axes, VarianceForm::MeanSquare, nodes));
     }
     // E[x²] - E[x]²

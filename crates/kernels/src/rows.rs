@@ -348,7 +348,7 @@ impl<A: Accumulator> RowStats<A> {
 
     fn store(&self, row: usize, mean: Option<&mut [A]>, inv_std_dev: Option<&mut [A]>) {
         if let Some(m) = mean {
-            m[row] = self.shift + self.corr;
+            m[row] = self.shift;
         }
         if let Some(s) = inv_std_dev {
             s[row] = self.inv_std_dev;

@@ -169,10 +169,12 @@ fn random_data(rng: &mut Rng, len: usize, row_len: usize) -> Vec<f64> {
             (0..len).map(|_| mu + spread * rng.normal()).collect()
         }
         3 => {
-            // Constant rows: var = 0, so eps = 0 gives sigma = 0 and y = 0/0.
+            // Constant rows: var = 0, so eps = 0 gives sigma = 0 and y = 0/0. Values are
+            // multiples of 1/8 so that even the f64 reference sums them exactly; arbitrary
+            // constants are tested against the kernel alone in `rows`.
             let mut x = Vec::with_capacity(len);
             while x.len() < len {
-                let v = rng.range(-5.0, 5.0);
+                let v = (rng.below(81) as f64 - 40.0) / 8.0;
                 x.extend(std::iter::repeat_n(v, row_len.max(1)));
             }
             x.truncate(len);
@@ -226,6 +228,30 @@ fn close(got: f64, want: f64, tol: f64) -> bool {
     (got - want).abs() <= tol * want.abs().max(1.0)
 }
 
+/// How much the reference's own rounding is amplified on row `r` when it runs on f64 data.
+///
+/// The reference rounds `sum(x) / N` to f64 and subtracts that from every `x`, so its `d` (and,
+/// with `eps_in_sqrt = 0`, its `sigma`) carry an error of about `eps_f64 * |mean|`, which `y`
+/// sees divided by sigma. On f32/f16/bf16 data that error is far below the tolerance; on f64
+/// data the tolerance is widened by `|mean| / sigma` (1 on ordinary rows). The kernels' corrected
+/// mean is more exact than this, so it is the reference being allowed for here.
+fn f64_reference_condition<T: TestFloat>(want: &adanorm_kernels::RefOutput, r: usize) -> f64 {
+    if T::NAME == "f64" {
+        let cond = want.mean[r].abs() * want.inv_std_dev[r];
+        if cond.is_finite() { cond.max(1.0) } else { 1.0 }
+    } else {
+        1.0
+    }
+}
+
+/// `got` matches `want` to `tol * |want|`; non-finite values must match exactly.
+fn close_rel(got: f64, want: f64, tol: f64) -> bool {
+    if !want.is_finite() || !got.is_finite() {
+        return same(got, want);
+    }
+    (got - want).abs() <= tol * want.abs()
+}
+
 fn round<T: TestFloat>(v: &[f64]) -> (Vec<T>, Vec<f64>) {
     let t: Vec<T> = v.iter().map(|&v| T::from_f64(v)).collect();
     let back = t.iter().map(|&v| v.to_f64()).collect();
@@ -235,7 +261,17 @@ fn round<T: TestFloat>(v: &[f64]) -> (Vec<T>, Vec<f64>) {
 /// Runs one case with one set of params through both entry points and the reference; returns
 /// the number of Y values compared.
 fn check<T: TestFloat>(case: &Case, params: &Params) -> usize {
-    let ctx = || format!("{} {params:?} shape {:?} axis {} case {case:?}", T::NAME, case.shape, case.axis);
+    let ctx = || {
+        let shape = |p: &Option<Param>| p.as_ref().map(|p| p.shape.clone());
+        format!(
+            "{} {params:?}, X {:?} axis {}, Scale {:?}, B {:?}",
+            T::NAME,
+            case.shape,
+            case.axis,
+            shape(&case.scale),
+            shape(&case.bias)
+        )
+    };
     let (x, x64) = round::<T>(&case.x);
     let rounded = |p: &Option<Param>| p.as_ref().map(|p| (round::<T>(&p.values), p.shape.clone()));
     let (scale, bias) = (rounded(&case.scale), rounded(&case.bias));
@@ -272,18 +308,15 @@ fn check<T: TestFloat>(case: &Case, params: &Params) -> usize {
 
     for (i, (&got, &want_y)) in y.iter().zip(&want.y).enumerate() {
         let got = got.to_f64();
-        let row = i / layout.row_len;
-        // The f64 reference rounds the mean to f64 before subtracting, so on f64 data its own
-        // error in y grows with |mean| / sigma; the kernels' corrected mean does not.
-        let cond = if T::NAME == "f64" { (want.mean[row].abs() * want.inv_std_dev[row]).max(1.0) } else { 1.0 };
+        let cond = f64_reference_condition::<T>(&want, i / layout.row_len);
         assert!(close(got, want_y, T::Y_TOL * cond), "y[{i}] = {got}, want {want_y}: {}", ctx());
     }
     for r in 0..layout.rows {
         let (m, s) = (mean[r].to_f64(), inv[r].to_f64());
         assert!(close(m, want.mean[r], T::STATS_TOL), "mean[{r}] = {m}, want {}: {}", want.mean[r], ctx());
-        let rel = T::STATS_TOL * want.inv_std_dev[r].abs().max(f64::MIN_POSITIVE);
+        let tol = T::STATS_TOL * f64_reference_condition::<T>(&want, r);
         assert!(
-            same(s, want.inv_std_dev[r]) || (s - want.inv_std_dev[r]).abs() <= rel,
+            close_rel(s, want.inv_std_dev[r], tol),
             "inv_std_dev[{r}] = {s}, want {}: {}",
             want.inv_std_dev[r],
             ctx()
