@@ -348,7 +348,7 @@ impl<A: Accumulator> RowStats<A> {
 
     fn store(&self, row: usize, mean: Option<&mut [A]>, inv_std_dev: Option<&mut [A]>) {
         if let Some(m) = mean {
-            m[row] = self.shift;
+            m[row] = self.shift + self.corr;
         }
         if let Some(s) = inv_std_dev {
             s[row] = self.inv_std_dev;
@@ -397,8 +397,8 @@ fn sum<A: Accumulator>(x: &[A]) -> A {
         let (chunks, tail) = block.as_chunks::<LANES>();
         let mut acc = [A::ZERO; LANES];
         for chunk in chunks {
-            for (a, &v) in acc.iter_mut().zip(chunk) {
-                *a += v;
+            for j in 0..LANES {
+                acc[j] += chunk[j];
             }
         }
         total += reduce(acc) + tail.iter().fold(A::ZERO, |s, &v| s + v);
@@ -414,10 +414,17 @@ fn centered_sums<A: Accumulator>(x: &[A], shift: A) -> (A, A) {
         let mut acc_d = [A::ZERO; LANES];
         let mut acc_d2 = [A::ZERO; LANES];
         for chunk in chunks {
-            for ((a, a2), &v) in acc_d.iter_mut().zip(acc_d2.iter_mut()).zip(chunk) {
-                let d = v - shift;
-                *a += d;
-                *a2 += d * d;
+            // Separate loops keep the vectoriser working across lanes rather than pairing each
+            // lane's d with its d².
+            let mut d = [A::ZERO; LANES];
+            for j in 0..LANES {
+                d[j] = chunk[j] - shift;
+            }
+            for j in 0..LANES {
+                acc_d[j] += d[j];
+            }
+            for j in 0..LANES {
+                acc_d2[j] += d[j] * d[j];
             }
         }
         let (mut tail_d, mut tail_d2) = (A::ZERO, A::ZERO);

@@ -1,0 +1,558 @@
+//! Hand-built graphs for each LayerNorm form the matcher must recognise, and near-misses it must
+//! not take for a LayerNorm.
+
+mod common;
+
+use adanorm_onnx::patterns::{Family, Match};
+use common::{Builder, A, F16, F32, F64, I64};
+
+const H: i64 = 8;
+
+#[derive(Clone)]
+struct Ln {
+    opset: i64,
+    axes: Vec<i64>,
+    /// Axes for the variance mean, when different from the centring mean.
+    var_axes: Option<Vec<i64>>,
+    keepdims: Option<i64>,
+    square: &'static str, // "pow", "mul"
+    pow_exponent: f32,
+    norm: &'static str, // "div", "reciprocal", "div_one"
+    eps: Option<f32>,
+    eps_from_input: bool,
+    gamma: Option<Vec<i64>>,
+    gamma_first: bool,
+    beta: bool,
+    dup_sub: bool,
+    shape: Vec<i64>,
+}
+
+impl Default for Ln {
+    fn default() -> Self {
+        Ln {
+            opset: 14,
+            axes: vec![-1],
+            var_axes: None,
+            keepdims: None,
+            square: "pow",
+            pow_exponent: 2.0,
+            norm: "div",
+            eps: Some(1e-5),
+            eps_from_input: false,
+            gamma: Some(vec![H]),
+            gamma_first: false,
+            beta: true,
+            dup_sub: false,
+            shape: vec![2, 3, H],
+        }
+    }
+}
+
+fn mean(b: &mut Builder, x: &str, axes: &[i64], opset: i64, keepdims: Option<i64>) -> String {
+    let mut attrs = vec![];
+    if let Some(k) = keepdims {
+        attrs.push(("keepdims", A::I(k)));
+    }
+    if opset >= 18 {
+        let a = b.constant_typed(I64, &[axes.len() as i64], &axes.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        b.op("ReduceMean", &[x, &a], attrs)
+    } else {
+        attrs.push(("axes", A::Is(axes.to_vec())));
+        b.op("ReduceMean", &[x], attrs)
+    }
+}
+
+fn build_ln(o: &Ln) -> Builder {
+    let mut b = Builder::new(o.opset);
+    let x = b.input("x", F32, &o.shape);
+    let m = mean(&mut b, &x, &o.axes, o.opset, o.keepdims);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let d2 = if o.dup_sub { b.op("Sub", &[&x, &m], vec![]) } else { d.clone() };
+    let sq = match o.square {
+        "pow" => {
+            let two = b.constant(o.pow_exponent);
+            b.op("Pow", &[&d, &two], vec![])
+        }
+        _ => b.op("Mul", &[&d, &d], vec![]),
+    };
+    let var_axes = o.var_axes.clone().unwrap_or(o.axes.clone());
+    let v = mean(&mut b, &sq, &var_axes, o.opset, o.keepdims);
+    let ve = match o.eps {
+        Some(e) => {
+            let eps = if o.eps_from_input { b.input("eps", F32, &[]) } else { b.constant(e) };
+            b.op("Add", &[&v, &eps], vec![])
+        }
+        None => v,
+    };
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let n = match o.norm {
+        "div" => b.op("Div", &[&d2, &s], vec![]),
+        "reciprocal" => {
+            let r = b.op("Reciprocal", &[&s], vec![]);
+            b.op("Mul", &[&r, &d2], vec![])
+        }
+        _ => {
+            let one = b.constant(1.0);
+            let r = b.op("Div", &[&one, &s], vec![]);
+            b.op("Mul", &[&d2, &r], vec![])
+        }
+    };
+    let mut y = n;
+    if let Some(gs) = &o.gamma {
+        let count: i64 = gs.iter().product();
+        let g = b.init("gamma", gs, &(0..count).map(|i| 1.0 + i as f32 / 10.0).collect::<Vec<_>>());
+        y = if o.gamma_first { b.op("Mul", &[&g, &y], vec![]) } else { b.op("Mul", &[&y, &g], vec![]) };
+    }
+    if o.beta {
+        let bias = b.init("beta", &[H], &[0.5; H as usize]);
+        y = b.op("Add", &[&bias, &y], vec![]);
+    }
+    b.node_named("consumer", "Relu", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    b
+}
+
+fn only(ms: Vec<Match>) -> Match {
+    assert_eq!(ms.len(), 1, "expected exactly one match, got {ms:#?}");
+    ms.into_iter().next().unwrap()
+}
+
+fn ln_ok(o: &Ln) -> Match {
+    let m = only(build_ln(o).matches());
+    assert_eq!(m.family, Family::LayerNorm);
+    assert!(m.rewritable, "{:?}", m.reason);
+    assert_eq!(m.input, "x");
+    m
+}
+
+#[test]
+fn legacy_layernorm_with_affine() {
+    let m = ln_ok(&Ln::default());
+    assert_eq!(m.axis, Some(-1));
+    assert_eq!(m.epsilon, 1e-5f32 as f64);
+    assert!(!m.unbiased && m.eps_in_sqrt);
+    assert_eq!(m.scale.as_deref(), Some("gamma"));
+    assert_eq!(m.bias.as_deref(), Some("beta"));
+    // ReduceMean, Sub, Pow (+its Constant), ReduceMean, Add (+eps Constant), Sqrt, Div, Mul, Add
+    assert_eq!(m.nodes.len(), 11);
+}
+
+#[test]
+fn opset18_axes_inputs_of_either_sign() {
+    let m = ln_ok(&Ln { opset: 18, axes: vec![-1], var_axes: Some(vec![2]), keepdims: Some(1), ..Ln::default() });
+    assert_eq!(m.axis, Some(-1));
+}
+
+#[test]
+fn gamma_first_operand_order_and_dup_sub() {
+    let m = ln_ok(&Ln { gamma_first: true, dup_sub: true, ..Ln::default() });
+    assert_eq!(m.scale.as_deref(), Some("gamma"));
+    assert_eq!(m.nodes.len(), 12, "both Subs belong to the match");
+}
+
+#[test]
+fn no_gamma_no_beta_and_scale_only() {
+    let m = ln_ok(&Ln { gamma: None, beta: false, ..Ln::default() });
+    assert_eq!((m.scale, m.bias), (None, None));
+    let m = ln_ok(&Ln { beta: false, ..Ln::default() });
+    assert_eq!((m.scale.as_deref(), m.bias), (Some("gamma"), None));
+}
+
+#[test]
+fn eps_removed_by_the_exporter() {
+    let m = ln_ok(&Ln { eps: None, ..Ln::default() });
+    assert_eq!(m.epsilon, 0.0);
+}
+
+#[test]
+fn reciprocal_forms_and_mul_square() {
+    for norm in ["reciprocal", "div_one"] {
+        ln_ok(&Ln { norm, square: "mul", ..Ln::default() });
+    }
+}
+
+#[test]
+fn two_trailing_axes_with_2d_parameters() {
+    let m = ln_ok(&Ln { axes: vec![-2, -1], gamma: Some(vec![3, H]), beta: false, ..Ln::default() });
+    assert_eq!(m.axis, Some(-2));
+    assert_eq!(m.scale.as_deref(), Some("gamma"));
+}
+
+// ---- near-misses ----
+
+#[test]
+fn keepdims_zero_is_not_layernorm() {
+    assert!(build_ln(&Ln { keepdims: Some(0), ..Ln::default() }).matches().is_empty());
+}
+
+#[test]
+fn different_axes_on_the_two_means_is_not_layernorm() {
+    let o = Ln { axes: vec![-1], var_axes: Some(vec![-2]), ..Ln::default() };
+    assert!(build_ln(&o).matches().is_empty());
+}
+
+#[test]
+fn pow_three_is_not_layernorm() {
+    assert!(build_ln(&Ln { pow_exponent: 3.0, ..Ln::default() }).matches().is_empty());
+}
+
+#[test]
+fn non_constant_eps_is_not_layernorm() {
+    assert!(build_ln(&Ln { eps_from_input: true, ..Ln::default() }).matches().is_empty());
+}
+
+#[test]
+fn gamma_of_the_wrong_length_stays_outside() {
+    let m = ln_ok(&Ln { gamma: Some(vec![H / 2]), beta: false, ..Ln::default() });
+    assert_eq!(m.scale, None, "a [H/2] gain cannot scale rows of length H");
+}
+
+#[test]
+fn gamma_that_broadcasts_over_rows_stays_outside() {
+    let m = ln_ok(&Ln { gamma: Some(vec![3, 1]), beta: false, ..Ln::default() });
+    assert_eq!(m.scale, None, "a [3,1] tensor varies across rows: not a LayerNorm gain");
+}
+
+#[test]
+fn inner_value_used_elsewhere_is_reported_not_rewritable() {
+    let mut b = build_ln(&Ln::default());
+    // Read the centred value outside the subgraph.
+    let d = b.nodes.iter().find(|n| n.op_type() == "Sub").unwrap().output[0].clone();
+    b.node_named("spy", "Relu", &[&d], &["spy_out"], vec![]);
+    b.output("spy_out", F32);
+    let m = only(b.matches());
+    assert!(!m.rewritable);
+    assert!(m.reason.as_deref().unwrap().contains("spy"), "{:?}", m.reason);
+}
+
+#[test]
+fn inner_value_that_is_a_graph_output_is_not_rewritable() {
+    let mut b = build_ln(&Ln::default());
+    let s = b.nodes.iter().find(|n| n.op_type() == "Sqrt").unwrap().output[0].clone();
+    b.output(&s, F32);
+    let m = only(b.matches());
+    assert!(!m.rewritable);
+    assert!(m.reason.as_deref().unwrap().contains("graph output"));
+}
+
+/// x - mean(y): centring against another tensor's mean.
+#[test]
+fn mean_of_another_tensor_is_not_centring() {
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[2, H]);
+    let z = b.input("z", F32, &[2, H]);
+    let m = mean(&mut b, &z, &[-1], 14, None);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let two = b.constant(2.0);
+    let p = b.op("Pow", &[&d, &two], vec![]);
+    let v = mean(&mut b, &p, &[-1], 14, None);
+    let e = b.constant(1e-5);
+    let ve = b.op("Add", &[&v, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let y = b.op("Div", &[&d, &s], vec![]);
+    b.node_named("c", "Identity", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    // Not a LayerNorm of x; what it does compute is an RMSNorm of the difference.
+    let m = only(b.matches());
+    assert_eq!((m.family, m.input.as_str()), (Family::RmsNorm, d.as_str()));
+}
+
+// ---- mixed precision ----
+
+/// fp16 model, legacy exporter: Cast(d)->double, f64 constants, Cast back to f16 before gamma.
+#[test]
+fn fp16_with_double_island() {
+    let mut b = Builder::new(14);
+    let x = b.input("x", F16, &[2, H]);
+    let m = mean(&mut b, &x, &[-1], 14, None);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let dd = b.op("Cast", &[&d], vec![("to", A::I(F64 as i64))]);
+    let two = b.constant_typed(F64, &[], &[2.0]);
+    let p = b.op("Pow", &[&dd, &two], vec![]);
+    let v = mean(&mut b, &p, &[-1], 14, None);
+    let e = b.constant_typed(F64, &[], &[1e-12]);
+    let ve = b.op("Add", &[&v, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let n = b.op("Div", &[&dd, &s], vec![]);
+    let nh = b.op("Cast", &[&n], vec![("to", A::I(F16 as i64))]);
+    let g = b.init_typed("gamma", F16, &[H], &[1.5; H as usize]);
+    let y = b.op("Mul", &[&nh, &g], vec![]);
+    let bb = b.init_typed("beta", F16, &[H], &[0.25; H as usize]);
+    let y = b.op("Add", &[&y, &bb], vec![]);
+    b.node_named("c", "Identity", &[&y], &["out"], vec![]);
+    b.output("out", F16);
+    let m = only(b.matches());
+    assert_eq!(m.family, Family::LayerNorm);
+    assert!(m.rewritable, "{:?}", m.reason);
+    assert_eq!(m.dtype, Some(F16));
+    assert_eq!(m.epsilon, 1e-12);
+    assert_eq!((m.scale.as_deref(), m.bias.as_deref()), (Some("gamma"), Some("beta")));
+}
+
+/// fp16 eps underflowed to 0 still matches with epsilon 0.
+#[test]
+fn fp16_eps_underflowed_to_zero() {
+    let mut b = Builder::new(14);
+    let x = b.input("x", F16, &[2, H]);
+    let m = mean(&mut b, &x, &[-1], 14, Some(1));
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let two = b.constant_typed(F16, &[], &[2.0]);
+    let p = b.op("Pow", &[&d, &two], vec![]);
+    let v = mean(&mut b, &p, &[-1], 14, Some(1));
+    let e = b.constant_typed(F16, &[], &[0.0]);
+    let ve = b.op("Add", &[&v, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let n = b.op("Div", &[&d, &s], vec![]);
+    b.node_named("c", "Identity", &[&n], &["out"], vec![]);
+    b.output("out", F16);
+    let m = only(b.matches());
+    assert_eq!((m.family, m.epsilon, m.dtype), (Family::LayerNorm, 0.0, Some(F16)));
+}
+
+// ---- E[x²] − E[x]² ----
+
+#[test]
+fn moment_difference_variance() {
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[2, H]);
+    let m = mean(&mut b, &x, &[-1], 14, None);
+    let x2 = b.op("Mul", &[&x, &x], vec![]);
+    let ex2 = mean(&mut b, &x2, &[-1], 14, None);
+    let m2 = b.op("Mul", &[&m, &m], vec![]);
+    let var = b.op("Sub", &[&ex2, &m2], vec![]);
+    let e = b.constant(1e-5);
+    let ve = b.op("Add", &[&var, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let n = b.op("Div", &[&d, &s], vec![]);
+    b.node_named("c", "Identity", &[&n], &["out"], vec![]);
+    b.output("out", F32);
+    let m = only(b.matches());
+    assert_eq!(m.family, Family::LayerNorm);
+    assert!(m.form.contains("E[x²]"), "{}", m.form);
+    assert!(m.rewritable, "{:?}", m.reason);
+}
+
+// ---- LayerNorm-simple / Annotated Transformer / AdaNorm ----
+
+/// `N/(N-1)` through Shape/Gather/ReduceProd/Cast, eps after Sqrt, optional gain before the
+/// division; returns (builder, centred value, denominator).
+fn unbiased_std(b: &mut Builder, x: &str, folded: bool) -> (String, String) {
+    let m1 = mean(b, x, &[-1], 14, Some(1));
+    let m2 = mean(b, x, &[-1], 14, Some(1));
+    let s2 = b.op("Sub", &[x, &m2], vec![]);
+    let sq = b.op("Mul", &[&s2, &s2], vec![]);
+    let v = mean(b, &sq, &[-1], 14, Some(1));
+    let vu = if folded {
+        let n = b.constant(H as f32);
+        let n1 = b.constant((H - 1) as f32);
+        let vn = b.op("Mul", &[&v, &n], vec![]);
+        b.op("Div", &[&vn, &n1], vec![])
+    } else {
+        let shape = b.op("Shape", &[x], vec![]);
+        let idx = b.constant_typed(I64, &[1], &[-1.0]);
+        let gat = b.op("Gather", &[&shape, &idx], vec![("axis", A::I(0))]);
+        let prod = b.op("ReduceProd", &[&gat], vec![("keepdims", A::I(0))]);
+        let n = b.op("Cast", &[&prod], vec![("to", A::I(F32 as i64))]);
+        let vn = b.op("Mul", &[&v, &n], vec![]);
+        let one = b.constant(1.0);
+        let n1 = b.op("Sub", &[&n, &one], vec![]);
+        b.op("Div", &[&vn, &n1], vec![])
+    };
+    let sd = b.op("Sqrt", &[&vu], vec![]);
+    let e = b.constant(1e-6);
+    let den = b.op("Add", &[&sd, &e], vec![]);
+    let xc = b.op("Sub", &[x, &m1], vec![]);
+    (xc, den)
+}
+
+#[test]
+fn annotated_transformer_layernorm_is_lnsimple_with_affine() {
+    for folded in [false, true] {
+        let mut b = Builder::new(14);
+        let x = b.input("x", F32, &[2, 3, H]);
+        let (xc, den) = unbiased_std(&mut b, &x, folded);
+        let g = b.init("a_2", &[H], &[2.0; H as usize]);
+        let gx = b.op("Mul", &[&g, &xc], vec![]);
+        let n = b.op("Div", &[&gx, &den], vec![]);
+        let bb = b.init("b_2", &[H], &[0.1; H as usize]);
+        let y = b.op("Add", &[&n, &bb], vec![]);
+        b.node_named("c", "Identity", &[&y], &["out"], vec![]);
+        b.output("out", F32);
+        let m = only(b.matches());
+        assert_eq!(m.family, Family::LnSimple, "folded={folded}");
+        assert!(m.unbiased && !m.eps_in_sqrt);
+        assert_eq!(m.epsilon, 1e-6f32 as f64);
+        assert_eq!((m.scale.as_deref(), m.bias.as_deref()), (Some("a_2"), Some("b_2")));
+        assert!(m.rewritable, "{:?}", m.reason);
+    }
+}
+
+#[test]
+fn folded_bessel_factor_must_match_the_row_length() {
+    let mut b = Builder::new(14);
+    // Row length 8, but the graph multiplies by 64/63: not this tensor's Bessel correction.
+    let x = b.input("x", F32, &[2, H]);
+    let m = mean(&mut b, &x, &[-1], 14, Some(1));
+    let xc = b.op("Sub", &[&x, &m], vec![]);
+    let sq = b.op("Mul", &[&xc, &xc], vec![]);
+    let v = mean(&mut b, &sq, &[-1], 14, Some(1));
+    let n = b.constant(64.0);
+    let n1 = b.constant(63.0);
+    let vn = b.op("Mul", &[&v, &n], vec![]);
+    let vu = b.op("Div", &[&vn, &n1], vec![]);
+    let sd = b.op("Sqrt", &[&vu], vec![]);
+    let y = b.op("Div", &[&xc, &sd], vec![]);
+    b.node_named("c", "Identity", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    assert!(b.matches().is_empty());
+}
+
+fn adanorm_graph(c: Option<f32>, k: f32) -> Builder {
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[2, 3, H]);
+    let (xc, den) = unbiased_std(&mut b, &x, false);
+    let m3 = mean(&mut b, &xc, &[-1], 14, Some(1));
+    let xcc = b.op("Sub", &[&xc, &m3], vec![]);
+    let kc = b.constant(k);
+    let t = b.op("Mul", &[&xcc, &kc], vec![]);
+    let gra = b.op("Div", &[&t, &den], vec![]);
+    let p = b.op("Mul", &[&xc, &gra], vec![]);
+    let w = b.op("Sub", &[&xc, &p], vec![]);
+    let mut y = b.op("Div", &[&w, &den], vec![]);
+    if let Some(c) = c {
+        let cc = b.constant(c);
+        y = b.op("Mul", &[&y, &cc], vec![]);
+    }
+    b.node_named("c", "Identity", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    b
+}
+
+#[test]
+fn adanorm_recovers_c_and_k() {
+    let m = only(adanorm_graph(Some(2.5), 0.1).matches());
+    assert_eq!(m.family, Family::AdaNorm);
+    assert_eq!((m.c, m.k), (2.5, 0.1f32 as f64));
+    assert!(m.unbiased && !m.eps_in_sqrt && m.rewritable);
+    // C = 1 exported by an optimiser that drops Mul(., 1): no trailing Mul at all.
+    let m = only(adanorm_graph(None, 0.2).matches());
+    assert_eq!((m.family, m.c, m.k), (Family::AdaNorm, 1.0, 0.2f32 as f64));
+}
+
+// ---- Keras (tf2onnx) ----
+
+#[test]
+fn keras_folded_affine_sub_form() {
+    let mut b = Builder::new(13);
+    let x = b.input("x", F32, &[2, 3, H]);
+    let m = b.op("GlobalAveragePool", &[&x], vec![]);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let sq = b.op("Mul", &[&d, &d], vec![]);
+    let v = b.op("GlobalAveragePool", &[&sq], vec![]);
+    let e = b.init("eps", &[], &[1e-3]);
+    let ve = b.op("Add", &[&v, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let inv = b.op("Reciprocal", &[&s], vec![]);
+    let g = b.init("gamma", &[1, 1, H], &[1.5; H as usize]);
+    let sc = b.op("Mul", &[&inv, &g], vec![]);
+    let xs = b.op("Mul", &[&x, &sc], vec![]);
+    let ms = b.op("Mul", &[&m, &sc], vec![]);
+    let bb = b.init("beta", &[1, 1, H], &[0.5; H as usize]);
+    let r = b.op("Sub", &[&bb, &ms], vec![]);
+    let y = b.op("Add", &[&xs, &r], vec![]);
+    b.node_named("c", "Identity", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    let m = only(b.matches());
+    assert_eq!(m.family, Family::LayerNorm);
+    assert!(m.form.contains("Keras"));
+    assert_eq!((m.scale.as_deref(), m.bias.as_deref(), m.axis), (Some("gamma"), Some("beta"), Some(-1)));
+    assert_eq!(m.epsilon, 1e-3f32 as f64);
+    assert!(m.rewritable, "{:?}", m.reason);
+}
+
+// ---- channels-first ----
+
+fn channels_first(gamma_dims: &[i64]) -> Builder {
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[1, 4, 5, 6]);
+    let m = mean(&mut b, &x, &[1], 14, Some(1));
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let two = b.constant(2.0);
+    let p = b.op("Pow", &[&d, &two], vec![]);
+    let v = mean(&mut b, &p, &[1], 14, Some(1));
+    let e = b.constant(1e-6);
+    let ve = b.op("Add", &[&v, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let n = b.op("Div", &[&d, &s], vec![]);
+    let count: i64 = gamma_dims.iter().product();
+    let g = b.init("gamma", gamma_dims, &vec![2.0; count as usize]);
+    let y = b.op("Mul", &[&g, &n], vec![]);
+    b.node_named("c", "Identity", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    b
+}
+
+#[test]
+fn channels_first_is_never_a_trailing_axes_normalisation() {
+    let m = only(channels_first(&[4, 1, 1]).matches());
+    assert_eq!(m.family, Family::LayerNorm);
+    assert_eq!(m.axes, vec![1]);
+    assert_eq!(m.axis, None, "axis 1 alone is not ops-spec axis=1 (which means axes 1..)");
+    assert!(!m.rewritable);
+    assert_eq!(m.scale.as_deref(), Some("gamma"));
+}
+
+#[test]
+fn channels_first_with_a_trailing_shaped_scale_keeps_the_scale_outside() {
+    let m = only(channels_first(&[6]).matches());
+    assert_eq!(m.scale, None, "a [W] tensor is not a per-channel gain");
+}
+
+// ---- RMSNorm ----
+
+#[test]
+fn rmsnorm_is_reported_as_rmsnorm() {
+    let mut b = Builder::new(18);
+    let x = b.input("x", F32, &[2, H]);
+    let two = b.constant(2.0);
+    let p = b.op("Pow", &[&x, &two], vec![]);
+    let ms = mean(&mut b, &p, &[-1], 18, Some(1));
+    let e = b.constant(1e-6);
+    let ve = b.op("Add", &[&ms, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let r = b.op("Reciprocal", &[&s], vec![]);
+    let n = b.op("Mul", &[&x, &r], vec![]);
+    let g = b.init("w", &[H], &[1.0; H as usize]);
+    let y = b.op("Mul", &[&g, &n], vec![]);
+    b.node_named("c", "Identity", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    let m = only(b.matches());
+    assert_eq!(m.family, Family::RmsNorm);
+    assert_eq!(m.scale.as_deref(), Some("w"));
+    assert!(!m.rewritable);
+}
+
+// ---- fused ops ----
+
+#[test]
+fn fused_ops_in_their_families() {
+    let mut b = Builder::new(14); // LayerNormalization below opset 17, as ORT saves it
+    b.extra_opsets.push(("com.microsoft".into(), 1));
+    let x = b.input("x", F32, &[2, 3, H]);
+    let skip = b.input("skip", F32, &[2, 3, H]);
+    let g = b.init("g", &[H], &[1.0; H as usize]);
+    let bb = b.init("b", &[H], &[0.0; H as usize]);
+    let y1 = b.op("LayerNormalization", &[&x, &g, &bb], vec![("epsilon", A::F(1e-6)), ("axis", A::I(-1))]);
+    let y2 = b.domain_op("com.microsoft", "SkipLayerNormalization", &[&y1, &skip, &g, &bb], vec![]);
+    let y3 = b.domain_op("com.microsoft", "SkipSimplifiedLayerNormalization", &[&y2, &skip, &g], vec![]);
+    let y4 = b.op("SimplifiedLayerNormalization", &[&y3, &g], vec![]);
+    b.node_named("c", "Identity", &[&y4], &["out"], vec![]);
+    b.output("out", F32);
+    let ms = b.matches();
+    let fams: Vec<Family> = ms.iter().map(|m| m.family).collect();
+    assert_eq!(fams, [Family::LayerNorm, Family::LayerNorm, Family::RmsNorm, Family::RmsNorm]);
+    assert_eq!(ms[0].epsilon, 1e-6f32 as f64);
+    assert_eq!(ms[0].axis, Some(-1));
+    assert!(ms[0].rewritable && ms[1].rewritable && !ms[2].rewritable);
+}
