@@ -391,52 +391,35 @@ fn ada_consts<A: Accumulator>(params: &Params) -> Option<(A, A)> {
     }
 }
 
-fn sum<A: Accumulator>(x: &[A]) -> A {
+/// `sum(f(x))` with [`LANES`] independent accumulators, restarted every [`BLOCK`] elements.
+#[inline(always)]
+fn sum_map<A: Accumulator>(x: &[A], f: impl Fn(A) -> A) -> A {
     let mut total = A::ZERO;
     for block in x.chunks(BLOCK) {
         let (chunks, tail) = block.as_chunks::<LANES>();
         let mut acc = [A::ZERO; LANES];
         for chunk in chunks {
             for j in 0..LANES {
-                acc[j] += chunk[j];
+                acc[j] += f(chunk[j]);
             }
         }
-        total += reduce(acc) + tail.iter().fold(A::ZERO, |s, &v| s + v);
+        total += reduce(acc) + tail.iter().fold(A::ZERO, |s, &v| s + f(v));
     }
     total
 }
 
+fn sum<A: Accumulator>(x: &[A]) -> A {
+    sum_map(x, |v| v)
+}
+
 /// `(sum(x - shift), sum((x - shift)^2))`.
+///
+/// Two sweeps rather than one loop with two accumulator sets: fused, the vectoriser packs each
+/// lane's `d` with its `d²` instead of packing lanes together, and runs mostly scalar.
 fn centered_sums<A: Accumulator>(x: &[A], shift: A) -> (A, A) {
-    let (mut total_d, mut total_d2) = (A::ZERO, A::ZERO);
-    for block in x.chunks(BLOCK) {
-        let (chunks, tail) = block.as_chunks::<LANES>();
-        let mut acc_d = [A::ZERO; LANES];
-        let mut acc_d2 = [A::ZERO; LANES];
-        for chunk in chunks {
-            // Separate loops keep the vectoriser working across lanes rather than pairing each
-            // lane's d with its d².
-            let mut d = [A::ZERO; LANES];
-            for j in 0..LANES {
-                d[j] = chunk[j] - shift;
-            }
-            for j in 0..LANES {
-                acc_d[j] += d[j];
-            }
-            for j in 0..LANES {
-                acc_d2[j] += d[j] * d[j];
-            }
-        }
-        let (mut tail_d, mut tail_d2) = (A::ZERO, A::ZERO);
-        for &v in tail {
-            let d = v - shift;
-            tail_d += d;
-            tail_d2 += d * d;
-        }
-        total_d += reduce(acc_d) + tail_d;
-        total_d2 += reduce(acc_d2) + tail_d2;
-    }
-    (total_d, total_d2)
+    let sum_d = sum_map(x, |v| v - shift);
+    let sum_d2 = sum_map(x, |v| (v - shift) * (v - shift));
+    (sum_d, sum_d2)
 }
 
 /// Pairwise sum of the lanes.

@@ -1,0 +1,111 @@
+//! Every real exporter model in fixtures/zoo is inspected against its ground-truth counts per
+//! family, and the parameters each family must carry are checked.
+
+use std::path::{Path, PathBuf};
+
+use adanorm_onnx::graph::GraphIndex;
+use adanorm_onnx::onnx::load_model;
+use adanorm_onnx::patterns::{find_matches, summary, Family, Match};
+
+fn zoo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/zoo")
+}
+
+fn inspect(name: &str) -> Vec<Match> {
+    let model = load_model(&zoo().join(name).join("model.onnx")).unwrap();
+    let g = GraphIndex::build(&model).unwrap();
+    find_matches(&g)
+}
+
+#[test]
+fn every_zoo_model_matches_its_ground_truth_exactly() {
+    let truth: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(zoo().join("ground_truth.json")).unwrap()).unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(zoo()).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("model.onnx").exists() {
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+        let expected = truth.get(&name).unwrap_or_else(|| panic!("{name} has no ground truth"));
+        let found = summary(&inspect(&name));
+        for (family, n) in found {
+            let want = expected.get(family.name()).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+            assert_eq!(n, want, "{name}: {} matches", family.name());
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 12, "all zoo models were inspected");
+}
+
+fn all(ms: &[Match], pred: impl Fn(&Match) -> bool) -> bool {
+    !ms.is_empty() && ms.iter().all(pred)
+}
+
+#[test]
+fn layernorm_models_are_rewritable_with_their_weights() {
+    for name in ["bert_legacy_op14", "bert_legacy_op17", "bert_dynamo_default", "gpt2_legacy_op14", "keras_tf2onnx_op13"] {
+        let ms = inspect(name);
+        assert!(
+            all(&ms, |m| m.rewritable && m.axis == Some(-1) && m.scale.is_some() && m.bias.is_some() && !m.unbiased && m.eps_in_sqrt),
+            "{name}: {ms:#?}"
+        );
+    }
+}
+
+#[test]
+fn bert_decomposed_epsilon_is_as_stored() {
+    let ms = inspect("bert_legacy_op14");
+    assert!(all(&ms, |m| m.epsilon == 1e-12f32 as f64 && m.dtype == Some(1)));
+}
+
+#[test]
+fn fp16_model_reports_float16_and_its_float64_epsilon() {
+    let ms = inspect("bert_legacy_op14_fp16half");
+    assert!(all(&ms, |m| m.dtype == Some(10) && m.epsilon == 1e-12 && m.rewritable), "{ms:#?}");
+    // The output is after the Cast back to float16 and the affine.
+    assert!(ms.iter().all(|m| m.output.ends_with("LayerNorm/Add_1_output_0") || m.output == "last_hidden_state"));
+}
+
+#[test]
+fn adanorm_module_parameters() {
+    let ms = inspect("adanorm_legacy_op14");
+    assert!(all(&ms, |m| m.family == Family::AdaNorm
+        && m.k == 0.1f32 as f64
+        && m.c == 1.0
+        && m.unbiased
+        && !m.eps_in_sqrt
+        && m.epsilon == 1e-5f32 as f64
+        && m.rewritable));
+    // The whole exported module: 28 nodes including its Shape/Gather/ReduceProd chain.
+    assert!(ms.iter().all(|m| m.nodes.len() == 28));
+}
+
+#[test]
+fn lnsimple_module_parameters() {
+    let ms = inspect("lnsimple_legacy_op14");
+    assert!(all(&ms, |m| m.family == Family::LnSimple && m.unbiased && !m.eps_in_sqrt && m.scale.is_none() && m.rewritable));
+}
+
+#[test]
+fn lnvariants_affine_shapes() {
+    let ms = inspect("lnvariants_legacy_op14");
+    let shape: Vec<(bool, bool, Option<i64>)> = ms.iter().map(|m| (m.scale.is_some(), m.bias.is_some(), m.axis)).collect();
+    assert_eq!(shape, [(false, false, Some(-1)), (true, false, Some(-1)), (true, true, Some(-2))]);
+}
+
+#[test]
+fn channels_first_convnext_is_axis_1_only() {
+    let ms = inspect("convnext_cf_legacy_op14");
+    assert!(all(&ms, |m| m.axes == [1] && m.axis.is_none() && !m.rewritable && m.scale.is_some() && m.bias.is_some()));
+    // HF ConvNeXt wraps its channels-first LayerNorm in Transposes: those are ordinary trailing ones.
+    let ms = inspect("convnext_legacy_op14");
+    assert!(all(&ms, |m| m.axis == Some(-1) && m.rewritable));
+}
+
+#[test]
+fn t5_rmsnorm_is_never_layernorm() {
+    let ms = inspect("t5_legacy_op14");
+    assert!(all(&ms, |m| m.family == Family::RmsNorm && m.scale.is_some() && !m.rewritable));
+}
