@@ -423,15 +423,12 @@ fn centered_sums<A: Accumulator>(x: &[A], shift: A) -> (A, A) {
 }
 
 /// Pairwise sum of the lanes.
-fn reduce<A: Accumulator>(mut acc: [A; LANES]) -> A {
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            acc[i] = acc[i] + acc[i + width];
-        }
-    }
-    acc[0]
+fn reduce<A: Accumulator>(acc: [A; LANES]) -> A {
+    let mut half = [A::ZERO; 8];
+    for i in 0..8 { half[i] = acc[i] + acc[i + 8]; }
+    let mut q = [A::ZERO; 4];
+    for i in 0..4 { q[i] = half[i] + half[i + 4]; }
+    (q[0] + q[2]) + (q[1] + q[3])
 }
 
 #[cfg(test)]

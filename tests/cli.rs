@@ -1,0 +1,131 @@
+//! The `adanorm-onnx` binary: `inspect` output, and bad input giving a one-line error naming the
+//! file (and node), exit code 2, never a panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use adanorm_onnx::onnx::proto::StringStringEntryProto;
+use common::{Builder, F32};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_adanorm-onnx"))
+}
+
+fn zoo_model(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/zoo").join(name).join("model.onnx")
+}
+
+fn inspect(path: &Path) -> Output {
+    bin().arg("inspect").arg(path).output().unwrap()
+}
+
+fn assert_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "expected {n:?} in: {stderr}");
+    }
+}
+
+#[test]
+fn inspect_json_has_matches_and_summary() {
+    let out = bin().args(["inspect", "--json"]).arg(zoo_model("adanorm_legacy_op14")).output().unwrap();
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["summary"]["adanorm"], 4);
+    assert_eq!(j["summary"]["layernorm"], 0);
+    let m = &j["matches"][0];
+    for key in ["family", "nodes", "input", "output", "axis", "epsilon", "unbiased", "eps_in_sqrt", "c", "k", "scale", "bias", "dtype", "rewritable", "reason"] {
+        assert!(m.get(key).is_some(), "match lacks {key}");
+    }
+    assert_eq!(m["family"], "adanorm");
+    assert_eq!(m["unbiased"], 1);
+    assert_eq!(m["eps_in_sqrt"], 0);
+}
+
+#[test]
+fn inspect_table_lists_each_match() {
+    let out = inspect(&zoo_model("gpt2_legacy_op14"));
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.matches("layernorm ").count(), 6, "{text}"); // 5 rows + summary
+    assert!(text.contains("summary: layernorm 5, lnsimple 0, adanorm 0, rmsnorm 0"));
+}
+
+#[test]
+fn a_directory_is_not_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_error(&inspect(dir.path()), &[&dir.path().display().to_string(), "not a regular file"]);
+}
+
+#[test]
+fn a_missing_file() {
+    assert_error(&inspect(Path::new("/nonexistent/model.onnx")), &["/nonexistent/model.onnx"]);
+}
+
+#[test]
+fn a_text_file_is_not_onnx() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("notes.onnx");
+    std::fs::write(&p, "this is not a protobuf, just some text\n").unwrap();
+    assert_error(&inspect(&p), &["notes.onnx", "not an ONNX model"]);
+}
+
+#[test]
+fn a_truncated_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(zoo_model("bert_legacy_op14")).unwrap();
+    let p = dir.path().join("cut.onnx");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    assert_error(&inspect(&p), &["cut.onnx", "not an ONNX model"]);
+}
+
+fn tiny() -> Builder {
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[2, 4]);
+    let w = b.init("w", &[4], &[1.0, 2.0, 3.0, 4.0]);
+    let y = b.op("Mul", &[&x, &w], vec![]);
+    b.node_named("last", "Relu", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    b
+}
+
+#[test]
+fn a_missing_external_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = tiny();
+    let w = &mut b.inits[0];
+    w.raw_data = None;
+    w.data_location = Some(1);
+    w.external_data = vec![StringStringEntryProto { key: Some("location".into()), value: Some("weights.bin".into()) }];
+    let p = b.save(dir.path(), "ext.onnx");
+    assert_error(&inspect(&p), &["weights.bin", "cannot open external data file"]);
+}
+
+#[test]
+fn a_node_reading_an_undefined_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = tiny();
+    b.nodes[1].input[0] = "ghost".into();
+    let p = b.save(dir.path(), "undef.onnx");
+    assert_error(&inspect(&p), &["undef.onnx", "node 'last'", "'ghost' is not defined"]);
+}
+
+#[test]
+fn a_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = tiny();
+    // Mul reads the Relu's output, which reads the Mul's.
+    b.nodes[0].input[0] = "out".into();
+    let p = b.save(dir.path(), "cycle.onnx");
+    assert_error(&inspect(&p), &["cycle.onnx", "cycle", "node '"]);
+}
+
+#[test]
+fn unknown_subcommand_exits_2() {
+    let out = bin().arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
