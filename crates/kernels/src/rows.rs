@@ -1,12 +1,16 @@
 //! Fast row kernels: the formulas of `reference`, over contiguous rows, in the compute precision
 //! (f32 for f32/f16/bf16, f64 for f64).
 //!
-//! Per row: one pass for a first mean `m`, one pass for `sum(x - m)` and `sum((x - m)^2)`, then
-//! the output pass. `sum(x - m)` corrects `m` (the "corrected two-pass" variance): on a row like
-//! `1e4 + noise`, `m` alone is only as exact as one f32 at `1e4` (~5e-4), which would show up
-//! directly in `y`; `m + sum(x - m)/N` is exact to the precision of the deviations instead.
-//! Sums use many independent accumulators in fixed-size chunks so the compiler vectorises them,
-//! and restart every [`BLOCK`] elements so long rows do not accumulate one long rounding chain.
+//! Per row: one pass for a first mean `m`, two for `sum(x - m)` and `sum((x - m)^2)`, then one
+//! fused output pass (normalise, AdaNorm factor, `* Scale`, `+ B`). `sum(x - m)` corrects `m`
+//! (the "corrected two-pass" variance): on a row like `1e4 + noise`, `m` alone is only as exact
+//! as one f32 at `1e4` (~5e-4), which would show up directly in `y`; `m + sum(x - m)/N` is exact
+//! to the precision of the deviations instead.
+//!
+//! Sums use [`LANES`] independent accumulators over fixed-size chunks so the compiler vectorises
+//! them, and restart every [`BLOCK`] elements so long rows do not build one long rounding chain.
+//! f16/bf16 rows are widened to f32 once into a per-call buffer; f32/f64 rows are used as they
+//! are.
 
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Sub};
@@ -52,41 +56,30 @@ pub trait Accumulator:
     fn sqrt(self) -> Self;
 }
 
-impl Accumulator for f32 {
-    const ZERO: f32 = 0.0;
-    const ONE: f32 = 1.0;
-    const NAN: f32 = f32::NAN;
-    fn from_f64(v: f64) -> f32 {
-        v as f32
-    }
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    fn from_usize(n: usize) -> f32 {
-        n as f32
-    }
-    fn sqrt(self) -> f32 {
-        f32::sqrt(self)
-    }
+macro_rules! accumulator {
+    ($t:ident) => {
+        impl Accumulator for $t {
+            const ZERO: $t = 0.0;
+            const ONE: $t = 1.0;
+            const NAN: $t = $t::NAN;
+            fn from_f64(v: f64) -> $t {
+                v as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn from_usize(n: usize) -> $t {
+                n as $t
+            }
+            fn sqrt(self) -> $t {
+                $t::sqrt(self)
+            }
+        }
+    };
 }
 
-impl Accumulator for f64 {
-    const ZERO: f64 = 0.0;
-    const ONE: f64 = 1.0;
-    const NAN: f64 = f64::NAN;
-    fn from_f64(v: f64) -> f64 {
-        v
-    }
-    fn to_f64(self) -> f64 {
-        self
-    }
-    fn from_usize(n: usize) -> f64 {
-        n as f64
-    }
-    fn sqrt(self) -> f64 {
-        f64::sqrt(self)
-    }
-}
+accumulator!(f32);
+accumulator!(f64);
 
 /// A tensor element type `T` of the spec, with its compute precision.
 ///
@@ -106,7 +99,7 @@ pub trait Element: Copy + Send + Sync + 'static {
         buf
     }
 
-    /// Calls `f` with `row` in compute precision and stores what `f` leaves there back in `row`.
+    /// Calls `f` on `row` in compute precision, then stores what `f` left there in `row`.
     fn update_row<R>(row: &mut [Self], buf: &mut Vec<Self::Acc>, f: impl FnOnce(&mut [Self::Acc]) -> R) -> R {
         buf.clear();
         buf.extend(row.iter().map(|v| v.to_acc()));
@@ -117,13 +110,18 @@ pub trait Element: Copy + Send + Sync + 'static {
         r
     }
 
-    /// Calls `f` with a compute-precision slice as long as `out` (contents unspecified), then
-    /// stores it in `out`.
-    fn write_row<R>(out: &mut [Self], buf: &mut Vec<Self::Acc>, f: impl FnOnce(&mut [Self::Acc]) -> R) -> R {
+    /// Calls `f` on `src` in compute precision, then stores what `f` left there in `dst`.
+    /// `src` and `dst` have the same length.
+    fn map_row<R>(
+        src: &[Self],
+        dst: &mut [Self],
+        buf: &mut Vec<Self::Acc>,
+        f: impl FnOnce(&mut [Self::Acc]) -> R,
+    ) -> R {
         buf.clear();
-        buf.resize(out.len(), <Self::Acc as Accumulator>::ZERO);
+        buf.extend(src.iter().map(|v| v.to_acc()));
         let r = f(buf);
-        for (d, &s) in out.iter_mut().zip(buf.iter()) {
+        for (d, &s) in dst.iter_mut().zip(buf.iter()) {
             *d = Self::from_acc(s);
         }
         r
@@ -146,8 +144,10 @@ macro_rules! native_element {
             fn update_row<R>(row: &mut [$t], _: &mut Vec<$t>, f: impl FnOnce(&mut [$t]) -> R) -> R {
                 f(row)
             }
-            fn write_row<R>(out: &mut [$t], _: &mut Vec<$t>, f: impl FnOnce(&mut [$t]) -> R) -> R {
-                f(out)
+            fn map_row<R>(src: &[$t], dst: &mut [$t], _: &mut Vec<$t>, f: impl FnOnce(&mut [$t]) -> R) -> R {
+                // The output row doubles as the work row: one copy instead of a scratch buffer.
+                dst.copy_from_slice(src);
+                f(dst)
             }
         }
     };
@@ -167,24 +167,22 @@ macro_rules! half_element {
                 <$t>::from_f32(acc)
             }
             fn acc_row<'a>(row: &'a [$t], buf: &'a mut Vec<f32>) -> &'a [f32] {
-                buf.clear();
                 buf.resize(row.len(), 0.0);
                 row.convert_to_f32_slice(buf);
                 buf
             }
             fn update_row<R>(row: &mut [$t], buf: &mut Vec<f32>, f: impl FnOnce(&mut [f32]) -> R) -> R {
-                buf.clear();
                 buf.resize(row.len(), 0.0);
                 row.convert_to_f32_slice(buf);
                 let r = f(buf);
                 row.convert_from_f32_slice(buf);
                 r
             }
-            fn write_row<R>(out: &mut [$t], buf: &mut Vec<f32>, f: impl FnOnce(&mut [f32]) -> R) -> R {
-                buf.clear();
-                buf.resize(out.len(), 0.0);
+            fn map_row<R>(src: &[$t], dst: &mut [$t], buf: &mut Vec<f32>, f: impl FnOnce(&mut [f32]) -> R) -> R {
+                buf.resize(src.len(), 0.0);
+                src.convert_to_f32_slice(buf);
                 let r = f(buf);
-                out.convert_from_f32_slice(buf);
+                dst.convert_from_f32_slice(buf);
                 r
             }
         }
@@ -220,26 +218,18 @@ pub fn normalize_rows<T: Element>(
     mut inv_std_dev: Option<&mut [T::Acc]>,
 ) {
     assert_eq!(x.len(), y.len(), "x and y differ in length");
-    let Some(rows) = check_lengths(x.len(), row_len, scale, bias, &mut mean, &mut inv_std_dev) else {
+    if check_lengths(x.len(), row_len, scale, bias, &mut mean, &mut inv_std_dev).is_none() {
         return;
-    };
+    }
     let (mut scale_buf, mut bias_buf) = (Vec::new(), Vec::new());
     let epilogue = Epilogue {
         ada: ada_consts(params),
         scale: scale.map(|s| T::acc_row(s, &mut scale_buf)),
         bias: bias.map(|b| T::acc_row(b, &mut bias_buf)),
     };
-    let (mut x_buf, mut y_buf) = (Vec::new(), Vec::new());
+    let mut buf = Vec::new();
     for (r, (xr, yr)) in x.chunks_exact(row_len).zip(y.chunks_exact_mut(row_len)).enumerate() {
-        debug_assert!(r < rows);
-        let xa = T::acc_row(xr, &mut x_buf);
-        let stats = RowStats::of(xa, params);
-        T::write_row(yr, &mut y_buf, |out| {
-            for (o, &v) in out.iter_mut().zip(xa) {
-                *o = stats.normalize(v);
-            }
-            epilogue.apply(out);
-        });
+        let stats = T::map_row(xr, yr, &mut buf, |row| normalize_row(row, params, &epilogue));
         stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
     }
 }
@@ -247,7 +237,7 @@ pub fn normalize_rows<T: Element>(
 /// [`normalize_rows`] with `Y` written over `X`.
 ///
 /// # Panics
-/// As [`normalize_rows`].
+/// As [`normalize_rows`], less the `y` length.
 pub fn normalize_rows_in_place<T: Element>(
     xy: &mut [T],
     row_len: usize,
@@ -268,16 +258,22 @@ pub fn normalize_rows_in_place<T: Element>(
     };
     let mut buf = Vec::new();
     for (r, row) in xy.chunks_exact_mut(row_len).enumerate() {
-        let stats = T::update_row(row, &mut buf, |a| {
-            let stats = RowStats::of(a, params);
-            for v in a.iter_mut() {
-                *v = stats.normalize(*v);
-            }
-            epilogue.apply(a);
-            stats
-        });
+        let stats = T::update_row(row, &mut buf, |row| normalize_row(row, params, &epilogue));
         stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
     }
+}
+
+/// Normalises one non-empty row in place, in compute precision.
+fn normalize_row<A: Accumulator>(row: &mut [A], params: &Params, epilogue: &Epilogue<'_, A>) -> RowStats<A> {
+    let stats = RowStats::of(row, params);
+    match epilogue.ada {
+        Some((c, k)) => epilogue.apply(row, |v| {
+            let y = stats.normalize(v);
+            c * (A::ONE - k * y) * y
+        }),
+        None => epilogue.apply(row, |v| stats.normalize(v)),
+    }
+    stats
 }
 
 /// Asserts the documented length contract; returns the row count, or `None` when
@@ -356,8 +352,7 @@ impl<A: Accumulator> RowStats<A> {
     }
 }
 
-/// What follows `y = d / sigma`: the AdaNorm factor, `* Scale`, `+ B`. Each step is its own pass
-/// over the (cache-resident) row so every loop is a plain, branch-free, vectorisable map.
+/// What follows `y = d / sigma`: the AdaNorm factor, `* Scale`, `+ B`.
 struct Epilogue<'a, A> {
     ada: Option<(A, A)>,
     scale: Option<&'a [A]>,
@@ -365,20 +360,30 @@ struct Epilogue<'a, A> {
 }
 
 impl<A: Accumulator> Epilogue<'_, A> {
-    fn apply(&self, out: &mut [A]) {
-        if let Some((c, k)) = self.ada {
-            for v in out.iter_mut() {
-                *v = c * (A::ONE - k * *v) * *v;
+    /// `row[j] = f(row[j]) * scale[j] + bias[j]` in one pass. One loop per Scale/B combination
+    /// keeps each loop branch-free, so it vectorises.
+    #[inline(always)]
+    fn apply(&self, row: &mut [A], f: impl Fn(A) -> A) {
+        match (self.scale, self.bias) {
+            (Some(s), Some(b)) => {
+                for ((v, &s), &b) in row.iter_mut().zip(s).zip(b) {
+                    *v = f(*v) * s + b;
+                }
             }
-        }
-        if let Some(s) = self.scale {
-            for (v, &s) in out.iter_mut().zip(s) {
-                *v *= s;
+            (Some(s), None) => {
+                for (v, &s) in row.iter_mut().zip(s) {
+                    *v = f(*v) * s;
+                }
             }
-        }
-        if let Some(b) = self.bias {
-            for (v, &b) in out.iter_mut().zip(b) {
-                *v += b;
+            (None, Some(b)) => {
+                for (v, &b) in row.iter_mut().zip(b) {
+                    *v = f(*v) + b;
+                }
+            }
+            (None, None) => {
+                for v in row.iter_mut() {
+                    *v = f(*v);
+                }
             }
         }
     }
@@ -422,13 +427,16 @@ fn centered_sums<A: Accumulator>(x: &[A], shift: A) -> (A, A) {
     (sum_d, sum_d2)
 }
 
-/// Pairwise sum of the lanes.
+/// Sums the lanes: first across groups of four (`i, i+4, i+8, i+12`), then within one group.
+///
+/// The order matters for speed, not accuracy: a plain halving tree (`i + 8`, `i + 4`, ...)
+/// makes the SLP vectoriser build two-wide vectors for the accumulation loop it is inlined into.
 fn reduce<A: Accumulator>(acc: [A; LANES]) -> A {
-    let mut half = [A::ZERO; 8];
-    for i in 0..8 { half[i] = acc[i] + acc[i + 8]; }
-    let mut q = [A::ZERO; 4];
-    for i in 0..4 { q[i] = half[i] + half[i + 4]; }
-    (q[0] + q[2]) + (q[1] + q[3])
+    let mut group = [A::ZERO; 4];
+    for (i, g) in group.iter_mut().enumerate() {
+        *g = (acc[i] + acc[i + 4]) + (acc[i + 8] + acc[i + 12]);
+    }
+    (group[0] + group[1]) + (group[2] + group[3])
 }
 
 #[cfg(test)]
