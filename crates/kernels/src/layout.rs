@@ -25,7 +25,10 @@ pub fn row_layout(x_shape: &[usize], axis: i64) -> Result<RowLayout, SpecError> 
     }
     let r = rank as i64;
     if axis < -r || axis >= r {
-        return Err(SpecError::new(rule::AXIS, format!("axis = {axis} for rank {rank}")));
+        return Err(SpecError::new(
+            rule::AXIS,
+            format!("axis = {axis} for rank {rank}"),
+        ));
     }
     let axis = if axis < 0 { axis + r } else { axis } as usize;
     let rows = checked_product(&x_shape[..axis], x_shape)?;
@@ -33,7 +36,11 @@ pub fn row_layout(x_shape: &[usize], axis: i64) -> Result<RowLayout, SpecError> 
     // rows * row_len can still overflow when both halves fit.
     rows.checked_mul(row_len)
         .ok_or_else(|| SpecError::new(rule::SHAPE_OVERFLOW, format!("X has shape {x_shape:?}")))?;
-    Ok(RowLayout { axis, rows, row_len })
+    Ok(RowLayout {
+        axis,
+        rows,
+        row_len,
+    })
 }
 
 fn checked_product(dims: &[usize], x_shape: &[usize]) -> Result<usize, SpecError> {
@@ -45,7 +52,11 @@ fn checked_product(dims: &[usize], x_shape: &[usize]) -> Result<usize, SpecError
 /// Checks that `param_shape` is unidirectionally broadcastable to `normalized_shape`
 /// (`X.shape[axis:]`): aligned from the right, each dimension equal or 1, and no more dimensions
 /// than `normalized_shape` has. `what` names the input (`"Scale"`, `"B"`) in the message.
-pub fn check_param_shape(param_shape: &[usize], normalized_shape: &[usize], what: &str) -> Result<(), SpecError> {
+pub fn check_param_shape(
+    param_shape: &[usize],
+    normalized_shape: &[usize],
+    what: &str,
+) -> Result<(), SpecError> {
     let fits = param_shape.len() <= normalized_shape.len()
         && param_shape
             .iter()
@@ -68,8 +79,16 @@ pub fn check_param_shape(param_shape: &[usize], normalized_shape: &[usize], what
 /// # Panics
 /// If `values.len() != prod(param_shape)` or the shapes fail [`check_param_shape`]; call that
 /// first.
-pub fn expand_param<T: Copy>(values: &[T], param_shape: &[usize], normalized_shape: &[usize]) -> Vec<T> {
-    assert_eq!(values.len(), param_shape.iter().product::<usize>(), "values do not match param_shape");
+pub fn expand_param<T: Copy>(
+    values: &[T],
+    param_shape: &[usize],
+    normalized_shape: &[usize],
+) -> Vec<T> {
+    assert_eq!(
+        values.len(),
+        param_shape.iter().product::<usize>(),
+        "values do not match param_shape"
+    );
     assert!(
         check_param_shape(param_shape, normalized_shape, "param").is_ok(),
         "{param_shape:?} is not broadcastable to {normalized_shape:?}"
@@ -122,13 +141,62 @@ mod tests {
     #[test]
     fn row_layout_splits_at_axis() {
         let s = [2, 3, 4];
-        assert_eq!(row_layout(&s, -1), Ok(RowLayout { axis: 2, rows: 6, row_len: 4 }));
-        assert_eq!(row_layout(&s, 2), Ok(RowLayout { axis: 2, rows: 6, row_len: 4 }));
-        assert_eq!(row_layout(&s, 1), Ok(RowLayout { axis: 1, rows: 2, row_len: 12 }));
-        assert_eq!(row_layout(&s, -3), Ok(RowLayout { axis: 0, rows: 1, row_len: 24 }));
-        assert_eq!(row_layout(&[5], 0), Ok(RowLayout { axis: 0, rows: 1, row_len: 5 }));
-        assert_eq!(row_layout(&[3, 0], -1), Ok(RowLayout { axis: 1, rows: 3, row_len: 0 }));
-        assert_eq!(row_layout(&[0, 3], -1), Ok(RowLayout { axis: 1, rows: 0, row_len: 3 }));
+        assert_eq!(
+            row_layout(&s, -1),
+            Ok(RowLayout {
+                axis: 2,
+                rows: 6,
+                row_len: 4
+            })
+        );
+        assert_eq!(
+            row_layout(&s, 2),
+            Ok(RowLayout {
+                axis: 2,
+                rows: 6,
+                row_len: 4
+            })
+        );
+        assert_eq!(
+            row_layout(&s, 1),
+            Ok(RowLayout {
+                axis: 1,
+                rows: 2,
+                row_len: 12
+            })
+        );
+        assert_eq!(
+            row_layout(&s, -3),
+            Ok(RowLayout {
+                axis: 0,
+                rows: 1,
+                row_len: 24
+            })
+        );
+        assert_eq!(
+            row_layout(&[5], 0),
+            Ok(RowLayout {
+                axis: 0,
+                rows: 1,
+                row_len: 5
+            })
+        );
+        assert_eq!(
+            row_layout(&[3, 0], -1),
+            Ok(RowLayout {
+                axis: 1,
+                rows: 3,
+                row_len: 0
+            })
+        );
+        assert_eq!(
+            row_layout(&[0, 3], -1),
+            Ok(RowLayout {
+                axis: 1,
+                rows: 0,
+                row_len: 3
+            })
+        );
     }
 
     #[test]
@@ -150,12 +218,35 @@ mod tests {
     #[test]
     fn overflowing_shape_is_refused() {
         let big = usize::MAX / 2;
-        assert_eq!(row_layout(&[big, 3], -1).unwrap_err().rule, rule::SHAPE_OVERFLOW);
-        assert_eq!(row_layout(&[3, big], -1).unwrap_err().rule, rule::SHAPE_OVERFLOW);
-        assert_eq!(row_layout(&[1 << 40, 1 << 40], -1).unwrap_err().rule, rule::SHAPE_OVERFLOW);
+        assert_eq!(
+            row_layout(&[big, 3], -1).unwrap_err().rule,
+            rule::SHAPE_OVERFLOW
+        );
+        assert_eq!(
+            row_layout(&[3, big], -1).unwrap_err().rule,
+            rule::SHAPE_OVERFLOW
+        );
+        assert_eq!(
+            row_layout(&[1 << 40, 1 << 40], -1).unwrap_err().rule,
+            rule::SHAPE_OVERFLOW
+        );
         // A zero dimension before the overflow keeps each half small.
-        assert_eq!(row_layout(&[0, big, 3], -1), Ok(RowLayout { axis: 2, rows: 0, row_len: 3 }));
-        assert_eq!(row_layout(&[0, big], -1), Ok(RowLayout { axis: 1, rows: 0, row_len: big }));
+        assert_eq!(
+            row_layout(&[0, big, 3], -1),
+            Ok(RowLayout {
+                axis: 2,
+                rows: 0,
+                row_len: 3
+            })
+        );
+        assert_eq!(
+            row_layout(&[0, big], -1),
+            Ok(RowLayout {
+                axis: 1,
+                rows: 0,
+                row_len: big
+            })
+        );
     }
 
     #[test]
@@ -167,7 +258,10 @@ mod tests {
         for bad in [&[4, 3][..], &[3], &[2, 4], &[1, 3, 4], &[12], &[5]] {
             let err = check_param_shape(bad, &n, "B").unwrap_err();
             assert_eq!(err.rule, rule::BROADCAST);
-            assert_eq!(err.detail, format!("B has shape {bad:?}, X.shape[axis:] is [3, 4]"));
+            assert_eq!(
+                err.detail,
+                format!("B has shape {bad:?}, X.shape[axis:] is [3, 4]")
+            );
         }
         // Empty rows: a 1 broadcasts to 0, like numpy.
         assert_eq!(check_param_shape(&[1], &[0], "Scale"), Ok(()));
@@ -178,9 +272,15 @@ mod tests {
     #[test]
     fn expand_param_broadcasts_to_one_row() {
         let n = [2, 3];
-        assert_eq!(expand_param(&[1, 2, 3, 4, 5, 6], &[2, 3], &n), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            expand_param(&[1, 2, 3, 4, 5, 6], &[2, 3], &n),
+            vec![1, 2, 3, 4, 5, 6]
+        );
         assert_eq!(expand_param(&[1, 2, 3], &[3], &n), vec![1, 2, 3, 1, 2, 3]);
-        assert_eq!(expand_param(&[1, 2, 3], &[1, 3], &n), vec![1, 2, 3, 1, 2, 3]);
+        assert_eq!(
+            expand_param(&[1, 2, 3], &[1, 3], &n),
+            vec![1, 2, 3, 1, 2, 3]
+        );
         assert_eq!(expand_param(&[7, 8], &[2, 1], &n), vec![7, 7, 7, 8, 8, 8]);
         assert_eq!(expand_param(&[9], &[1], &n), vec![9; 6]);
         assert_eq!(expand_param(&[9], &[], &n), vec![9; 6]);
@@ -188,7 +288,10 @@ mod tests {
             expand_param(&[1, 2, 3, 4], &[2, 1, 2], &[2, 3, 2]),
             vec![1, 2, 1, 2, 1, 2, 3, 4, 3, 4, 3, 4]
         );
-        assert_eq!(expand_param(&[1, 2], &[2, 1, 1], &[2, 2, 2]), vec![1, 1, 1, 1, 2, 2, 2, 2]);
+        assert_eq!(
+            expand_param(&[1, 2], &[2, 1, 1], &[2, 2, 2]),
+            vec![1, 1, 1, 1, 2, 2, 2, 2]
+        );
         assert_eq!(expand_param::<u8>(&[5], &[1], &[0]), Vec::<u8>::new());
     }
 

@@ -31,7 +31,8 @@ pub mod attr {
 pub mod rule {
     pub const RANK: &str = "X must have rank >= 1";
     pub const AXIS: &str = "axis must be in [-r, r)";
-    pub const BROADCAST: &str = "Scale and B must be unidirectionally broadcastable to X.shape[axis:]";
+    pub const BROADCAST: &str =
+        "Scale and B must be unidirectionally broadcastable to X.shape[axis:]";
     pub const TYPE: &str = "all inputs must share one type among float, float16, bfloat16, double";
     pub const BOOL_ATTR: &str = "unbiased and eps_in_sqrt must be 0 or 1";
     pub const EPSILON_NEGATIVE: &str = "epsilon must be >= 0";
@@ -54,7 +55,10 @@ pub struct SpecError {
 
 impl SpecError {
     pub fn new(rule: &'static str, detail: impl Into<String>) -> SpecError {
-        SpecError { rule, detail: detail.into() }
+        SpecError {
+            rule,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -86,7 +90,10 @@ impl Variant {
 
     /// AdaNorm with the spec's default `c` and `k`.
     pub fn ada_norm_default() -> Variant {
-        Variant::AdaNorm { c: attr::DEFAULT_C, k: attr::DEFAULT_K }
+        Variant::AdaNorm {
+            c: attr::DEFAULT_C,
+            k: attr::DEFAULT_K,
+        }
     }
 }
 
@@ -137,7 +144,10 @@ impl Params {
         }
         finite(attr::EPSILON, self.epsilon)?;
         if self.epsilon < 0.0 {
-            return Err(SpecError::new(rule::EPSILON_NEGATIVE, format!("epsilon = {:e}", self.epsilon)));
+            return Err(SpecError::new(
+                rule::EPSILON_NEGATIVE,
+                format!("epsilon = {:e}", self.epsilon),
+            ));
         }
         Ok(())
     }
@@ -156,7 +166,10 @@ fn finite(name: &str, value: f64) -> Result<(), SpecError> {
     if value.is_finite() {
         Ok(())
     } else {
-        Err(SpecError::new(rule::NON_FINITE, format!("{name} = {value}")))
+        Err(SpecError::new(
+            rule::NON_FINITE,
+            format!("{name} = {value}"),
+        ))
     }
 }
 
@@ -183,7 +196,10 @@ mod tests {
         for bad in [-1, 2, i64::MAX] {
             let err = bool_attr("eps_in_sqrt", bad).unwrap_err();
             assert_eq!(err.rule, rule::BOOL_ATTR);
-            assert!(err.to_string().contains(&format!("eps_in_sqrt = {bad}")), "{err}");
+            assert!(
+                err.to_string().contains(&format!("eps_in_sqrt = {bad}")),
+                "{err}"
+            );
         }
     }
 
@@ -192,9 +208,18 @@ mod tests {
         let ln = Variant::LayerNormSimple;
         let ok = Params::from_attributes(ln, 0.0, 1, 0).unwrap();
         assert!(ok.unbiased && !ok.eps_in_sqrt);
-        assert_eq!(Params::from_attributes(ln, 1e-5, 2, 1).unwrap_err().rule, rule::BOOL_ATTR);
-        assert_eq!(Params::from_attributes(ln, 1e-5, 0, -1).unwrap_err().rule, rule::BOOL_ATTR);
-        assert_eq!(Params::from_attributes(ln, -1e-5, 0, 1).unwrap_err().rule, rule::EPSILON_NEGATIVE);
+        assert_eq!(
+            Params::from_attributes(ln, 1e-5, 2, 1).unwrap_err().rule,
+            rule::BOOL_ATTR
+        );
+        assert_eq!(
+            Params::from_attributes(ln, 1e-5, 0, -1).unwrap_err().rule,
+            rule::BOOL_ATTR
+        );
+        assert_eq!(
+            Params::from_attributes(ln, -1e-5, 0, 1).unwrap_err().rule,
+            rule::EPSILON_NEGATIVE
+        );
     }
 
     #[test]

@@ -34,10 +34,18 @@ pub fn reference(
 ) -> Result<RefOutput, SpecError> {
     params.validate()?;
     let layout = row_layout(x_shape, axis)?;
-    assert_eq!(x.len(), layout.rows * layout.row_len, "x does not match x_shape");
+    assert_eq!(
+        x.len(),
+        layout.rows * layout.row_len,
+        "x does not match x_shape"
+    );
     let normalized = &x_shape[layout.axis..];
-    let scale = scale.map(|(v, s)| Broadcast::new(v, s, normalized, "Scale")).transpose()?;
-    let bias = bias.map(|(v, s)| Broadcast::new(v, s, normalized, "B")).transpose()?;
+    let scale = scale
+        .map(|(v, s)| Broadcast::new(v, s, normalized, "Scale"))
+        .transpose()?;
+    let bias = bias
+        .map(|(v, s)| Broadcast::new(v, s, normalized, "B"))
+        .transpose()?;
 
     let n = layout.row_len;
     let mut out = RefOutput {
@@ -51,7 +59,11 @@ pub fn reference(
 
         let mean = xs.iter().sum::<f64>() / n;
         let sum_sq: f64 = xs.iter().map(|&v| (v - mean) * (v - mean)).sum();
-        let var = if params.unbiased { sum_sq / (n - 1.0) } else { sum_sq / n };
+        let var = if params.unbiased {
+            sum_sq / (n - 1.0)
+        } else {
+            sum_sq / n
+        };
         let sigma = if params.eps_in_sqrt {
             (var + params.epsilon).sqrt()
         } else {
@@ -73,7 +85,11 @@ pub fn reference(
             out.y.push(out_j);
         }
         // With N = 0 the loops above see nothing and these are 0/0; say so explicitly.
-        let (mean, inv) = if xs.is_empty() { (f64::NAN, f64::NAN) } else { (mean, 1.0 / sigma) };
+        let (mean, inv) = if xs.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            (mean, 1.0 / sigma)
+        };
         out.mean.push(mean);
         out.inv_std_dev.push(inv);
     }
@@ -95,8 +111,16 @@ impl<'a> Broadcast<'a> {
         what: &str,
     ) -> Result<Broadcast<'a>, SpecError> {
         check_param_shape(shape, normalized, what)?;
-        assert_eq!(values.len(), shape.iter().product::<usize>(), "{what} values do not match its shape");
-        Ok(Broadcast { values, shape, normalized })
+        assert_eq!(
+            values.len(),
+            shape.iter().product::<usize>(),
+            "{what} values do not match its shape"
+        );
+        Ok(Broadcast {
+            values,
+            shape,
+            normalized,
+        })
     }
 
     /// The value at flat position `j` of the normalised row.
@@ -128,7 +152,12 @@ mod tests {
     use crate::params::rule;
 
     fn lns() -> Params {
-        Params { variant: Variant::LayerNormSimple, epsilon: 0.0, unbiased: false, eps_in_sqrt: true }
+        Params {
+            variant: Variant::LayerNormSimple,
+            epsilon: 0.0,
+            unbiased: false,
+            eps_in_sqrt: true,
+        }
     }
 
     #[test]
@@ -142,13 +171,21 @@ mod tests {
         assert_eq!(out.inv_std_dev, vec![1.0 / s]);
         assert_eq!(out.y, vec![-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s]);
 
-        let p = Params { unbiased: true, epsilon: 0.5, eps_in_sqrt: false, ..lns() };
+        let p = Params {
+            unbiased: true,
+            epsilon: 0.5,
+            eps_in_sqrt: false,
+            ..lns()
+        };
         let out = reference(&x, &[4], 0, None, None, &p).unwrap();
         let s = (5.0f64 / 3.0).sqrt() + 0.5;
         assert_eq!(out.inv_std_dev, vec![1.0 / s]);
         assert_eq!(out.y[3], 1.5 / s);
 
-        let p = Params { epsilon: 0.75, ..lns() };
+        let p = Params {
+            epsilon: 0.75,
+            ..lns()
+        };
         let out = reference(&x, &[4], 0, None, None, &p).unwrap();
         assert_eq!(out.inv_std_dev, vec![1.0 / 2.0f64.sqrt()]);
     }
@@ -157,9 +194,19 @@ mod tests {
     fn hand_computed_ada_norm_with_scale_and_bias() {
         // Row [0, 2]: mean 1, d = [-1, 1], var 1 (biased), sigma 1 with eps 0 -> y = [-1, 1].
         // c=2, k=0.5: Y = 2*(1 - 0.5*y)*y = [-3, 1]; scale [10, 100]: [-30, 100]; bias +1.
-        let p = Params { variant: Variant::AdaNorm { c: 2.0, k: 0.5 }, ..lns() };
-        let out = reference(&[0.0, 2.0], &[1, 2], 1, Some((&[10.0, 100.0], &[2])), Some((&[1.0], &[1])), &p)
-            .unwrap();
+        let p = Params {
+            variant: Variant::AdaNorm { c: 2.0, k: 0.5 },
+            ..lns()
+        };
+        let out = reference(
+            &[0.0, 2.0],
+            &[1, 2],
+            1,
+            Some((&[10.0, 100.0], &[2])),
+            Some((&[1.0], &[1])),
+            &p,
+        )
+        .unwrap();
         assert_eq!(out.y, vec![-29.0, 101.0]);
         assert_eq!(out.mean, vec![1.0]);
         assert_eq!(out.inv_std_dev, vec![1.0]);
@@ -180,17 +227,35 @@ mod tests {
     fn broadcast_scale_over_two_dims() {
         // Normalised shape [2, 2]; Scale [2, 1] repeats down the last dim: [a, a, b, b].
         // x = [0, 0, 2, 2]: mean 1, sigma 1, y = [-1, -1, 1, 1].
-        let out = reference(&[0.0, 0.0, 2.0, 2.0], &[2, 2], 0, Some((&[3.0, 5.0], &[2, 1])), None, &lns())
-            .unwrap();
+        let out = reference(
+            &[0.0, 0.0, 2.0, 2.0],
+            &[2, 2],
+            0,
+            Some((&[3.0, 5.0], &[2, 1])),
+            None,
+            &lns(),
+        )
+        .unwrap();
         assert_eq!(out.y, vec![-3.0, -3.0, 5.0, 5.0]);
-        let out = reference(&[0.0, 0.0, 2.0, 2.0], &[2, 2], 0, None, Some((&[3.0, 5.0], &[1, 2])), &lns())
-            .unwrap();
+        let out = reference(
+            &[0.0, 0.0, 2.0, 2.0],
+            &[2, 2],
+            0,
+            None,
+            Some((&[3.0, 5.0], &[1, 2])),
+            &lns(),
+        )
+        .unwrap();
         assert_eq!(out.y, vec![2.0, 4.0, 4.0, 6.0]);
     }
 
     #[test]
     fn unbiased_single_element_is_nan() {
-        let p = Params { unbiased: true, epsilon: 1e-5, ..lns() };
+        let p = Params {
+            unbiased: true,
+            epsilon: 1e-5,
+            ..lns()
+        };
         let out = reference(&[3.0], &[1], -1, None, None, &p).unwrap();
         assert_eq!(out.mean, vec![3.0]);
         assert!(out.y[0].is_nan() && out.inv_std_dev[0].is_nan());
@@ -209,15 +274,44 @@ mod tests {
     #[test]
     fn spec_errors_come_through() {
         let x = [1.0, 2.0];
-        assert_eq!(reference(&[1.0], &[], 0, None, None, &lns()).unwrap_err().rule, rule::RANK);
-        assert_eq!(reference(&x, &[2], 1, None, None, &lns()).unwrap_err().rule, rule::AXIS);
+        assert_eq!(
+            reference(&[1.0], &[], 0, None, None, &lns())
+                .unwrap_err()
+                .rule,
+            rule::RANK
+        );
+        assert_eq!(
+            reference(&x, &[2], 1, None, None, &lns()).unwrap_err().rule,
+            rule::AXIS
+        );
         let err = reference(&x, &[2], 0, Some((&[1.0; 3], &[3])), None, &lns()).unwrap_err();
-        assert_eq!((err.rule, err.detail.starts_with("Scale ")), (rule::BROADCAST, true));
+        assert_eq!(
+            (err.rule, err.detail.starts_with("Scale ")),
+            (rule::BROADCAST, true)
+        );
         let err = reference(&x, &[2], 0, None, Some((&[1.0; 3], &[3])), &lns()).unwrap_err();
-        assert_eq!((err.rule, err.detail.starts_with("B ")), (rule::BROADCAST, true));
-        let p = Params { epsilon: -1.0, ..lns() };
-        assert_eq!(reference(&x, &[2], 0, None, None, &p).unwrap_err().rule, rule::EPSILON_NEGATIVE);
-        let p = Params { variant: Variant::AdaNorm { c: f64::NAN, k: 0.1 }, ..lns() };
-        assert_eq!(reference(&x, &[2], 0, None, None, &p).unwrap_err().rule, rule::NON_FINITE);
+        assert_eq!(
+            (err.rule, err.detail.starts_with("B ")),
+            (rule::BROADCAST, true)
+        );
+        let p = Params {
+            epsilon: -1.0,
+            ..lns()
+        };
+        assert_eq!(
+            reference(&x, &[2], 0, None, None, &p).unwrap_err().rule,
+            rule::EPSILON_NEGATIVE
+        );
+        let p = Params {
+            variant: Variant::AdaNorm {
+                c: f64::NAN,
+                k: 0.1,
+            },
+            ..lns()
+        };
+        assert_eq!(
+            reference(&x, &[2], 0, None, None, &p).unwrap_err().rule,
+            rule::NON_FINITE
+        );
     }
 }

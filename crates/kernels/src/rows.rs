@@ -100,7 +100,11 @@ pub trait Element: Copy + Send + Sync + 'static {
     }
 
     /// Calls `f` on `row` in compute precision, then stores what `f` left there in `row`.
-    fn update_row<R>(row: &mut [Self], buf: &mut Vec<Self::Acc>, f: impl FnOnce(&mut [Self::Acc]) -> R) -> R {
+    fn update_row<R>(
+        row: &mut [Self],
+        buf: &mut Vec<Self::Acc>,
+        f: impl FnOnce(&mut [Self::Acc]) -> R,
+    ) -> R {
         buf.clear();
         buf.extend(row.iter().map(|v| v.to_acc()));
         let r = f(buf);
@@ -144,7 +148,12 @@ macro_rules! native_element {
             fn update_row<R>(row: &mut [$t], _: &mut Vec<$t>, f: impl FnOnce(&mut [$t]) -> R) -> R {
                 f(row)
             }
-            fn map_row<R>(src: &[$t], dst: &mut [$t], _: &mut Vec<$t>, f: impl FnOnce(&mut [$t]) -> R) -> R {
+            fn map_row<R>(
+                src: &[$t],
+                dst: &mut [$t],
+                _: &mut Vec<$t>,
+                f: impl FnOnce(&mut [$t]) -> R,
+            ) -> R {
                 // The output row doubles as the work row: one copy instead of a scratch buffer.
                 dst.copy_from_slice(src);
                 f(dst)
@@ -171,14 +180,23 @@ macro_rules! half_element {
                 row.convert_to_f32_slice(buf);
                 buf
             }
-            fn update_row<R>(row: &mut [$t], buf: &mut Vec<f32>, f: impl FnOnce(&mut [f32]) -> R) -> R {
+            fn update_row<R>(
+                row: &mut [$t],
+                buf: &mut Vec<f32>,
+                f: impl FnOnce(&mut [f32]) -> R,
+            ) -> R {
                 buf.resize(row.len(), 0.0);
                 row.convert_to_f32_slice(buf);
                 let r = f(buf);
                 row.convert_from_f32_slice(buf);
                 r
             }
-            fn map_row<R>(src: &[$t], dst: &mut [$t], buf: &mut Vec<f32>, f: impl FnOnce(&mut [f32]) -> R) -> R {
+            fn map_row<R>(
+                src: &[$t],
+                dst: &mut [$t],
+                buf: &mut Vec<f32>,
+                f: impl FnOnce(&mut [f32]) -> R,
+            ) -> R {
                 buf.resize(src.len(), 0.0);
                 src.convert_to_f32_slice(buf);
                 let r = f(buf);
@@ -228,8 +246,14 @@ pub fn normalize_rows<T: Element>(
         bias: bias.map(|b| T::acc_row(b, &mut bias_buf)),
     };
     let mut buf = Vec::new();
-    for (r, (xr, yr)) in x.chunks_exact(row_len).zip(y.chunks_exact_mut(row_len)).enumerate() {
-        let stats = T::map_row(xr, yr, &mut buf, |row| normalize_row(row, params, &epilogue));
+    for (r, (xr, yr)) in x
+        .chunks_exact(row_len)
+        .zip(y.chunks_exact_mut(row_len))
+        .enumerate()
+    {
+        let stats = T::map_row(xr, yr, &mut buf, |row| {
+            normalize_row(row, params, &epilogue)
+        });
         stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
     }
 }
@@ -264,7 +288,11 @@ pub fn normalize_rows_in_place<T: Element>(
 }
 
 /// Normalises one non-empty row in place, in compute precision.
-fn normalize_row<A: Accumulator>(row: &mut [A], params: &Params, epilogue: &Epilogue<'_, A>) -> RowStats<A> {
+fn normalize_row<A: Accumulator>(
+    row: &mut [A],
+    params: &Params,
+    epilogue: &Epilogue<'_, A>,
+) -> RowStats<A> {
     let stats = RowStats::of(row, params);
     match epilogue.ada {
         Some((c, k)) => epilogue.apply(row, |v| {
@@ -293,14 +321,20 @@ fn check_lengths<T: Element>(
     }
     if row_len == 0 {
         assert_eq!(len, 0, "row_len 0 with a non-empty x");
-        for s in [mean.as_deref_mut(), inv_std_dev.as_deref_mut()].into_iter().flatten() {
+        for s in [mean.as_deref_mut(), inv_std_dev.as_deref_mut()]
+            .into_iter()
+            .flatten()
+        {
             s.fill(<T::Acc as Accumulator>::NAN);
         }
         return None;
     }
     assert_eq!(len % row_len, 0, "x length is not a multiple of row_len");
     let rows = len / row_len;
-    for (name, s) in [("mean", mean.as_deref()), ("inv_std_dev", inv_std_dev.as_deref())] {
+    for (name, s) in [
+        ("mean", mean.as_deref()),
+        ("inv_std_dev", inv_std_dev.as_deref()),
+    ] {
         if let Some(s) = s {
             assert_eq!(s.len(), rows, "{name} must hold one entry per row");
         }
@@ -333,8 +367,16 @@ impl<A: Accumulator> RowStats<A> {
         // N = 1, unbiased: 0 / 0 = NaN, as the spec (and torch) say.
         let var = sum_sq / if params.unbiased { n - A::ONE } else { n };
         let eps = A::from_f64(params.epsilon);
-        let sigma = if params.eps_in_sqrt { (var + eps).sqrt() } else { var.sqrt() + eps };
-        RowStats { shift, corr, inv_std_dev: A::ONE / sigma }
+        let sigma = if params.eps_in_sqrt {
+            (var + eps).sqrt()
+        } else {
+            var.sqrt() + eps
+        };
+        RowStats {
+            shift,
+            corr,
+            inv_std_dev: A::ONE / sigma,
+        }
     }
 
     #[inline(always)]
@@ -444,18 +486,38 @@ mod tests {
     use super::*;
 
     fn lns(epsilon: f64) -> Params {
-        Params { variant: Variant::LayerNormSimple, epsilon, unbiased: false, eps_in_sqrt: true }
+        Params {
+            variant: Variant::LayerNormSimple,
+            epsilon,
+            unbiased: false,
+            eps_in_sqrt: true,
+        }
     }
 
     #[test]
     fn sums_cover_chunks_tails_and_blocks() {
-        for n in [0, 1, 15, 16, 17, 100, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5] {
+        for n in [
+            0,
+            1,
+            15,
+            16,
+            17,
+            100,
+            BLOCK - 1,
+            BLOCK,
+            BLOCK + 1,
+            3 * BLOCK + 5,
+        ] {
             let x: Vec<f64> = (0..n).map(|i| (i % 7) as f64).collect();
             let expect: f64 = x.iter().sum();
             assert_eq!(sum(&x), expect, "n = {n}");
             let (d, d2) = centered_sums(&x, 3.0);
             assert_eq!(d, expect - 3.0 * n as f64, "n = {n}");
-            assert_eq!(d2, x.iter().map(|v| (v - 3.0) * (v - 3.0)).sum::<f64>(), "n = {n}");
+            assert_eq!(
+                d2,
+                x.iter().map(|v| (v - 3.0) * (v - 3.0)).sum::<f64>(),
+                "n = {n}"
+            );
         }
     }
 
@@ -465,7 +527,16 @@ mod tests {
         let x = [1.0f32, 2.0, 3.0, 4.0];
         let mut y = [0.0f32; 4];
         let (mut mean, mut inv) = ([0.0f32], [0.0f32]);
-        normalize_rows(&x, &mut y, 4, None, None, &lns(0.0), Some(&mut mean), Some(&mut inv));
+        normalize_rows(
+            &x,
+            &mut y,
+            4,
+            None,
+            None,
+            &lns(0.0),
+            Some(&mut mean),
+            Some(&mut inv),
+        );
         let s = 1.25f32.sqrt();
         assert_eq!(mean, [2.5]);
         assert!((inv[0] - 1.0 / s).abs() < 1e-7);
@@ -479,7 +550,9 @@ mod tests {
         // 1e4 + {-1, +1} alternating: mean exactly 1e4, d = ±1, y = ±1 with eps 0.
         // E[x²] - E[x]² in f32 would give var = 0 or a multiple of ulp(1e8) = 8 here.
         let n = 1000;
-        let x: Vec<f32> = (0..n).map(|i| if i % 2 == 0 { 9999.0 } else { 10001.0 }).collect();
+        let x: Vec<f32> = (0..n)
+            .map(|i| if i % 2 == 0 { 9999.0 } else { 10001.0 })
+            .collect();
         let mut y = vec![0.0f32; n];
         let mut mean = [0.0f32];
         normalize_rows(&x, &mut y, n, None, None, &lns(0.0), Some(&mut mean), None);
@@ -495,7 +568,16 @@ mod tests {
         let p = lns(1e-5);
         let mut mean = [1.0f32; 3];
         let mut inv = [1.0f32; 3];
-        normalize_rows::<f32>(&[], &mut [], 0, Some(&[]), None, &p, Some(&mut mean), Some(&mut inv));
+        normalize_rows::<f32>(
+            &[],
+            &mut [],
+            0,
+            Some(&[]),
+            None,
+            &p,
+            Some(&mut mean),
+            Some(&mut inv),
+        );
         assert!(mean.iter().chain(&inv).all(|v| v.is_nan()));
         normalize_rows::<f16>(&[], &mut [], 4, None, None, &p, Some(&mut []), None);
         normalize_rows_in_place::<bf16>(&mut [], 0, None, None, &p, None, None);
@@ -504,7 +586,10 @@ mod tests {
 
     #[test]
     fn unbiased_single_element_gives_nan() {
-        let p = Params { unbiased: true, ..lns(1e-5) };
+        let p = Params {
+            unbiased: true,
+            ..lns(1e-5)
+        };
         let mut y = [0.0f32];
         let mut inv = [0.0f32];
         normalize_rows(&[5.0f32], &mut y, 1, None, None, &p, None, Some(&mut inv));
@@ -514,7 +599,16 @@ mod tests {
     #[test]
     #[should_panic(expected = "one entry per row")]
     fn wrong_stats_length_panics() {
-        normalize_rows(&[1.0f32; 4], &mut [0.0; 4], 2, None, None, &lns(0.0), Some(&mut [0.0; 1]), None);
+        normalize_rows(
+            &[1.0f32; 4],
+            &mut [0.0; 4],
+            2,
+            None,
+            None,
+            &lns(0.0),
+            Some(&mut [0.0; 1]),
+            None,
+        );
     }
 
     #[test]
@@ -526,6 +620,15 @@ mod tests {
     #[test]
     #[should_panic(expected = "scale must hold one row")]
     fn short_scale_panics() {
-        normalize_rows(&[1.0f32; 4], &mut [0.0; 4], 2, Some(&[1.0]), None, &lns(0.0), None, None);
+        normalize_rows(
+            &[1.0f32; 4],
+            &mut [0.0; 4],
+            2,
+            Some(&[1.0]),
+            None,
+            &lns(0.0),
+            None,
+            None,
+        );
     }
 }

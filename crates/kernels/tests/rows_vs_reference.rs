@@ -182,7 +182,15 @@ fn random_data(rng: &mut Rng, len: usize, row_len: usize) -> Vec<f64> {
         }
         _ => {
             // Mostly small values with rare outliers.
-            (0..len).map(|_| if rng.chance(0.02) { 50.0 * rng.normal() } else { rng.normal() }).collect()
+            (0..len)
+                .map(|_| {
+                    if rng.chance(0.02) {
+                        50.0 * rng.normal()
+                    } else {
+                        rng.normal()
+                    }
+                })
+                .collect()
         }
     }
 }
@@ -191,24 +199,50 @@ fn random_case(rng: &mut Rng) -> Case {
     let shape = random_shape(rng);
     let r = shape.len() as i64;
     let axis = rng.below(2 * shape.len()) as i64 - r;
-    let axis = if rng.chance(0.5) && axis < 0 { axis + r } else { axis };
+    let axis = if rng.chance(0.5) && axis < 0 {
+        axis + r
+    } else {
+        axis
+    };
     let layout = row_layout(&shape, axis).unwrap();
     let normalized = &shape[layout.axis..];
     let x = random_data(rng, layout.rows * layout.row_len, layout.row_len);
     let scale = random_param(rng, normalized, 1.0);
     let bias = random_param(rng, normalized, 0.0);
     let epsilon = rng.pick(EPSILONS);
-    let ada = (rng.pick(&[1.0, 0.5, 2.0, -1.5]), rng.pick(&[0.0, 0.1, 0.25, 0.5]));
-    Case { shape, axis, x, scale, bias, epsilon, ada }
+    let ada = (
+        rng.pick(&[1.0, 0.5, 2.0, -1.5]),
+        rng.pick(&[0.0, 0.1, 0.25, 0.5]),
+    );
+    Case {
+        shape,
+        axis,
+        x,
+        scale,
+        bias,
+        epsilon,
+        ada,
+    }
 }
 
 /// All eight (variant, unbiased, eps_in_sqrt) combinations for a case.
 fn all_params(case: &Case) -> Vec<Params> {
     let mut out = Vec::new();
-    for variant in [Variant::AdaNorm { c: case.ada.0, k: case.ada.1 }, Variant::LayerNormSimple] {
+    for variant in [
+        Variant::AdaNorm {
+            c: case.ada.0,
+            k: case.ada.1,
+        },
+        Variant::LayerNormSimple,
+    ] {
         for unbiased in [false, true] {
             for eps_in_sqrt in [false, true] {
-                out.push(Params { variant, epsilon: case.epsilon, unbiased, eps_in_sqrt });
+                out.push(Params {
+                    variant,
+                    epsilon: case.epsilon,
+                    unbiased,
+                    eps_in_sqrt,
+                });
             }
         }
     }
@@ -238,7 +272,11 @@ fn close(got: f64, want: f64, tol: f64) -> bool {
 fn f64_reference_condition<T: TestFloat>(want: &adanorm_kernels::RefOutput, r: usize) -> f64 {
     if T::NAME == "f64" {
         let cond = want.mean[r].abs() * want.inv_std_dev[r];
-        if cond.is_finite() { cond.max(1.0) } else { 1.0 }
+        if cond.is_finite() {
+            cond.max(1.0)
+        } else {
+            1.0
+        }
     } else {
         1.0
     }
@@ -252,10 +290,27 @@ fn close_rel(got: f64, want: f64, tol: f64) -> bool {
     (got - want).abs() <= tol * want.abs()
 }
 
-fn round<T: TestFloat>(v: &[f64]) -> (Vec<T>, Vec<f64>) {
-    let t: Vec<T> = v.iter().map(|&v| T::from_f64(v)).collect();
-    let back = t.iter().map(|&v| v.to_f64()).collect();
-    (t, back)
+/// Values rounded to `T`, kept both as `T` (for the kernel) and as f64 (for the reference).
+struct Rounded<T> {
+    values: Vec<T>,
+    exact: Vec<f64>,
+    shape: Vec<usize>,
+}
+
+impl<T> Rounded<T> {
+    fn exact(&self) -> (&[f64], &[usize]) {
+        (&self.exact, &self.shape)
+    }
+}
+
+fn round<T: TestFloat>(v: &[f64], shape: &[usize]) -> Rounded<T> {
+    let values: Vec<T> = v.iter().map(|&v| T::from_f64(v)).collect();
+    let exact = values.iter().map(|&v| v.to_f64()).collect();
+    Rounded {
+        values,
+        exact,
+        shape: shape.to_vec(),
+    }
 }
 
 /// Runs one case with one set of params through both entry points and the reference; returns
@@ -272,25 +327,27 @@ fn check<T: TestFloat>(case: &Case, params: &Params) -> usize {
             shape(&case.bias)
         )
     };
-    let (x, x64) = round::<T>(&case.x);
-    let rounded = |p: &Option<Param>| p.as_ref().map(|p| (round::<T>(&p.values), p.shape.clone()));
+    let x = round::<T>(&case.x, &case.shape);
+    let rounded = |p: &Option<Param>| p.as_ref().map(|p| round::<T>(&p.values, &p.shape));
     let (scale, bias) = (rounded(&case.scale), rounded(&case.bias));
     let want = reference(
-        &x64,
+        &x.exact,
         &case.shape,
         case.axis,
-        scale.as_ref().map(|((_, v), s)| (&v[..], &s[..])),
-        bias.as_ref().map(|((_, v), s)| (&v[..], &s[..])),
+        scale.as_ref().map(Rounded::exact),
+        bias.as_ref().map(Rounded::exact),
         params,
     )
     .unwrap();
 
     let layout = row_layout(&case.shape, case.axis).unwrap();
     let normalized = &case.shape[layout.axis..];
-    let expand = |p: &Option<((Vec<T>, Vec<f64>), Vec<usize>)>| {
-        p.as_ref().map(|((t, _), s)| expand_param(t, s, normalized))
+    let expand = |p: &Option<Rounded<T>>| {
+        p.as_ref()
+            .map(|p| expand_param(&p.values, &p.shape, normalized))
     };
     let (scale_row, bias_row) = (expand(&scale), expand(&bias));
+    let x = x.values;
 
     let nan = <T::Acc as Accumulator>::NAN;
     let mut y = vec![T::from_f64(f64::NAN); x.len()];
@@ -306,14 +363,29 @@ fn check<T: TestFloat>(case: &Case, params: &Params) -> usize {
         Some(&mut inv),
     );
 
+    assert_eq!(
+        (y.len(), want.mean.len()),
+        (want.y.len(), layout.rows),
+        "{}",
+        ctx()
+    );
     for (i, (&got, &want_y)) in y.iter().zip(&want.y).enumerate() {
         let got = got.to_f64();
         let cond = f64_reference_condition::<T>(&want, i / layout.row_len);
-        assert!(close(got, want_y, T::Y_TOL * cond), "y[{i}] = {got}, want {want_y}: {}", ctx());
+        assert!(
+            close(got, want_y, T::Y_TOL * cond),
+            "y[{i}] = {got}, want {want_y}: {}",
+            ctx()
+        );
     }
     for r in 0..layout.rows {
         let (m, s) = (mean[r].to_f64(), inv[r].to_f64());
-        assert!(close(m, want.mean[r], T::STATS_TOL), "mean[{r}] = {m}, want {}: {}", want.mean[r], ctx());
+        assert!(
+            close(m, want.mean[r], T::STATS_TOL),
+            "mean[{r}] = {m}, want {}: {}",
+            want.mean[r],
+            ctx()
+        );
         let tol = T::STATS_TOL * f64_reference_condition::<T>(&want, r);
         assert!(
             close_rel(s, want.inv_std_dev[r], tol),
@@ -336,11 +408,25 @@ fn check<T: TestFloat>(case: &Case, params: &Params) -> usize {
         Some(&mut inv2),
     );
     for (i, (a, b)) in xy.iter().zip(&y).enumerate() {
-        assert!(same(a.to_f64(), b.to_f64()), "in place y[{i}] = {}, out of place {}: {}", a.to_f64(), b.to_f64(), ctx());
+        assert!(
+            same(a.to_f64(), b.to_f64()),
+            "in place y[{i}] = {}, out of place {}: {}",
+            a.to_f64(),
+            b.to_f64(),
+            ctx()
+        );
     }
     for r in 0..layout.rows {
-        assert!(same(mean2[r].to_f64(), mean[r].to_f64()), "in place mean[{r}]: {}", ctx());
-        assert!(same(inv2[r].to_f64(), inv[r].to_f64()), "in place inv_std_dev[{r}]: {}", ctx());
+        assert!(
+            same(mean2[r].to_f64(), mean[r].to_f64()),
+            "in place mean[{r}]: {}",
+            ctx()
+        );
+        assert!(
+            same(inv2[r].to_f64(), inv[r].to_f64()),
+            "in place inv_std_dev[{r}]: {}",
+            ctx()
+        );
     }
     y.len()
 }
@@ -356,14 +442,18 @@ fn run_cases<T: TestFloat>(seed: u64, cases: usize) {
         let full: usize = layout.row_len;
         broadcast += [&case.scale, &case.bias]
             .iter()
-            .any(|p| p.as_ref().is_some_and(|p| p.values.len() != full)) as usize;
+            .any(|p| p.as_ref().is_some_and(|p| p.values.len() != full))
+            as usize;
         for params in all_params(&case) {
             compared += check::<T>(&case, &params);
         }
     }
     // The generator must actually reach the edge cases it claims to cover.
     assert!(compared > 100_000, "{compared} values compared");
-    assert!(empty > 0 && single > 0 && broadcast > 0, "empty {empty}, N=1 {single}, broadcast {broadcast}");
+    assert!(
+        empty > 0 && single > 0 && broadcast > 0,
+        "empty {empty}, N=1 {single}, broadcast {broadcast}"
+    );
 }
 
 #[test]
@@ -396,7 +486,12 @@ fn ada_norm_k0_c1_is_layer_norm_simple() {
         let n = layout.row_len;
         let x: Vec<f32> = case.x.iter().map(|&v| v as f32).collect();
         let run = |variant| {
-            let p = Params { variant, epsilon: case.epsilon.max(1e-5), unbiased: false, eps_in_sqrt: true };
+            let p = Params {
+                variant,
+                epsilon: case.epsilon.max(1e-5),
+                unbiased: false,
+                eps_in_sqrt: true,
+            };
             let mut y = vec![0.0f32; x.len()];
             normalize_rows(&x, &mut y, n, None, None, &p, None, None);
             y
@@ -406,7 +501,11 @@ fn ada_norm_k0_c1_is_layer_norm_simple() {
         assert_eq!(ada, simple, "{:?}", case.shape);
         // Guard against a `run` that ignores the variant altogether.
         if ada.iter().any(|&v| v != 0.0) {
-            assert_ne!(ada, run(Variant::AdaNorm { c: 1.0, k: 0.1 }), "k must matter");
+            assert_ne!(
+                ada,
+                run(Variant::AdaNorm { c: 1.0, k: 0.1 }),
+                "k must matter"
+            );
         }
     }
 }
