@@ -564,6 +564,101 @@ mod tests {
     }
 
     #[test]
+    fn constant_rows_are_exactly_zero() {
+        // 0.1 is not a short binary fraction, so the first mean m is off by an ulp or so; the
+        // correction must still bring every d (and var) to exactly 0.
+        let n = 1000;
+        for eps_in_sqrt in [false, true] {
+            let p = Params {
+                eps_in_sqrt,
+                ..lns(0.25)
+            };
+            let x = vec![0.1f32; n];
+            let (mut y, mut mean, mut inv) = (vec![1.0f32; n], [0.0f32], [0.0f32]);
+            normalize_rows(
+                &x,
+                &mut y,
+                n,
+                None,
+                None,
+                &p,
+                Some(&mut mean),
+                Some(&mut inv),
+            );
+            assert!(y.iter().all(|&v| v == 0.0), "{:?}", &y[..4]);
+            assert_eq!(mean, [0.1]);
+            assert_eq!(inv, [if eps_in_sqrt { 2.0 } else { 4.0 }]);
+
+            let mut xy = vec![f16::from_f32(0.1); n];
+            normalize_rows_in_place(&mut xy, n, None, None, &p, None, None);
+            assert!(xy.iter().all(|&v| v == f16::ZERO));
+        }
+        // And with eps = 0 that is 0 / 0.
+        let mut y = vec![0.0f32; n];
+        normalize_rows(
+            &vec![0.1f32; n],
+            &mut y,
+            n,
+            None,
+            None,
+            &lns(0.0),
+            None,
+            None,
+        );
+        assert!(y.iter().all(|v| v.is_nan()));
+    }
+
+    /// An element type that uses the trait's default row methods (here with an f64 `Acc`).
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct Wrapped(f32);
+
+    impl Element for Wrapped {
+        type Acc = f64;
+        fn to_acc(self) -> f64 {
+            self.0 as f64
+        }
+        fn from_acc(acc: f64) -> Wrapped {
+            Wrapped(acc as f32)
+        }
+    }
+
+    #[test]
+    fn default_row_methods_work() {
+        let x: Vec<f32> = (0..40).map(|i| ((i * 37) % 11) as f32 - 3.0).collect();
+        let wx: Vec<Wrapped> = x.iter().map(|&v| Wrapped(v)).collect();
+        let scale: Vec<Wrapped> = (0..8).map(|i| Wrapped(1.0 + i as f32)).collect();
+        let p = Params {
+            variant: Variant::AdaNorm { c: 1.5, k: 0.2 },
+            unbiased: true,
+            ..lns(1e-5)
+        };
+        let mut wy = vec![Wrapped(0.0); 40];
+        let mut mean = [0.0f64; 5];
+        normalize_rows(
+            &wx,
+            &mut wy,
+            8,
+            Some(&scale),
+            None,
+            &p,
+            Some(&mut mean),
+            None,
+        );
+        let mut wxy = wx.clone();
+        normalize_rows_in_place(&mut wxy, 8, Some(&scale), None, &p, None, None);
+        assert_eq!(wy, wxy);
+
+        let mut y = vec![0.0f32; 40];
+        let s: Vec<f32> = scale.iter().map(|w| w.0).collect();
+        normalize_rows(&x, &mut y, 8, Some(&s), None, &p, None, None);
+        for (w, v) in wy.iter().zip(&y) {
+            assert!((w.0 - v).abs() <= 1e-5 * v.abs().max(1.0), "{} vs {v}", w.0);
+        }
+        let row0: f64 = x[..8].iter().map(|&v| v as f64).sum::<f64>() / 8.0;
+        assert_eq!(mean[0], row0);
+    }
+
+    #[test]
     fn empty_inputs_do_not_panic() {
         let p = lns(1e-5);
         let mut mean = [1.0f32; 3];
