@@ -22,6 +22,8 @@ pub fn match_json(g: &GraphIndex<'_>, m: &Match) -> Value {
         "k": m.k,
         "scale": m.scale,
         "bias": m.bias,
+        "mean_output": m.mean_output,
+        "inv_std_output": m.inv_std_output,
         "dtype": m.dtype_name(),
         "rewritable": m.rewritable,
         "reason": m.reason,

@@ -228,6 +228,16 @@ fn infer_node(g: &GraphIndex<'_>, node: &NodeProto, facts: &HashMap<String, Valu
             };
             with(in_type(0), shape)
         }
+        "Flatten" => {
+            let shape = in_shape(0).map(|s| {
+                let r = s.len() as i64;
+                let a = attr::int(node, "axis").unwrap_or(1);
+                let a = if a < 0 { a + r } else { a }.clamp(0, r) as usize;
+                let prod = |d: &[Dim]| d.iter().map(Dim::known).product::<Option<i64>>().map_or(Dim::Unknown, Dim::Known);
+                vec![prod(&s[..a]), prod(&s[a..])]
+            });
+            with(in_type(0), shape)
+        }
         "Shape" => with(Some(INT64), in_shape(0).map(|s| vec![Dim::Known(s.len() as i64)])),
         "Reshape" => {
             let target = node.input.get(1).and_then(|n| g.constant(n));

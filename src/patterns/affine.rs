@@ -7,12 +7,10 @@ use super::canon::{Axes, Canon};
 use crate::graph::{Dim, NodeId};
 use crate::onnx::attr;
 
-/// Whether `param` is a constant whose shape is a valid Scale/B for a normalisation of `x` over
-/// `axes`.
+/// Whether `param`'s shape is a valid Scale/B for a normalisation of `x` over `axes`. It need not
+/// be constant (fused LayerNormalization takes computed parameters too); folding and dropping
+/// check constness themselves.
 pub fn is_row_parameter(c: &Canon<'_, '_>, param: &str, x: &str, axes: &Axes) -> bool {
-    if !c.is_constant(param) {
-        return false;
-    }
     let Some(pshape) = c.g.shape(param) else { return false };
     let x_shape = c.g.shape(x);
     let rank = axes.rank.or(x_shape.map(<[Dim]>::len));
@@ -27,6 +25,7 @@ pub fn is_row_parameter(c: &Canon<'_, '_>, param: &str, x: &str, axes: &Axes) ->
                 let normalised = axes.axes.contains(&axis) || axes.axes.contains(&(axis - r as i64));
                 match d {
                     Dim::Known(1) => true,
+                    // A computed parameter must have a known size on the normalised axes.
                     Dim::Known(n) if normalised => {
                         match x_shape.and_then(|s| s.get(off + i)).and_then(Dim::known) {
                             Some(xn) => xn == *n,
@@ -64,13 +63,11 @@ pub fn tail(c: &Canon<'_, '_>, y: &str, x: &str, axes: &Axes, out_type: Option<i
             _ => None,
         }
     };
-    // A Cast back to the input's type closes a higher-precision island.
+    // A Cast back to the input's type closes a higher-precision island
     if let (Some(id), Some(want)) = (single(&t.output), out_type) {
         let n = c.g.node(id);
-        if n.op_type() == "Cast"
-            && attr::int(n, "to") == Some(want as i64)
-            && c.g.elem_type(&t.output) != Some(want)
-        {
+        // (or a no-op Cast to the same type, which function bodies write).
+        if n.op_type() == "Cast" && attr::int(n, "to") == Some(want as i64) {
             t.nodes.push(id);
             t.output = n.output[0].clone();
         }

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 
 use super::canon::Canon;
 use super::decomposed::Candidate;
+use super::function_body;
 use super::stats::Stats;
 use super::{Family, Match};
 use crate::graph::NodeId;
@@ -14,34 +15,16 @@ use crate::graph::NodeId;
 pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
     let g = c.g;
     let mut core: HashSet<NodeId> = s.core.iter().chain(&cand.core).copied().collect();
-    let params: HashSet<&str> = cand.scale.iter().chain(&cand.bias).map(String::as_str).collect();
-
-    // Helpers: row-count chains and the nodes holding constants the core reads.
-    let mut aux: Vec<NodeId> = s.aux.clone();
-    let mut stack: Vec<NodeId> = core.iter().chain(&s.aux).copied().collect();
-    let mut seen = HashSet::new();
-    while let Some(id) = stack.pop() {
-        for input in &g.node(id).input {
-            if input.is_empty() || params.contains(input.as_str()) || !c.is_constant(input) {
-                continue;
-            }
-            if let Some((p, _)) = g.producer(input) {
-                if seen.insert(p) && !core.contains(&p) {
-                    aux.push(p);
-                    stack.push(p);
-                }
-            }
-        }
-    }
-    let aux_set: HashSet<NodeId> = aux.iter().copied().collect();
+    let mut problems = cand.problems.clone();
+    let stats_aux: HashSet<NodeId> = s.aux.iter().copied().collect();
+    let is_param = |v: &str| cand.scale.as_deref() == Some(v) || cand.bias.as_deref() == Some(v);
 
     // Where the input is read: absorb Casts in front of the match that only it reads.
-    let mut problems = cand.problems.clone();
     let reads: HashSet<String> = core
         .iter()
         .flat_map(|&id| g.node(id).input.iter())
-        .filter(|v| !v.is_empty() && !params.contains(v.as_str()) && !c.is_constant(v))
-        .filter(|v| g.producer(v).is_none_or(|(p, _)| !core.contains(&p) && !aux_set.contains(&p)))
+        .filter(|v| !v.is_empty() && !is_param(v) && !c.is_constant(v))
+        .filter(|v| g.producer(v).is_none_or(|(p, _)| !core.contains(&p) && !stats_aux.contains(&p)))
         .cloned()
         .collect();
     let mut inputs = HashSet::new();
@@ -59,13 +42,42 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
         }
         inputs.insert(v);
     }
-    let input = match inputs.len() {
+    let mut input = match inputs.len() {
         1 => inputs.into_iter().next().expect("one input"),
         _ => {
             problems.push(format!("it reads its input '{}' through several different casts", s.x));
             s.x.clone()
         }
     };
+
+    // The ONNX function-body form works on a flattened view: lift it back to X.
+    let (mut output, mut scale, mut bias) = (cand.output.clone(), cand.scale.clone(), cand.bias.clone());
+    let (mut mean_output, mut inv_std_output, mut lifted_axis) = (None, None, None);
+    let mut aux: Vec<NodeId> = s.aux.clone();
+    if let Some(l) = function_body::lift(c, s, &core, &input, &output, scale.as_deref(), bias.as_deref()) {
+        core.extend(l.core);
+        aux.extend(l.aux);
+        (input, output, scale, bias) = (l.input, l.output, l.scale, l.bias);
+        (mean_output, inv_std_output, lifted_axis) = (l.mean_output, l.inv_std_output, Some(l.axis));
+    }
+    let params: HashSet<&str> = scale.iter().chain(&bias).map(String::as_str).collect();
+
+    // Helpers: row-count chains and the nodes holding constants the core reads.
+    let mut stack: Vec<NodeId> = core.iter().chain(&aux).copied().collect();
+    let mut seen = HashSet::new();
+    while let Some(id) = stack.pop() {
+        for v in &g.node(id).input {
+            if v.is_empty() || params.contains(v.as_str()) || !c.is_constant(v) {
+                continue;
+            }
+            if let Some((p, _)) = g.producer(v) {
+                if seen.insert(p) && !core.contains(&p) {
+                    aux.push(p);
+                    stack.push(p);
+                }
+            }
+        }
+    }
 
     // Helpers belong to the match when nothing outside it uses them.
     let mut included: HashSet<NodeId> = HashSet::new();
@@ -88,16 +100,17 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
         }
     }
 
-    // No inner value may escape.
-    let last = g.producer(&cand.output).map(|(id, _)| id);
+    // No inner value may escape: only the match's outputs are read outside it.
+    let outputs: HashSet<&str> = [Some(&output), mean_output.as_ref(), inv_std_output.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
     let mut escapes = None;
     let mut ids: Vec<NodeId> = core.iter().copied().collect();
     ids.sort_unstable();
     for &id in &ids {
-        if Some(id) == last {
-            continue;
-        }
-        for o in g.node(id).output.iter().filter(|o| !o.is_empty()) {
+        for o in g.node(id).output.iter().filter(|o| !o.is_empty() && !outputs.contains(o.as_str())) {
             if g.is_graph_output(o) {
                 escapes.get_or_insert(format!("inner value '{o}' is a graph output"));
             }
@@ -109,9 +122,23 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
     problems.extend(escapes);
 
     // Axes the ai.adanorm ops (and ONNX LayerNormalization) can express.
-    let axis = s.axes.trailing_axis();
+    let mut axes = s.axes.axes.clone();
+    let mut axis = s.axes.trailing_axis();
     let mut form = cand.form.clone();
-    if axis.is_none() {
+    if let Some(a) = lifted_axis {
+        form.push_str(", ONNX function body (Flatten/Reshape)");
+        match g.rank(&input) {
+            Some(r) => {
+                let a = if a < 0 { a + r as i64 } else { a };
+                axes = (a..r as i64).collect();
+                axis = Some(a - r as i64);
+            }
+            None => {
+                axes = vec![];
+                axis = Some(a);
+            }
+        }
+    } else if axis.is_none() {
         let rank = s.axes.rank.or(g.rank(&s.x));
         if s.axes.axes == [1] && rank.is_some_and(|r| r >= 3) {
             form.push_str(", channels-first (normalises axis 1 only)");
@@ -124,7 +151,7 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
     }
 
     let dtype = g.elem_type(&input);
-    if let (Some(i), Some(o)) = (dtype, g.elem_type(&cand.output)) {
+    if let (Some(i), Some(o)) = (dtype, g.elem_type(&output)) {
         if i != o {
             problems.push(format!(
                 "its output type ({}) differs from its input type ({})",
@@ -146,16 +173,18 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
         form,
         nodes,
         input,
-        output: cand.output,
-        axes: s.axes.axes.clone(),
+        output,
+        axes,
         axis,
         epsilon: s.epsilon,
         unbiased: s.unbiased,
         eps_in_sqrt: s.eps_in_sqrt,
         c: cand.c,
         k: cand.k,
-        scale: cand.scale,
-        bias: cand.bias,
+        scale,
+        bias,
+        mean_output,
+        inv_std_output,
         dtype,
         rewritable: true,
         reason: None,

@@ -46,6 +46,8 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
             k: 0.0,
             scale: None,
             bias: None,
+            mean_output: None,
+            inv_std_output: None,
             dtype: g.elem_type(&x),
             rewritable: true,
             reason: None,
@@ -56,6 +58,8 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
             let mut m = base(Family::LayerNorm, "fused LayerNormalization", eps_attr(1e-5), axis_attr);
             m.scale = input(1);
             m.bias = input(2);
+            m.mean_output = n.output.get(1).filter(|s| !s.is_empty()).cloned();
+            m.inv_std_output = n.output.get(2).filter(|s| !s.is_empty()).cloned();
             m
         }
         ("com.microsoft", "SkipLayerNormalization") => {
@@ -99,6 +103,8 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
             }
             m.scale = input(1);
             m.bias = input(2);
+            m.mean_output = n.output.get(1).filter(|s| !s.is_empty()).cloned();
+            m.inv_std_output = n.output.get(2).filter(|s| !s.is_empty()).cloned();
             m
         }
         _ => return None,

@@ -11,6 +11,7 @@ pub mod affine;
 pub mod canon;
 pub mod cover;
 pub mod decomposed;
+pub mod function_body;
 pub mod fused;
 pub mod stats;
 
@@ -61,6 +62,9 @@ pub struct Match {
     pub k: f64,
     pub scale: Option<String>,
     pub bias: Option<String>,
+    /// Optional outputs (ops-spec `Mean`, `InvStdDev`) the subgraph also computes.
+    pub mean_output: Option<String>,
+    pub inv_std_output: Option<String>,
     pub dtype: Option<i32>,
     pub rewritable: bool,
     pub reason: Option<String>,
