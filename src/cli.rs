@@ -4,11 +4,14 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::error::Result;
+use std::path::Path;
+
+use crate::error::{Error, Result};
 use crate::graph::GraphIndex;
-use crate::onnx::load_model;
+use crate::onnx::{load_model, save_model};
 use crate::patterns::find_matches;
 use crate::report;
+use crate::rewrite::{self, weights::WeightsFile, Affine, Options, Outcome, Target};
 
 #[derive(Parser, Debug)]
 #[command(name = "adanorm-onnx", version, about = "Find LayerNorm subgraphs in ONNX models and rewrite them into AdaNorm / LayerNorm-simple")]
@@ -26,6 +29,116 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replace each decomposed LayerNorm / LayerNorm-simple / AdaNorm by one ai.adanorm node
+    /// computing the same function (fused LayerNormalization nodes stay).
+    Fuse {
+        model: PathBuf,
+        /// Output model (default: <stem>.fused.onnx beside the input).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Replace every LayerNorm-family match (fused or not) by AdaNorm or LayerNorm-simple.
+    Rewrite {
+        model: PathBuf,
+        /// Output model (default: <stem>.adanorm.onnx beside the input).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+        /// The op each match becomes.
+        #[arg(long, value_enum, default_value = "adanorm")]
+        to: To,
+        /// AdaNorm's C (default: the match's own when it is an AdaNorm, else 1.0).
+        #[arg(long)]
+        c: Option<f64>,
+        /// AdaNorm's k (default: the match's own when it is an AdaNorm, else 0.1).
+        #[arg(long)]
+        k: Option<f64>,
+        /// What happens to gain and bias.
+        #[arg(long, value_enum, default_value = "keep")]
+        affine: Affine,
+        /// Where dropped or folded weights go (default: <stem>.adanorm.weights.safetensors).
+        #[arg(long)]
+        weights_out: Option<PathBuf>,
+        /// Add model-local function bodies so runtimes without our library run the model.
+        #[arg(long)]
+        portable: bool,
+    },
+    /// Turn ai.adanorm nodes back into standard ONNX.
+    Revert {
+        model: PathBuf,
+        /// Output model (default: <stem>.reverted.onnx beside the input).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+        /// The weights file a `rewrite --affine drop|fold` wrote.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum To {
+    Adanorm,
+    Simple,
+}
+
+/// `<dir>/<stem><suffix>` beside `input`.
+fn beside(input: &Path, suffix: &str) -> PathBuf {
+    let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    input.with_file_name(format!("{stem}{suffix}"))
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn print_outcome(verb: &str, input: &Path, out: &Path, o: &Outcome) {
+    println!("{verb} {} -> {}", input.display(), out.display());
+    for c in &o.changes {
+        println!(
+            "  {}\n    -> {}   [{}]",
+            c.before,
+            c.after,
+            if c.same_function { "same function" } else { "changes the function" }
+        );
+        if let Some(n) = &c.note {
+            println!("    note: {n}");
+        }
+    }
+    for (what, why) in &o.skipped {
+        println!("  left as is: {what}\n    because {why}");
+    }
+    println!(
+        "{} replaced, {} left as is; the model {}",
+        o.changes.len(),
+        o.skipped.len(),
+        if o.same_function() { "computes the same function as before" } else { "no longer computes the same function (by request)" }
+    );
+}
+
+/// Saves the model and its weights file (weights first: a model never points at weights that
+/// are not there).
+fn write_outcome(input: &Path, out: &Path, force: bool, weights_out: Option<PathBuf>, o: &Outcome) -> Result<()> {
+    if same_file(input, out) {
+        return Err(Error::msg("the output would replace the input model; choose another -o").in_file(input));
+    }
+    if out.exists() && !force {
+        return Err(Error::msg("the output file exists (use --force to replace it)").in_file(out));
+    }
+    if let Some(w) = &o.weights {
+        let path = weights_out.unwrap_or_else(|| beside(out, ".weights.safetensors"));
+        w.save(&path, force)?;
+        println!("weights removed from the model -> {}", path.display());
+    }
+    save_model(&o.model, out, force)
 }
 
 /// Runs a command; returns the process exit code on success.
@@ -41,6 +154,46 @@ pub fn run(cli: Cli) -> Result<i32> {
             } else {
                 print!("{}", report::inspect_table(&shown, &g, &matches));
             }
+            Ok(0)
+        }
+        Command::Fuse { model, output, force } => {
+            let loaded = load_model(&model)?;
+            let g = GraphIndex::build(&loaded)?;
+            let opts = Options { target: Target::Same, c: None, k: None, affine: Affine::Keep, portable: false, include_fused: false };
+            let o = rewrite::plan::plan(&g, &find_matches(&g), &opts).map_err(|e| e.in_file(&model))?;
+            let out = output.unwrap_or_else(|| beside(&model, ".fused.onnx"));
+            write_outcome(&model, &out, force, None, &o)?;
+            print_outcome("fused", &model, &out, &o);
+            Ok(0)
+        }
+        Command::Rewrite { model, output, force, to, c, k, affine, weights_out, portable } => {
+            let loaded = load_model(&model)?;
+            let g = GraphIndex::build(&loaded)?;
+            let target = match to {
+                To::Adanorm => Target::AdaNorm,
+                To::Simple => Target::Simple,
+            };
+            for (name, v) in [("--c", c), ("--k", k)] {
+                if v.is_some_and(|v| !v.is_finite()) {
+                    return Err(Error::msg(format!("{name} must be a finite number")));
+                }
+            }
+            let opts = Options { target, c, k, affine, portable, include_fused: true };
+            let o = rewrite::plan::plan(&g, &find_matches(&g), &opts).map_err(|e| e.in_file(&model))?;
+            let out = output.unwrap_or_else(|| beside(&model, ".adanorm.onnx"));
+            let weights_out = weights_out.or_else(|| Some(beside(&model, ".adanorm.weights.safetensors")));
+            write_outcome(&model, &out, force, weights_out, &o)?;
+            print_outcome("rewrote", &model, &out, &o);
+            Ok(0)
+        }
+        Command::Revert { model, output, force, weights } => {
+            let loaded = load_model(&model)?;
+            let g = GraphIndex::build(&loaded)?;
+            let w = weights.as_deref().map(WeightsFile::load).transpose()?;
+            let o = rewrite::revert::revert(&g, w.as_ref())?;
+            let out = output.unwrap_or_else(|| beside(&model, ".reverted.onnx"));
+            write_outcome(&model, &out, force, None, &o)?;
+            print_outcome("reverted", &model, &out, &o);
             Ok(0)
         }
     }

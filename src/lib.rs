@@ -9,3 +9,4 @@ pub mod report;
 pub mod cli;
 
 pub use error::{Error, Result};
+pub mod rewrite;

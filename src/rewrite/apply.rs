@@ -1,0 +1,174 @@
+//! Applying replacements to a model: each set of matched nodes is removed and its new nodes are
+//! placed where the subgraph's last output was produced (so node order stays topological);
+//! initializers and `value_info` only the removed nodes used go with them; everything else —
+//! node order, names, metadata, functions, external-data references — is untouched. What is
+//! removed is recorded in the model's `metadata_props`, so `revert` can restore it exactly.
+
+use std::collections::{HashMap, HashSet};
+
+use base64::Engine;
+use prost::Message;
+
+use crate::graph::{GraphIndex, NodeId};
+use crate::onnx::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto};
+
+/// Key prefix of the records in `ModelProto.metadata_props`.
+pub const RECORD_PREFIX: &str = "adanorm.original:";
+
+pub struct Replacement {
+    pub remove: Vec<NodeId>,
+    pub insert: Vec<NodeProto>,
+    /// The values whose producers the new nodes replace (the match's outputs): the new nodes go
+    /// where the last of them was produced.
+    pub outputs: Vec<String>,
+    /// Record the removed subgraph under this key (the new node's name).
+    pub record_key: Option<String>,
+    /// Names of every inserted node, so `revert` removes them all.
+    pub inserted_names: Vec<String>,
+    /// Initializers the replacement moves out of the model (dropped weights, kept in a
+    /// safetensors file instead of the record).
+    pub drop_initializers: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct Patch {
+    pub replacements: Vec<Replacement>,
+    pub add_initializers: Vec<TensorProto>,
+    /// (node, input slot, new value name): repointed inputs of nodes that stay.
+    pub repoint: Vec<(NodeId, usize, String)>,
+    /// Initializers that go if nothing reads them any more (weights replaced by folded copies).
+    pub maybe_unused: Vec<String>,
+    /// Metadata entries to add (key, value).
+    pub metadata: Vec<(String, String)>,
+}
+
+pub fn apply(g: &GraphIndex<'_>, patch: Patch) -> ModelProto {
+    let mut model = g.model.proto.clone();
+    let graph = model.graph.as_mut().expect("checked at load");
+
+    let mut removed: HashSet<NodeId> = HashSet::new();
+    let mut place: HashMap<NodeId, usize> = HashMap::new();
+    for (i, r) in patch.replacements.iter().enumerate() {
+        removed.extend(r.remove.iter().copied());
+        let at = r
+            .outputs
+            .iter()
+            .filter_map(|o| g.producer(o).map(|(id, _)| id))
+            .chain(r.remove.iter().copied())
+            .max()
+            .expect("a replacement removes something");
+        place.insert(at, i);
+    }
+    let repoint: HashMap<(NodeId, usize), &str> =
+        patch.repoint.iter().map(|(n, s, v)| ((*n, *s), v.as_str())).collect();
+
+    let mut nodes = Vec::with_capacity(graph.node.len());
+    for (id, node) in g.graph.node.iter().enumerate() {
+        if !removed.contains(&id) {
+            let mut n = node.clone();
+            for (slot, input) in n.input.iter_mut().enumerate() {
+                if let Some(v) = repoint.get(&(id, slot)) {
+                    *input = v.to_string();
+                }
+            }
+            nodes.push(n);
+        }
+        if let Some(&i) = place.get(&id) {
+            nodes.extend(patch.replacements[i].insert.iter().cloned());
+        }
+    }
+    graph.node = nodes;
+
+    // Initializers: those only removed nodes read, or moved out, go.
+    let referenced = referenced_names(graph);
+    let dropped: HashSet<&str> =
+        patch.replacements.iter().flat_map(|r| r.drop_initializers.iter().map(String::as_str)).collect();
+    let mut removed_inits: HashMap<String, TensorProto> = HashMap::new();
+    let was_read_by_removed: HashSet<&str> =
+        removed.iter().flat_map(|&id| g.node(id).input.iter().map(String::as_str)).collect();
+    graph.initializer.retain(|t| {
+        let name = t.name();
+        let unread = !referenced.contains(name) && !g.is_graph_input(name);
+        let goes = dropped.contains(name)
+            || (unread && (was_read_by_removed.contains(name) || patch.maybe_unused.iter().any(|m| m == name)));
+        if goes {
+            removed_inits.insert(name.to_string(), t.clone());
+        }
+        !goes
+    });
+    graph.initializer.extend(patch.add_initializers);
+
+    // value_info of values nothing produces any more.
+    let produced: HashSet<&str> = graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    let mut removed_infos = HashMap::new();
+    graph.value_info.retain(|v| {
+        let keep = produced.contains(v.name()) || g.producer(v.name()).is_none();
+        if !keep {
+            removed_infos.insert(v.name().to_string(), v.clone());
+        }
+        keep
+    });
+
+    // Records for revert.
+    for r in &patch.replacements {
+        let Some(key) = &r.record_key else { continue };
+        let mut ids = r.remove.clone();
+        ids.sort_unstable();
+        let nodes: Vec<NodeProto> = ids.iter().map(|&id| g.node(id).clone()).collect();
+        let reads: HashSet<&str> = nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+        let outs: HashSet<&str> = nodes.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+        let record = GraphProto {
+            node: nodes.clone(),
+            initializer: removed_inits
+                .iter()
+                .filter(|(name, _)| reads.contains(name.as_str()) && !dropped.contains(name.as_str()))
+                .map(|(_, t)| t.clone())
+                .collect(),
+            value_info: removed_infos.iter().filter(|(n, _)| outs.contains(n.as_str())).map(|(_, v)| v.clone()).collect(),
+            doc_string: Some(serde_json::to_string(&r.inserted_names).expect("names")),
+            ..Default::default()
+        };
+        let encoded = base64::engine::general_purpose::STANDARD.encode(record.encode_to_vec());
+        set_metadata(&mut model, &format!("{RECORD_PREFIX}{key}"), encoded);
+    }
+    for (k, v) in patch.metadata {
+        set_metadata(&mut model, &k, v);
+    }
+    model
+}
+
+pub fn set_metadata(model: &mut ModelProto, key: &str, value: String) {
+    model.metadata_props.retain(|e| e.key() != key);
+    model.metadata_props.push(StringStringEntryProto { key: Some(key.into()), value: Some(value) });
+}
+
+/// Declares `ai.adanorm` v1 when the graph uses it, and drops the import when nothing does.
+pub fn sync_adanorm_opset(model: &mut ModelProto) {
+    let used = model.graph.as_ref().is_some_and(|g| g.node.iter().any(|n| n.domain() == super::node::DOMAIN))
+        || model.functions.iter().any(|f| f.node.iter().any(|n| n.domain() == super::node::DOMAIN));
+    let declared = model.opset_import.iter().any(|o| o.domain() == super::node::DOMAIN);
+    if used && !declared {
+        model.opset_import.push(OperatorSetIdProto { domain: Some(super::node::DOMAIN.into()), version: Some(1) });
+    }
+    if !used && declared {
+        model.opset_import.retain(|o| o.domain() != super::node::DOMAIN);
+    }
+}
+
+/// Every value name read anywhere (nodes of the graph and of its subgraphs) or output.
+pub fn referenced_names(g: &GraphProto) -> HashSet<String> {
+    let mut out = HashSet::new();
+    fn walk(g: &GraphProto, out: &mut HashSet<String>) {
+        for n in &g.node {
+            out.extend(n.input.iter().filter(|s| !s.is_empty()).cloned());
+            for a in &n.attribute {
+                for sub in a.g.iter().chain(a.graphs.iter()) {
+                    walk(sub, out);
+                }
+            }
+        }
+        out.extend(g.output.iter().map(|o| o.name().to_string()));
+    }
+    walk(g, &mut out);
+    out
+}

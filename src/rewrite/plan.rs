@@ -1,0 +1,241 @@
+//! Planning `fuse` and `rewrite`: for each match, the `ai.adanorm` node that replaces it, what
+//! happens to its gain and bias, and a report line saying whether the model still computes the
+//! same function there. Matches that cannot be rewritten are left as they were, with the reason.
+
+use std::collections::HashSet;
+
+use super::apply::{self, Patch, Replacement};
+use super::fold;
+use super::node::{self, OpKind, OpParams};
+use super::weights::{WeightTensor, WeightsFile};
+use super::{function, Affine, Change, Options, Outcome, Target};
+use crate::error::{Error, Result};
+use crate::graph::GraphIndex;
+use crate::onnx::attr;
+use crate::onnx::proto::{NodeProto, TensorProto};
+use crate::patterns::{Family, Match};
+
+/// Whether a match is a single node that already is a normalisation op.
+pub fn is_single_op(m: &Match) -> bool {
+    m.nodes.len() == 1 && !m.form.starts_with("decomposed")
+}
+
+pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Outcome> {
+    let mut patch = Patch::default();
+    let mut changes = Vec::new();
+    let mut skipped = Vec::new();
+    let mut weights = WeightsFile::default();
+    let mut names: HashSet<String> = g.graph.node.iter().map(|n| n.name().to_string()).collect();
+    let mut removed_nodes: HashSet<usize> = HashSet::new();
+
+    for m in matches {
+        let what = describe(g, m);
+        if m.family == Family::RmsNorm {
+            skipped.push((what, "RMSNorm has no centring: reported, left alone".into()));
+            continue;
+        }
+        if is_single_op(m) && !opts.include_fused {
+            continue; // fuse leaves fused ops as they are
+        }
+        if !m.rewritable {
+            skipped.push((what, m.reason.clone().unwrap_or_default()));
+            continue;
+        }
+        let Some(axis) = m.axis else {
+            skipped.push((what, "its axes cannot be expressed as one trailing axis".into()));
+            continue;
+        };
+        let single = g.node(m.nodes[0]);
+        let skip_ln = is_single_op(m) && single.op_type() == "SkipLayerNormalization";
+
+        let adanorm = m.family == Family::AdaNorm;
+        let (kind, c, k) = match opts.target {
+            Target::Same if adanorm => (OpKind::AdaNorm, m.c, m.k),
+            Target::Same => (OpKind::LayerNormSimple, 1.0, 0.0),
+            Target::AdaNorm => (
+                OpKind::AdaNorm,
+                opts.c.unwrap_or(if adanorm { m.c } else { 1.0 }),
+                opts.k.unwrap_or(if adanorm { m.k } else { 0.1 }),
+            ),
+            Target::Simple => (OpKind::LayerNormSimple, 1.0, 0.0),
+        };
+        let params = OpParams { kind, axis, epsilon: m.epsilon, unbiased: m.unbiased, eps_in_sqrt: m.eps_in_sqrt, c, k };
+        let node_names: Vec<&str> = m.nodes.iter().map(|&id| g.node(id).name()).collect();
+        let name = node::derive_name(&node_names, &m.output, kind, &|n| names.contains(n));
+        names.insert(name.clone());
+
+        // Gain and bias.
+        let mut scale = m.scale.clone();
+        let mut bias = m.bias.clone();
+        let mut note = None;
+        let mut remove = m.nodes.clone();
+        let mut drop_inits = Vec::new();
+        let mut affine_same = true;
+        match opts.affine {
+            Affine::Keep => {}
+            Affine::Drop => match drop_params(g, m, &name, &mut weights) {
+                Ok((dropped, extra_nodes)) => {
+                    affine_same = dropped.is_empty();
+                    drop_inits = dropped;
+                    remove.extend(extra_nodes);
+                    scale = None;
+                    bias = None;
+                }
+                Err(why) => note = Some(format!("affine kept: {why}")),
+            },
+            Affine::Fold => match fold::plan(g, m, &name) {
+                Ok(f) => {
+                    scale = None;
+                    bias = None;
+                    for (key, original, t) in f.originals {
+                        weights.insert(key, &original, t);
+                    }
+                    patch.add_initializers.extend(f.new_initializers);
+                    patch.repoint.extend(f.repoint);
+                    patch.maybe_unused.extend(f.mapping.iter().map(|m| m.original.clone()));
+                    if !f.mapping.is_empty() {
+                        let json = serde_json::to_string(&f.mapping).expect("plain data");
+                        patch.metadata.push((format!("{}{name}", fold::FOLD_PREFIX), json));
+                    }
+                    if f.folded_any {
+                        note = Some(format!("gain/bias folded into {}", f.consumers.join(", ")));
+                    }
+                }
+                Err(why) => note = Some(format!("affine kept: {why}")),
+            },
+        }
+
+        let mut insert: Vec<NodeProto> = Vec::new();
+        let mut x = m.input.clone();
+        if skip_ln {
+            x = split_skip_add(single, &name, &mut insert, &mut names);
+        }
+        let doc = format!("adanorm-onnx: replaces {}", what);
+        insert.push(node::build(
+            &name,
+            &params,
+            [Some(&x), scale.as_deref(), bias.as_deref()],
+            [Some(&m.output), m.mean_output.as_deref(), m.inv_std_output.as_deref()],
+            &doc,
+        ));
+        if remove.iter().any(|id| removed_nodes.contains(id)) {
+            skipped.push((what, "it overlaps another match".into()));
+            continue;
+        }
+        removed_nodes.extend(remove.iter().copied());
+
+        let before_ck = if adanorm { (m.c, m.k) } else { (1.0, 0.0) };
+        let same_function = params.effective_ck() == before_ck && affine_same;
+        changes.push(Change {
+            before: what,
+            after: format!("{} '{}'{}", kind.op_type(), name, describe_params(&params)),
+            same_function,
+            note,
+        });
+        let mut outputs = vec![m.output.clone()];
+        outputs.extend(m.mean_output.iter().cloned());
+        outputs.extend(m.inv_std_output.iter().cloned());
+        let inserted_names = insert.iter().map(|n| n.name().to_string()).collect();
+        patch.replacements.push(Replacement {
+            remove,
+            insert,
+            outputs,
+            record_key: Some(name),
+            inserted_names,
+            drop_initializers: drop_inits,
+        });
+    }
+
+    let mut model = apply::apply(g, patch);
+    apply::sync_adanorm_opset(&mut model);
+    if opts.portable {
+        function::add_portable_functions(&mut model, &|v| g.elem_type(v))?;
+    }
+    Ok(Outcome { model, changes, skipped, weights: (!weights.is_empty()).then_some(weights) })
+}
+
+/// `SkipLayerNormalization(input, skip, gamma, beta, bias)`: the residual sum becomes an `Add`
+/// (plus the bias), named as the op's 4th output when something reads it.
+fn split_skip_add(n: &NodeProto, name: &str, insert: &mut Vec<NodeProto>, names: &mut HashSet<String>) -> String {
+    let sum_out = n.output.get(3).filter(|s| !s.is_empty()).cloned();
+    let with_bias = n.input.get(4).filter(|s| !s.is_empty()).cloned();
+    let add = |node_name: String, a: &str, b: &str, out: String| NodeProto {
+        name: Some(node_name),
+        op_type: Some("Add".into()),
+        input: vec![a.to_string(), b.to_string()],
+        output: vec![out],
+        ..Default::default()
+    };
+    let first_out = match (&with_bias, &sum_out) {
+        (None, Some(s)) => s.clone(),
+        _ => format!("{name}/skip_sum"),
+    };
+    names.insert(format!("{name}/SkipAdd"));
+    insert.push(add(format!("{name}/SkipAdd"), &n.input[0], &n.input[1], first_out.clone()));
+    match with_bias {
+        Some(b) => {
+            let out = sum_out.unwrap_or_else(|| format!("{name}/skip_bias_sum"));
+            names.insert(format!("{name}/BiasAdd"));
+            insert.push(add(format!("{name}/BiasAdd"), &first_out, &b, out.clone()));
+            out
+        }
+        None => first_out,
+    }
+}
+
+/// Takes the constant gain and bias out of the model into the weights file; returns the
+/// initializers to drop and `Constant` nodes that only fed them.
+fn drop_params(g: &GraphIndex<'_>, m: &Match, node_name: &str, out: &mut WeightsFile) -> std::result::Result<(Vec<String>, Vec<usize>), String> {
+    let mut staged = Vec::new();
+    let mut inits = Vec::new();
+    let mut nodes = Vec::new();
+    for (role, p) in [("scale", &m.scale), ("bias", &m.bias)] {
+        let Some(p) = p else { continue };
+        let t: TensorProto = if let Some(t) = g.initializer(p).filter(|_| !g.is_graph_input(p)) {
+            inits.push(p.clone());
+            t.clone()
+        } else if let Some((id, n)) = g.producer_node(p).filter(|(_, n)| n.op_type() == "Constant") {
+            let t = attr::tensor(n, "value").ok_or_else(|| format!("{role} '{p}' is not a tensor constant"))?;
+            if g.consumers(p).iter().all(|c| m.nodes.contains(c)) {
+                nodes.push(id);
+            }
+            t.clone()
+        } else {
+            return Err(format!("its {role} '{p}' is not a constant"));
+        };
+        let w = WeightTensor::from_proto(g.model, &t).map_err(|e| e.to_string())?;
+        staged.push((format!("{node_name}/{role}"), p.clone(), w));
+    }
+    for (key, original, w) in staged {
+        out.insert(key, &original, w);
+    }
+    Ok((inits, nodes))
+}
+
+/// "decomposed layernorm (11 nodes: a .. b) -> out" for the report.
+pub fn describe(g: &GraphIndex<'_>, m: &Match) -> String {
+    let first = g.label(m.nodes[0]);
+    let nodes = if m.nodes.len() == 1 {
+        format!("'{first}'")
+    } else {
+        format!("{} nodes '{}' .. '{}'", m.nodes.len(), first, g.label(*m.nodes.last().expect("non-empty")))
+    };
+    format!("{} [{}] {} -> '{}'", m.family.name(), m.form, nodes, m.output)
+}
+
+fn describe_params(p: &OpParams) -> String {
+    let mut s = format!(
+        " (axis {}, epsilon {:e}, unbiased {}, eps_in_sqrt {}",
+        p.axis, p.epsilon, p.unbiased as u8, p.eps_in_sqrt as u8
+    );
+    if p.kind == OpKind::AdaNorm {
+        s.push_str(&format!(", c {}, k {}", p.c, p.k));
+    }
+    s.push(')');
+    s
+}
+
+/// An error for a model that has nothing of the kind the command changes.
+pub fn nothing_to_do(what: &str) -> Error {
+    Error::msg(format!("no {what} found: the output would equal the input"))
+}
