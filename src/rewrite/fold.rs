@@ -36,8 +36,21 @@ pub struct FoldPlan {
     pub folded_any: bool,
 }
 
+/// The initializer behind a value (through `Identity`, which exporters use to share weights).
+fn initializer<'m>(g: &GraphIndex<'m>, name: &str) -> Option<&'m TensorProto> {
+    let mut v = name.to_string();
+    for _ in 0..4 {
+        if let Some(t) = g.initializer(&v).filter(|_| !g.is_graph_input(&v)) {
+            return Some(t);
+        }
+        let (_, n) = g.producer_node(&v).filter(|(_, n)| n.op_type() == "Identity")?;
+        v = n.input.first()?.clone();
+    }
+    None
+}
+
 fn values(g: &GraphIndex<'_>, name: &str) -> Result<(Vec<f64>, Vec<i64>), String> {
-    let t = g.initializer(name).filter(|_| !g.is_graph_input(name)).ok_or_else(|| format!("'{name}' is not a constant initializer"))?;
+    let t = initializer(g, name).ok_or_else(|| format!("'{name}' is not a constant initializer"))?;
     let w = WeightTensor::from_proto(g.model, t).map_err(|e| e.to_string())?;
     let v = decode(&w).ok_or_else(|| format!("'{name}' has a type that cannot be folded"))?;
     Ok((v, t.dims.clone()))
@@ -74,6 +87,39 @@ fn row_vector(g: &GraphIndex<'_>, p: &Option<String>, h: usize) -> Result<Option
     Ok(Some(v))
 }
 
+/// The nodes that consume the normalised values, looking through what keeps the last axis as it
+/// is (`Reshape` to `[..., H]`) and ignoring what reads only the shape (`Shape`, `Size`).
+fn linear_consumers(g: &GraphIndex<'_>, output: &str) -> Result<Vec<(NodeId, String)>, String> {
+    let mut out = Vec::new();
+    let mut stack = vec![output.to_string()];
+    while let Some(v) = stack.pop() {
+        for &cid in g.consumers(&v) {
+            let c = g.node(cid);
+            match c.op_type() {
+                "Shape" | "Size" => {}
+                "Reshape" if c.input.first() == Some(&v) && keeps_last_axis(g, &v, c) => {
+                    if g.is_graph_output(&c.output[0]) {
+                        return Err(format!("'{}' is a graph output", c.output[0]));
+                    }
+                    stack.push(c.output[0].clone());
+                }
+                _ => out.push((cid, v.clone())),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A `Reshape` whose constant target ends in the input's known last dimension.
+fn keeps_last_axis(g: &GraphIndex<'_>, input: &str, reshape: &crate::onnx::proto::NodeProto) -> bool {
+    let last = g.shape(input).and_then(|s| s.last()).and_then(|d| d.known());
+    let target = reshape.input.get(1).and_then(|t| g.constant(t));
+    match (last, target.as_ref().and_then(|t| t.as_ints()).and_then(|t| t.last().copied())) {
+        (Some(h), Some(t)) => h == t,
+        _ => false,
+    }
+}
+
 pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, String> {
     if m.scale.is_none() && m.bias.is_none() {
         return Ok(FoldPlan::default());
@@ -85,11 +131,11 @@ pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, 
         return Err(format!("its output '{}' is a graph output", m.output));
     }
     let mut plan = FoldPlan::default();
-    let consumers = g.consumers(&m.output);
+    let consumers = linear_consumers(g, &m.output)?;
     if consumers.is_empty() {
         return Err("nothing reads its output".into());
     }
-    for &cid in consumers {
+    for (cid, read) in consumers {
         let c = g.node(cid);
         let label = g.label(cid);
         if c.name().is_empty() {
@@ -105,7 +151,7 @@ pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, 
             }
             _ => false,
         };
-        if !linear || c.input.first() != Some(&m.output) || c.input.get(1) == Some(&m.output) {
+        if !linear || c.input.first() != Some(&read) || c.input.get(1) == Some(&read) {
             return Err(not_linear());
         }
         let w_name = &c.input[1];
@@ -118,7 +164,7 @@ pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, 
         let at = |i: usize, j: usize| if trans_b { j * h + i } else { i * o + j };
         let gamma = row_vector(g, &m.scale, h)?;
         let beta = row_vector(g, &m.bias, h)?;
-        let w_t = g.initializer(w_name).expect("checked");
+        let w_t = initializer(g, w_name).expect("checked");
         let elem = w_t.data_type();
 
         // W' = diag(gamma) W
@@ -159,7 +205,7 @@ pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, 
                 return Err(format!("bias '{b_name}' of consumer '{label}' is not a vector of its {o} outputs"));
             }
             let b2: Vec<f64> = b.iter().zip(&bw).map(|(x, y)| x + y).collect();
-            let b_t = g.initializer(&b_name).expect("checked");
+            let b_t = initializer(g, &b_name).expect("checked");
             let new_name = format!("{b_name}.folded:{node_name}");
             plan.new_initializers.push(WeightTensor { elem_type: b_t.data_type(), dims: b_dims.clone(), data: encode(b_t.data_type(), &b2) }.to_proto(&new_name));
             plan.originals.push((format!("{node_name}/fold/{b_name}"), b_name.clone(), WeightTensor::from_proto(g.model, b_t).map_err(|e| e.to_string())?));

@@ -85,7 +85,7 @@ pub fn revert(g: &GraphIndex<'_>, weights: Option<&WeightsFile>) -> Result<Outco
                 let key = format!("{}/fold/{}", n.name(), f.original);
                 let (_, t) = w.tensors.get(&key).ok_or_else(|| Error::msg(format!("the weights file lacks '{key}'")).at_node(&label))?;
                 let consumer = *by_name.get(f.node.as_str()).ok_or_else(|| Error::msg(format!("node '{}' (a folded consumer) is gone", f.node)))?;
-                if g.initializer(&f.original).is_none() {
+                if g.initializer(&f.original).is_none() && g.producer(&f.original).is_none() {
                     patch.add_initializers.push(t.to_proto(&f.original));
                 }
                 patch.repoint.push((consumer, f.input, f.original.clone()));

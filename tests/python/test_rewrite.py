@@ -1,0 +1,180 @@
+"""End-to-end checks of `fuse`, `rewrite` and `revert` on every zoo model, with stock ONNX Runtime
+as the judge: every written model passes `onnx.checker.check_model(full_check=True)` and strict
+shape inference; models that claim to compute the original function are run (through their
+`--portable` function bodies, or after `revert`) and compared with the exporter's reference
+outputs; the input file is never modified.
+
+Run by scripts/test as:  .venv/bin/python tests/python/test_rewrite.py target/debug/adanorm-onnx
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ZOO = os.path.join(ROOT, "fixtures", "zoo")
+BIN = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target", "debug", "adanorm-onnx")
+
+FP16 = {"bert_legacy_op14_fp16half"}
+MODELS = sorted(d for d in os.listdir(ZOO) if os.path.exists(os.path.join(ZOO, d, "model.onnx")))
+
+
+def cli(*args, ok=True):
+    p = subprocess.run([BIN, *args], capture_output=True, text=True)
+    if ok and p.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({p.returncode}): {p.stderr}")
+    return p
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def valid(test, path):
+    m = onnx.load(path)
+    onnx.checker.check_model(m, full_check=True)
+    onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    ai = [o for o in m.opset_import if o.domain == "ai.adanorm"]
+    uses = any(n.domain == "ai.adanorm" for n in m.graph.node)
+    test.assertEqual(bool(ai), uses, f"{path}: ai.adanorm import declared iff used")
+    if ai:
+        test.assertEqual(ai[0].version, 1)
+    return m
+
+
+def run(path, name):
+    inputs = dict(np.load(os.path.join(ZOO, name, "inputs.npz")))
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return s.run(None, {i.name: inputs[i.name] for i in s.get_inputs()})
+
+
+def assert_matches_reference(test, path, name):
+    ref = np.load(os.path.join(ZOO, name, "ref_output.npz"))
+    out = run(path, name)
+    tol = 3e-2 if name in FP16 else 1e-4
+    key = list(ref.keys())[0]
+    r = ref[key].astype(np.float64)
+    o = out[0].astype(np.float64)
+    err = np.max(np.abs(o - r) / np.maximum(1.0, np.abs(r)))
+    test.assertLessEqual(err, tol, f"{path}: max scaled error {err}")
+    return err
+
+
+def summary(path):
+    return json.loads(cli("inspect", "--json", path).stdout)["summary"]
+
+
+class Rewrite(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+
+    def out(self, name):
+        return os.path.join(self.tmp.name, name)
+
+    def test_fuse_computes_the_same_function(self):
+        for name in MODELS:
+            with self.subTest(name):
+                src = os.path.join(ZOO, name, "model.onnx")
+                before = sha(src)
+                before_summary = summary(src)
+                fused = self.out(f"{name}.fused.onnx")
+                cli("fuse", src, "-o", fused)
+                self.assertEqual(sha(src), before, "the input is never modified")
+                m = valid(self, fused)
+                # The same normalisations are found in the fused model.
+                self.assertEqual(summary(fused), before_summary)
+                if any(n.domain == "ai.adanorm" for n in m.graph.node):
+                    portable = self.out(f"{name}.fused.portable.onnx")
+                    # --k/--c of the match itself: rewrite keeps AdaNorm's own c, k.
+                    cli("rewrite", fused, "-o", portable, "--portable", *(
+                        [] if before_summary["adanorm"] else ["--k", "0", "--c", "1"]), *(
+                        ["--to", "simple"] if before_summary["lnsimple"] else []))
+                    valid(self, portable)
+                    assert_matches_reference(self, portable, name)
+
+    def test_rewrite_keep_with_k0_c1_and_fold_preserve_layernorm_models(self):
+        for name in MODELS:
+            src = os.path.join(ZOO, name, "model.onnx")
+            if summary(src)["layernorm"] == 0:
+                continue
+            with self.subTest(name):
+                a = self.out(f"{name}.k0.onnx")
+                p = cli("rewrite", src, "-o", a, "--to", "adanorm", "--k", "0", "--c", "1", "--portable")
+                self.assertIn("computes the same function as before", p.stdout)
+                valid(self, a)
+                assert_matches_reference(self, a, name)
+                f = self.out(f"{name}.fold.onnx")
+                cli("rewrite", src, "-o", f, "--to", "simple", "--affine", "fold", "--portable",
+                    "--weights-out", self.out(f"{name}.fold.safetensors"))
+                valid(self, f)
+                assert_matches_reference(self, f, name)
+
+    def test_revert_of_a_drop_restores_the_model(self):
+        for name in MODELS:
+            src = os.path.join(ZOO, name, "model.onnx")
+            with self.subTest(name):
+                d = self.out(f"{name}.drop.onnx")
+                w = self.out(f"{name}.drop.safetensors")
+                p = cli("rewrite", src, "-o", d, "--affine", "drop", "--weights-out", w)
+                valid(self, d)
+                r = self.out(f"{name}.reverted.onnx")
+                if os.path.exists(w):
+                    self.assertIn("no longer computes the same function", p.stdout)
+                    # Without the weights, revert refuses rather than guessing.
+                    q = cli("revert", d, "-o", r, ok=False)
+                    self.assertEqual(q.returncode, 2, q.stderr)
+                    self.assertIn("--weights", q.stderr)
+                    self.assertFalse(os.path.exists(r))
+                    cli("revert", d, "-o", r, "--weights", w)
+                else:
+                    cli("revert", d, "-o", r)
+                m = valid(self, r)
+                self.assertFalse(any(n.domain == "ai.adanorm" for n in m.graph.node))
+                assert_matches_reference(self, r, name)
+
+    def test_adanorm_and_lnsimple_models_rewritten_to_their_own_kind(self):
+        for name, args in [("adanorm_legacy_op14", ["--to", "adanorm"]), ("lnsimple_legacy_op14", ["--to", "simple"])]:
+            with self.subTest(name):
+                src = os.path.join(ZOO, name, "model.onnx")
+                out = self.out(f"{name}.own.onnx")
+                p = cli("rewrite", src, "-o", out, "--portable", *args)
+                self.assertIn("computes the same function as before", p.stdout)
+                valid(self, out)
+                assert_matches_reference(self, out, name)
+
+    def test_adanorm_with_k_changes_the_function_and_says_so(self):
+        src = os.path.join(ZOO, "bert_legacy_op14", "model.onnx")
+        out = self.out("bert.k.onnx")
+        p = cli("rewrite", src, "-o", out, "--to", "adanorm", "--k", "0.1", "--c", "2", "--portable")
+        self.assertIn("changes the function", p.stdout)
+        ref = np.load(os.path.join(ZOO, "bert_legacy_op14", "ref_output.npz"))
+        o = run(out, "bert_legacy_op14")[0]
+        self.assertGreater(np.max(np.abs(o - ref[list(ref.keys())[0]])), 1e-2)
+
+    def test_existing_output_needs_force_and_input_is_never_the_output(self):
+        src = os.path.join(ZOO, "gpt2_legacy_op14", "model.onnx")
+        out = self.out("taken.onnx")
+        with open(out, "wb") as f:
+            f.write(b"precious")
+        p = cli("fuse", src, "-o", out, ok=False)
+        self.assertEqual(p.returncode, 2)
+        with open(out, "rb") as f:
+            self.assertEqual(f.read(), b"precious")
+        cli("fuse", src, "-o", out, "--force")
+        valid(self, out)
+        p = cli("fuse", out, "-o", out, "--force", ok=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("replace the input", p.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0], "-v"])
