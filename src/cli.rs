@@ -133,6 +133,17 @@ fn write_outcome(input: &Path, out: &Path, force: bool, weights_out: Option<Path
     if out.exists() && !force {
         return Err(Error::msg("the output file exists (use --force to replace it)").in_file(out));
     }
+    // External-data locations are relative to the model: they only stay valid beside it.
+    if crate::onnx::external::uses_external_data(&o.model) {
+        let dir = |p: &Path| p.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }).and_then(|d| d.canonicalize().ok());
+        if dir(input) != dir(out) {
+            return Err(Error::msg(format!(
+                "the model keeps weights in external data files relative to its directory; write the output into that directory ({})",
+                input.parent().map(|d| d.display().to_string()).unwrap_or_default()
+            ))
+            .in_file(out));
+        }
+    }
     if let Some(w) = &o.weights {
         let path = weights_out.unwrap_or_else(|| beside(out, ".weights.safetensors"));
         w.save(&path, force)?;

@@ -54,6 +54,11 @@ pub fn external_ref(t: &TensorProto) -> Result<ExternalRef> {
     Ok(ExternalRef { location, offset, length })
 }
 
+/// Whether any initializer of the main graph keeps its payload in an external file.
+pub fn uses_external_data(model: &super::proto::ModelProto) -> bool {
+    model.graph.as_ref().is_some_and(|g| g.initializer.iter().any(is_external))
+}
+
 /// The byte length a tensor's payload must have, when its element type has a fixed size.
 pub fn expected_len(t: &TensorProto) -> Option<u64> {
     let elem = dtype::byte_size(t.data_type())? as u64;
