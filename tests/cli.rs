@@ -129,3 +129,44 @@ fn unknown_subcommand_exits_2() {
     let out = bin().arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A LayerNorm whose gain lives in external data: `fuse` keeps the reference, and refuses to
+/// write the output somewhere the relative location would no longer resolve.
+#[test]
+fn fuse_keeps_external_data_references_and_stays_beside_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = 4i64;
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[2, h]);
+    let m = b.op("ReduceMean", &[&x], vec![("axes", common::A::Is(vec![-1]))]);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let two = b.constant(2.0);
+    let p = b.op("Pow", &[&d, &two], vec![]);
+    let v = b.op("ReduceMean", &[&p], vec![("axes", common::A::Is(vec![-1]))]);
+    let e = b.constant(1e-5);
+    let ve = b.op("Add", &[&v, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let n = b.op("Div", &[&d, &s], vec![]);
+    let g = b.init("gamma", &[h], &[1.0, 2.0, 3.0, 4.0]);
+    b.node_named("scale", "Mul", &[&n, &g], &["out"], vec![]);
+    b.output("out", F32);
+    std::fs::write(dir.path().join("gamma.bin"), [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let t = &mut b.inits[0];
+    t.raw_data = None;
+    t.data_location = Some(1);
+    t.external_data = vec![StringStringEntryProto { key: Some("location".into()), value: Some("gamma.bin".into()) }];
+    let src = b.save(dir.path(), "ext.onnx");
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = bin().arg("fuse").arg(&src).arg("-o").arg(elsewhere.path().join("f.onnx")).output().unwrap();
+    assert_error(&out, &["external data", "into that directory"]);
+    assert!(!elsewhere.path().join("f.onnx").exists());
+
+    let fused = dir.path().join("ext.fused.onnx");
+    let out = bin().arg("fuse").arg(&src).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = adanorm_onnx::onnx::load_model(&fused).unwrap();
+    let t = &m.graph().initializer.iter().find(|t| t.name() == "gamma").unwrap();
+    assert_eq!(m.raw_bytes(t).unwrap().unwrap().len(), 16, "the external gain is still read from gamma.bin");
+    assert!(m.graph().node.iter().any(|n| n.domain() == "ai.adanorm" && n.input.get(1).map(String::as_str) == Some("gamma")));
+}
