@@ -67,6 +67,30 @@ pub enum Command {
         #[arg(long)]
         portable: bool,
     },
+    /// Run a model in tract (with the ai.adanorm ops) and write its outputs.
+    Run {
+        model: PathBuf,
+        /// Inputs as .npz (keys = graph input names).
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Outputs .npz (default: <stem>.outputs.npz beside the model).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Run two models on the same inputs and compare every output; exit 1 above the tolerance.
+    Verify {
+        a: PathBuf,
+        b: PathBuf,
+        /// Inputs as .npz (default: random ones of the declared shapes).
+        #[arg(long)]
+        inputs: Option<PathBuf>,
+        /// Largest allowed |a - b| / max(1, |b|).
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f64,
+        /// Size of a dynamic dimension for random inputs, e.g. --dim batch=4 (repeatable).
+        #[arg(long = "dim", value_parser = parse_dim)]
+        dims: Vec<(String, usize)>,
+    },
     /// Turn ai.adanorm nodes back into standard ONNX.
     Revert {
         model: PathBuf,
@@ -85,6 +109,12 @@ pub enum Command {
 pub enum To {
     Adanorm,
     Simple,
+}
+
+fn parse_dim(s: &str) -> std::result::Result<(String, usize), String> {
+    let (name, value) = s.split_once('=').ok_or("expected NAME=VALUE")?;
+    let value = value.parse().map_err(|_| format!("'{value}' is not a size"))?;
+    Ok((name.to_string(), value))
 }
 
 /// `<dir>/<stem><suffix>` beside `input`.
@@ -196,6 +226,40 @@ pub fn run(cli: Cli) -> Result<i32> {
             write_outcome(&model, &out, force, weights_out, &o)?;
             print_outcome("rewrote", &model, &out, &o);
             Ok(0)
+        }
+        Command::Run { model, inputs, output } => {
+            let given = crate::npz::read_npz(&inputs)?;
+            let outputs = crate::runner::run(&model, given)?;
+            let out = output.unwrap_or_else(|| beside(&model, ".outputs.npz"));
+            crate::npz::write_npz(&out, &outputs)?;
+            for (name, t) in &outputs {
+                println!("{name}: {:?} {:?}", t.datum_type(), t.shape());
+            }
+            println!("wrote {}", out.display());
+            Ok(0)
+        }
+        Command::Verify { a, b, inputs, tolerance, dims } => {
+            let given = match &inputs {
+                Some(p) => crate::npz::read_npz(p)?,
+                None => crate::runner::random_inputs(&a, &dims.into_iter().collect(), 0x5eed)?,
+            };
+            let out_a = crate::runner::run(&a, given.clone())?;
+            let out_b = crate::runner::run(&b, given)?;
+            let diffs = crate::runner::compare(&out_a, &out_b);
+            let mut ok = true;
+            for d in &diffs {
+                let bad = d.problem.is_some() || d.max_scaled > tolerance;
+                ok &= !bad;
+                println!(
+                    "{:<40} max abs {:.3e}  max rel {:.3e}  {}",
+                    d.output,
+                    d.max_abs,
+                    d.max_scaled,
+                    d.problem.clone().unwrap_or_else(|| if bad { "ABOVE TOLERANCE".into() } else { "ok".into() })
+                );
+            }
+            println!("{} (tolerance {tolerance:e}, relative to max(1, |b|))", if ok { "the models agree" } else { "the models DIFFER" });
+            Ok(if ok { 0 } else { 1 })
         }
         Command::Revert { model, output, force, weights } => {
             let loaded = load_model(&model)?;

@@ -10,3 +10,5 @@ pub mod cli;
 
 pub use error::{Error, Result};
 pub mod rewrite;
+pub mod npz;
+pub mod runner;

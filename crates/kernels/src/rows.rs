@@ -11,6 +11,12 @@
 //! them, and restart every [`BLOCK`] elements so long rows do not build one long rounding chain.
 //! f16/bf16 rows are widened to f32 once into a per-call buffer; f32/f64 rows are used as they
 //! are.
+//!
+//! [`normalize_rows`], [`normalize_rows_in_place`] and everything they call are
+//! `#[inline(always)]`, so a caller can compile the whole kernel inside its own
+//! `#[target_feature(enable = "avx2")]` function and pick it at run time (as `adanorm-tract`
+//! does); this crate stays free of unsafe code and builds for the baseline target. Vector width
+//! does not change results: the summation order is fixed by the lanes, and nothing is fused.
 
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Sub};
@@ -20,8 +26,11 @@ use half::{bf16, f16};
 
 use crate::params::{Params, Variant};
 
-/// Independent accumulators per sum; 16 f32 fill two AVX registers (or four SSE ones).
-const LANES: usize = 16;
+/// Independent accumulators per sum. Each accumulator takes one add per 64 elements, so the
+/// loop is bound by add latency (about 4 cycles), not by loads: 64 f32 lanes (16 SSE or 8 AVX
+/// registers) keep enough adds in flight that the passes over an L1-resident row cost less than
+/// streaming it from memory; 16 lanes made the kernel compute-bound at about twice that.
+const LANES: usize = 64;
 /// Elements summed into one partial result before it joins the row total.
 const BLOCK: usize = 64 * LANES;
 
@@ -145,9 +154,11 @@ macro_rules! native_element {
             fn acc_row<'a>(row: &'a [$t], _: &'a mut Vec<$t>) -> &'a [$t] {
                 row
             }
+            #[inline(always)]
             fn update_row<R>(row: &mut [$t], _: &mut Vec<$t>, f: impl FnOnce(&mut [$t]) -> R) -> R {
                 f(row)
             }
+            #[inline(always)]
             fn map_row<R>(
                 src: &[$t],
                 dst: &mut [$t],
@@ -180,6 +191,7 @@ macro_rules! half_element {
                 row.convert_to_f32_slice(buf);
                 buf
             }
+            #[inline(always)]
             fn update_row<R>(
                 row: &mut [$t],
                 buf: &mut Vec<f32>,
@@ -191,6 +203,7 @@ macro_rules! half_element {
                 row.convert_from_f32_slice(buf);
                 r
             }
+            #[inline(always)]
             fn map_row<R>(
                 src: &[$t],
                 dst: &mut [$t],
@@ -225,6 +238,7 @@ half_element!(bf16);
 /// On length mismatches: `y.len() != x.len()`, `x.len()` not a multiple of `row_len`, `scale` or
 /// `bias` not `row_len` long, `mean`/`inv_std_dev` not one per row.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub fn normalize_rows<T: Element>(
     x: &[T],
     y: &mut [T],
@@ -251,7 +265,7 @@ pub fn normalize_rows<T: Element>(
         .zip(y.chunks_exact_mut(row_len))
         .enumerate()
     {
-        let stats = T::map_row(xr, yr, &mut buf, |row| {
+        let stats = T::map_row(xr, yr, &mut buf, #[inline(always)] |row| {
             normalize_row(row, params, &epilogue)
         });
         stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
@@ -262,6 +276,7 @@ pub fn normalize_rows<T: Element>(
 ///
 /// # Panics
 /// As [`normalize_rows`], less the `y` length.
+#[inline(always)]
 pub fn normalize_rows_in_place<T: Element>(
     xy: &mut [T],
     row_len: usize,
@@ -282,12 +297,15 @@ pub fn normalize_rows_in_place<T: Element>(
     };
     let mut buf = Vec::new();
     for (r, row) in xy.chunks_exact_mut(row_len).enumerate() {
-        let stats = T::update_row(row, &mut buf, |row| normalize_row(row, params, &epilogue));
+        let stats = T::update_row(row, &mut buf, #[inline(always)] |row| {
+            normalize_row(row, params, &epilogue)
+        });
         stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
     }
 }
 
 /// Normalises one non-empty row in place, in compute precision.
+#[inline(always)]
 fn normalize_row<A: Accumulator>(
     row: &mut [A],
     params: &Params,
@@ -353,6 +371,7 @@ struct RowStats<A> {
 
 impl<A: Accumulator> RowStats<A> {
     /// Requires a non-empty row.
+    #[inline(always)]
     fn of(x: &[A], params: &Params) -> RowStats<A> {
         let n = A::from_usize(x.len());
         let shift = sum(x) / n;
@@ -455,6 +474,7 @@ fn sum_map<A: Accumulator>(x: &[A], f: impl Fn(A) -> A) -> A {
     total
 }
 
+#[inline(always)]
 fn sum<A: Accumulator>(x: &[A]) -> A {
     sum_map(x, |v| v)
 }
@@ -463,22 +483,26 @@ fn sum<A: Accumulator>(x: &[A]) -> A {
 ///
 /// Two sweeps rather than one loop with two accumulator sets: fused, the vectoriser packs each
 /// lane's `d` with its `d²` instead of packing lanes together, and runs mostly scalar.
+#[inline(always)]
 fn centered_sums<A: Accumulator>(x: &[A], shift: A) -> (A, A) {
     let sum_d = sum_map(x, |v| v - shift);
     let sum_d2 = sum_map(x, |v| (v - shift) * (v - shift));
     (sum_d, sum_d2)
 }
 
-/// Sums the lanes: first across groups of four (`i, i+4, i+8, i+12`), then within one group.
+/// Sums the lanes by halving: lane `j` takes lane `j + width/2` until four remain.
 ///
-/// The order matters for speed, not accuracy: a plain halving tree (`i + 8`, `i + 4`, ...)
-/// makes the SLP vectoriser build two-wide vectors for the accumulation loop it is inlined into.
-fn reduce<A: Accumulator>(acc: [A; LANES]) -> A {
-    let mut group = [A::ZERO; 4];
-    for (i, g) in group.iter_mut().enumerate() {
-        *g = (acc[i] + acc[i + 4]) + (acc[i + 8] + acc[i + 12]);
+/// Each step adds two contiguous halves, which the vectoriser turns into whole-register adds.
+fn reduce<A: Accumulator>(mut acc: [A; LANES]) -> A {
+    let mut width = LANES;
+    while width > 4 {
+        width /= 2;
+        for j in 0..width {
+            let upper = acc[j + width];
+            acc[j] += upper;
+        }
     }
-    (group[0] + group[1]) + (group[2] + group[3])
+    (acc[0] + acc[2]) + (acc[1] + acc[3])
 }
 
 #[cfg(test)]

@@ -1,0 +1,243 @@
+//! The CPU execution provider: check the tensors against the contract, allocate the outputs, and
+//! normalise chunks of rows on onnxruntime's intra-op thread pool.
+//!
+//! Rows go through `KernelContext_ParallelFor`, so a session's `intra_op_num_threads` decides how
+//! many threads run them (1: all on the calling thread, no pool).
+
+use std::borrow::Cow;
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+use adanorm_kernels::{
+    check_param_shape, expand_param, normalize_rows, row_layout, stats_shape, Element,
+};
+use half::{bf16, f16};
+use ort_sys::OrtKernelContext;
+
+use crate::attrs::type_mismatch;
+use crate::elem::{Elem, OrtElement};
+use crate::kernel::Kernel;
+use crate::status::{catch, Error};
+use crate::tensor::{Input, KernelIo};
+
+/// Bytes of `X` per thread-pool task: large enough that scheduling costs little, small enough
+/// that uneven rows still balance across threads.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// # Safety
+/// `ctx` must be the live context of the compute call.
+pub unsafe fn compute(kernel: &Kernel, ctx: *mut OrtKernelContext) -> Result<(), Error> {
+    // SAFETY: per the contract; `io` does not outlive this call.
+    let io = unsafe { KernelIo::new(kernel.api(), ctx) };
+    match kernel.op.elem {
+        Elem::F32 => run::<f32>(kernel, &io),
+        Elem::F16 => run::<f16>(kernel, &io),
+        Elem::BF16 => run::<bf16>(kernel, &io),
+        Elem::F64 => run::<f64>(kernel, &io),
+    }
+}
+
+fn run<T: OrtElement>(kernel: &Kernel, io: &KernelIo) -> Result<(), Error> {
+    let x = io
+        .input(0)?
+        .ok_or_else(|| Error::invalid("input X is required"))?;
+    if x.ts.elem != T::ELEM.code() {
+        // Only reachable if onnxruntime picked a kernel for another type.
+        return Err(Error::invalid(type_mismatch(
+            "X",
+            x.ts.elem,
+            T::ELEM.code(),
+        )));
+    }
+    let layout = row_layout(&x.shape, kernel.axis)?;
+    let normalized = &x.shape[layout.axis..];
+    let (scale_in, bias_in) = (io.input(1)?, io.input(2)?);
+    let scale = param::<T>(scale_in.as_ref(), "Scale", normalized)?;
+    let bias = param::<T>(bias_in.as_ref(), "B", normalized)?;
+
+    let mut y = io
+        .output(0, &x.shape)?
+        .ok_or_else(|| Error::invalid("output Y is required"))?;
+    let stats_dims = stats_shape(&x.shape, layout.axis);
+    let mut mean = io.output(1, &stats_dims)?;
+    let mut inv_std_dev = io.output(2, &stats_dims)?;
+
+    // SAFETY: X was checked to be T; Y was allocated as T; Mean/InvStdDev are declared with the
+    // compute precision `T::Acc` (see `Elem::stats`). All live until the call returns.
+    let (x_data, y_data) = unsafe { (x.data::<T>()?, y.data::<T>()?) };
+    let mean_data = match &mut mean {
+        // SAFETY: as above.
+        Some(m) => Some(unsafe { m.data::<T::Acc>()? }),
+        None => None,
+    };
+    let inv_data = match &mut inv_std_dev {
+        // SAFETY: as above.
+        Some(s) => Some(unsafe { s.data::<T::Acc>()? }),
+        None => None,
+    };
+    let job = RowJob {
+        kernel,
+        x: x_data,
+        y: y_data.as_mut_ptr(),
+        mean: mean_data.map(|m| m.as_mut_ptr()),
+        inv_std_dev: inv_data.map(|s| s.as_mut_ptr()),
+        rows: layout.rows,
+        row_len: layout.row_len,
+        rows_per_chunk: rows_per_chunk::<T>(layout.row_len),
+        scale: scale.as_deref(),
+        bias: bias.as_deref(),
+        error: Mutex::new(None),
+    };
+    job.run(io)
+}
+
+/// Checks an optional `Scale`/`B` and returns one full row of it.
+fn param<'a, T: OrtElement>(
+    input: Option<&'a Input>,
+    what: &str,
+    normalized: &[usize],
+) -> Result<Option<Cow<'a, [T]>>, Error> {
+    let Some(input) = input else {
+        return Ok(None);
+    };
+    if input.ts.elem != T::ELEM.code() {
+        return Err(Error::invalid(type_mismatch(
+            what,
+            input.ts.elem,
+            T::ELEM.code(),
+        )));
+    }
+    check_param_shape(&input.shape, normalized, what)?;
+    // SAFETY: the element type was checked above; the data lives until the call returns.
+    let data = unsafe { input.data::<T>()? };
+    if data.len() == normalized.iter().product::<usize>() {
+        // Same element count as a row means the same layout up to leading 1s: use it as is.
+        return Ok(Some(Cow::Borrowed(data)));
+    }
+    Ok(Some(Cow::Owned(expand_param(
+        data,
+        &input.shape,
+        normalized,
+    ))))
+}
+
+fn rows_per_chunk<T>(row_len: usize) -> usize {
+    let row_bytes = row_len.saturating_mul(std::mem::size_of::<T>()).max(1);
+    (CHUNK_BYTES / row_bytes).max(1)
+}
+
+/// Normalising `rows` rows, split into chunks of `rows_per_chunk` that may run on any pool thread.
+struct RowJob<'a, T: Element> {
+    kernel: &'a Kernel,
+    x: &'a [T],
+    y: *mut T,
+    mean: Option<*mut T::Acc>,
+    inv_std_dev: Option<*mut T::Acc>,
+    rows: usize,
+    row_len: usize,
+    rows_per_chunk: usize,
+    scale: Option<&'a [T]>,
+    bias: Option<&'a [T]>,
+    /// The first failure of any task (a panic, caught there).
+    error: Mutex<Option<Error>>,
+}
+
+impl<T: Element> RowJob<'_, T> {
+    fn chunks(&self) -> usize {
+        self.rows.div_ceil(self.rows_per_chunk)
+    }
+
+    fn run(&self, io: &KernelIo) -> Result<(), Error> {
+        let chunks = self.chunks();
+        if self.row_len == 0 || chunks <= 1 {
+            // Empty rows (statistics are NaN) or too little work to hand to the pool.
+            return catch(|| {
+                self.run_chunk(0, self.rows);
+                Ok(())
+            });
+        }
+        let api = self.kernel.api();
+        // SAFETY: `self` outlives the call: ParallelFor returns only after every task finished.
+        // `run_task::<T>` is only ever given `self` as data.
+        let status = unsafe {
+            (api.get().KernelContext_ParallelFor)(
+                io.context(),
+                run_task::<T>,
+                chunks,
+                0,
+                (self as *const Self).cast_mut().cast::<c_void>(),
+            )
+        };
+        api.check(status)?;
+        match self.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs chunk `index`; a panic is recorded for `run` to return.
+    fn task(&self, index: usize) {
+        let result = catch(|| {
+            self.kernel.hooks.at_worker(index);
+            let start = index.saturating_mul(self.rows_per_chunk).min(self.rows);
+            let end = start.saturating_add(self.rows_per_chunk).min(self.rows);
+            self.run_chunk(start, end);
+            Ok(())
+        });
+        if let Err(err) = result {
+            self.error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(err);
+        }
+    }
+
+    /// Normalises rows `start..end`.
+    fn run_chunk(&self, start: usize, end: usize) {
+        let n = self.row_len;
+        let (lo, hi) = (start * n, end * n);
+        // SAFETY: chunks cover disjoint row ranges, so each task writes only its own part of Y,
+        // Mean and InvStdDev; the buffers hold `rows * n` and `rows` elements and live until
+        // ParallelFor returns.
+        let y = unsafe { std::slice::from_raw_parts_mut(self.y.add(lo), hi - lo) };
+        let mean = self
+            .mean
+            // SAFETY: as above, entries `start..end` of a `rows`-long buffer.
+            .map(|m| unsafe { std::slice::from_raw_parts_mut(m.add(start), end - start) });
+        let inv = self
+            .inv_std_dev
+            // SAFETY: as above.
+            .map(|s| unsafe { std::slice::from_raw_parts_mut(s.add(start), end - start) });
+        normalize_rows(
+            &self.x[lo..hi],
+            y,
+            n,
+            self.scale,
+            self.bias,
+            &self.kernel.params,
+            mean,
+            inv,
+        );
+    }
+}
+
+/// The `KernelContext_ParallelFor` callback. It may run on any pool thread and must not unwind.
+extern "C" fn run_task<T: Element>(data: *mut c_void, index: usize) {
+    // SAFETY: `data` is the `RowJob<T>` that `RowJob::run` passed, alive for the whole ParallelFor.
+    let job = unsafe { &*data.cast::<RowJob<'_, T>>() };
+    // `task` catches panics itself; this outer guard only covers recording the error.
+    crate::status::guard_value((), || job.task(index));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_about_64_kib() {
+        assert_eq!(rows_per_chunk::<f32>(768), 21);
+        assert_eq!(rows_per_chunk::<f64>(1 << 20), 1);
+        assert_eq!(rows_per_chunk::<f16>(0), CHUNK_BYTES);
+        assert_eq!(rows_per_chunk::<f32>(1), 16384);
+    }
+}

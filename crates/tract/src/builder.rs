@@ -1,0 +1,125 @@
+//! ONNX node → [`NormOp`]: the parsers tract calls for `AdaNorm` and `LayerNormSimple` nodes.
+//!
+//! tract looks builders up by `op_type` alone, so these check the domain themselves: a node
+//! `AdaNorm` in any other domain is refused rather than run as ours.
+
+use adanorm_kernels::params::attr;
+use adanorm_kernels::params::{DOMAIN, OPSET_VERSION};
+use adanorm_kernels::{Params, Variant};
+use tract_onnx::model::{optional_inputs, optional_outputs, ParsingContext};
+use tract_onnx::pb::NodeProto;
+use tract_onnx::tract_hir::internal::*;
+
+use crate::op::NormOp;
+
+/// Registers the `AdaNorm` and `LayerNormSimple` parsers in `onnx`.
+pub fn register(onnx: &mut tract_onnx::Onnx) {
+    onnx.op_register.insert("AdaNorm", build_ada_norm);
+    onnx.op_register.insert("LayerNormSimple", build_layer_norm_simple);
+}
+
+fn build_ada_norm(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let c = float_attr(node, attr::C, attr::DEFAULT_C)?;
+    let k = float_attr(node, attr::K, attr::DEFAULT_K)?;
+    build(ctx, node, Variant::AdaNorm { c, k })
+}
+
+fn build_layer_norm_simple(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(ctx, node, Variant::LayerNormSimple)
+}
+
+/// `node "name" (domain.op_type)` for messages about a node that is not (yet) a `NormOp`.
+pub(crate) fn node_label(node: &NodeProto) -> String {
+    let domain = if node.domain.is_empty() {
+        "ai.onnx"
+    } else {
+        &node.domain
+    };
+    format!(
+        "node {:?} ({domain}.{})",
+        node_name(node),
+        node.op_type
+    )
+}
+
+/// The node's name, or its first output's when it has none (as tract names such nodes).
+fn node_name(node: &NodeProto) -> &str {
+    if node.name.is_empty() {
+        node.output.first().map(String::as_str).unwrap_or("")
+    } else {
+        &node.name
+    }
+}
+
+fn build(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+    variant: Variant,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let label = node_label(node);
+    if node.domain != DOMAIN {
+        bail!(
+            "{label}: {} is an op of domain {DOMAIN:?} only; this node is in {:?}, which this \
+             runtime does not implement",
+            node.op_type,
+            node.domain
+        );
+    }
+    if let Some(import) = ctx.model.opset_import.iter().find(|o| o.domain == DOMAIN) {
+        ensure!(
+            import.version == OPSET_VERSION,
+            "{label}: the model imports {DOMAIN} version {}, this runtime implements version \
+             {OPSET_VERSION}",
+            import.version
+        );
+    }
+    ensure!(
+        (1..=3).contains(&node.input.len()) && !node.input[0].is_empty(),
+        "{label}: expected inputs X [, Scale [, B]], got {:?}",
+        node.input
+    );
+    ensure!(
+        (1..=3).contains(&node.output.len()) && !node.output[0].is_empty(),
+        "{label}: expected outputs Y [, Mean [, InvStdDev]], got {:?}",
+        node.output
+    );
+
+    let axis = node.get_attr_opt::<i64>(attr::AXIS)?.unwrap_or(attr::DEFAULT_AXIS);
+    let epsilon = float_attr(node, attr::EPSILON, attr::DEFAULT_EPSILON)?;
+    let unbiased = node
+        .get_attr_opt::<i64>(attr::UNBIASED)?
+        .unwrap_or(attr::DEFAULT_UNBIASED);
+    let eps_in_sqrt = node
+        .get_attr_opt::<i64>(attr::EPS_IN_SQRT)?
+        .unwrap_or(attr::DEFAULT_EPS_IN_SQRT);
+    let params = Params::from_attributes(variant, epsilon, unbiased, eps_in_sqrt)
+        .map_err(|e| format_err!("{label}: {e}"))?;
+
+    // Present means named: an empty name and a name left off the end both mean absent.
+    let mut inputs = optional_inputs(node).skip(1);
+    let mut outputs = optional_outputs(node).skip(1);
+    let op = NormOp {
+        node: node_name(node).to_string(),
+        params,
+        axis,
+        has_scale: inputs.next().flatten().is_some(),
+        has_bias: inputs.next().flatten().is_some(),
+        mean_output: outputs.next().flatten().is_some(),
+        inv_std_dev_output: outputs.next().flatten().is_some(),
+    };
+    Ok((Box::new(op), vec![]))
+}
+
+/// A float attribute, widened to f64 (ONNX float attributes are f32).
+fn float_attr(node: &NodeProto, name: &str, default: f64) -> TractResult<f64> {
+    Ok(node
+        .get_attr_opt::<f32>(name)?
+        .map(f64::from)
+        .unwrap_or(default))
+}

@@ -1,0 +1,121 @@
+//! The row kernels compiled twice: for the baseline target (SSE2 on x86_64) and with AVX2,
+//! picked at run time. The default build cannot assume AVX2, and at SSE2 width the kernel's four
+//! passes over a row cost more than streaming the row from memory.
+//!
+//! `adanorm_kernels` marks its entry points `#[inline(always)]`, so calling them from a
+//! `#[target_feature]` function compiles the whole kernel for that feature set. Results are
+//! identical either way: Rust never fuses or reorders float operations, so only the instruction
+//! width changes.
+
+use adanorm_kernels::{normalize_rows, normalize_rows_in_place, Element, Params};
+
+/// [`normalize_rows_in_place`] with the widest instructions this CPU has.
+pub(crate) fn in_place<T: Element>(
+    xy: &mut [T],
+    row_len: usize,
+    scale: Option<&[T]>,
+    bias: Option<&[T]>,
+    params: &Params,
+    mean: Option<&mut [T::Acc]>,
+    inv_std_dev: Option<&mut [T::Acc]>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // Safety: the CPU supports AVX2, checked just above.
+        unsafe { avx2::in_place(xy, row_len, scale, bias, params, mean, inv_std_dev) };
+        return;
+    }
+    normalize_rows_in_place(xy, row_len, scale, bias, params, mean, inv_std_dev);
+}
+
+/// [`normalize_rows`] with the widest instructions this CPU has.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn out_of_place<T: Element>(
+    x: &[T],
+    y: &mut [T],
+    row_len: usize,
+    scale: Option<&[T]>,
+    bias: Option<&[T]>,
+    params: &Params,
+    mean: Option<&mut [T::Acc]>,
+    inv_std_dev: Option<&mut [T::Acc]>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // Safety: the CPU supports AVX2, checked just above.
+        unsafe { avx2::out_of_place(x, y, row_len, scale, bias, params, mean, inv_std_dev) };
+        return;
+    }
+    normalize_rows(x, y, row_len, scale, bias, params, mean, inv_std_dev);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn in_place<T: Element>(
+        xy: &mut [T],
+        row_len: usize,
+        scale: Option<&[T]>,
+        bias: Option<&[T]>,
+        params: &Params,
+        mean: Option<&mut [T::Acc]>,
+        inv_std_dev: Option<&mut [T::Acc]>,
+    ) {
+        normalize_rows_in_place(xy, row_len, scale, bias, params, mean, inv_std_dev);
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn out_of_place<T: Element>(
+        x: &[T],
+        y: &mut [T],
+        row_len: usize,
+        scale: Option<&[T]>,
+        bias: Option<&[T]>,
+        params: &Params,
+        mean: Option<&mut [T::Acc]>,
+        inv_std_dev: Option<&mut [T::Acc]>,
+    ) {
+        normalize_rows(x, y, row_len, scale, bias, params, mean, inv_std_dev);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use adanorm_kernels::Variant;
+    use half::f16;
+
+    fn data(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919) % 1013) as f32 * 0.01 - 5.0 + if i % 97 == 0 { 1e4 } else { 0.0 })
+            .collect()
+    }
+
+    /// The dispatched kernel gives bit-identical results to the baseline one.
+    #[test]
+    fn dispatch_matches_the_baseline_kernel_exactly() {
+        let params = Params::from_attributes(Variant::AdaNorm { c: 1.5, k: 0.2 }, 1e-5, 1, 0).unwrap();
+        let (rows, row_len) = (5, 1000);
+        let x = data(rows * row_len);
+        let scale: Vec<f32> = data(row_len).iter().map(|v| v * 0.1).collect();
+        let (mut y_base, mut y_fast) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        let (mut m_base, mut m_fast) = (vec![0f32; rows], vec![0f32; rows]);
+        normalize_rows(&x, &mut y_base, row_len, Some(&scale), None, &params, Some(&mut m_base), None);
+        out_of_place(&x, &mut y_fast, row_len, Some(&scale), None, &params, Some(&mut m_fast), None);
+        assert_eq!(y_base, y_fast);
+        assert_eq!(m_base, m_fast);
+
+        let mut xy = x.clone();
+        in_place(&mut xy, row_len, Some(&scale), None, &params, None, None);
+        assert_eq!(xy, y_base);
+
+        let h: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+        let (mut h_base, mut h_fast) = (h.clone(), h.clone());
+        normalize_rows_in_place(&mut h_base, row_len, None, None, &params, None, None);
+        in_place(&mut h_fast, row_len, None, None, &params, None, None);
+        assert_eq!(h_base, h_fast);
+    }
+}

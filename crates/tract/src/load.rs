@@ -1,0 +1,102 @@
+//! Loading and running whole models: what the CLI's `run` and `verify` call.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+
+use prost::Message;
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::*;
+
+use crate::inline::{inline_functions_with_defaults, FunctionAttributeDefaults};
+use crate::node_checks::check_adanorm_nodes;
+
+/// Reads an ONNX file into tract's protobuf types with every model-local function inlined
+/// (attribute defaults included) and the `ai.adanorm` nodes checked.
+pub fn proto_for_path(path: &Path) -> TractResult<ModelProto> {
+    let file = File::open(path).with_context(|| format!("Opening {}", path.display()))?;
+    // Safety: as tract itself does, this assumes nobody truncates the file while it is mapped.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("Mapping {}", path.display()))?;
+    let mut proto = ModelProto::decode(&*map)
+        .with_context(|| format!("Decoding {} as an ONNX model", path.display()))?;
+    let defaults = FunctionAttributeDefaults::from_model_bytes(&map)?;
+    inline_functions_with_defaults(&mut proto, &defaults)
+        .with_context(|| format!("Inlining the functions of {}", path.display()))?;
+    check_adanorm_nodes(&proto).with_context(|| format!("Checking {}", path.display()))?;
+    Ok(proto)
+}
+
+/// Loads an ONNX file as a tract model with the `ai.adanorm` ops: reads the proto, inlines
+/// model-local functions, and parses it with [`crate::onnx`]. External data is resolved
+/// relative to the file, as tract's own `model_for_path` does.
+pub fn model_for_path(path: &Path) -> TractResult<InferenceModel> {
+    let proto = proto_for_path(path)?;
+    let model_dir = path.parent().and_then(Path::to_str);
+    let parsed = crate::onnx()
+        .parse(&proto, model_dir)
+        .with_context(|| format!("Parsing {}", path.display()))?;
+    ensure!(
+        parsed.unresolved_inputs.is_empty(),
+        "{}: values used but never defined: {:?}",
+        path.display(),
+        parsed.unresolved_inputs
+    );
+    Ok(parsed.model)
+}
+
+/// Runs the model at `path` once on `inputs` (by graph input name) and returns every graph
+/// output, by name, in its own element type.
+///
+/// Each input's type and shape are taken from its tensor, so symbolic dimensions resolve and
+/// tract optimises for exactly these shapes. An input that is missing, unknown or given twice is
+/// an error naming it.
+pub fn run_model(path: &Path, inputs: Vec<(String, Tensor)>) -> TractResult<Vec<(String, Tensor)>> {
+    let mut model = model_for_path(path)?;
+    let input_names: Vec<String> = model
+        .input_outlets()?
+        .iter()
+        .map(|o| model.node(o.node).name.clone())
+        .collect();
+    let mut given: HashMap<String, Tensor> = HashMap::new();
+    for (name, tensor) in inputs {
+        ensure!(
+            input_names.contains(&name),
+            "{}: the model has no input {name:?}; its inputs are {input_names:?}",
+            path.display()
+        );
+        ensure!(
+            given.insert(name.clone(), tensor).is_none(),
+            "input {name:?} is given twice"
+        );
+    }
+    let mut values = tvec![];
+    for (ix, name) in input_names.iter().enumerate() {
+        let tensor = given.remove(name).with_context(|| {
+            format!("{}: no value given for the model input {name:?}", path.display())
+        })?;
+        model.set_input_fact(ix, InferenceFact::dt_shape_from_tensor(&tensor))?;
+        values.push(tensor.into_tvalue());
+    }
+    let output_names: Vec<String> = model
+        .output_outlets()?
+        .iter()
+        .map(|&o| {
+            model
+                .outlet_label(o)
+                .map(str::to_string)
+                .unwrap_or_else(|| model.node(o.node).name.clone())
+        })
+        .collect();
+    let plan = model
+        .into_optimized()
+        .with_context(|| format!("Optimising {}", path.display()))?
+        .into_runnable()?;
+    let outputs = plan.run(values)?;
+    Ok(output_names
+        .into_iter()
+        .zip(outputs)
+        .map(|(name, value)| (name, value.into_tensor()))
+        .collect())
+}

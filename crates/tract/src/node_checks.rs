@@ -1,0 +1,94 @@
+//! Whole-model checks on the proto, before tract parses it, for mistakes tract would either miss
+//! (it ignores node domains, so `ai.adanorm.Relu` would silently become tract's `Relu`) or
+//! report without naming our node (a bfloat16 `X`, which tract cannot represent).
+
+use std::collections::HashSet;
+
+use adanorm_kernels::params::rule;
+use adanorm_kernels::params::DOMAIN;
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::type_proto::Value;
+use tract_onnx::pb::{GraphProto, ModelProto, NodeProto};
+use tract_onnx::tract_hir::internal::*;
+
+use crate::builder::node_label;
+
+/// The op types of [`DOMAIN`].
+const OP_TYPES: [&str; 2] = ["AdaNorm", "LayerNormSimple"];
+
+/// Refuses `ai.adanorm` nodes this runtime cannot run faithfully, naming the node: unknown op
+/// types, and bfloat16 inputs.
+pub(crate) fn check_adanorm_nodes(proto: &ModelProto) -> TractResult<()> {
+    if let Some(graph) = &proto.graph {
+        check_graph(graph)?;
+    }
+    Ok(())
+}
+
+fn check_graph(graph: &GraphProto) -> TractResult<()> {
+    let bf16 = bfloat16_values(graph);
+    for node in &graph.node {
+        if node.domain == DOMAIN {
+            ensure!(
+                OP_TYPES.contains(&node.op_type.as_str()),
+                "{}: {DOMAIN} has no op {:?} (it has {OP_TYPES:?})",
+                node_label(node),
+                node.op_type
+            );
+            if let Some(input) = node.input.iter().find(|i| bf16.contains(i.as_str())) {
+                bail!(
+                    "{}: {}: {input:?} is bfloat16, which tract 0.23 has no tensor type for; \
+                     run this model in float, float16 or double, or with ONNX Runtime",
+                    node_label(node),
+                    rule::TYPE
+                );
+            }
+        }
+        for attribute in &node.attribute {
+            for g in attribute.g.iter().chain(&attribute.graphs) {
+                check_graph(g)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Names of the values the graph declares or makes bfloat16: typed inputs, outputs and
+/// value_info, initializers, and `Cast`/`Constant` outputs.
+fn bfloat16_values(graph: &GraphProto) -> HashSet<&str> {
+    let bf16 = DataType::Bfloat16 as i32;
+    let declared = graph
+        .input
+        .iter()
+        .chain(&graph.output)
+        .chain(&graph.value_info)
+        .filter(|info| {
+            matches!(
+                info.r#type.as_ref().and_then(|t| t.value.as_ref()),
+                Some(Value::TensorType(t)) if t.elem_type == bf16
+            )
+        })
+        .map(|info| info.name.as_str());
+    let initialized = graph
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == bf16)
+        .map(|t| t.name.as_str());
+    let produced = graph
+        .node
+        .iter()
+        .filter(|n| produces_bfloat16(n, bf16))
+        .flat_map(|n| n.output.first())
+        .map(String::as_str);
+    declared.chain(initialized).chain(produced).collect()
+}
+
+fn produces_bfloat16(node: &NodeProto, bf16: i32) -> bool {
+    let is_default_domain = node.domain.is_empty() || node.domain == "ai.onnx";
+    is_default_domain
+        && node.attribute.iter().any(|a| match node.op_type.as_str() {
+            "Cast" => a.name == "to" && a.i == bf16 as i64,
+            "Constant" => a.name == "value" && a.t.as_ref().is_some_and(|t| t.data_type == bf16),
+            _ => false,
+        })
+}
