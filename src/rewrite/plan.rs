@@ -106,6 +106,12 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
         }
 
         let mut insert: Vec<NodeProto> = Vec::new();
+        // ops-spec Scale/B broadcast onto X.shape[axis:] alone: drop leading 1-dims beyond it.
+        for p in [&mut scale, &mut bias].into_iter().flatten() {
+            if let Some(fitted) = fit_param(g, p, axis, &name, &mut patch, &mut insert) {
+                *p = fitted;
+            }
+        }
         let mut x = m.input.clone();
         if skip_ln {
             x = split_skip_add(single, &name, &mut insert, &mut names);
@@ -152,6 +158,50 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
         function::add_portable_functions(&mut model, &|v| g.elem_type(v))?;
     }
     Ok(Outcome { model, changes, skipped, weights: (!weights.is_empty()).then_some(weights) })
+}
+
+/// A parameter of shape `[1, .., 1, d...]` with more dimensions than the normalised ones
+/// (Keras writes its gain as `[1, 1, H]`) as a tensor of exactly the normalised rank: a renamed
+/// view of the same initializer bytes, or a `Reshape` of a computed value.
+fn fit_param(g: &GraphIndex<'_>, p: &str, axis: i64, node_name: &str, patch: &mut Patch, insert: &mut Vec<NodeProto>) -> Option<String> {
+    let rows_rank = usize::try_from(-axis).ok()?;
+    let shape = g.shape(p)?;
+    if shape.len() <= rows_rank {
+        return None;
+    }
+    let (lead, rest) = shape.split_at(shape.len() - rows_rank);
+    if !lead.iter().all(|d| d.known() == Some(1)) {
+        return None;
+    }
+    let dims: Vec<i64> = rest.iter().map(|d| d.known()).collect::<Option<_>>()?;
+    let fitted = format!("{p}:{node_name}");
+    match g.initializer(p).filter(|_| !g.is_graph_input(p)) {
+        Some(t) => {
+            let mut t = t.clone(); // payload bytes are shared, not copied
+            t.name = Some(fitted.clone());
+            t.dims = dims;
+            patch.add_initializers.push(t);
+        }
+        None => {
+            let shape_name = format!("{fitted}/shape");
+            let values: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
+            patch.add_initializers.push(TensorProto {
+                name: Some(shape_name.clone()),
+                dims: vec![dims.len() as i64],
+                data_type: Some(7),
+                raw_data: Some(values.into()),
+                ..Default::default()
+            });
+            insert.push(NodeProto {
+                name: Some(format!("{fitted}/Reshape")),
+                op_type: Some("Reshape".into()),
+                input: vec![p.to_string(), shape_name],
+                output: vec![fitted.clone()],
+                ..Default::default()
+            });
+        }
+    }
+    Some(fitted)
 }
 
 /// `SkipLayerNormalization(input, skip, gamma, beta, bias)`: the residual sum becomes an `Add`

@@ -18,7 +18,8 @@
 //
 // Strategies (the host picks one by row length, see src/config.rs):
 //   warp  : one warp per row, 4 rows per 128-thread block, up to 32 elements per lane (N <= 1024)
-//   block : one block of 128..1024 threads per row, up to 32 elements per thread (N <= 32768)
+//   block : one block of 128..1024 threads per row, up to 32 elements per thread (N <= 32768;
+//           scalar kernels up to 16, N <= 16384)
 //   loop  : one block of 1024 threads per row, three passes over global memory (longer rows; the
 //           second and third passes hit L2 for rows up to several MB)
 // Each comes vectorised ("_v": 16-byte loads and stores, needs 16-byte aligned pointers and N a
@@ -145,14 +146,15 @@ __device__ __forceinline__ float output(const AdaNormArgs& a, float d, float inv
     return t;
 }
 
+// The output of W elements at offset `o` of the thread's part of a row: (d - c) / sigma, the
+// AdaNorm factor, Scale, B. Scale/B are tested for null as bases and indexed with the constant
+// `o`, so their loads address [base + immediate] rather than holding one pointer per pack.
 template <typename T, int W>
-__device__ __forceinline__ void write_pack(const AdaNormArgs& a, long long row, long long col,
-                                           const float* d, const RowStats& st) {
+__device__ __forceinline__ void write_pack(const AdaNormArgs& a, T* y, const T* scale, const T* bias,
+                                           int o, const float* d, const RowStats& st) {
     Pack<T, W> ps, pb, out;
-    const T* scale = static_cast<const T*>(a.scale);
-    const T* bias = static_cast<const T*>(a.bias);
-    if (scale) ps = load<T, W>(scale + col);
-    if (bias) pb = load<T, W>(bias + col);
+    if (scale) ps = load<T, W>(scale + o);
+    if (bias) pb = load<T, W>(bias + o);
 #pragma unroll
     for (int j = 0; j < W; ++j) {
         float t = output(a, d[j] - st.c, st.inv);
@@ -160,69 +162,74 @@ __device__ __forceinline__ void write_pack(const AdaNormArgs& a, long long row, 
         if (bias) t += to_f32(pb.v[j]);
         out.v[j] = from_f32<T>(t);
     }
-    store<T, W>(static_cast<T*>(a.y) + row * a.row_len + col, out);
+    store<T, W>(y + o, out);
 }
 
 // warp / block strategy: THREADS threads per row, each holding LOADS packs of W elements in
-// registers; element col = (i * THREADS + lane) * W + j, so each load instruction of a warp is
-// contiguous (coalesced).
+// registers; pack i of a thread starts at element (i * THREADS + lane) * W, so each load
+// instruction of a warp is contiguous (coalesced). Offsets within a row are 32-bit and relative
+// to the thread's first element, so they are immediates (rows here are <= 32768 elements).
+// One row per warp (block) and no grid-stride loop: nothing is loop-invariant, so the compiler
+// keeps no per-pack addresses alive across the row (the host splits huge row counts into
+// several launches instead).
 template <typename T, int THREADS, int LOADS, int W>
 __device__ __forceinline__ void row_body(const AdaNormArgs& a) {
     constexpr int E = LOADS * W;
+    constexpr int STEP = THREADS * W;  // elements between a thread's packs
     constexpr int ROWS_PER_BLOCK = THREADS == 32 ? WARP_ROWS : 1;
+    const long long row = (long long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / THREADS;
+    // A whole warp leaves together (rows are warp-aligned), so shuffles and barriers see only
+    // full warps / blocks.
+    if (row >= a.rows) return;
     const int lane = threadIdx.x % THREADS;
-    const long long n = a.row_len;
+    const int n = (int)a.row_len;
     const float nf = (float)n;
-    const long long stride = (long long)gridDim.x * ROWS_PER_BLOCK;
-    // In the block strategy every thread of a block has the same row, so the loop and the
-    // barriers in group_sum are uniform.
-    for (long long row = (long long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / THREADS; row < a.rows;
-         row += stride) {
-        const T* x = static_cast<const T*>(a.x) + row * n;
-        float v[E];
-        float sum[1] = {0.0f};
-#pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            const long long col = ((long long)i * THREADS + lane) * W;
-            if (col < n) {  // N % W == 0 when W > 1, so a pack is all in or all out
-                const Pack<T, W> p = load<T, W>(x + col);
-#pragma unroll
-                for (int j = 0; j < W; ++j) v[i * W + j] = to_f32(p.v[j]);
-            } else {
-#pragma unroll
-                for (int j = 0; j < W; ++j) v[i * W + j] = 0.0f;
-            }
-#pragma unroll
-            for (int j = 0; j < W; ++j) sum[0] += v[i * W + j];
-        }
-        group_sum<THREADS, 1>(sum);
-        const float m = sum[0] / nf;
+    const int avail = n - lane * W;  // pack i exists iff i * STEP < avail (N % W == 0 if W > 1)
+    const T* x = static_cast<const T*>(a.x) + row * n + lane * W;
 
-        float s[2] = {0.0f, 0.0f};
+    float v[E];
+    float sum[1] = {0.0f};
 #pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            const long long col = ((long long)i * THREADS + lane) * W;
-            if (col < n) {
+    for (int i = 0; i < LOADS; ++i) {
+        if (i * STEP < avail) {
+            const Pack<T, W> p = load<T, W>(x + i * STEP);
 #pragma unroll
-                for (int j = 0; j < W; ++j) {
-                    const float d = v[i * W + j] - m;
-                    v[i * W + j] = d;
-                    s[0] += d;
-                    s[1] += d * d;
-                }
+            for (int j = 0; j < W; ++j) v[i * W + j] = to_f32(p.v[j]);
+        } else {
+#pragma unroll
+            for (int j = 0; j < W; ++j) v[i * W + j] = 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < W; ++j) sum[0] += v[i * W + j];
+    }
+    group_sum<THREADS, 1>(sum);
+    const float m = sum[0] / nf;
+
+    float s[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < LOADS; ++i) {
+        if (i * STEP < avail) {
+#pragma unroll
+            for (int j = 0; j < W; ++j) {
+                const float d = v[i * W + j] - m;
+                v[i * W + j] = d;
+                s[0] += d;
+                s[1] += d * d;
             }
         }
-        group_sum<THREADS, 2>(s);
-        const RowStats st = finish_stats(a, s[0], s[1], nf);
-        if (lane == 0) {
-            if (a.mean) a.mean[row] = m + st.c;
-            if (a.inv_std) a.inv_std[row] = st.inv;
-        }
+    }
+    group_sum<THREADS, 2>(s);
+    const RowStats st = finish_stats(a, s[0], s[1], nf);
+    if (lane == 0) {
+        if (a.mean) a.mean[row] = m + st.c;
+        if (a.inv_std) a.inv_std[row] = st.inv;
+    }
+    T* y = static_cast<T*>(a.y) + row * n + lane * W;
+    const T* scale = a.scale ? static_cast<const T*>(a.scale) + lane * W : nullptr;
+    const T* bias = a.bias ? static_cast<const T*>(a.bias) + lane * W : nullptr;
 #pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            const long long col = ((long long)i * THREADS + lane) * W;
-            if (col < n) write_pack<T, W>(a, row, col, &v[i * W], st);
-        }
+    for (int i = 0; i < LOADS; ++i) {
+        if (i * STEP < avail) write_pack<T, W>(a, y, scale, bias, i * STEP, &v[i * W], st);
     }
 }
 
@@ -232,7 +239,8 @@ __device__ __forceinline__ void loop_body(const AdaNormArgs& a) {
     const long long n = a.row_len;
     const float nf = (float)n;
     const long long step = (long long)LOOP_THREADS * W;
-    for (long long row = blockIdx.x; row < a.rows; row += gridDim.x) {
+    {
+        const long long row = blockIdx.x;
         const T* x = static_cast<const T*>(a.x) + row * n;
         float sum[1] = {0.0f};
         for (long long col = (long long)threadIdx.x * W; col < n; col += step) {
@@ -264,7 +272,9 @@ __device__ __forceinline__ void loop_body(const AdaNormArgs& a) {
             float d[W];
 #pragma unroll
             for (int j = 0; j < W; ++j) d[j] = to_f32(p.v[j]) - m;
-            write_pack<T, W>(a, row, col, d, st);
+            write_pack<T, W>(a, static_cast<T*>(a.y) + row * n + col,
+                             a.scale ? static_cast<const T*>(a.scale) + col : nullptr,
+                             a.bias ? static_cast<const T*>(a.bias) + col : nullptr, 0, d, st);
         }
     }
 }
@@ -272,8 +282,11 @@ __device__ __forceinline__ void loop_body(const AdaNormArgs& a) {
 // Entry points. Names: adanorm_<dtype>_t<threads per row>_e<elements per thread>_<v|s>, and
 // adanorm_<dtype>_loop_<v|s>. src/config.rs builds the same list; a unit test checks that every
 // name it builds is an entry of the PTX and vice versa.
+// Threads per block; the second launch bound (blocks per SM) caps registers at 64 so at least
+// 1024 threads (32 rows' worth of warps) stay resident per SM to keep enough loads in flight.
+#define ROW_BLOCK(THREADS) (THREADS == 32 ? 32 * WARP_ROWS : THREADS)
 #define ROW_KERNEL(TN, T, THREADS, E, W, KIND)                                                    \
-    extern "C" __global__ void __launch_bounds__(THREADS == 32 ? 32 * WARP_ROWS : THREADS)       \
+    extern "C" __global__ void __launch_bounds__(ROW_BLOCK(THREADS), 1024 / ROW_BLOCK(THREADS))   \
         adanorm_##TN##_t##THREADS##_e##E##_##KIND(AdaNormArgs a) {                                \
         row_body<T, THREADS, E / W, W>(a);                                                        \
     }
@@ -291,13 +304,14 @@ __device__ __forceinline__ void loop_body(const AdaNormArgs& a) {
     ROW_KERNEL(TN, T, 32, 16, 1, s)                                                                \
     ROW_KERNEL(TN, T, 32, 32, 1, s)
 
+// Scalar block kernels stop at 16 elements per thread: 32 separately predicated loads spill
+// under the 64-register bound; longer unaligned rows take the loop kernel.
 #define BLOCK_FAMILY(TN, T, THREADS, V)                                                            \
     ROW_KERNEL(TN, T, THREADS, 8, V, v)                                                            \
     ROW_KERNEL(TN, T, THREADS, 16, V, v)                                                           \
     ROW_KERNEL(TN, T, THREADS, 32, V, v)                                                           \
     ROW_KERNEL(TN, T, THREADS, 8, 1, s)                                                            \
-    ROW_KERNEL(TN, T, THREADS, 16, 1, s)                                                           \
-    ROW_KERNEL(TN, T, THREADS, 32, 1, s)
+    ROW_KERNEL(TN, T, THREADS, 16, 1, s)
 
 #define DTYPE_KERNELS(TN, T, V)                                                                    \
     WARP_SCALAR(TN, T)                                                                             \

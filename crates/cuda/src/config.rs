@@ -13,8 +13,9 @@ pub const LOOP_THREADS: u32 = 1024;
 pub const MAX_ELEMS: u32 = 32;
 /// Thread counts of the block strategy.
 const BLOCK_THREADS: [u32; 4] = [128, 256, 512, 1024];
-/// Elements per thread of the block strategy.
-const BLOCK_ELEMS: [u32; 3] = [8, 16, 32];
+/// Elements per thread of the block strategy, vectorised and scalar (32 scalar loads spill).
+const BLOCK_ELEMS_VEC: [u32; 3] = [8, 16, 32];
+const BLOCK_ELEMS_SCALAR: [u32; 2] = [8, 16];
 
 /// How rows are spread over threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +104,11 @@ fn build_table(dtype: DType) -> Vec<Kernel> {
         e *= 2;
     }
     for threads in BLOCK_THREADS {
-        for vectorised in [true, false] {
-            for e in BLOCK_ELEMS {
-                out.push(row(Strategy::Block, threads, e, vectorised));
-            }
+        for e in BLOCK_ELEMS_VEC {
+            out.push(row(Strategy::Block, threads, e, true));
+        }
+        for e in BLOCK_ELEMS_SCALAR {
+            out.push(row(Strategy::Block, threads, e, false));
         }
     }
     for vectorised in [true, false] {
@@ -173,12 +175,13 @@ mod tests {
                     assert_eq!(k.strategy, Strategy::Warp, "{dtype:?} {n} {vec}");
                     assert!(k.capacity() >= n);
                 }
-                for n in [1025, 4096, 8192, 32768] {
+                let longest = if vec { 32768 } else { 16384 };
+                for n in [1025, 4096, 8192, longest] {
                     let k = chosen(dtype, n, vec);
                     assert_eq!(k.strategy, Strategy::Block, "{dtype:?} {n} {vec}");
                     assert!(k.capacity() >= n && k.capacity() < 2 * n, "{k:?} for {n}");
                 }
-                assert_eq!(chosen(dtype, 32769, vec).strategy, Strategy::Loop);
+                assert_eq!(chosen(dtype, longest + 1, vec).strategy, Strategy::Loop);
                 assert_eq!(chosen(dtype, 1 << 40, vec).strategy, Strategy::Loop);
             }
         }

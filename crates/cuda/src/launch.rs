@@ -45,7 +45,7 @@ struct ExpandArgs {
     pad: i32,
 }
 
-/// The largest grid.x the hardware takes; kernels loop over the rest.
+/// The largest grid.x the hardware takes.
 const MAX_GRID: usize = i32::MAX as usize;
 
 fn aligned(p: *const c_void) -> bool {
@@ -109,16 +109,36 @@ pub unsafe fn launch(
             | if params.unbiased { FLAG_UNBIASED } else { 0 }
             | if params.eps_in_sqrt { FLAG_EPS_IN_SQRT } else { 0 },
     };
-    let grid = rows.div_ceil(kernel.rows_per_block() as usize).min(MAX_GRID) as u32;
-    launch_raw(
-        d,
-        funcs.get(index),
-        grid,
-        kernel.block_threads(),
-        stream,
-        &mut args as *mut KernelArgs as *mut c_void,
-    )
-    .map_err(|e| format!("{} ({rows} rows of {row_len}): {e}", kernel.name(dtype)))
+    // Kernels handle one row per warp (block) without a grid-stride loop; row counts beyond one
+    // grid (2^31 - 1 blocks) are split into several launches.
+    let rows_per_launch = MAX_GRID * kernel.rows_per_block() as usize;
+    let row_bytes = row_len * dtype.size();
+    let mut first = 0usize;
+    while first < rows {
+        let count = (rows - first).min(rows_per_launch);
+        let grid = count.div_ceil(kernel.rows_per_block() as usize) as u32;
+        args.rows = count as i64;
+        launch_raw(
+            d,
+            funcs.get(index),
+            grid,
+            kernel.block_threads(),
+            stream,
+            &mut args as *mut KernelArgs as *mut c_void,
+        )
+        .map_err(|e| format!("{} ({rows} rows of {row_len}): {e}", kernel.name(dtype)))?;
+        first += count;
+        // Only pointer arithmetic here; nothing is dereferenced on the host.
+        args.x = (args.x as *const u8).wrapping_add(count * row_bytes) as *const c_void;
+        args.y = (args.y as *mut u8).wrapping_add(count * row_bytes) as *mut c_void;
+        if !args.mean.is_null() {
+            args.mean = args.mean.wrapping_add(count);
+        }
+        if !args.inv_std.is_null() {
+            args.inv_std = args.inv_std.wrapping_add(count);
+        }
+    }
+    Ok(())
 }
 
 /// One `cuLaunchKernel` with a single by-value struct argument.

@@ -265,9 +265,13 @@ pub fn normalize_rows<T: Element>(
         .zip(y.chunks_exact_mut(row_len))
         .enumerate()
     {
-        let stats = T::map_row(xr, yr, &mut buf, #[inline(always)] |row| {
-            normalize_row(row, params, &epilogue)
-        });
+        let stats = T::map_row(
+            xr,
+            yr,
+            &mut buf,
+            #[inline(always)]
+            |row| normalize_row(row, params, &epilogue),
+        );
         stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
     }
 }
@@ -297,9 +301,12 @@ pub fn normalize_rows_in_place<T: Element>(
     };
     let mut buf = Vec::new();
     for (r, row) in xy.chunks_exact_mut(row_len).enumerate() {
-        let stats = T::update_row(row, &mut buf, #[inline(always)] |row| {
-            normalize_row(row, params, &epilogue)
-        });
+        let stats = T::update_row(
+            row,
+            &mut buf,
+            #[inline(always)]
+            |row| normalize_row(row, params, &epilogue),
+        );
         stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
     }
 }

@@ -1,6 +1,7 @@
 //! AdaNorm in tract against its alternatives, side by side, on f32 activations:
 //!
-//! - (a) the row kernel alone (`normalize_rows`, out of place, into a reused buffer);
+//! - (a) the row kernel alone (`normalize_rows`, out of place, into a reused buffer), as the
+//!   default target compiles it (SSE2), and (a') compiled for AVX2 as the op's dispatch does;
 //! - (b) tract running one `AdaNorm` node (optimized plan; each run gets a fresh owned input,
 //!   copied outside the timer, so the op works in place); (b') the same with the caller keeping
 //!   a reference to the input, so the op writes a new tensor;
@@ -28,7 +29,12 @@ fn legacy_params() -> Params {
     Params::from_attributes(Variant::AdaNorm { c: 1.0, k: 0.1 }, 1e-5f32 as f64, 1, 0).unwrap()
 }
 
-fn single_node_model(n: NodeProto, shape: &[usize], initializers: Vec<tract_onnx::pb::TensorProto>, opset: i64) -> ModelProto {
+fn single_node_model(
+    n: NodeProto,
+    shape: &[usize],
+    initializers: Vec<tract_onnx::pb::TensorProto>,
+    opset: i64,
+) -> ModelProto {
     model(
         graph(
             vec![n],
@@ -47,13 +53,24 @@ fn ada_norm_model(shape: &[usize]) -> ModelProto {
         attr_i("unbiased", 1),
         attr_i("eps_in_sqrt", 0),
     ];
-    single_node_model(node("AdaNorm", "ai.adanorm", &["X"], &["Y"], attributes), shape, vec![], 17)
+    single_node_model(
+        node("AdaNorm", "ai.adanorm", &["X"], &["Y"], attributes),
+        shape,
+        vec![],
+        17,
+    )
 }
 
 fn layer_normalization_model(shape: &[usize]) -> ModelProto {
     let w = *shape.last().unwrap();
-    let scale = values(w, 21).iter().map(|v| 1.0 + 0.1 * *v as f32).collect::<Vec<_>>();
-    let bias = values(w, 22).iter().map(|v| 0.1 * *v as f32).collect::<Vec<_>>();
+    let scale = values(w, 21)
+        .iter()
+        .map(|v| 1.0 + 0.1 * *v as f32)
+        .collect::<Vec<_>>();
+    let bias = values(w, 22)
+        .iter()
+        .map(|v| 0.1 * *v as f32)
+        .collect::<Vec<_>>();
     let n = node(
         "LayerNormalization",
         "",
@@ -64,26 +81,61 @@ fn layer_normalization_model(shape: &[usize]) -> ModelProto {
     single_node_model(
         n,
         shape,
-        vec![tensor_f32("scale", &[w], &scale), tensor_f32("bias", &[w], &bias)],
+        vec![
+            tensor_f32("scale", &[w], &scale),
+            tensor_f32("bias", &[w], &bias),
+        ],
         17,
     )
 }
 
 /// `/blocks.0/norm1/*` of the legacy op14 AdaNorm export, node for node.
 fn decomposed_model(shape: &[usize]) -> ModelProto {
-    let mean = |x: &str, y: &str| node("ReduceMean", "", &[x], &[y], vec![attr_ints("axes", &[-1]), attr_i("keepdims", 1)]);
+    let mean = |x: &str, y: &str| {
+        node(
+            "ReduceMean",
+            "",
+            &[x],
+            &[y],
+            vec![attr_ints("axes", &[-1]), attr_i("keepdims", 1)],
+        )
+    };
     let op = |op: &str, a: &str, b: &str, y: &str| node(op, "", &[a, b], &[y], vec![]);
     let nodes = vec![
         mean("X", "mean_0"),
         mean("X", "mean_1"),
         node("Shape", "", &["X"], &["shape"], vec![]),
-        node("Constant", "", &[], &["last"], vec![attr_t("value", tensor_i64("", &[1], &[-1]))]),
-        node("Gather", "", &["shape", "last"], &["row_dims"], vec![attr_i("axis", 0)]),
-        node("ReduceProd", "", &["row_dims"], &["n_int"], vec![attr_i("keepdims", 0)]),
+        node(
+            "Constant",
+            "",
+            &[],
+            &["last"],
+            vec![attr_t("value", tensor_i64("", &[1], &[-1]))],
+        ),
+        node(
+            "Gather",
+            "",
+            &["shape", "last"],
+            &["row_dims"],
+            vec![attr_i("axis", 0)],
+        ),
+        node(
+            "ReduceProd",
+            "",
+            &["row_dims"],
+            &["n_int"],
+            vec![attr_i("keepdims", 0)],
+        ),
         op("Sub", "X", "mean_1", "centred_1"),
         op("Mul", "centred_1", "centred_1", "squares"),
         mean("squares", "biased_var"),
-        node("Cast", "", &["n_int"], &["n"], vec![attr_i("to", FLOAT as i64)]),
+        node(
+            "Cast",
+            "",
+            &["n_int"],
+            &["n"],
+            vec![attr_i("to", FLOAT as i64)],
+        ),
         op("Mul", "biased_var", "n", "sum_squares"),
         scalar_f32("one", 1.0),
         op("Sub", "n", "one", "n_minus_1"),
@@ -114,6 +166,13 @@ fn decomposed_model(shape: &[usize]) -> ModelProto {
     )
 }
 
+/// The kernel compiled for AVX2, as the op's run-time dispatch does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn normalize_rows_avx2(x: &[f32], y: &mut [f32], row_len: usize, params: &Params) {
+    normalize_rows(x, y, row_len, None, None, params, None, None);
+}
+
 fn plan_for(model: &ModelProto) -> Arc<TypedRunnableModel> {
     let path = save(model);
     adanorm_tract::model_for_path(&path)
@@ -134,7 +193,12 @@ fn median(warmup: usize, runs: usize, mut run: impl FnMut() -> Duration) -> Dura
 }
 
 /// Times `plan` on a copy of `x`; with `keep_input`, the caller holds a second reference.
-fn time_plan(plan: &Arc<TypedRunnableModel>, x: &Tensor, keep_input: bool, runs: usize) -> Duration {
+fn time_plan(
+    plan: &Arc<TypedRunnableModel>,
+    x: &Tensor,
+    keep_input: bool,
+    runs: usize,
+) -> Duration {
     median(3, runs, || {
         let input = x.clone().into_tvalue();
         let kept = keep_input.then(|| input.clone());
@@ -147,7 +211,11 @@ fn time_plan(plan: &Arc<TypedRunnableModel>, x: &Tensor, keep_input: bool, runs:
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    as_f64(a).iter().zip(as_f64(b)).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    as_f64(a)
+        .iter()
+        .zip(as_f64(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -166,11 +234,34 @@ fn bench_shape(shape: &[usize], runs: usize) {
     let mut y = vec![0f32; numel];
     let kernel = median(3, runs, || {
         let start = Instant::now();
-        normalize_rows(black_box(&x_vec), &mut y, row_len, None, None, &params, None, None);
+        normalize_rows(
+            black_box(&x_vec),
+            &mut y,
+            row_len,
+            None,
+            None,
+            &params,
+            None,
+            None,
+        );
         let elapsed = start.elapsed();
         black_box(&y);
         elapsed
     });
+
+    #[cfg(target_arch = "x86_64")]
+    let kernel_avx2 = std::arch::is_x86_feature_detected!("avx2").then(|| {
+        median(3, runs, || {
+            let start = Instant::now();
+            // Safety: the CPU supports AVX2, checked above.
+            unsafe { normalize_rows_avx2(black_box(&x_vec), &mut y, row_len, &params) };
+            let elapsed = start.elapsed();
+            black_box(&y);
+            elapsed
+        })
+    });
+    #[cfg(not(target_arch = "x86_64"))]
+    let kernel_avx2: Option<Duration> = None;
 
     let ada_plan = plan_for(&ada_norm_model(shape));
     let ada_fresh = time_plan(&ada_plan, &x, false, runs);
@@ -192,22 +283,48 @@ fn bench_shape(shape: &[usize], runs: usize) {
     });
 
     // The decomposed graph and the op compute the same function.
-    let ada_out = ada_plan.run(tvec![x.clone().into_tvalue()]).unwrap().remove(0);
-    let dec_out = decomposed_plan.run(tvec![x.clone().into_tvalue()]).unwrap().remove(0);
+    let ada_out = ada_plan
+        .run(tvec![x.clone().into_tvalue()])
+        .unwrap()
+        .remove(0);
+    let dec_out = decomposed_plan
+        .run(tvec![x.clone().into_tvalue()])
+        .unwrap()
+        .remove(0);
     let diff = max_abs_diff(&ada_out, &dec_out);
 
-    println!("\nf32 {shape:?}: {numel} elements, {:.1} MB read + written per run, median of {runs}", bytes / 1e6);
+    println!(
+        "\nf32 {shape:?}: {numel} elements, {:.1} MB read + written per run, median of {runs}",
+        bytes / 1e6
+    );
     println!("{:<58} {:>9} {:>8}", "case", "ms", "GB/s");
-    let rows = [
-        ("(a) kernel normalize_rows, out of place", kernel),
-        ("(b) tract AdaNorm node, fresh owned input (in place)", ada_fresh),
-        ("(b') tract AdaNorm node, input kept by caller (new tensor)", ada_shared),
+    let mut rows = vec![(
+        "(a) kernel normalize_rows, out of place (SSE2 build)",
+        kernel,
+    )];
+    rows.extend(kernel_avx2.map(|d| ("(a') kernel normalize_rows, out of place, AVX2", d)));
+    rows.extend([
+        (
+            "(b) tract AdaNorm node, fresh owned input (in place)",
+            ada_fresh,
+        ),
+        (
+            "(b') tract AdaNorm node, input kept by caller (new tensor)",
+            ada_shared,
+        ),
         ("(c) tract LayerNormalization opset 17, scale + bias", ln),
-        ("(d) tract decomposed legacy AdaNorm subgraph (opset 14)", decomposed),
+        (
+            "(d) tract decomposed legacy AdaNorm subgraph (opset 14)",
+            decomposed,
+        ),
         ("(e) copy floor y[i] = x[i] * s, separate buffer", copy),
-    ];
+    ]);
     for (name, d) in rows {
-        println!("{name:<58} {:>9.3} {:>8.1}", ms(d), bytes / d.as_secs_f64() / 1e9);
+        println!(
+            "{name:<58} {:>9.3} {:>8.1}",
+            ms(d),
+            bytes / d.as_secs_f64() / 1e9
+        );
     }
     println!(
         "ratios: AdaNorm/copy {:.2} (target <= 1.3) | AdaNorm/LayerNormalization {:.2} (target <= 0.5) | decomposed/AdaNorm {:.2}",

@@ -15,7 +15,8 @@ use crate::op::NormOp;
 /// Registers the `AdaNorm` and `LayerNormSimple` parsers in `onnx`.
 pub fn register(onnx: &mut tract_onnx::Onnx) {
     onnx.op_register.insert("AdaNorm", build_ada_norm);
-    onnx.op_register.insert("LayerNormSimple", build_layer_norm_simple);
+    onnx.op_register
+        .insert("LayerNormSimple", build_layer_norm_simple);
 }
 
 fn build_ada_norm(
@@ -41,11 +42,7 @@ pub(crate) fn node_label(node: &NodeProto) -> String {
     } else {
         &node.domain
     };
-    format!(
-        "node {:?} ({domain}.{})",
-        node_name(node),
-        node.op_type
-    )
+    format!("node {:?} ({domain}.{})", node_name(node), node.op_type)
 }
 
 /// The node's name, or its first output's when it has none (as tract names such nodes).
@@ -90,7 +87,9 @@ fn build(
         node.output
     );
 
-    let axis = node.get_attr_opt::<i64>(attr::AXIS)?.unwrap_or(attr::DEFAULT_AXIS);
+    let axis = node
+        .get_attr_opt::<i64>(attr::AXIS)?
+        .unwrap_or(attr::DEFAULT_AXIS);
     let epsilon = float_attr(node, attr::EPSILON, attr::DEFAULT_EPSILON)?;
     let unbiased = node
         .get_attr_opt::<i64>(attr::UNBIASED)?

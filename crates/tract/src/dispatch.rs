@@ -97,14 +97,33 @@ mod tests {
     /// The dispatched kernel gives bit-identical results to the baseline one.
     #[test]
     fn dispatch_matches_the_baseline_kernel_exactly() {
-        let params = Params::from_attributes(Variant::AdaNorm { c: 1.5, k: 0.2 }, 1e-5, 1, 0).unwrap();
+        let params =
+            Params::from_attributes(Variant::AdaNorm { c: 1.5, k: 0.2 }, 1e-5, 1, 0).unwrap();
         let (rows, row_len) = (5, 1000);
         let x = data(rows * row_len);
         let scale: Vec<f32> = data(row_len).iter().map(|v| v * 0.1).collect();
         let (mut y_base, mut y_fast) = (vec![0f32; x.len()], vec![0f32; x.len()]);
         let (mut m_base, mut m_fast) = (vec![0f32; rows], vec![0f32; rows]);
-        normalize_rows(&x, &mut y_base, row_len, Some(&scale), None, &params, Some(&mut m_base), None);
-        out_of_place(&x, &mut y_fast, row_len, Some(&scale), None, &params, Some(&mut m_fast), None);
+        normalize_rows(
+            &x,
+            &mut y_base,
+            row_len,
+            Some(&scale),
+            None,
+            &params,
+            Some(&mut m_base),
+            None,
+        );
+        out_of_place(
+            &x,
+            &mut y_fast,
+            row_len,
+            Some(&scale),
+            None,
+            &params,
+            Some(&mut m_fast),
+            None,
+        );
         assert_eq!(y_base, y_fast);
         assert_eq!(m_base, m_fast);
 

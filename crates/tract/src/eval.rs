@@ -1,4 +1,5 @@
-//! Evaluation: checks the concrete shapes, then hands the rows to `adanorm_kernels`.
+//! Evaluation: checks the concrete shapes, then hands the rows to `adanorm_kernels` (through
+//! `dispatch`, which picks the widest instructions the CPU has).
 //!
 //! `Y` is written over `X` when the op holds the only reference to `X` (tract drops its own
 //! references before the last consumer runs, and a caller that hands over an owned tensor keeps
@@ -7,11 +8,11 @@
 use std::borrow::Cow;
 
 use adanorm_kernels::{
-    check_param_shape, expand_param, normalize_rows, normalize_rows_in_place, row_layout,
-    stats_shape, Element,
+    check_param_shape, expand_param, row_layout, stats_shape, Accumulator, Element,
 };
 use tract_onnx::tract_hir::internal::*;
 
+use crate::dispatch;
 use crate::op::NormOp;
 
 impl EvalOp for NormOp {
@@ -68,33 +69,17 @@ impl NormOp {
             .map(|b| self.param_row::<T>(b, normalized, "B"))
             .transpose()?;
 
-        // Every entry is written by the kernel (NaN for empty rows), so these need no init.
-        let stats_shape = stats_shape(&shape, layout.axis);
-        let new_stats = |wanted: bool| -> TractResult<Option<Tensor>> {
-            wanted
-                .then(|| unsafe { Tensor::uninitialized::<T::Acc>(&stats_shape) })
-                .transpose()
-        };
-        let mut mean = new_stats(self.mean_output)?;
-        let mut inv_std_dev = new_stats(self.inv_std_dev_output)?;
-        let mut mean_view = mean.as_mut().map(|t| t.try_as_plain_ram_mut()).transpose()?;
-        let mut inv_view = inv_std_dev
-            .as_mut()
-            .map(|t| t.try_as_plain_ram_mut())
-            .transpose()?;
-        let mean_slice = mean_view
-            .as_mut()
-            .map(|v| v.as_slice_mut::<T::Acc>())
-            .transpose()?;
-        let inv_slice = inv_view
-            .as_mut()
-            .map(|v| v.as_slice_mut::<T::Acc>())
-            .transpose()?;
+        // One entry per row: small next to X, so plain vectors, copied into tensors at the end.
+        let mut mean = self.mean_output.then(|| vec![T::Acc::ZERO; layout.rows]);
+        let mut inv_std_dev = self
+            .inv_std_dev_output
+            .then(|| vec![T::Acc::ZERO; layout.rows]);
+        let (mean_slice, inv_slice) = (mean.as_deref_mut(), inv_std_dev.as_deref_mut());
 
         let (scale_row, bias_row) = (scale_row.as_deref(), bias_row.as_deref());
         let y = if x.is_exclusive() {
             let mut y = x.into_tensor();
-            normalize_rows_in_place(
+            dispatch::in_place(
                 y.try_as_plain_ram_mut()?.as_slice_mut::<T>()?,
                 layout.row_len,
                 scale_row,
@@ -105,9 +90,9 @@ impl NormOp {
             );
             y
         } else {
-            // Safety: `normalize_rows` writes every element of `y` before anything reads it.
+            // Safety: the kernel writes every element of `y` before anything reads it.
             let mut y = unsafe { Tensor::uninitialized::<T>(&shape)? };
-            normalize_rows(
+            dispatch::out_of_place(
                 x.try_as_plain_ram()?.as_slice::<T>()?,
                 y.try_as_plain_ram_mut()?.as_slice_mut::<T>()?,
                 layout.row_len,
@@ -119,9 +104,11 @@ impl NormOp {
             );
             y
         };
-        drop((mean_view, inv_view));
+        let stats_shape = stats_shape(&shape, layout.axis);
         let mut outputs = tvec![y.into_tvalue()];
-        outputs.extend(mean.into_iter().chain(inv_std_dev).map(Tensor::into_tvalue));
+        for stats in mean.into_iter().chain(inv_std_dev) {
+            outputs.push(Tensor::from_shape(&stats_shape, &stats)?.into_tvalue());
+        }
         Ok(outputs)
     }
 

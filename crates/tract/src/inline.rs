@@ -130,7 +130,10 @@ fn inline_into<'f>(
 ) -> TractResult<Vec<&'f FunctionProto>> {
     let mut library = HashMap::new();
     for f in functions {
-        let k = key(f.domain.as_deref().unwrap_or(""), f.name.as_deref().unwrap_or(""));
+        let k = key(
+            f.domain.as_deref().unwrap_or(""),
+            f.name.as_deref().unwrap_or(""),
+        );
         if library.insert(k.clone(), f).is_some() {
             bail!(
                 "The model defines function {}.{} more than once; overloaded functions are not \
@@ -245,7 +248,11 @@ impl Inliner<'_> {
 
         let mut body = function.node.clone();
         for (ix, node) in body.iter_mut().enumerate() {
-            let what = if node.name.is_empty() { &node.op_type } else { &node.name };
+            let what = if node.name.is_empty() {
+                &node.op_type
+            } else {
+                &node.name
+            };
             node.name = format!("{prefix}{ix}_{what}");
             for input in &mut node.input {
                 *input = renames.read(input);
@@ -290,7 +297,12 @@ impl Renames {
             .input
             .iter()
             .enumerate()
-            .map(|(ix, formal)| (formal.clone(), call.input.get(ix).cloned().unwrap_or_default()))
+            .map(|(ix, formal)| {
+                (
+                    formal.clone(),
+                    call.input.get(ix).cloned().unwrap_or_default(),
+                )
+            })
             .collect();
         // An output the call does not take still needs a (private) name for the body.
         let outputs = function
@@ -404,7 +416,13 @@ fn unused_stem(graph: &GraphProto) -> String {
 }
 
 fn collect_names<'g>(graph: &'g GraphProto, names: &mut HashSet<&'g str>) {
-    names.extend(graph.input.iter().chain(&graph.output).map(|i| i.name.as_str()));
+    names.extend(
+        graph
+            .input
+            .iter()
+            .chain(&graph.output)
+            .map(|i| i.name.as_str()),
+    );
     names.extend(graph.initializer.iter().map(|t| t.name.as_str()));
     for node in &graph.node {
         names.insert(&node.name);
@@ -431,7 +449,12 @@ mod tests {
         }
     }
 
-    fn function(name: &str, inputs: &[&str], outputs: &[&str], body: Vec<NodeProto>) -> FunctionProto {
+    fn function(
+        name: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        body: Vec<NodeProto>,
+    ) -> FunctionProto {
         FunctionProto {
             name: Some(name.into()),
             domain: Some("local".into()),
@@ -459,7 +482,10 @@ mod tests {
             "F",
             &["x"],
             &["y"],
-            vec![node("Neg", "", &["x"], &["t"]), node("Abs", "", &["t"], &["y"])],
+            vec![
+                node("Neg", "", &["x"], &["t"]),
+                node("Abs", "", &["t"], &["y"]),
+            ],
         );
         let mut m = model(
             vec![
@@ -483,8 +509,19 @@ mod tests {
 
     #[test]
     fn stem_avoids_existing_names() {
-        let f = function("F", &["x"], &["y"], vec![node("Neg", "", &["x"], &["y2"]), node("Neg", "", &["y2"], &["y"])]);
-        let mut m = model(vec![node("F", "local", &["__inlined0__F/y2"], &["b"])], vec![f]);
+        let f = function(
+            "F",
+            &["x"],
+            &["y"],
+            vec![
+                node("Neg", "", &["x"], &["y2"]),
+                node("Neg", "", &["y2"], &["y"]),
+            ],
+        );
+        let mut m = model(
+            vec![node("F", "local", &["__inlined0__F/y2"], &["b"])],
+            vec![f],
+        );
         inline_functions(&mut m).unwrap();
         let nodes = &m.graph.as_ref().unwrap().node;
         assert_eq!(nodes[0].input, ["__inlined0__F/y2"]);
@@ -493,7 +530,12 @@ mod tests {
 
     #[test]
     fn recursion_is_an_error() {
-        let f = function("F", &["x"], &["y"], vec![node("F", "local", &["x"], &["y"])]);
+        let f = function(
+            "F",
+            &["x"],
+            &["y"],
+            vec![node("F", "local", &["x"], &["y"])],
+        );
         let mut m = model(vec![node("F", "local", &["a"], &["b"])], vec![f]);
         let err = inline_functions(&mut m).unwrap_err();
         assert!(err.to_string().contains("calls itself"), "{err}");
@@ -501,13 +543,25 @@ mod tests {
 
     #[test]
     fn passthrough_output_and_omitted_output() {
-        let f = function("F", &["x"], &["x", "z"], vec![node("Neg", "", &["x"], &["z"])]);
+        let f = function(
+            "F",
+            &["x"],
+            &["x", "z"],
+            vec![node("Neg", "", &["x"], &["z"])],
+        );
         let mut m = model(vec![node("F", "local", &["a"], &["b"])], vec![f]);
         inline_functions(&mut m).unwrap();
         let nodes = &m.graph.as_ref().unwrap().node;
         assert_eq!(nodes.len(), 2);
         assert_eq!(nodes[0].input, ["a"]);
         assert!(nodes[0].output[0].starts_with("__inlined0__F/"));
-        assert_eq!((nodes[1].op_type.as_str(), &nodes[1].input, &nodes[1].output[0]), ("Identity", &vec!["a".to_string()], &"b".to_string()));
+        assert_eq!(
+            (
+                nodes[1].op_type.as_str(),
+                &nodes[1].input,
+                &nodes[1].output[0]
+            ),
+            ("Identity", &vec!["a".to_string()], &"b".to_string())
+        );
     }
 }

@@ -21,6 +21,7 @@
 //! ```
 
 mod builder;
+mod dispatch;
 mod eval;
 mod inline;
 mod load;

@@ -25,7 +25,24 @@ pub fn proto_for_path(path: &Path) -> TractResult<ModelProto> {
     inline_functions_with_defaults(&mut proto, &defaults)
         .with_context(|| format!("Inlining the functions of {}", path.display()))?;
     check_adanorm_nodes(&proto).with_context(|| format!("Checking {}", path.display()))?;
+    forget_intermediate_shapes(&mut proto);
     Ok(proto)
+}
+
+/// Drops the shapes exporters annotate on intermediate values and outputs, keeping element types.
+/// tract infers them itself, and the annotations can name symbols (the dynamo exporter's `s72`)
+/// that tract cannot unify with the concrete input shapes `run_model` sets.
+fn forget_intermediate_shapes(proto: &mut ModelProto) {
+    if let Some(graph) = proto.graph.as_mut() {
+        graph.value_info.clear();
+        for output in &mut graph.output {
+            if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) =
+                output.r#type.as_mut().and_then(|t| t.value.as_mut())
+            {
+                t.shape = None;
+            }
+        }
+    }
 }
 
 /// Loads an ONNX file as a tract model with the `ai.adanorm` ops: reads the proto, inlines
@@ -74,7 +91,10 @@ pub fn run_model(path: &Path, inputs: Vec<(String, Tensor)>) -> TractResult<Vec<
     let mut values = tvec![];
     for (ix, name) in input_names.iter().enumerate() {
         let tensor = given.remove(name).with_context(|| {
-            format!("{}: no value given for the model input {name:?}", path.display())
+            format!(
+                "{}: no value given for the model input {name:?}",
+                path.display()
+            )
         })?;
         model.set_input_fact(ix, InferenceFact::dt_shape_from_tensor(&tensor))?;
         values.push(tensor.into_tvalue());

@@ -57,9 +57,7 @@ impl NormOp {
     /// `(position among the wired inputs, name)` of `Scale` and `B`, those that are present.
     pub(crate) fn param_inputs(&self) -> impl Iterator<Item = (usize, &'static str)> {
         let scale = self.has_scale.then_some((1, "Scale"));
-        let bias = self
-            .has_bias
-            .then_some((1 + self.has_scale as usize, "B"));
+        let bias = self.has_bias.then_some((1 + self.has_scale as usize, "B"));
         scale.into_iter().chain(bias)
     }
 
@@ -84,7 +82,12 @@ impl NormOp {
     }
 
     /// `Scale`/`B` must have the type of `X`.
-    pub(crate) fn check_same_type(&self, x: DatumType, param: DatumType, what: &str) -> TractResult<()> {
+    pub(crate) fn check_same_type(
+        &self,
+        x: DatumType,
+        param: DatumType,
+        what: &str,
+    ) -> TractResult<()> {
         if x == param {
             Ok(())
         } else {
@@ -117,9 +120,7 @@ impl NormOp {
             .iter()
             .rev()
             .zip(normalized.iter().rev())
-            .any(|(p, n)| {
-                p != n && !p.is_one() && p.to_usize().is_ok() && n.to_usize().is_ok()
-            });
+            .any(|(p, n)| p != n && !p.is_one() && p.to_usize().is_ok() && n.to_usize().is_ok());
         if too_many || conflict {
             return Err(self.spec_error(SpecError::new(
                 rule::BROADCAST,
@@ -181,9 +182,12 @@ impl TypedOp for NormOp {
             self.check_param_dims(&x.shape, &inputs[ix].shape, what)?;
         }
         let mut facts = tvec![x.datum_type.fact(x.shape.clone())];
-        let stats_shape = x.shape.iter().take(axis).cloned().chain(
-            std::iter::repeat_n(1.to_dim(), x.rank() - axis),
-        );
+        let stats_shape = x
+            .shape
+            .iter()
+            .take(axis)
+            .cloned()
+            .chain(std::iter::repeat_n(1.to_dim(), x.rank() - axis));
         let stats_fact = Self::stats_type(x.datum_type).fact(ShapeFact::from_dims(stats_shape));
         for _ in 1..self.output_count() {
             facts.push(stats_fact.clone());
@@ -239,11 +243,9 @@ impl InferenceRulesOp for NormOp {
                 &inputs[ix].datum_type,
                 move |_, x, param| self.check_same_type(x, param, what),
             )?;
-            s.given_2(
-                &inputs[0].shape,
-                &inputs[ix].shape,
-                move |_, x, param| self.check_param_dims(&x, &param, what),
-            )?;
+            s.given_2(&inputs[0].shape, &inputs[ix].shape, move |_, x, param| {
+                self.check_param_dims(&x, &param, what)
+            })?;
         }
         Ok(())
     }

@@ -7,7 +7,12 @@ use common::*;
 use tract_onnx::pb::{AttributeProto, ModelProto, TensorProto};
 
 /// One node `ln1` of `op_type` in `domain` reading X (f32, `x_shape`), with `attributes`.
-fn one_node(op_type: &str, domain: &str, x_shape: &[usize], attributes: Vec<AttributeProto>) -> ModelProto {
+fn one_node(
+    op_type: &str,
+    domain: &str,
+    x_shape: &[usize],
+    attributes: Vec<AttributeProto>,
+) -> ModelProto {
     let mut n = node(op_type, domain, &["X"], &["Y"], attributes);
     n.name = "ln1".into();
     model(
@@ -55,26 +60,57 @@ fn unknown_op_in_the_domain_is_refused() {
 #[test]
 fn bad_attribute_values_are_refused() {
     let cases: Vec<(AttributeProto, &str)> = vec![
-        (attr_i("unbiased", 2), "unbiased and eps_in_sqrt must be 0 or 1: unbiased = 2"),
-        (attr_i("eps_in_sqrt", -1), "unbiased and eps_in_sqrt must be 0 or 1: eps_in_sqrt = -1"),
+        (
+            attr_i("unbiased", 2),
+            "unbiased and eps_in_sqrt must be 0 or 1: unbiased = 2",
+        ),
+        (
+            attr_i("eps_in_sqrt", -1),
+            "unbiased and eps_in_sqrt must be 0 or 1: eps_in_sqrt = -1",
+        ),
         (attr_f("epsilon", -1e-3), "epsilon must be >= 0"),
-        (attr_f("epsilon", f32::NAN), "c, k and epsilon must be finite: epsilon = NaN"),
-        (attr_f("k", f32::INFINITY), "c, k and epsilon must be finite: k = inf"),
-        (attr_f("c", f32::NEG_INFINITY), "c, k and epsilon must be finite: c = -inf"),
+        (
+            attr_f("epsilon", f32::NAN),
+            "c, k and epsilon must be finite: epsilon = NaN",
+        ),
+        (
+            attr_f("k", f32::INFINITY),
+            "c, k and epsilon must be finite: k = inf",
+        ),
+        (
+            attr_f("c", f32::NEG_INFINITY),
+            "c, k and epsilon must be finite: c = -inf",
+        ),
     ];
     for (attribute, rule) in cases {
         let e = load_error(&one_node("AdaNorm", "ai.adanorm", &[2, 8], vec![attribute]));
         assert_mentions(&e, &["\"ln1\"", "AdaNorm", rule]);
     }
-    let e = load_error(&one_node("LayerNormSimple", "ai.adanorm", &[2, 8], vec![attr_i("unbiased", 2)]));
+    let e = load_error(&one_node(
+        "LayerNormSimple",
+        "ai.adanorm",
+        &[2, 8],
+        vec![attr_i("unbiased", 2)],
+    ));
     assert_mentions(&e, &["\"ln1\"", "LayerNormSimple", "unbiased = 2"]);
 }
 
 #[test]
 fn axis_outside_the_rank_is_refused() {
     for axis in [2, -3, 100] {
-        let e = load_error(&one_node("AdaNorm", "ai.adanorm", &[2, 8], vec![attr_i("axis", axis)]));
-        assert_mentions(&e, &["\"ln1\"", &format!("axis must be in [-r, r): axis = {axis} for rank 2")]);
+        let e = load_error(&one_node(
+            "AdaNorm",
+            "ai.adanorm",
+            &[2, 8],
+            vec![attr_i("axis", axis)],
+        ));
+        assert_mentions(
+            &e,
+            &[
+                "\"ln1\"",
+                &format!("axis must be in [-r, r): axis = {axis} for rank 2"),
+            ],
+        );
     }
 }
 
@@ -103,7 +139,14 @@ fn scale_that_does_not_broadcast_is_refused() {
 #[test]
 fn mixed_and_unsupported_types_are_refused() {
     let e = load_error(&with_scale(&[2, 8], tensor_f64("S", &[8], &[1.0; 8])));
-    assert_mentions(&e, &["\"ln1\"", "must share one type", "X is F32 but Scale is F64"]);
+    assert_mentions(
+        &e,
+        &[
+            "\"ln1\"",
+            "must share one type",
+            "X is F32 but Scale is F64",
+        ],
+    );
 
     let mut ints = one_node("AdaNorm", "ai.adanorm", &[2, 8], vec![]);
     ints.graph.as_mut().unwrap().input[0] = value_info("X", INT64, Some(&dims(&[2, 8])));
@@ -150,8 +193,15 @@ fn scale_mismatch_known_only_at_run_time_fails_in_eval() {
         .unwrap();
     let x = Tensor::from_shape(&[2, 8], &[1.0f32; 16]).unwrap();
     let s = Tensor::from_shape(&[5], &[1.0f32; 5]).unwrap();
-    let e = format!("{:?}", plan.run(tvec![x.into_tvalue(), s.into_tvalue()]).unwrap_err());
-    assert_mentions(&e, &["\"ln1\"", "Scale has shape [5], X.shape[axis:] is [8]"]);
+    let e = format!(
+        "{:?}",
+        plan.run(tvec![x.into_tvalue(), s.into_tvalue()])
+            .unwrap_err()
+    );
+    assert_mentions(
+        &e,
+        &["\"ln1\"", "Scale has shape [5], X.shape[axis:] is [8]"],
+    );
 }
 
 #[test]

@@ -25,8 +25,14 @@ fn function(
         attribute: attributes.iter().map(|s| s.to_string()).collect(),
         node: body,
         opset_import: vec![
-            OperatorSetIdProto { domain: String::new(), version: 17 },
-            OperatorSetIdProto { domain: "ai.adanorm".into(), version: 1 },
+            OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            },
+            OperatorSetIdProto {
+                domain: "ai.adanorm".into(),
+                version: 1,
+            },
         ],
         ..FunctionProto::default()
     }
@@ -44,7 +50,10 @@ fn inner() -> FunctionProto {
             "ai.adanorm",
             &["x"],
             &["y"],
-            vec![attr_f("c", 2.0), attr_ref("k", "k_inner", AttributeType::Float)],
+            vec![
+                attr_f("c", 2.0),
+                attr_ref("k", "k_inner", AttributeType::Float),
+            ],
         )],
     )
 }
@@ -57,7 +66,13 @@ fn outer() -> FunctionProto {
         &["z"],
         &["kk"],
         vec![
-            node("Inner", "local", &["x"], &["n"], vec![attr_ref("k_inner", "kk", AttributeType::Float)]),
+            node(
+                "Inner",
+                "local",
+                &["x"],
+                &["n"],
+                vec![attr_ref("k_inner", "kk", AttributeType::Float)],
+            ),
             node("Add", "", &["n", "n"], &["z"], vec![]),
         ],
     )
@@ -65,7 +80,10 @@ fn outer() -> FunctionProto {
 
 fn ada(x: &[f64], shape: &[usize], k: f32) -> Vec<f64> {
     // epsilon is the op's default, 1e-5.
-    let params = Params::new(Variant::AdaNorm { c: 2.0, k: k as f64 });
+    let params = Params::new(Variant::AdaNorm {
+        c: 2.0,
+        k: k as f64,
+    });
     reference(x, shape, -1, None, None, &params).unwrap().y
 }
 
@@ -109,7 +127,10 @@ fn nested_calls_with_attribute_references_run_correctly() {
     assert_close("Z2", &outputs[1].1, &z2, 2e-5);
     // k matters here: with the op's default k = 0.1 the results would differ.
     let with_default_k: Vec<f64> = ada(&x, &shape, 0.1).iter().map(|v| 2.0 * v).collect();
-    assert!(with_default_k.iter().zip(&z1).any(|(a, b)| (a - b).abs() > 1e-3));
+    assert!(with_default_k
+        .iter()
+        .zip(&z1)
+        .any(|(a, b)| (a - b).abs() > 1e-3));
 }
 
 #[test]
@@ -173,7 +194,12 @@ fn encode_with_defaults(m: &ModelProto, defaults: Vec<AttributeProto>) -> Vec<u8
     for (ix, f) in functions.iter().enumerate() {
         let mut bytes = f.encode_to_vec();
         if ix == 0 {
-            bytes.extend(Defaults { attribute_proto: defaults.clone() }.encode_to_vec());
+            bytes.extend(
+                Defaults {
+                    attribute_proto: defaults.clone(),
+                }
+                .encode_to_vec(),
+            );
         }
         raw.functions.push(bytes);
     }
@@ -190,7 +216,13 @@ fn attribute_default_of_the_function_applies_when_the_call_omits_it() {
         graph(
             vec![
                 node("Inner", "local", &["X"], &["A"], vec![]),
-                node("Inner", "local", &["X"], &["B"], vec![attr_f("k_inner", 0.25)]),
+                node(
+                    "Inner",
+                    "local",
+                    &["X"],
+                    &["B"],
+                    vec![attr_f("k_inner", 0.25)],
+                ),
             ],
             vec![value_info("X", FLOAT, Some(&dims(&shape)))],
             vec![value_info("A", FLOAT, None), value_info("B", FLOAT, None)],
@@ -221,7 +253,13 @@ fn inlining_imports_the_opsets_the_bodies_use() {
     let shape = [2, 4];
     let mut m = model(
         graph(
-            vec![node("Inner", "local", &["X"], &["A"], vec![attr_f("k_inner", 0.5)])],
+            vec![node(
+                "Inner",
+                "local",
+                &["X"],
+                &["A"],
+                vec![attr_f("k_inner", 0.5)],
+            )],
             vec![value_info("X", FLOAT, Some(&dims(&shape)))],
             vec![value_info("A", FLOAT, None)],
             vec![],
@@ -232,11 +270,20 @@ fn inlining_imports_the_opsets_the_bodies_use() {
     m.functions = vec![inner()];
     adanorm_tract::inline_functions(&mut m).unwrap();
     assert!(m.functions.is_empty());
-    assert!(m.opset_import.iter().any(|o| o.domain == "ai.adanorm" && o.version == 1));
+    assert!(m
+        .opset_import
+        .iter()
+        .any(|o| o.domain == "ai.adanorm" && o.version == 1));
     let nodes = &m.graph.as_ref().unwrap().node;
     assert_eq!(nodes.len(), 1);
-    assert_eq!((nodes[0].op_type.as_str(), nodes[0].domain.as_str()), ("AdaNorm", "ai.adanorm"));
-    assert_eq!((nodes[0].input.as_slice(), nodes[0].output.as_slice()), (&["X".to_string()][..], &["A".to_string()][..]));
+    assert_eq!(
+        (nodes[0].op_type.as_str(), nodes[0].domain.as_str()),
+        ("AdaNorm", "ai.adanorm")
+    );
+    assert_eq!(
+        (nodes[0].input.as_slice(), nodes[0].output.as_slice()),
+        (&["X".to_string()][..], &["A".to_string()][..])
+    );
     let k = nodes[0].attribute.iter().find(|a| a.name == "k").unwrap();
     assert_eq!((k.f, k.ref_attr_name.as_str()), (0.5, ""));
 }

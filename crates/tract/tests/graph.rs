@@ -29,10 +29,19 @@ fn chain_model() -> tract_onnx::pb::ModelProto {
             vec![
                 node("AdaNorm", "ai.adanorm", &["X"], &["A"], ada_attributes()),
                 node("Relu", "", &["A"], &["R"], vec![]),
-                node("LayerNormSimple", "ai.adanorm", &["R", "S"], &["Y", "Mean"], vec![]),
+                node(
+                    "LayerNormSimple",
+                    "ai.adanorm",
+                    &["R", "S"],
+                    &["Y", "Mean"],
+                    vec![],
+                ),
             ],
             vec![value_info("X", FLOAT, Some(&x_dims))],
-            vec![value_info("Y", FLOAT, None), value_info("Mean", FLOAT, None)],
+            vec![
+                value_info("Y", FLOAT, None),
+                value_info("Mean", FLOAT, None),
+            ],
             vec![tensor_f32("S", &[16], &[0.5; 16])],
         ),
         17,
@@ -40,10 +49,20 @@ fn chain_model() -> tract_onnx::pb::ModelProto {
 }
 
 fn expected_chain(x: &[f64], shape: &[usize]) -> (Vec<f64>, Vec<f64>) {
-    let a = reference(x, shape, -1, None, None, &ada_params()).unwrap().y;
+    let a = reference(x, shape, -1, None, None, &ada_params())
+        .unwrap()
+        .y;
     // A is stored as f32 before Relu reads it.
     let r: Vec<f64> = a.iter().map(|&v| (v as f32 as f64).max(0.0)).collect();
-    let out = reference(&r, shape, -1, Some((&[0.5; 16], &[16])), None, &simple_params()).unwrap();
+    let out = reference(
+        &r,
+        shape,
+        -1,
+        Some((&[0.5; 16], &[16])),
+        None,
+        &simple_params(),
+    )
+    .unwrap();
     (out.y, out.mean)
 }
 
@@ -54,7 +73,11 @@ fn symbolic_shapes_survive_optimisation_and_run_for_several_sizes() {
         .unwrap()
         .into_optimized()
         .unwrap();
-    let ops: Vec<String> = optimized.nodes().iter().map(|n| n.op.name().to_string()).collect();
+    let ops: Vec<String> = optimized
+        .nodes()
+        .iter()
+        .map(|n| n.op.name().to_string())
+        .collect();
     assert!(ops.contains(&"AdaNorm".to_string()), "{ops:?}");
     assert!(ops.contains(&"LayerNormSimple".to_string()), "{ops:?}");
     // Mean keeps the symbolic batch dimensions: [N, T, 1].
@@ -64,7 +87,9 @@ fn symbolic_shapes_survive_optimisation_and_run_for_several_sizes() {
     let plan = optimized.into_runnable().unwrap();
     for (seed, shape) in [(1, [2usize, 3, 16]), (2, [1, 5, 16])] {
         let x = rounded(FLOAT, &values(shape.iter().product(), seed));
-        let outputs = plan.run(tvec![tract_tensor(FLOAT, &shape, &x).into_tvalue()]).unwrap();
+        let outputs = plan
+            .run(tvec![tract_tensor(FLOAT, &shape, &x).into_tvalue()])
+            .unwrap();
         let (y, mean) = expected_chain(&x, &shape);
         assert_eq!(outputs[0].shape(), shape);
         assert_eq!(outputs[1].shape(), [shape[0], shape[1], 1]);
@@ -82,7 +107,10 @@ fn every_stage_keeps_the_ops() {
     for (stage, m) in [("typed", &typed), ("decluttered", &decluttered)] {
         let ops: Vec<String> = m.nodes().iter().map(|n| n.op.name().to_string()).collect();
         assert!(ops.contains(&"AdaNorm".to_string()), "{stage}: {ops:?}");
-        assert!(ops.contains(&"LayerNormSimple".to_string()), "{stage}: {ops:?}");
+        assert!(
+            ops.contains(&"LayerNormSimple".to_string()),
+            "{stage}: {ops:?}"
+        );
     }
 }
 
@@ -90,7 +118,13 @@ fn every_stage_keeps_the_ops() {
 fn single_node_plan() -> std::sync::Arc<TypedRunnableModel> {
     let model = model(
         graph(
-            vec![node("AdaNorm", "ai.adanorm", &["X"], &["Y"], ada_attributes())],
+            vec![node(
+                "AdaNorm",
+                "ai.adanorm",
+                &["X"],
+                &["Y"],
+                ada_attributes(),
+            )],
             vec![value_info("X", FLOAT, Some(&dims(&[4, 64])))],
             vec![value_info("Y", FLOAT, None)],
             vec![],
@@ -117,7 +151,11 @@ fn exclusive_input_is_normalised_in_its_own_buffer() {
     let input = tract_tensor(FLOAT, &[4, 64], &x);
     let input_ptr = ptr(&input);
     let outputs = plan.run(tvec![input.into_tvalue()]).unwrap();
-    assert_eq!(ptr(&outputs[0]), input_ptr, "the output should reuse the input's buffer");
+    assert_eq!(
+        ptr(&outputs[0]),
+        input_ptr,
+        "the output should reuse the input's buffer"
+    );
     let want = reference(&x, &[4, 64], -1, None, None, &ada_params()).unwrap();
     assert_close("Y", &as_f64(&outputs[0]), &want.y, 1e-5);
 }

@@ -118,7 +118,13 @@ impl Case {
         let model = model(
             graph(
                 vec![{
-                    let mut n = node(self.variant.op_type(), "ai.adanorm", &inputs, &outputs, attributes);
+                    let mut n = node(
+                        self.variant.op_type(),
+                        "ai.adanorm",
+                        &inputs,
+                        &outputs,
+                        attributes,
+                    );
                     n.name = "norm".into();
                     n
                 }],
@@ -129,8 +135,8 @@ impl Case {
             17,
         );
         let path = save(&model);
-        let results = adanorm_tract::run_model(&path, given)
-            .unwrap_or_else(|e| panic!("{self:?}: {e:?}"));
+        let results =
+            adanorm_tract::run_model(&path, given).unwrap_or_else(|e| panic!("{self:?}: {e:?}"));
 
         let want = reference(
             &x,
@@ -153,7 +159,11 @@ impl Case {
         assert_eq!(y.datum_type(), tract_tensor(t, &[], &[0.0]).datum_type());
         assert_close(&format!("{self:?} Y"), &as_f64(y), &want.y, tolerance(t));
         let rank = self.shape.len();
-        let axis = if self.axis < 0 { self.axis + rank as i64 } else { self.axis } as usize;
+        let axis = if self.axis < 0 {
+            self.axis + rank as i64
+        } else {
+            self.axis
+        } as usize;
         let mut stats_shape = self.shape[..axis].to_vec();
         stats_shape.resize(rank, 1);
         for (wanted, name, values) in [
@@ -163,11 +173,22 @@ impl Case {
             if wanted {
                 let s = output(name);
                 assert_eq!(s.shape(), stats_shape.as_slice(), "{self:?} {name}");
-                assert_eq!(s.datum_type(), tract_tensor(stats_type, &[], &[0.0]).datum_type());
-                assert_close(&format!("{self:?} {name}"), &as_f64(s), values, tolerance(stats_type));
+                assert_eq!(
+                    s.datum_type(),
+                    tract_tensor(stats_type, &[], &[0.0]).datum_type()
+                );
+                assert_close(
+                    &format!("{self:?} {name}"),
+                    &as_f64(s),
+                    values,
+                    tolerance(stats_type),
+                );
             }
         }
-        assert_eq!(results.len(), outputs.iter().filter(|o| !o.is_empty()).count());
+        assert_eq!(
+            results.len(),
+            outputs.iter().filter(|o| !o.is_empty()).count()
+        );
     }
 }
 
@@ -179,8 +200,11 @@ fn trim(mut names: Vec<&str>) -> Vec<&str> {
     names
 }
 
+/// Shapes of Scale and B; `None` leaves the input out.
+type ParamShapes = (Option<Vec<usize>>, Option<Vec<usize>>);
+
 /// Scale/B shapes to try for X.shape[axis:] = `normalized`: none, full, and broadcast ones.
-fn param_forms(normalized: &[usize]) -> Vec<(Option<Vec<usize>>, Option<Vec<usize>>)> {
+fn param_forms(normalized: &[usize]) -> Vec<ParamShapes> {
     let last = *normalized.last().unwrap();
     let mut first_only = normalized.to_vec();
     *first_only.last_mut().unwrap() = 1;

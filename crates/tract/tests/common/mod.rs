@@ -101,9 +101,17 @@ pub fn tensor_i64(name: &str, shape: &[usize], data: &[i64]) -> TensorProto {
 /// An initializer of element type `elem_type` holding `data` (rounded to that type).
 pub fn tensor_of(elem_type: i32, name: &str, shape: &[usize], data: &[f64]) -> TensorProto {
     match elem_type {
-        FLOAT => tensor_f32(name, shape, &data.iter().map(|&v| v as f32).collect::<Vec<_>>()),
+        FLOAT => tensor_f32(
+            name,
+            shape,
+            &data.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        ),
         DOUBLE => tensor_f64(name, shape, data),
-        FLOAT16 => tensor_f16(name, shape, &data.iter().map(|&v| f16::from_f64(v)).collect::<Vec<_>>()),
+        FLOAT16 => tensor_f16(
+            name,
+            shape,
+            &data.iter().map(|&v| f16::from_f64(v)).collect::<Vec<_>>(),
+        ),
         other => panic!("no test tensors of type {other}"),
     }
 }
@@ -173,7 +181,13 @@ pub fn node(
 
 /// A `Constant` node holding a float scalar.
 pub fn scalar_f32(output: &str, value: f32) -> NodeProto {
-    node("Constant", "", &[], &[output], vec![attr_t("value", tensor_f32("", &[], &[value]))])
+    node(
+        "Constant",
+        "",
+        &[],
+        &[output],
+        vec![attr_t("value", tensor_f32("", &[], &[value]))],
+    )
 }
 
 pub fn graph(
@@ -228,7 +242,9 @@ pub fn save_bytes(bytes: &[u8]) -> tempfile::TempPath {
 
 /// Deterministic values in `[-2, 2)` (a 64-bit LCG; no `rand` needed).
 pub fn values(n: usize, seed: u64) -> Vec<f64> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
             state = state
@@ -254,7 +270,10 @@ pub fn tract_tensor(elem_type: i32, shape: &[usize], data: &[f64]) -> tract_onnx
     use tract_onnx::prelude::Tensor;
     match elem_type {
         FLOAT => Tensor::from_shape(shape, &data.iter().map(|&v| v as f32).collect::<Vec<_>>()),
-        FLOAT16 => Tensor::from_shape(shape, &data.iter().map(|&v| f16::from_f64(v)).collect::<Vec<_>>()),
+        FLOAT16 => Tensor::from_shape(
+            shape,
+            &data.iter().map(|&v| f16::from_f64(v)).collect::<Vec<_>>(),
+        ),
         DOUBLE => Tensor::from_shape(shape, data),
         other => panic!("no test tensors of type {other}"),
     }

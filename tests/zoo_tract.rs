@@ -1,0 +1,117 @@
+//! Every zoo model, rewritten, run in tract with the ai.adanorm ops and compared with the
+//! exporter's reference outputs: `fuse`; `rewrite --to adanorm --k 0 --c 1` and
+//! `rewrite --to simple --affine fold` on LayerNorm models; `revert` of an `--affine drop`
+//! rewrite with its weights; AdaNorm and LayerNorm-simple models rewritten to their own kind.
+//! Tolerances: fp32 1e-4, fp16 3e-2, as max |out - ref| / max(1, |ref|).
+
+use std::path::{Path, PathBuf};
+
+use adanorm_onnx::graph::GraphIndex;
+use adanorm_onnx::npz::read_npz;
+use adanorm_onnx::onnx::{load_model, save_model};
+use adanorm_onnx::patterns::{find_matches, summary, Family};
+use adanorm_onnx::rewrite::{plan::plan, revert::revert, weights::WeightsFile, Affine, Options, Target};
+use adanorm_onnx::runner::{compare, run};
+
+fn zoo() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/zoo");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("model.onnx").exists()).collect();
+    v.sort();
+    v
+}
+
+fn opts(target: Target, affine: Affine, ck: Option<(f64, f64)>, include_fused: bool) -> Options {
+    Options { target, c: ck.map(|x| x.0), k: ck.map(|x| x.1), affine, portable: false, include_fused }
+}
+
+/// Rewrites `case`'s model with `o`, saves it (and its weights) in `dir`, returns the path.
+fn rewritten(case: &Path, dir: &Path, tag: &str, o: &Options) -> (PathBuf, Option<PathBuf>, usize) {
+    let model = load_model(&case.join("model.onnx")).unwrap();
+    let g = GraphIndex::build(&model).unwrap();
+    let outcome = plan(&g, &find_matches(&g), o).unwrap();
+    let out = dir.join(format!("{tag}.onnx"));
+    save_model(&outcome.model, &out, true).unwrap();
+    let w = outcome.weights.map(|w| {
+        let p = dir.join(format!("{tag}.safetensors"));
+        w.save(&p, true).unwrap();
+        p
+    });
+    (out, w, outcome.changes.len())
+}
+
+fn assert_matches_reference(case: &Path, model: &Path) {
+    let name = case.file_name().unwrap().to_string_lossy().to_string();
+    let tol = if name.contains("fp16") { 3e-2 } else { 1e-4 };
+    let outputs = run(model, read_npz(&case.join("inputs.npz")).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let reference = read_npz(&case.join("ref_output.npz")).unwrap();
+    let diffs = compare(&reference, &outputs);
+    assert!(!diffs.is_empty());
+    for d in diffs {
+        assert!(d.problem.is_none() && d.max_scaled <= tol, "{name} {}: {d:?}", model.display());
+    }
+}
+
+fn families(case: &Path) -> [(Family, usize); 4] {
+    let model = load_model(&case.join("model.onnx")).unwrap();
+    let g = GraphIndex::build(&model).unwrap();
+    summary(&find_matches(&g))
+}
+
+fn count(case: &Path, f: Family) -> usize {
+    families(case).iter().find(|(x, _)| *x == f).unwrap().1
+}
+
+#[test]
+fn fuse_output_matches_the_reference_in_tract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut fused_any = 0;
+    for case in zoo() {
+        let (out, _, n) = rewritten(&case, tmp.path(), "fused", &opts(Target::Same, Affine::Keep, None, false));
+        fused_any += n;
+        assert_matches_reference(&case, &out);
+    }
+    assert!(fused_any >= 30, "the zoo has 30+ decomposed normalisations to fuse, fused {fused_any}");
+}
+
+#[test]
+fn layernorm_rewrites_that_keep_the_function_match_in_tract() {
+    let tmp = tempfile::tempdir().unwrap();
+    for case in zoo().into_iter().filter(|c| count(c, Family::LayerNorm) > 0) {
+        let (a, _, _) = rewritten(&case, tmp.path(), "k0", &opts(Target::AdaNorm, Affine::Keep, Some((1.0, 0.0)), true));
+        assert_matches_reference(&case, &a);
+        let (f, _, _) = rewritten(&case, tmp.path(), "fold", &opts(Target::Simple, Affine::Fold, None, true));
+        assert_matches_reference(&case, &f);
+    }
+}
+
+#[test]
+fn revert_of_a_drop_matches_in_tract() {
+    let tmp = tempfile::tempdir().unwrap();
+    for case in zoo() {
+        let (d, w, _) = rewritten(&case, tmp.path(), "drop", &opts(Target::AdaNorm, Affine::Drop, None, true));
+        let model = load_model(&d).unwrap();
+        let g = GraphIndex::build(&model).unwrap();
+        let weights = w.as_deref().map(|p| WeightsFile::load(p).unwrap());
+        let o = revert(&g, weights.as_ref()).unwrap();
+        let r = tmp.path().join("reverted.onnx");
+        save_model(&o.model, &r, true).unwrap();
+        assert_matches_reference(&case, &r);
+    }
+}
+
+#[test]
+fn adanorm_and_lnsimple_rewritten_to_their_own_kind_match_in_tract() {
+    let tmp = tempfile::tempdir().unwrap();
+    for case in zoo() {
+        let target = if count(&case, Family::AdaNorm) > 0 {
+            Target::AdaNorm
+        } else if count(&case, Family::LnSimple) > 0 {
+            Target::Simple
+        } else {
+            continue;
+        };
+        let (out, _, n) = rewritten(&case, tmp.path(), "own", &opts(target, Affine::Keep, None, true));
+        assert_eq!(n, 4);
+        assert_matches_reference(&case, &out);
+    }
+}
