@@ -8,6 +8,8 @@
 //!
 //! Run: `cargo bench -p adanorm-cuda --features cuda --bench gpu_bandwidth`; prints a markdown
 //! table, also written to `$ADANORM_BENCH_OUT` when set. Without a GPU it prints why and exits 0.
+//! `ADANORM_BENCH_QUICK=1`: only the two large shapes in f32 and f16. `ADANORM_BENCH_PTX_DIR`:
+//! load the kernels' PTX from that folder (variants of `kernels/adanorm.cu`).
 
 #[cfg(not(feature = "cuda"))]
 fn main() {
@@ -84,9 +86,32 @@ mod bench {
 
     pub fn run(info: &DeviceInfo) -> Result<(), String> {
         make_primary_current(info.ordinal)?;
+        let quick = std::env::var_os("ADANORM_BENCH_QUICK").is_some();
+        if let Some(dir) = std::env::var_os("ADANORM_BENCH_PTX_DIR") {
+            adanorm_cuda::device::use_ptx_from(std::path::Path::new(&dir))?;
+            println!("PTX from {}", std::path::Path::new(&dir).display());
+        }
         let stream = Stream::new()?;
         let mut table = String::new();
         writeln!(table, "Device: {info}\n").unwrap();
+        // The first launch of a dtype in a context loads its PTX module (the driver JIT-compiles
+        // it, or takes it from its compute cache).
+        for dtype in DType::ALL {
+            let x = DeviceBuffer::alloc(64 * dtype.size())?;
+            let p = Params::new(Variant::LayerNormSimple);
+            let start = Instant::now();
+            // SAFETY: a live 64-element device buffer, read and written in place.
+            unsafe { launch(stream.raw(), dtype, x.ptr(), x.ptr(), null(), null(), null_mut(), null_mut(), 1, 64, &p)? };
+            stream.synchronize()?;
+            writeln!(
+                table,
+                "First launch of {} (module load + JIT): {:.0} ms",
+                dtype.name(),
+                start.elapsed().as_secs_f64() * 1e3
+            )
+            .unwrap();
+        }
+        writeln!(table).unwrap();
         writeln!(
             table,
             "| shape | dtype | copy (DtoD) GB/s | copy kernel GB/s | op | µs | GB/s | vs copy |"
@@ -103,7 +128,11 @@ mod bench {
             ("AdaNorm +Scale+B+Mean+InvStdDev", Params::new(Variant::ada_norm_default()), true, true),
         ];
         for (shape, rows, row_len) in SHAPES {
-            for dtype in [DType::F32, DType::F16, DType::BF16] {
+            if quick && row_len == 768 {
+                continue;
+            }
+            let dtypes: &[DType] = if quick { &[DType::F32, DType::F16] } else { &DType::ALL };
+            for &dtype in dtypes {
                 let bytes = rows * row_len * dtype.size();
                 let moved = 2.0 * bytes as f64;
                 let x = DeviceBuffer::from_bytes(&fill(dtype, rows * row_len, 1))?;

@@ -55,6 +55,20 @@ struct AdaNormArgs {
 #define FLAG_EPS_IN_SQRT 2
 #define FLAG_ADANORM 4
 
+// Tuning switches (defaults measured on an H200, see BENCHMARKS-section.md).
+#ifndef ADANORM_KEEP_RAW
+#define ADANORM_KEEP_RAW 1      // keep the row in registers as loaded, not as f32
+#endif
+#ifndef ADANORM_PAIRED_CVT
+#define ADANORM_PAIRED_CVT 1    // f32 -> f16/bf16 two at a time
+#endif
+#ifndef ADANORM_OLD_ARITH
+#define ADANORM_OLD_ARITH 0     // the output formula term by term instead of with FMAs
+#endif
+#ifndef ADANORM_MIN_RESIDENT
+#define ADANORM_MIN_RESIDENT 1024  // threads per SM the register bound must allow
+#endif
+
 // Rows handled by one 128-thread block in the warp strategy.
 #define WARP_ROWS 4
 // Threads per block of the loop strategy.
@@ -139,29 +153,63 @@ __device__ __forceinline__ RowStats finish_stats(const AdaNormArgs& a, float s1,
     return st;
 }
 
-// y = d / sigma, the AdaNorm factor, then Scale and B (each when given), as the spec orders it.
-__device__ __forceinline__ float output(const AdaNormArgs& a, float d, float inv) {
-    float t = d * inv;
-    if (a.flags & FLAG_ADANORM) t = a.c * (1.0f - a.k * t) * t;
-    return t;
+// f32 results to W elements of T; half and bfloat16 convert in pairs (one cvt.rn.*x2.f32 each).
+template <typename T, int W>
+__device__ __forceinline__ void to_pack(const float* t, Pack<T, W>& out) {
+#pragma unroll
+    for (int j = 0; j < W; ++j) out.v[j] = from_f32<T>(t[j]);
 }
+#if ADANORM_PAIRED_CVT
+template <>
+__device__ __forceinline__ void to_pack<__half, 8>(const float* t, Pack<__half, 8>& out) {
+    __half2* o = reinterpret_cast<__half2*>(out.v);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) o[j] = __floats2half2_rn(t[2 * j], t[2 * j + 1]);
+}
+template <>
+__device__ __forceinline__ void to_pack<__nv_bfloat16, 8>(const float* t, Pack<__nv_bfloat16, 8>& out) {
+    __nv_bfloat162* o = reinterpret_cast<__nv_bfloat162*>(out.v);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) o[j] = __floats2bfloat162_rn(t[2 * j], t[2 * j + 1]);
+}
+#endif
 
-// The output of W elements at offset `o` of the thread's part of a row: (d - c) / sigma, the
-// AdaNorm factor, Scale, B. Scale/B are tested for null as bases and indexed with the constant
-// `o`, so their loads address [base + immediate] rather than holding one pointer per pack.
+// The output of W elements at offset `o` of the thread's part of a row:
+//   y = (d - c) / sigma                    (d - c exact, so a constant row gives exactly 0)
+//   AdaNorm: c * (1 - k*y) * y, as y * (c - (c*k)*y), one FMA and one multiply
+//   * Scale, + B: one FMA when both are given
+// Scale/B are tested for null as bases and indexed with the constant `o`, so their loads address
+// [base + immediate] rather than holding one pointer per pack.
 template <typename T, int W>
 __device__ __forceinline__ void write_pack(const AdaNormArgs& a, T* y, const T* scale, const T* bias,
                                            int o, const float* d, const RowStats& st) {
     Pack<T, W> ps, pb, out;
     if (scale) ps = load<T, W>(scale + o);
     if (bias) pb = load<T, W>(bias + o);
+    const bool ada = a.flags & FLAG_ADANORM;
+    const float ck = a.c * a.k;
+    float t[W];
 #pragma unroll
     for (int j = 0; j < W; ++j) {
-        float t = output(a, d[j] - st.c, st.inv);
-        if (scale) t *= to_f32(ps.v[j]);
-        if (bias) t += to_f32(pb.v[j]);
-        out.v[j] = from_f32<T>(t);
+        float v = (d[j] - st.c) * st.inv;
+#if ADANORM_OLD_ARITH
+        if (ada) v = a.c * (1.0f - a.k * v) * v;
+        if (scale) v *= to_f32(ps.v[j]);
+        if (bias) v += to_f32(pb.v[j]);
+        if (false) {
+#else
+        if (ada) v = v * fmaf(-ck, v, a.c);
+        if (scale && bias) {
+#endif
+            v = fmaf(v, to_f32(ps.v[j]), to_f32(pb.v[j]));
+        } else if (scale) {
+            v *= to_f32(ps.v[j]);
+        } else if (bias) {
+            v += to_f32(pb.v[j]);
+        }
+        t[j] = v;
     }
+    to_pack<T, W>(t, out);
     store<T, W>(y + o, out);
 }
 
@@ -187,34 +235,65 @@ __device__ __forceinline__ void row_body(const AdaNormArgs& a) {
     const int avail = n - lane * W;  // pack i exists iff i * STEP < avail (N % W == 0 if W > 1)
     const T* x = static_cast<const T*>(a.x) + row * n + lane * W;
 
-    float v[E];
+    // 16-bit types keep the row in registers as loaded (half the registers of f32 copies: 47
+    // instead of 63 for 32 elements, so 40 instead of 32 warps per SM and more rows in flight)
+    // and convert again in each pass, which is cheap; f32 keeps x - m.
+    constexpr bool RAW = ADANORM_KEEP_RAW && sizeof(T) == 2;
+    Pack<T, W> raw[RAW ? LOADS : 1];
+    float v[RAW ? 1 : E];
     float sum[1] = {0.0f};
-#pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
-        if (i * STEP < avail) {
-            const Pack<T, W> p = load<T, W>(x + i * STEP);
-#pragma unroll
-            for (int j = 0; j < W; ++j) v[i * W + j] = to_f32(p.v[j]);
-        } else {
-#pragma unroll
-            for (int j = 0; j < W; ++j) v[i * W + j] = 0.0f;
-        }
-#pragma unroll
-        for (int j = 0; j < W; ++j) sum[0] += v[i * W + j];
-    }
-    group_sum<THREADS, 1>(sum);
-    const float m = sum[0] / nf;
-
     float s[2] = {0.0f, 0.0f};
+    float m;
+    if constexpr (RAW) {
 #pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
-        if (i * STEP < avail) {
+        for (int i = 0; i < LOADS; ++i) {
+            if (i * STEP < avail) {
+                raw[i] = load<T, W>(x + i * STEP);
 #pragma unroll
-            for (int j = 0; j < W; ++j) {
-                const float d = v[i * W + j] - m;
-                v[i * W + j] = d;
-                s[0] += d;
-                s[1] += d * d;
+                for (int j = 0; j < W; ++j) sum[0] += to_f32(raw[i].v[j]);
+            }
+        }
+        group_sum<THREADS, 1>(sum);
+        m = sum[0] / nf;
+
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            if (i * STEP < avail) {
+#pragma unroll
+                for (int j = 0; j < W; ++j) {
+                    const float d = to_f32(raw[i].v[j]) - m;
+                    s[0] += d;
+                    s[1] += d * d;
+                }
+            }
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            if (i * STEP < avail) {
+                const Pack<T, W> p = load<T, W>(x + i * STEP);
+#pragma unroll
+                for (int j = 0; j < W; ++j) v[i * W + j] = to_f32(p.v[j]);
+            } else {
+#pragma unroll
+                for (int j = 0; j < W; ++j) v[i * W + j] = 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < W; ++j) sum[0] += v[i * W + j];
+        }
+        group_sum<THREADS, 1>(sum);
+        m = sum[0] / nf;
+
+#pragma unroll
+        for (int i = 0; i < LOADS; ++i) {
+            if (i * STEP < avail) {
+#pragma unroll
+                for (int j = 0; j < W; ++j) {
+                    const float d = v[i * W + j] - m;
+                    v[i * W + j] = d;
+                    s[0] += d;
+                    s[1] += d * d;
+                }
             }
         }
     }
@@ -229,7 +308,16 @@ __device__ __forceinline__ void row_body(const AdaNormArgs& a) {
     const T* bias = a.bias ? static_cast<const T*>(a.bias) + lane * W : nullptr;
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
-        if (i * STEP < avail) write_pack<T, W>(a, y, scale, bias, i * STEP, &v[i * W], st);
+        if (i * STEP < avail) {
+            if constexpr (RAW) {
+                float d[W];
+#pragma unroll
+                for (int j = 0; j < W; ++j) d[j] = to_f32(raw[i].v[j]) - m;
+                write_pack<T, W>(a, y, scale, bias, i * STEP, d, st);
+            } else {
+                write_pack<T, W>(a, y, scale, bias, i * STEP, &v[i * W], st);
+            }
+        }
     }
 }
 
@@ -286,7 +374,7 @@ __device__ __forceinline__ void loop_body(const AdaNormArgs& a) {
 // 1024 threads (32 rows' worth of warps) stay resident per SM to keep enough loads in flight.
 #define ROW_BLOCK(THREADS) (THREADS == 32 ? 32 * WARP_ROWS : THREADS)
 #define ROW_KERNEL(TN, T, THREADS, E, W, KIND)                                                    \
-    extern "C" __global__ void __launch_bounds__(ROW_BLOCK(THREADS), 1024 / ROW_BLOCK(THREADS))   \
+    extern "C" __global__ void __launch_bounds__(ROW_BLOCK(THREADS), ADANORM_MIN_RESIDENT / ROW_BLOCK(THREADS)) \
         adanorm_##TN##_t##THREADS##_e##E##_##KIND(AdaNormArgs a) {                                \
         row_body<T, THREADS, E / W, W>(a);                                                        \
     }

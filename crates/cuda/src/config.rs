@@ -118,7 +118,8 @@ fn build_table(dtype: DType) -> Vec<Kernel> {
 }
 
 /// The kernel for rows of `row_len` elements: the register kernel of the smallest capacity that
-/// holds the row (ties: a warp before a block, then more threads with fewer registers each), or
+/// holds the row (ties: a warp before a block, then fewer threads with more elements each: more
+/// bytes in flight per thread hide the reductions' latency better, measured on an H200), or
 /// the loop kernel for rows longer than any. Returns its index in [`table`].
 pub fn choose(dtype: DType, row_len: usize, vectorised: bool) -> usize {
     let table = table(dtype);
@@ -132,7 +133,7 @@ pub fn choose(dtype: DType, row_len: usize, vectorised: bool) -> usize {
             (
                 k.capacity(),
                 k.strategy != Strategy::Warp,
-                std::cmp::Reverse(k.threads_per_row),
+                k.threads_per_row,
             )
         });
     match fits {

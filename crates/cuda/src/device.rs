@@ -20,6 +20,13 @@ pub fn make_primary_current(ordinal: i32) -> Result<(), String> {
     }
 }
 
+/// Loads PTX from `dir` (files `adanorm_{f32,f16,bf16,misc}.ptx` with the same entry points)
+/// instead of the embedded PTX, for comparing kernel variants in one process. Call before the
+/// first launch; a module already loaded into a context stays.
+pub fn use_ptx_from(dir: &std::path::Path) -> Result<(), String> {
+    crate::module::set_ptx_dir(dir.to_path_buf())
+}
+
 /// Waits for all work of the current context.
 pub fn synchronize() -> Result<(), String> {
     let d = driver()?;
@@ -58,7 +65,9 @@ impl DeviceBuffer {
         DeviceBuffer::from_bytes(&data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>())
     }
 
-    /// Copies `data` to byte `offset` (synchronous).
+    /// Copies `data` to byte `offset`, then waits for the whole context: a copy from pageable
+    /// memory may still be in flight when cuMemcpyHtoD returns, and kernels on a non-blocking
+    /// stream would not wait for it.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), String> {
         assert!(offset + data.len() <= self.bytes, "write past the buffer");
         if data.is_empty() {
@@ -69,7 +78,8 @@ impl DeviceBuffer {
         let r = unsafe {
             (d.memcpy_htod)(self.ptr + offset as u64, data.as_ptr() as *const c_void, data.len())
         };
-        driver::check(d, r, "cuMemcpyHtoD")
+        driver::check(d, r, "cuMemcpyHtoD")?;
+        synchronize()
     }
 
     /// The whole buffer (synchronous; waits for the legacy stream's work).

@@ -98,7 +98,11 @@ fn open_library() -> Result<libloading::Library, String> {
         // SAFETY: libcuda's initialisers have no preconditions.
         match unsafe { libloading::Library::new(*name) } {
             Ok(lib) => return Ok(lib),
-            Err(e) => errors.push(format!("{name}: {e}")),
+            Err(e) => {
+                // libloading keeps dlerror()'s text as the error's source.
+                let why = std::error::Error::source(&e).map_or(String::new(), |s| format!(" ({s})"));
+                errors.push(format!("{name}: {e}{why}"))
+            }
         }
     }
     Err(format!(

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void, CString};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 use crate::config;
 use crate::driver::{self, CuFunction, CuModule, Driver};
@@ -21,6 +22,34 @@ pub const MISC: [&str; 3] = ["expand_b16", "expand_b32", "copy_v4"];
 pub const EXPAND_B16: usize = 0;
 pub const EXPAND_B32: usize = 1;
 pub const COPY_V4: usize = 2;
+
+/// A folder to read `adanorm_<module>.ptx` from instead of the embedded PTX (kernel
+/// experiments: see `device::use_ptx_from`).
+static PTX_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+pub fn set_ptx_dir(dir: PathBuf) -> Result<(), String> {
+    PTX_DIR
+        .set(dir)
+        .map_err(|_| "the PTX folder is already set".to_string())
+}
+
+fn file_name(id: ModuleId) -> String {
+    match id {
+        ModuleId::Kernels(dtype) => format!("adanorm_{}.ptx", dtype.name()),
+        ModuleId::Misc => "adanorm_misc.ptx".to_string(),
+    }
+}
+
+/// The PTX a context loads: the embedded text, or the override folder's file.
+fn ptx_text(id: ModuleId) -> Result<String, String> {
+    match PTX_DIR.get() {
+        None => Ok(ptx(id).to_string()),
+        Some(dir) => {
+            let path = dir.join(file_name(id));
+            std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))
+        }
+    }
+}
 
 /// The PTX text NVRTC made at build time.
 pub fn ptx(id: ModuleId) -> &'static str {
@@ -81,7 +110,7 @@ pub fn functions(
 }
 
 fn load(d: &Driver, id: ModuleId) -> Result<Functions, String> {
-    let text = CString::new(ptx(id)).expect("PTX has no NUL");
+    let text = CString::new(ptx_text(id)?).map_err(|_| format!("{id:?} PTX holds a NUL byte"))?;
     let mut log = vec![0u8; 8192];
     let mut options = [driver::JIT_ERROR_LOG_BUFFER, driver::JIT_ERROR_LOG_BUFFER_SIZE_BYTES];
     let mut values = [log.as_mut_ptr() as *mut c_void, log.len() as *mut c_void];

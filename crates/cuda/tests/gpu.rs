@@ -385,7 +385,8 @@ mod gpu {
         }
         let p = Params::new(Variant::ada_norm_default());
         for dtype in DType::ALL {
-            for (rows, row_len) in [(70_001, 3), (66_000, 8), (65_537, 1)] {
+            // 270_000 rows of 1 or 3: over 65535 blocks of 4 warp-rows each.
+            for (rows, row_len) in [(270_001, 3), (66_000, 8), (270_000, 1)] {
                 let case = Case {
                     dtype,
                     rows,
@@ -401,10 +402,11 @@ mod gpu {
                 check(&case, rows as u64);
             }
         }
+        // Over 65535 one-row blocks (scalar block kernel: 1025 is no multiple of 8).
         let case = Case {
             dtype: DType::F16,
-            rows: 66_000,
-            row_len: 1536,
+            rows: 65_600,
+            row_len: 1025,
             params: p,
             scale: true,
             bias: true,
@@ -417,7 +419,8 @@ mod gpu {
     }
 
     /// Arbitrary constants (0.1 is no short binary fraction): the corrected mean still gives
-    /// exactly y = 0 with epsilon > 0 and 0/0 = NaN with epsilon = 0, as the CPU kernels do.
+    /// exactly y = 0 with epsilon > 0, and 0/0 = NaN with epsilon = 0 where the sums of the
+    /// (identical) deviations stay exact in f32, as in the CPU kernels' test (N = 1000).
     #[test]
     fn constant_rows_normalise_to_exact_zero_or_nan() {
         if !gpu() {
@@ -425,6 +428,9 @@ mod gpu {
         }
         for row_len in [1000usize, 4096, 40000] {
             for eps in [0.25, 0.0] {
+                if eps == 0.0 && row_len > 4096 {
+                    continue;
+                }
                 let p = Params {
                     variant: Variant::LayerNormSimple,
                     epsilon: eps,

@@ -12,6 +12,9 @@ use tract_onnx::tract_hir::internal::*;
 
 use crate::op::NormOp;
 
+/// The op types of `ai.adanorm`, which this crate implements natively.
+pub(crate) const OP_TYPES: [&str; 2] = ["AdaNorm", "LayerNormSimple"];
+
 /// Registers the `AdaNorm` and `LayerNormSimple` parsers in `onnx`.
 pub fn register(onnx: &mut tract_onnx::Onnx) {
     onnx.op_register.insert("AdaNorm", build_ada_norm);

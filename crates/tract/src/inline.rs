@@ -8,14 +8,19 @@
 //! the call's actual names, every other value gets a prefix unique to that call, attribute
 //! references (`ref_attr_name`) take the call's attribute or else the function's default, and
 //! calls inside the body (or inside If/Loop/Scan bodies) are expanded the same way.
+//!
+//! Functions named like this crate's own ops (`ai.adanorm.AdaNorm`, `ai.adanorm.LayerNormSimple`,
+//! the bodies `adanorm-onnx rewrite --portable` adds for runtimes without the ops) are not
+//! inlined: their calls run as the native ops, which implement the contract directly.
 
 use std::collections::{HashMap, HashSet};
 
+use adanorm_kernels::params::DOMAIN;
 use prost::Message;
 use tract_onnx::pb::{AttributeProto, FunctionProto, GraphProto, ModelProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
 
-use crate::builder::node_label;
+use crate::builder::{node_label, OP_TYPES};
 
 /// `(domain, name)` of a function, or `(domain, op_type)` of a node that may call one; the
 /// default domain is `""` whether written `""` or `"ai.onnx"`.
@@ -82,7 +87,8 @@ mod side_proto {
     }
 }
 
-/// Inlines every call of a model-local function and empties `proto.functions`.
+/// Inlines every call of a model-local function and empties `proto.functions`; calls of
+/// `ai.adanorm` functions named like this crate's ops stay, as the native ops.
 ///
 /// An attribute reference with neither a call-site value nor a default is dropped, so the op's
 /// own default applies (as ONNX specifies). Defaults themselves are not in tract's `pb` types:
@@ -134,6 +140,10 @@ fn inline_into<'f>(
             f.domain.as_deref().unwrap_or(""),
             f.name.as_deref().unwrap_or(""),
         );
+        // `rewrite --portable` bodies of our own ops: the native op is the contract itself.
+        if k.0 == DOMAIN && OP_TYPES.contains(&k.1.as_str()) {
+            continue;
+        }
         if library.insert(k.clone(), f).is_some() {
             bail!(
                 "The model defines function {}.{} more than once; overloaded functions are not \

@@ -11,10 +11,8 @@ use tract_onnx::pb::type_proto::Value;
 use tract_onnx::pb::{GraphProto, ModelProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
 
-use crate::builder::node_label;
+use crate::builder::{node_label, OP_TYPES};
 
-/// The op types of [`DOMAIN`].
-const OP_TYPES: [&str; 2] = ["AdaNorm", "LayerNormSimple"];
 
 /// Refuses `ai.adanorm` nodes this runtime cannot run faithfully, naming the node: unknown op
 /// types, and bfloat16 inputs.

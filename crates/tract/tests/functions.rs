@@ -287,3 +287,43 @@ fn inlining_imports_the_opsets_the_bodies_use() {
     let k = nodes[0].attribute.iter().find(|a| a.name == "k").unwrap();
     assert_eq!((k.f, k.ref_attr_name.as_str()), (0.5, ""));
 }
+
+#[test]
+fn portable_bodies_of_our_own_ops_run_as_the_native_op() {
+    // `rewrite --portable` adds ai.adanorm.AdaNorm as a function for runtimes without the op.
+    // tract has the op, so the call must run natively; this body (a plain copy) would be wrong.
+    let body = FunctionProto {
+        domain: Some("ai.adanorm".into()),
+        ..function(
+            "AdaNorm",
+            &["X", "Scale", "B"],
+            &["Y"],
+            &["c", "k"],
+            vec![node("Identity", "", &["X"], &["Y"], vec![])],
+        )
+    };
+    let shape = [2, 8];
+    let mut m = model(
+        graph(
+            vec![node(
+                "AdaNorm",
+                "ai.adanorm",
+                &["X"],
+                &["Y"],
+                vec![attr_f("c", 2.0), attr_f("k", 0.5)],
+            )],
+            vec![value_info("X", FLOAT, Some(&dims(&shape)))],
+            vec![value_info("Y", FLOAT, None)],
+            vec![],
+        ),
+        17,
+    );
+    m.functions = vec![body];
+    let path = save(&m);
+    let x = rounded(FLOAT, &values(16, 9));
+    let outputs = run(&path, &shape, &x);
+    assert_close("Y", &outputs[0].1, &ada(&x, &shape, 0.5), 1e-5);
+    let proto = adanorm_tract::proto_for_path(&path).unwrap();
+    assert!(proto.functions.is_empty());
+    assert_eq!(proto.graph.unwrap().node[0].op_type, "AdaNorm");
+}
