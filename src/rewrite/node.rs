@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn optional_inputs_keep_their_slots() {
-        let p = OpParams { kind: OpKind::LayerNormSimple, axis: -1, epsilon: 1e-5, unbiased: false, eps_in_sqrt: true, c: 1.0, k: 0.1 };
+        let p = OpParams { kind: OpKind::LayerNormSimple, axis: -1, epsilon: 1e-5f32 as f64, unbiased: false, eps_in_sqrt: true, c: 1.0, k: 0.1f32 as f64 };
         let n = build("n", &p, [Some("x"), None, Some("b")], [Some("y"), None, None], "");
         assert_eq!(n.input, ["x", "", "b"]);
         assert_eq!(n.output, ["y"]);
