@@ -13,7 +13,6 @@ use tract_onnx::tract_hir::internal::*;
 
 use crate::builder::{node_label, OP_TYPES};
 
-
 /// Refuses `ai.adanorm` nodes this runtime cannot run faithfully, naming the node: unknown op
 /// types, and bfloat16 inputs.
 pub(crate) fn check_adanorm_nodes(proto: &ModelProto) -> TractResult<()> {

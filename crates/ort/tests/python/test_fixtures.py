@@ -45,7 +45,12 @@ def cases():
 def check_case(testcase, case, threads=1):
     name, model, inputs, ref, tol = case
     with np.load(inputs) as i, np.load(ref) as r:
-        return lib.check_model_case(testcase, model, dict(i), dict(r), tol=tol, threads=threads)
+        try:
+            return lib.check_model_case(testcase, model, dict(i), dict(r), tol=tol, threads=threads)
+        except Exception as e:  # an old runtime that cannot load this IR version at all
+            if "Unsupported model IR version" in str(e):
+                testcase.skipTest(f"{name}: this onnxruntime cannot load the model's IR version ({e})")
+            raise
 
 
 class Fixtures(unittest.TestCase):
