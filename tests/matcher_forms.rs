@@ -556,3 +556,64 @@ fn fused_ops_in_their_families() {
     assert_eq!(ms[0].axis, Some(-1));
     assert!(ms[0].rewritable && ms[1].rewritable && !ms[2].rewritable);
 }
+
+/// The dynamo exporter's AdaNorm (opset 18): axes as initializer inputs, positive axis in the
+/// std decomposition, the variance reduced without keepdims and reshaped back, N/(N-1) folded
+/// to constants, and no trailing Mul when C = 1.
+fn dynamo_adanorm(reshape_to: &[i64]) -> Builder {
+    let mut b = Builder::new(18);
+    let x = b.input("x", F32, &[2, 3, H]);
+    let minus1 = b.init_typed("axes_m1", I64, &[1], &[-1.0]);
+    let two = b.init_typed("axes_2", I64, &[1], &[2.0]);
+    let m1 = b.op("ReduceMean", &[&x, &minus1], vec![("keepdims", A::I(1)), ("noop_with_empty_axes", A::I(0))]);
+    let m2 = b.op("ReduceMean", &[&x, &two], vec![("keepdims", A::I(1))]);
+    let s = b.op("Sub", &[&x, &m2], vec![]);
+    let sq = b.op("Mul", &[&s, &s], vec![]);
+    let v = b.op("ReduceMean", &[&sq, &two], vec![("keepdims", A::I(0))]);
+    let n = b.init("n", &[], &[H as f32]);
+    let n1 = b.init("n_minus_1", &[], &[(H - 1) as f32]);
+    let vn = b.op("Mul", &[&v, &n], vec![]);
+    let vu = b.op("Div", &[&vn, &n1], vec![]);
+    let shape = b.init_typed("keep_shape", I64, &[3], &reshape_to.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let r = b.op("Reshape", &[&vu, &shape], vec![]);
+    let sd = b.op("Sqrt", &[&r], vec![]);
+    let eps = b.init("eps", &[], &[1e-5]);
+    let den = b.op("Add", &[&sd, &eps], vec![]);
+    let xc = b.op("Sub", &[&x, &m1], vec![]);
+    let m3 = b.op("ReduceMean", &[&xc, &minus1], vec![("keepdims", A::I(1))]);
+    let xcc = b.op("Sub", &[&xc, &m3], vec![]);
+    let k = b.init("k", &[], &[0.1]);
+    let t = b.op("Mul", &[&xcc, &k], vec![]);
+    let g = b.op("Div", &[&t, &den], vec![]);
+    let p = b.op("Mul", &[&xc, &g], vec![]);
+    let w = b.op("Sub", &[&xc, &p], vec![]);
+    let y = b.op("Div", &[&w, &den], vec![]);
+    b.node_named("c", "Identity", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    b
+}
+
+#[test]
+fn dynamo_adanorm_with_a_reshaped_variance() {
+    let m = only(dynamo_adanorm(&[2, 3, 1]).matches());
+    assert_eq!(m.family, Family::AdaNorm);
+    assert_eq!((m.c, m.k, m.unbiased, m.eps_in_sqrt), (1.0, 0.1f32 as f64, true, false));
+    assert!(m.rewritable, "{:?}", m.reason);
+    assert_eq!(m.axis, Some(-1));
+}
+
+#[test]
+fn a_variance_reshaped_to_the_wrong_shape_is_not_a_match() {
+    assert!(dynamo_adanorm(&[2, 1, 3]).matches().is_empty());
+}
+
+#[test]
+fn a_variance_without_keepdims_and_no_reshape_is_not_a_match() {
+    let mut b = dynamo_adanorm(&[2, 3, 1]);
+    // Bypass the Reshape: the Sqrt reads the [2,3] variance directly.
+    let reshape = b.nodes.iter().find(|n| n.op_type() == "Reshape").unwrap().clone();
+    for n in b.nodes.iter_mut().filter(|n| n.op_type() == "Sqrt") {
+        n.input[0] = reshape.input[0].clone();
+    }
+    assert!(b.matches().is_empty());
+}

@@ -161,11 +161,14 @@ impl<'g, 'm> Canon<'g, 'm> {
 
     /// `ReduceMean(x, axes, keepdims=1)` or `GlobalAveragePool(x)` (axes 2.. of a known rank).
     pub fn mean_of(&self, value: &str) -> Option<MeanOf> {
+        self.reduction(value).filter(|(_, kept)| *kept).map(|(m, _)| m)
+    }
+
+    /// A mean like [`Canon::mean_of`], with whether it keeps the reduced dimensions.
+    pub fn reduction(&self, value: &str) -> Option<(MeanOf, bool)> {
         if let Some((id, node)) = self.op(value, "ReduceMean") {
             let input = node.input.first()?.clone();
-            if attr::int(node, "keepdims").unwrap_or(1) != 1 {
-                return None;
-            }
+            let kept = attr::int(node, "keepdims").unwrap_or(1) == 1;
             let raw: Vec<i64> = match attr::ints(node, "axes") {
                 Some(a) => a.to_vec(),
                 None => match node.input.get(1).filter(|s| !s.is_empty()) {
@@ -181,7 +184,7 @@ impl<'g, 'm> Canon<'g, 'm> {
                 },
             };
             let axes = Axes::new(&raw, self.g.rank(&input))?;
-            return Some(MeanOf { node: id, input, axes });
+            return Some((MeanOf { node: id, input, axes }, kept));
         }
         if let Some((id, node)) = self.op(value, "GlobalAveragePool") {
             let input = node.input.first()?.clone();
@@ -190,7 +193,7 @@ impl<'g, 'm> Canon<'g, 'm> {
                 return None;
             }
             let axes = Axes::new(&(2..r as i64).collect::<Vec<_>>(), Some(r))?;
-            return Some(MeanOf { node: id, input, axes });
+            return Some((MeanOf { node: id, input, axes }, true));
         }
         None
     }

@@ -100,6 +100,17 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
     let (v, mut core) = c.root(value);
     let mut aux = Vec::new();
 
+    // The dynamo exporter reduces the variance without keepdims and reshapes it back to the
+    // keepdims shape (a constant, from static shapes) before the Sqrt.
+    let (v, restored_shape) = match c.op(&v, "Reshape") {
+        Some((id, r)) => {
+            let target = c.g.constant(r.input.get(1)?)?.as_ints()?.to_vec();
+            core.push(id);
+            (c.root(r.input.first()?).0, Some(target))
+        }
+        None => (v, None),
+    };
+
     // Bessel's correction: v*N/(N-1) in any of the shapes exporters write.
     let mut unbiased = None::<RowCount>;
     let mut inner = v.clone();
@@ -128,8 +139,18 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
 
     let (inner_root, crossed) = c.root(&inner);
     core.extend(crossed);
-    let (x, axes, form, more) = biased_variance(c, &inner_root)?;
+    let (x, axes, form, more, kept) = biased_variance(c, &inner_root)?;
     core.extend(more);
+    match &restored_shape {
+        // Dropped dimensions must come back exactly where they were.
+        Some(target) => {
+            if !is_keepdims_shape(c, &x, &axes, target) {
+                return None;
+            }
+        }
+        None if !kept => return None,
+        None => {}
+    }
 
     if let Some(n) = &unbiased {
         if !n.counts(c, &x, &axes) {
@@ -149,9 +170,25 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
     })
 }
 
-/// `mean(d²)` with d centred, `mean(x²) - mean(x)²`, or `mean(x²)`.
-fn biased_variance(c: &Canon<'_, '_>, value: &str) -> Option<(String, Axes, VarianceForm, Vec<NodeId>)> {
-    if let Some(mean) = c.mean_of(value) {
+/// Whether `target` is `x`'s (fully known) shape with the reduced axes set to 1.
+fn is_keepdims_shape(c: &Canon<'_, '_>, x: &str, axes: &Axes, target: &[i64]) -> bool {
+    let Some(shape) = c.g.shape(x) else { return false };
+    let r = shape.len() as i64;
+    let reduced = |i: i64| axes.axes.contains(&i) || axes.axes.contains(&(i - r));
+    shape.len() == target.len()
+        && shape.iter().zip(target).enumerate().all(|(i, (d, &t))| {
+            if reduced(i as i64) {
+                t == 1
+            } else {
+                d.known() == Some(t)
+            }
+        })
+}
+
+/// `mean(d²)` with d centred, `mean(x²) - mean(x)²`, or `mean(x²)`; with whether the outer
+/// mean keeps its dimensions.
+fn biased_variance(c: &Canon<'_, '_>, value: &str) -> Option<(String, Axes, VarianceForm, Vec<NodeId>, bool)> {
+    if let Some((mean, kept)) = c.reduction(value) {
         let (squared, sq_node) = c.square(&mean.input)?;
         let mut nodes = vec![mean.node, sq_node];
         if let Some(cen) = c.centred(&squared) {
@@ -159,11 +196,11 @@ fn biased_variance(c: &Canon<'_, '_>, value: &str) -> Option<(String, Axes, Vari
                 return None;
             }
             nodes.extend(cen.nodes);
-            return Some((cen.x, mean.axes, VarianceForm::TwoPass, nodes));
+            return Some((cen.x, mean.axes, VarianceForm::TwoPass, nodes, kept));
         }
         // Casts in front of x are the caller's to judge (they may be shared).
         let (x, _) = c.root(&squared);
-        return Some((x, mean.axes, VarianceForm::MeanSquare, nodes));
+        return Some((x, mean.axes, VarianceForm::MeanSquare, nodes, kept));
     }
     // E[x²] - E[x]²
     let (sub_id, sub) = c.op(value, "Sub")?;
@@ -177,7 +214,7 @@ fn biased_variance(c: &Canon<'_, '_>, value: &str) -> Option<(String, Axes, Vari
     if mx != x || !mean.axes.same_as(&ex2.axes) {
         return None;
     }
-    Some((x, ex2.axes, VarianceForm::MomentDifference, vec![sub_id, ex2.node, sq_node, m_sq_node, mean.node]))
+    Some((x, ex2.axes, VarianceForm::MomentDifference, vec![sub_id, ex2.node, sq_node, m_sq_node, mean.node], true))
 }
 
 /// What a row-count operand is.
