@@ -160,6 +160,39 @@ class Rewrite(unittest.TestCase):
         o = run(out, "bert_legacy_op14")[0]
         self.assertGreater(np.max(np.abs(o - ref[list(ref.keys())[0]])), 1e-2)
 
+    def test_skip_layer_normalization_is_split_into_add_and_the_norm(self):
+        from onnx import TensorProto, helper, numpy_helper
+        rng = np.random.default_rng(5)
+        h = 16
+        g = numpy_helper.from_array(rng.standard_normal(h).astype(np.float32), "gamma")
+        b = numpy_helper.from_array(rng.standard_normal(h).astype(np.float32), "beta")
+        bias = numpy_helper.from_array(rng.standard_normal(h).astype(np.float32), "bias")
+        for with_sum in (False, True):
+            with self.subTest(sum_output_read=with_sum):
+                outs = ["y", "", "", "sum"] if with_sum else ["y"]
+                node = helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta", "bias"], outs,
+                                        domain="com.microsoft", epsilon=1e-6, name="skipln")
+                graph_outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, h])]
+                if with_sum:
+                    graph_outs.append(helper.make_tensor_value_info("sum", TensorProto.FLOAT, [2, 3, h]))
+                graph = helper.make_graph([node], "g", [
+                    helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, h]),
+                    helper.make_tensor_value_info("skip", TensorProto.FLOAT, [2, 3, h])], graph_outs, [g, b, bias])
+                model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+                src = self.out(f"skipln{with_sum}.onnx")
+                onnx.save(model, src)
+                out = self.out(f"skipln{with_sum}.adanorm.onnx")
+                cli("rewrite", src, "-o", out, "--k", "0", "--c", "1", "--portable")
+                m = onnx.load(out)
+                self.assertFalse(any(n.op_type == "SkipLayerNormalization" for n in m.graph.node))
+                self.assertEqual([n.op_type for n in m.graph.node], ["Add", "Add", "AdaNorm"])
+                feeds = {"x": rng.standard_normal((2, 3, h)).astype(np.float32),
+                         "skip": rng.standard_normal((2, 3, h)).astype(np.float32)}
+                want = ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, feeds)
+                got = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, feeds)
+                for w, o in zip(want, got):
+                    self.assertLess(float(np.max(np.abs(w - o))), 1e-4)
+
     def test_existing_output_needs_force_and_input_is_never_the_output(self):
         src = os.path.join(ZOO, "gpt2_legacy_op14", "model.onnx")
         out = self.out("taken.onnx")

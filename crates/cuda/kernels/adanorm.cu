@@ -62,8 +62,17 @@ struct AdaNormArgs {
 #ifndef ADANORM_PAIRED_CVT
 #define ADANORM_PAIRED_CVT 1    // f32 -> f16/bf16 two at a time
 #endif
-#ifndef ADANORM_OLD_ARITH
-#define ADANORM_OLD_ARITH 0     // the output formula term by term instead of with FMAs
+#ifndef ADANORM_FULL_WARP
+#define ADANORM_FULL_WARP 1     // warp kernels: a copy without bounds checks for full rows
+#endif
+#ifndef ADANORM_FULL_BLOCK
+#define ADANORM_FULL_BLOCK 1    // block kernels: the same
+#endif
+#ifndef ADANORM_MODES_WARP
+#define ADANORM_MODES_WARP 1    // warp kernels: output pass specialised on AdaNorm/Scale/B
+#endif
+#ifndef ADANORM_MODES_BLOCK
+#define ADANORM_MODES_BLOCK 1   // block kernels: the same
 #endif
 #ifndef ADANORM_MIN_RESIDENT
 #define ADANORM_MIN_RESIDENT 1024  // threads per SM the register bound must allow
@@ -174,43 +183,71 @@ __device__ __forceinline__ void to_pack<__nv_bfloat16, 8>(const float* t, Pack<_
 }
 #endif
 
-// The output of W elements at offset `o` of the thread's part of a row:
-//   y = (d - c) / sigma                    (d - c exact, so a constant row gives exactly 0)
-//   AdaNorm: c * (1 - k*y) * y, as y * (c - (c*k)*y), one FMA and one multiply
-//   * Scale, + B: one FMA when both are given
-// Scale/B are tested for null as bases and indexed with the constant `o`, so their loads address
-// [base + immediate] rather than holding one pointer per pack.
+// One output element: y = (d - c) / sigma (d - c exact, so a constant row gives exactly 0), the
+// AdaNorm factor c * (1 - k*y) * y as y * (c - (c*k)*y), then * Scale, + B (one FMA for both).
+template <bool ADA, bool SCALE, bool BIAS>
+__device__ __forceinline__ float output(const AdaNormArgs& a, float ck, float d, const RowStats& st,
+                                        float s, float b) {
+    float u = (d - st.c) * st.inv;
+    if constexpr (ADA) u = u * fmaf(-ck, u, a.c);
+    if constexpr (SCALE && BIAS) {
+        u = fmaf(u, s, b);
+    } else if constexpr (SCALE) {
+        u *= s;
+    } else if constexpr (BIAS) {
+        u += b;
+    }
+    return u;
+}
+
+// The output pass of the warp / block strategy, specialised on which terms are present (the
+// kernel picks one of the 8 once per row, so the per-element code has no branches) and on FULL
+// (every pack of every thread is inside the row: no bounds checks either).
+template <typename T, int THREADS, int LOADS, int W, bool FULL, bool RAW, bool ADA, bool SCALE, bool BIAS>
+__device__ __forceinline__ void output_pass(const AdaNormArgs& a, T* y, const T* scale, const T* bias,
+                                            const Pack<T, W>* raw, const float* v, float m,
+                                            const RowStats& st, int avail) {
+    constexpr int STEP = THREADS * W;
+    const float ck = a.c * a.k;
+#pragma unroll
+    for (int i = 0; i < LOADS; ++i) {
+        if (FULL || i * STEP < avail) {
+            const int o = i * STEP;
+            Pack<T, W> ps, pb, out;
+            if constexpr (SCALE) ps = load<T, W>(scale + o);
+            if constexpr (BIAS) pb = load<T, W>(bias + o);
+            float t[W];
+#pragma unroll
+            for (int j = 0; j < W; ++j) {
+                const float d = RAW ? to_f32(raw[i].v[j]) - m : v[i * W + j];
+                t[j] = output<ADA, SCALE, BIAS>(a, ck, d, st, SCALE ? to_f32(ps.v[j]) : 1.0f,
+                                                BIAS ? to_f32(pb.v[j]) : 0.0f);
+            }
+            to_pack<T, W>(t, out);
+            store<T, W>(y + o, out);
+        }
+    }
+}
+
+// The loop kernel's output of W elements (runtime choices: that kernel is the long-row fallback).
 template <typename T, int W>
 __device__ __forceinline__ void write_pack(const AdaNormArgs& a, T* y, const T* scale, const T* bias,
-                                           int o, const float* d, const RowStats& st) {
+                                           const float* d, const RowStats& st) {
     Pack<T, W> ps, pb, out;
-    if (scale) ps = load<T, W>(scale + o);
-    if (bias) pb = load<T, W>(bias + o);
-    const bool ada = a.flags & FLAG_ADANORM;
+    if (scale) ps = load<T, W>(scale);
+    if (bias) pb = load<T, W>(bias);
     const float ck = a.c * a.k;
+    const bool ada = a.flags & FLAG_ADANORM;
     float t[W];
 #pragma unroll
     for (int j = 0; j < W; ++j) {
-        float v = (d[j] - st.c) * st.inv;
-#if ADANORM_OLD_ARITH
-        if (ada) v = a.c * (1.0f - a.k * v) * v;
-        if (scale) v *= to_f32(ps.v[j]);
-        if (bias) v += to_f32(pb.v[j]);
-        if (false) {
-#else
-        if (ada) v = v * fmaf(-ck, v, a.c);
-        if (scale && bias) {
-#endif
-            v = fmaf(v, to_f32(ps.v[j]), to_f32(pb.v[j]));
-        } else if (scale) {
-            v *= to_f32(ps.v[j]);
-        } else if (bias) {
-            v += to_f32(pb.v[j]);
-        }
-        t[j] = v;
+        const float s = scale ? to_f32(ps.v[j]) : 1.0f;
+        const float b = bias ? to_f32(pb.v[j]) : 0.0f;
+        t[j] = ada ? output<true, true, true>(a, ck, d[j], st, s, b)
+                   : output<false, true, true>(a, ck, d[j], st, s, b);
     }
     to_pack<T, W>(t, out);
-    store<T, W>(y + o, out);
+    store<T, W>(y, out);
 }
 
 // warp / block strategy: THREADS threads per row, each holding LOADS packs of W elements in
@@ -220,16 +257,10 @@ __device__ __forceinline__ void write_pack(const AdaNormArgs& a, T* y, const T* 
 // One row per warp (block) and no grid-stride loop: nothing is loop-invariant, so the compiler
 // keeps no per-pack addresses alive across the row (the host splits huge row counts into
 // several launches instead).
-template <typename T, int THREADS, int LOADS, int W>
-__device__ __forceinline__ void row_body(const AdaNormArgs& a) {
+template <typename T, int THREADS, int LOADS, int W, bool FULL>
+__device__ __forceinline__ void row_core(const AdaNormArgs& a, long long row, int lane) {
     constexpr int E = LOADS * W;
     constexpr int STEP = THREADS * W;  // elements between a thread's packs
-    constexpr int ROWS_PER_BLOCK = THREADS == 32 ? WARP_ROWS : 1;
-    const long long row = (long long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / THREADS;
-    // A whole warp leaves together (rows are warp-aligned), so shuffles and barriers see only
-    // full warps / blocks.
-    if (row >= a.rows) return;
-    const int lane = threadIdx.x % THREADS;
     const int n = (int)a.row_len;
     const float nf = (float)n;
     const int avail = n - lane * W;  // pack i exists iff i * STEP < avail (N % W == 0 if W > 1)
@@ -247,7 +278,7 @@ __device__ __forceinline__ void row_body(const AdaNormArgs& a) {
     if constexpr (RAW) {
 #pragma unroll
         for (int i = 0; i < LOADS; ++i) {
-            if (i * STEP < avail) {
+            if (FULL || i * STEP < avail) {
                 raw[i] = load<T, W>(x + i * STEP);
 #pragma unroll
                 for (int j = 0; j < W; ++j) sum[0] += to_f32(raw[i].v[j]);
@@ -258,7 +289,7 @@ __device__ __forceinline__ void row_body(const AdaNormArgs& a) {
 
 #pragma unroll
         for (int i = 0; i < LOADS; ++i) {
-            if (i * STEP < avail) {
+            if (FULL || i * STEP < avail) {
 #pragma unroll
                 for (int j = 0; j < W; ++j) {
                     const float d = to_f32(raw[i].v[j]) - m;
@@ -270,7 +301,7 @@ __device__ __forceinline__ void row_body(const AdaNormArgs& a) {
     } else {
 #pragma unroll
         for (int i = 0; i < LOADS; ++i) {
-            if (i * STEP < avail) {
+            if (FULL || i * STEP < avail) {
                 const Pack<T, W> p = load<T, W>(x + i * STEP);
 #pragma unroll
                 for (int j = 0; j < W; ++j) v[i * W + j] = to_f32(p.v[j]);
@@ -286,7 +317,7 @@ __device__ __forceinline__ void row_body(const AdaNormArgs& a) {
 
 #pragma unroll
         for (int i = 0; i < LOADS; ++i) {
-            if (i * STEP < avail) {
+            if (FULL || i * STEP < avail) {
 #pragma unroll
                 for (int j = 0; j < W; ++j) {
                     const float d = v[i * W + j] - m;
@@ -306,19 +337,57 @@ __device__ __forceinline__ void row_body(const AdaNormArgs& a) {
     T* y = static_cast<T*>(a.y) + row * n + lane * W;
     const T* scale = a.scale ? static_cast<const T*>(a.scale) + lane * W : nullptr;
     const T* bias = a.bias ? static_cast<const T*>(a.bias) + lane * W : nullptr;
+    const Pack<T, W>* r = raw;
+    constexpr bool MODES = THREADS == 32 ? ADANORM_MODES_WARP : ADANORM_MODES_BLOCK;
+    if constexpr (!MODES) {
 #pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
-        if (i * STEP < avail) {
-            if constexpr (RAW) {
+        for (int i = 0; i < LOADS; ++i) {
+            if (FULL || i * STEP < avail) {
                 float d[W];
 #pragma unroll
-                for (int j = 0; j < W; ++j) d[j] = to_f32(raw[i].v[j]) - m;
-                write_pack<T, W>(a, y, scale, bias, i * STEP, d, st);
-            } else {
-                write_pack<T, W>(a, y, scale, bias, i * STEP, &v[i * W], st);
+                for (int j = 0; j < W; ++j) d[j] = RAW ? to_f32(raw[i].v[j]) - m : v[i * W + j];
+                const int o = i * STEP;
+                write_pack<T, W>(a, y + o, scale ? scale + o : nullptr, bias ? bias + o : nullptr, d, st);
             }
         }
+        return;
     }
+    const int mode = ((a.flags & FLAG_ADANORM) ? 4 : 0) | (a.scale ? 2 : 0) | (a.bias ? 1 : 0);
+#define OUTPUT_CASE(M, ADA, SCALE, BIAS)                                                         \
+    case M:                                                                                        \
+        output_pass<T, THREADS, LOADS, W, FULL, RAW, ADA, SCALE, BIAS>(a, y, scale, bias, r, v, m, st, avail); \
+        break;
+    switch (mode) {
+        OUTPUT_CASE(0, false, false, false)
+        OUTPUT_CASE(1, false, false, true)
+        OUTPUT_CASE(2, false, true, false)
+        OUTPUT_CASE(3, false, true, true)
+        OUTPUT_CASE(4, true, false, false)
+        OUTPUT_CASE(5, true, false, true)
+        OUTPUT_CASE(6, true, true, false)
+        OUTPUT_CASE(7, true, true, true)
+    }
+#undef OUTPUT_CASE
+}
+
+template <typename T, int THREADS, int LOADS, int W>
+__device__ __forceinline__ void row_body(const AdaNormArgs& a) {
+    constexpr int ROWS_PER_BLOCK = THREADS == 32 ? WARP_ROWS : 1;
+    const long long row = (long long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / THREADS;
+    // A whole warp leaves together (rows are warp-aligned), so shuffles and barriers see only
+    // full warps / blocks.
+    if (row >= a.rows) return;
+    const int lane = threadIdx.x % THREADS;
+    // Rows that fill every pack of every thread (1024 in a 32-lane warp of 32 elements...) take
+    // a copy of the code without bounds checks; vectorised kernels only, to bound code size.
+    constexpr bool FULL_OK = W > 1 && (THREADS == 32 ? ADANORM_FULL_WARP : ADANORM_FULL_BLOCK);
+    if constexpr (FULL_OK) {
+        if (a.row_len == (long long)THREADS * LOADS * W) {
+            row_core<T, THREADS, LOADS, W, true>(a, row, lane);
+            return;
+        }
+    }
+    row_core<T, THREADS, LOADS, W, false>(a, row, lane);
 }
 
 // loop strategy for rows longer than the register budget: three passes over global memory.
@@ -362,7 +431,7 @@ __device__ __forceinline__ void loop_body(const AdaNormArgs& a) {
             for (int j = 0; j < W; ++j) d[j] = to_f32(p.v[j]) - m;
             write_pack<T, W>(a, static_cast<T*>(a.y) + row * n + col,
                              a.scale ? static_cast<const T*>(a.scale) + col : nullptr,
-                             a.bias ? static_cast<const T*>(a.bias) + col : nullptr, 0, d, st);
+                             a.bias ? static_cast<const T*>(a.bias) + col : nullptr, d, st);
         }
     }
 }

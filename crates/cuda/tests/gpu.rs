@@ -24,9 +24,16 @@ mod gpu {
     use half::{bf16, f16};
 
     /// Makes the GPU's primary context current on this test thread, or says why not.
+    /// `ADANORM_TEST_PTX_DIR` runs the tests on PTX from that folder (kernel variants).
     fn gpu() -> bool {
         match available() {
             Ok(info) => {
+                static PTX_DIR: std::sync::Once = std::sync::Once::new();
+                PTX_DIR.call_once(|| {
+                    if let Some(dir) = std::env::var_os("ADANORM_TEST_PTX_DIR") {
+                        adanorm_cuda::device::use_ptx_from(std::path::Path::new(&dir)).unwrap();
+                    }
+                });
                 make_primary_current(info.ordinal).expect("make the primary context current");
                 true
             }

@@ -181,25 +181,31 @@ fn plan_for(model: &ModelProto) -> Arc<TypedRunnableModel> {
         .expect("building the plan")
 }
 
-/// Median of `runs` timings after `warmup` untimed runs; `run` times one run itself, so it can
-/// leave its setup out.
-fn median(warmup: usize, runs: usize, mut run: impl FnMut() -> Duration) -> Duration {
+/// The median and the fastest of a case's runs (the minimum shows how much of the median is
+/// noise from the shared machine).
+#[derive(Clone, Copy)]
+struct Timing {
+    median: Duration,
+    min: Duration,
+}
+
+/// Times `runs` runs after `warmup` untimed ones; `run` times one run itself, so it can leave
+/// its setup out.
+fn measure(warmup: usize, runs: usize, mut run: impl FnMut() -> Duration) -> Timing {
     for _ in 0..warmup {
         run();
     }
     let mut times: Vec<Duration> = (0..runs).map(|_| run()).collect();
     times.sort();
-    times[runs / 2]
+    Timing {
+        median: times[runs / 2],
+        min: times[0],
+    }
 }
 
 /// Times `plan` on a copy of `x`; with `keep_input`, the caller holds a second reference.
-fn time_plan(
-    plan: &Arc<TypedRunnableModel>,
-    x: &Tensor,
-    keep_input: bool,
-    runs: usize,
-) -> Duration {
-    median(3, runs, || {
+fn time_plan(plan: &Arc<TypedRunnableModel>, x: &Tensor, keep_input: bool, runs: usize) -> Timing {
+    measure(3, runs, || {
         let input = x.clone().into_tvalue();
         let kept = keep_input.then(|| input.clone());
         let start = Instant::now();
@@ -232,7 +238,7 @@ fn bench_shape(shape: &[usize], runs: usize) {
     let params = legacy_params();
 
     let mut y = vec![0f32; numel];
-    let kernel = median(3, runs, || {
+    let kernel = measure(3, runs, || {
         let start = Instant::now();
         normalize_rows(
             black_box(&x_vec),
@@ -251,7 +257,7 @@ fn bench_shape(shape: &[usize], runs: usize) {
 
     #[cfg(target_arch = "x86_64")]
     let kernel_avx2 = std::arch::is_x86_feature_detected!("avx2").then(|| {
-        median(3, runs, || {
+        measure(3, runs, || {
             let start = Instant::now();
             // Safety: the CPU supports AVX2, checked above.
             unsafe { normalize_rows_avx2(black_box(&x_vec), &mut y, row_len, &params) };
@@ -261,7 +267,7 @@ fn bench_shape(shape: &[usize], runs: usize) {
         })
     });
     #[cfg(not(target_arch = "x86_64"))]
-    let kernel_avx2: Option<Duration> = None;
+    let kernel_avx2: Option<Timing> = None;
 
     let ada_plan = plan_for(&ada_norm_model(shape));
     let ada_fresh = time_plan(&ada_plan, &x, false, runs);
@@ -272,7 +278,7 @@ fn bench_shape(shape: &[usize], runs: usize) {
     let decomposed = time_plan(&decomposed_plan, &x, false, runs);
 
     let scale = black_box(1.0001f32);
-    let copy = median(3, runs, || {
+    let copy = measure(3, runs, || {
         let start = Instant::now();
         for (o, &i) in y.iter_mut().zip(black_box(&x_vec)) {
             *o = i * scale;
@@ -294,10 +300,13 @@ fn bench_shape(shape: &[usize], runs: usize) {
     let diff = max_abs_diff(&ada_out, &dec_out);
 
     println!(
-        "\nf32 {shape:?}: {numel} elements, {:.1} MB read + written per run, median of {runs}",
+        "\nf32 {shape:?}: {numel} elements, {:.1} MB read + written per run, {runs} runs each",
         bytes / 1e6
     );
-    println!("{:<58} {:>9} {:>8}", "case", "ms", "GB/s");
+    println!(
+        "{:<58} {:>10} {:>8} {:>8}",
+        "case", "median ms", "min ms", "GB/s"
+    );
     let mut rows = vec![(
         "(a) kernel normalize_rows, out of place (SSE2 build)",
         kernel,
@@ -319,19 +328,26 @@ fn bench_shape(shape: &[usize], runs: usize) {
         ),
         ("(e) copy floor y[i] = x[i] * s, separate buffer", copy),
     ]);
-    for (name, d) in rows {
+    for (name, t) in rows {
         println!(
-            "{name:<58} {:>9.3} {:>8.1}",
-            ms(d),
-            bytes / d.as_secs_f64() / 1e9
+            "{name:<58} {:>10.3} {:>8.3} {:>8.1}",
+            ms(t.median),
+            ms(t.min),
+            bytes / t.median.as_secs_f64() / 1e9
         );
     }
-    println!(
-        "ratios: AdaNorm/copy {:.2} (target <= 1.3) | AdaNorm/LayerNormalization {:.2} (target <= 0.5) | decomposed/AdaNorm {:.2}",
-        ms(ada_fresh) / ms(copy),
-        ms(ada_fresh) / ms(ln),
-        ms(decomposed) / ms(ada_fresh)
-    );
+    for (what, pick) in [
+        ("medians", (|t: Timing| t.median) as fn(Timing) -> Duration),
+        ("minima", |t: Timing| t.min),
+    ] {
+        let (ada, copy, ln, dec) = (pick(ada_fresh), pick(copy), pick(ln), pick(decomposed));
+        println!(
+            "ratios of {what}: AdaNorm/copy {:.2} (target <= 1.3) | AdaNorm/LayerNormalization {:.2} (target <= 0.5) | decomposed/AdaNorm {:.1}",
+            ms(ada) / ms(copy),
+            ms(ada) / ms(ln),
+            ms(dec) / ms(ada)
+        );
+    }
     println!("max |AdaNorm node - decomposed subgraph| = {diff:.2e}");
 }
 
