@@ -18,11 +18,15 @@
 //! - [`layout`]: rows of `X`, allowed `Scale`/`B` shapes, the stats' output shape.
 //! - [`reference`]: the float64 oracle, formula for formula; every fast path is tested against it.
 //! - [`rows`]: the fast row kernels for f32, f16, bf16 and f64.
+//! - [`dispatch`]: the same kernels compiled for AVX2 too, picked at run time.
 //!
 //! A runtime checks `Params::validate`, `layout::row_layout` and `layout::check_param_shape`,
-//! expands `Scale`/`B` with `layout::expand_param`, then calls `rows::normalize_rows`.
-#![forbid(unsafe_code)]
+//! expands `Scale`/`B` with `layout::expand_param`, then calls `dispatch::out_of_place` or
+//! `dispatch::in_place` (the `rows` kernels at the widest instructions the CPU has).
+// The only unsafe code is the call into `#[target_feature]` functions after the CPU check.
+#![deny(unsafe_code)]
 
+pub mod dispatch;
 pub mod layout;
 pub mod params;
 pub mod reference;

@@ -8,9 +8,7 @@ use std::borrow::Cow;
 use std::ffi::c_void;
 use std::sync::Mutex;
 
-use adanorm_kernels::{
-    check_param_shape, expand_param, normalize_rows, row_layout, stats_shape, Element,
-};
+use adanorm_kernels::{check_param_shape, dispatch, expand_param, row_layout, stats_shape, Element};
 use half::{bf16, f16};
 use ort_sys::OrtKernelContext;
 
@@ -208,7 +206,8 @@ impl<T: Element> RowJob<'_, T> {
             .inv_std_dev
             // SAFETY: as above.
             .map(|s| unsafe { std::slice::from_raw_parts_mut(s.add(start), end - start) });
-        normalize_rows(
+        // The kernels at the widest instructions this CPU has (AVX2 where present).
+        dispatch::out_of_place(
             &self.x[lo..hi],
             y,
             n,

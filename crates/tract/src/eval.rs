@@ -12,7 +12,7 @@ use adanorm_kernels::{
 };
 use tract_onnx::tract_hir::internal::*;
 
-use crate::dispatch;
+use adanorm_kernels::dispatch;
 use crate::op::NormOp;
 
 impl EvalOp for NormOp {

@@ -21,7 +21,6 @@
 //! ```
 
 mod builder;
-mod dispatch;
 mod eval;
 mod inline;
 mod load;

@@ -2,15 +2,18 @@
 //! picked at run time. The default build cannot assume AVX2, and at SSE2 width the kernel's four
 //! passes over a row cost more than streaming the row from memory.
 //!
-//! `adanorm_kernels` marks its entry points `#[inline(always)]`, so calling them from a
+//! [`crate::rows`] marks its entry points `#[inline(always)]`, so calling them from a
 //! `#[target_feature]` function compiles the whole kernel for that feature set. Results are
 //! identical either way: Rust never fuses or reorders float operations, so only the instruction
 //! width changes.
 
-use adanorm_kernels::{normalize_rows, normalize_rows_in_place, Element, Params};
+#![allow(unsafe_code)]
+
+use crate::params::Params;
+use crate::rows::{normalize_rows, normalize_rows_in_place, Element};
 
 /// [`normalize_rows_in_place`] with the widest instructions this CPU has.
-pub(crate) fn in_place<T: Element>(
+pub fn in_place<T: Element>(
     xy: &mut [T],
     row_len: usize,
     scale: Option<&[T]>,
@@ -30,7 +33,7 @@ pub(crate) fn in_place<T: Element>(
 
 /// [`normalize_rows`] with the widest instructions this CPU has.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn out_of_place<T: Element>(
+pub fn out_of_place<T: Element>(
     x: &[T],
     y: &mut [T],
     row_len: usize,
@@ -85,7 +88,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use adanorm_kernels::Variant;
+    use crate::params::Variant;
     use half::f16;
 
     fn data(n: usize) -> Vec<f32> {
