@@ -108,7 +108,9 @@ mod nvrtc {
         for venv in &venvs {
             for site in site_packages(venv) {
                 let nvidia = site.join("nvidia");
-                let found_lib = lib.clone().or_else(|| find_nvrtc(&nvidia.join("cuda_nvrtc/lib")));
+                let found_lib = lib
+                    .clone()
+                    .or_else(|| find_nvrtc(&nvidia.join("cuda_nvrtc/lib")));
                 let found_inc = include
                     .clone()
                     .or_else(|| Some(nvidia.join("cuda_runtime/include")))
@@ -170,7 +172,11 @@ mod nvrtc {
             .flatten()
             .map(|e| e.path())
             .filter(|p| {
-                let n = p.file_name().unwrap_or_default().to_string_lossy().to_string();
+                let n = p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string();
                 (n.starts_with("libnvrtc.so") || (n.starts_with("nvrtc64_") && n.ends_with(".dll")))
                     && !n.contains("builtins")
                     && !n.contains("alt")
@@ -189,8 +195,13 @@ mod nvrtc {
                 // SAFETY: the symbol has the signature of the field it is stored in (nvrtc.h);
                 // the Library is kept in the Api beside the pointers, so they stay valid.
                 unsafe {
-                    *lib.get($name)
-                        .unwrap_or_else(|e| panic!("adanorm-cuda: {} in {}: {e}", String::from_utf8_lossy($name), path.display()))
+                    *lib.get($name).unwrap_or_else(|e| {
+                        panic!(
+                            "adanorm-cuda: {} in {}: {e}",
+                            String::from_utf8_lossy($name),
+                            path.display()
+                        )
+                    })
                 }
             };
         }
@@ -226,13 +237,26 @@ mod nvrtc {
         // SAFETY: every pointer is a live NUL-terminated string or null with count 0; `prog` is
         // destroyed below on every path.
         unsafe {
-            check(api, (api.create)(&mut prog, src.as_ptr(), name.as_ptr(), 0, ptr::null(), ptr::null()), "create");
+            check(
+                api,
+                (api.create)(
+                    &mut prog,
+                    src.as_ptr(),
+                    name.as_ptr(),
+                    0,
+                    ptr::null(),
+                    ptr::null(),
+                ),
+                "create",
+            );
             let status = (api.compile)(prog, option_ptrs.len() as c_int, option_ptrs.as_ptr());
             let mut size = 0usize;
             (api.log_size)(prog, &mut size);
             let mut log = vec![0u8; size.max(1)];
             (api.log)(prog, log.as_mut_ptr() as *mut c_char);
-            let log = CStr::from_bytes_until_nul(&log).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+            let log = CStr::from_bytes_until_nul(&log)
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if status != 0 {
                 (api.destroy)(&mut prog);
                 panic!("adanorm-cuda: NVRTC failed on kernels/adanorm.cu (-D{define}):\n{log}");

@@ -49,7 +49,11 @@ mod bench {
     ];
 
     /// Seconds per call of `f`, averaged over enough calls for ~0.2 s (at least 20).
-    fn time(stream: &Stream, bytes: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<f64, String> {
+    fn time(
+        stream: &Stream,
+        bytes: usize,
+        mut f: impl FnMut() -> Result<(), String>,
+    ) -> Result<f64, String> {
         for _ in 0..5 {
             f()?;
         }
@@ -101,7 +105,21 @@ mod bench {
             let p = Params::new(Variant::LayerNormSimple);
             let start = Instant::now();
             // SAFETY: a live 64-element device buffer, read and written in place.
-            unsafe { launch(stream.raw(), dtype, x.ptr(), x.ptr(), null(), null(), null_mut(), null_mut(), 1, 64, &p)? };
+            unsafe {
+                launch(
+                    stream.raw(),
+                    dtype,
+                    x.ptr(),
+                    x.ptr(),
+                    null(),
+                    null(),
+                    null_mut(),
+                    null_mut(),
+                    1,
+                    64,
+                    &p,
+                )?
+            };
             stream.synchronize()?;
             writeln!(
                 table,
@@ -122,16 +140,40 @@ mod bench {
         let mut printed = table.len();
 
         let ops: [(&str, Params, bool, bool); 4] = [
-            ("LayerNormSimple", Params::new(Variant::LayerNormSimple), false, false),
-            ("LayerNormSimple +Scale+B", Params::new(Variant::LayerNormSimple), true, false),
-            ("AdaNorm +Scale+B", Params::new(Variant::ada_norm_default()), true, false),
-            ("AdaNorm +Scale+B+Mean+InvStdDev", Params::new(Variant::ada_norm_default()), true, true),
+            (
+                "LayerNormSimple",
+                Params::new(Variant::LayerNormSimple),
+                false,
+                false,
+            ),
+            (
+                "LayerNormSimple +Scale+B",
+                Params::new(Variant::LayerNormSimple),
+                true,
+                false,
+            ),
+            (
+                "AdaNorm +Scale+B",
+                Params::new(Variant::ada_norm_default()),
+                true,
+                false,
+            ),
+            (
+                "AdaNorm +Scale+B+Mean+InvStdDev",
+                Params::new(Variant::ada_norm_default()),
+                true,
+                true,
+            ),
         ];
         for (shape, rows, row_len) in SHAPES {
             if quick && row_len == 768 {
                 continue;
             }
-            let dtypes: &[DType] = if quick { &[DType::F32, DType::F16] } else { &DType::ALL };
+            let dtypes: &[DType] = if quick {
+                &[DType::F32, DType::F16]
+            } else {
+                &DType::ALL
+            };
             for &dtype in dtypes {
                 let bytes = rows * row_len * dtype.size();
                 let moved = 2.0 * bytes as f64;
@@ -159,7 +201,19 @@ mod bench {
                     let t = time(&stream, bytes, || {
                         // SAFETY: live device buffers of the stated sizes on this context.
                         unsafe {
-                            launch(stream.raw(), dtype, x.ptr(), y.ptr(), s, b, mean, inv, rows, row_len, params)
+                            launch(
+                                stream.raw(),
+                                dtype,
+                                x.ptr(),
+                                y.ptr(),
+                                s,
+                                b,
+                                mean,
+                                inv,
+                                rows,
+                                row_len,
+                                params,
+                            )
                         }
                     })?;
                     writeln!(

@@ -55,29 +55,6 @@ struct AdaNormArgs {
 #define FLAG_EPS_IN_SQRT 2
 #define FLAG_ADANORM 4
 
-// Tuning switches (defaults measured on an H200, see BENCHMARKS-section.md).
-#ifndef ADANORM_KEEP_RAW
-#define ADANORM_KEEP_RAW 1      // keep the row in registers as loaded, not as f32
-#endif
-#ifndef ADANORM_PAIRED_CVT
-#define ADANORM_PAIRED_CVT 1    // f32 -> f16/bf16 two at a time
-#endif
-#ifndef ADANORM_FULL_WARP
-#define ADANORM_FULL_WARP 1     // warp kernels: a copy without bounds checks for full rows
-#endif
-#ifndef ADANORM_FULL_BLOCK
-#define ADANORM_FULL_BLOCK 1    // block kernels: the same
-#endif
-#ifndef ADANORM_MODES_WARP
-#define ADANORM_MODES_WARP 1    // warp kernels: output pass specialised on AdaNorm/Scale/B
-#endif
-#ifndef ADANORM_MODES_BLOCK
-#define ADANORM_MODES_BLOCK 1   // block kernels: the same
-#endif
-#ifndef ADANORM_MIN_RESIDENT
-#define ADANORM_MIN_RESIDENT 1024  // threads per SM the register bound must allow
-#endif
-
 // Rows handled by one 128-thread block in the warp strategy.
 #define WARP_ROWS 4
 // Threads per block of the loop strategy.
@@ -168,7 +145,6 @@ __device__ __forceinline__ void to_pack(const float* t, Pack<T, W>& out) {
 #pragma unroll
     for (int j = 0; j < W; ++j) out.v[j] = from_f32<T>(t[j]);
 }
-#if ADANORM_PAIRED_CVT
 template <>
 __device__ __forceinline__ void to_pack<__half, 8>(const float* t, Pack<__half, 8>& out) {
     __half2* o = reinterpret_cast<__half2*>(out.v);
@@ -181,7 +157,6 @@ __device__ __forceinline__ void to_pack<__nv_bfloat16, 8>(const float* t, Pack<_
 #pragma unroll
     for (int j = 0; j < 4; ++j) o[j] = __floats2bfloat162_rn(t[2 * j], t[2 * j + 1]);
 }
-#endif
 
 // One output element: y = (d - c) / sigma (d - c exact, so a constant row gives exactly 0), the
 // AdaNorm factor c * (1 - k*y) * y as y * (c - (c*k)*y), then * Scale, + B (one FMA for both).
@@ -202,7 +177,9 @@ __device__ __forceinline__ float output(const AdaNormArgs& a, float ck, float d,
 
 // The output pass of the warp / block strategy, specialised on which terms are present (the
 // kernel picks one of the 8 once per row, so the per-element code has no branches) and on FULL
-// (every pack of every thread is inside the row: no bounds checks either).
+// (every pack of every thread is inside the row: no bounds checks either). Measured on an H200
+// (BENCHMARKS-section.md): both help block kernels; warp kernels gain from the first only, FULL
+// costs them registers and ~10% on f16/bf16 rows of 1024.
 template <typename T, int THREADS, int LOADS, int W, bool FULL, bool RAW, bool ADA, bool SCALE, bool BIAS>
 __device__ __forceinline__ void output_pass(const AdaNormArgs& a, T* y, const T* scale, const T* bias,
                                             const Pack<T, W>* raw, const float* v, float m,
@@ -266,10 +243,9 @@ __device__ __forceinline__ void row_core(const AdaNormArgs& a, long long row, in
     const int avail = n - lane * W;  // pack i exists iff i * STEP < avail (N % W == 0 if W > 1)
     const T* x = static_cast<const T*>(a.x) + row * n + lane * W;
 
-    // 16-bit types keep the row in registers as loaded (half the registers of f32 copies: 47
-    // instead of 63 for 32 elements, so 40 instead of 32 warps per SM and more rows in flight)
-    // and convert again in each pass, which is cheap; f32 keeps x - m.
-    constexpr bool RAW = ADANORM_KEEP_RAW && sizeof(T) == 2;
+    // 16-bit types keep the row in registers as loaded (half the registers of f32 copies) and
+    // convert again in each pass, which is cheap; f32 keeps x - m.
+    constexpr bool RAW = sizeof(T) == 2;
     Pack<T, W> raw[RAW ? LOADS : 1];
     float v[RAW ? 1 : E];
     float sum[1] = {0.0f};
@@ -338,20 +314,6 @@ __device__ __forceinline__ void row_core(const AdaNormArgs& a, long long row, in
     const T* scale = a.scale ? static_cast<const T*>(a.scale) + lane * W : nullptr;
     const T* bias = a.bias ? static_cast<const T*>(a.bias) + lane * W : nullptr;
     const Pack<T, W>* r = raw;
-    constexpr bool MODES = THREADS == 32 ? ADANORM_MODES_WARP : ADANORM_MODES_BLOCK;
-    if constexpr (!MODES) {
-#pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            if (FULL || i * STEP < avail) {
-                float d[W];
-#pragma unroll
-                for (int j = 0; j < W; ++j) d[j] = RAW ? to_f32(raw[i].v[j]) - m : v[i * W + j];
-                const int o = i * STEP;
-                write_pack<T, W>(a, y + o, scale ? scale + o : nullptr, bias ? bias + o : nullptr, d, st);
-            }
-        }
-        return;
-    }
     const int mode = ((a.flags & FLAG_ADANORM) ? 4 : 0) | (a.scale ? 2 : 0) | (a.bias ? 1 : 0);
 #define OUTPUT_CASE(M, ADA, SCALE, BIAS)                                                         \
     case M:                                                                                        \
@@ -378,9 +340,10 @@ __device__ __forceinline__ void row_body(const AdaNormArgs& a) {
     // full warps / blocks.
     if (row >= a.rows) return;
     const int lane = threadIdx.x % THREADS;
-    // Rows that fill every pack of every thread (1024 in a 32-lane warp of 32 elements...) take
-    // a copy of the code without bounds checks; vectorised kernels only, to bound code size.
-    constexpr bool FULL_OK = W > 1 && (THREADS == 32 ? ADANORM_FULL_WARP : ADANORM_FULL_BLOCK);
+    // Block kernels: rows that fill every pack of every thread (4096 = 128 threads x 32 ...) take
+    // a copy of the code without bounds checks. Vectorised only, to bound code size; not in warp
+    // kernels, where it measured slower (see output_pass).
+    constexpr bool FULL_OK = W > 1 && THREADS > 32;
     if constexpr (FULL_OK) {
         if (a.row_len == (long long)THREADS * LOADS * W) {
             row_core<T, THREADS, LOADS, W, true>(a, row, lane);
@@ -440,10 +403,11 @@ __device__ __forceinline__ void loop_body(const AdaNormArgs& a) {
 // adanorm_<dtype>_loop_<v|s>. src/config.rs builds the same list; a unit test checks that every
 // name it builds is an entry of the PTX and vice versa.
 // Threads per block; the second launch bound (blocks per SM) caps registers at 64 so at least
-// 1024 threads (32 rows' worth of warps) stay resident per SM to keep enough loads in flight.
+// 1024 threads (32 warps) stay resident per SM to keep enough loads in flight. Tighter bounds
+// (48 registers) spill.
 #define ROW_BLOCK(THREADS) (THREADS == 32 ? 32 * WARP_ROWS : THREADS)
 #define ROW_KERNEL(TN, T, THREADS, E, W, KIND)                                                    \
-    extern "C" __global__ void __launch_bounds__(ROW_BLOCK(THREADS), ADANORM_MIN_RESIDENT / ROW_BLOCK(THREADS)) \
+    extern "C" __global__ void __launch_bounds__(ROW_BLOCK(THREADS), 1024 / ROW_BLOCK(THREADS)) \
         adanorm_##TN##_t##THREADS##_e##E##_##KIND(AdaNormArgs a) {                                \
         row_body<T, THREADS, E / W, W>(a);                                                        \
     }

@@ -27,8 +27,8 @@ for line in sys.stdin:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "build-script-executed" and m.get("package_id", "").find("adanorm-cuda") >= 0 or \
-       m.get("reason") == "build-script-executed" and "/cuda#" in m.get("package_id", ""):
+    # package_id looks like "path+file:///.../crates/cuda#adanorm-cuda@0.1.0"
+    if m.get("reason") == "build-script-executed" and "adanorm-cuda" in m.get("package_id", ""):
         out = m["out_dir"]
 print(out or "")
 ')"

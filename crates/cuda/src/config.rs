@@ -162,9 +162,18 @@ mod tests {
             sorted.dedup();
             assert_eq!(sorted.len(), names.len());
         }
-        assert_eq!(chosen(DType::F32, 1024, true).name(DType::F32), "adanorm_f32_t32_e32_v");
-        assert_eq!(chosen(DType::F16, 1, false).name(DType::F16), "adanorm_f16_t32_e1_s");
-        assert_eq!(chosen(DType::BF16, 65536, true).name(DType::BF16), "adanorm_bf16_loop_v");
+        assert_eq!(
+            chosen(DType::F32, 1024, true).name(DType::F32),
+            "adanorm_f32_t32_e32_v"
+        );
+        assert_eq!(
+            chosen(DType::F16, 1, false).name(DType::F16),
+            "adanorm_f16_t32_e1_s"
+        );
+        assert_eq!(
+            chosen(DType::BF16, 65536, true).name(DType::BF16),
+            "adanorm_bf16_loop_v"
+        );
     }
 
     #[test]

@@ -17,17 +17,23 @@ impl<'a> ContextScope<'a> {
     pub fn enter(d: &'a Driver, stream: *mut c_void) -> Result<ContextScope<'a>, String> {
         let mut current: CuContext = std::ptr::null_mut();
         // SAFETY: writes the calling thread's current context (or null).
-        driver::check(d, unsafe { (d.ctx_get_current)(&mut current) }, "cuCtxGetCurrent")?;
+        driver::check(
+            d,
+            unsafe { (d.ctx_get_current)(&mut current) },
+            "cuCtxGetCurrent",
+        )?;
         let special = matches!(
             stream as usize,
             0 | driver::STREAM_LEGACY | driver::STREAM_PER_THREAD
         );
         let (ctx, pushed) = if special {
             if current.is_null() {
-                return Err("no CUDA context is current on this thread and no stream was given: \
+                return Err(
+                    "no CUDA context is current on this thread and no stream was given: \
                             make the device's context current first (cudaSetDevice / \
                             cuCtxSetCurrent), or pass the stream"
-                    .to_string());
+                        .to_string(),
+                );
             }
             (current, false)
         } else {

@@ -15,7 +15,11 @@ pub fn make_primary_current(ordinal: i32) -> Result<(), String> {
     // stays alive for the process.
     unsafe {
         driver::check(d, (d.device_get)(&mut dev, ordinal), "cuDeviceGet")?;
-        driver::check(d, (d.primary_ctx_retain)(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
+        driver::check(
+            d,
+            (d.primary_ctx_retain)(&mut ctx, dev),
+            "cuDevicePrimaryCtxRetain",
+        )?;
         driver::check(d, (d.ctx_set_current)(ctx), "cuCtxSetCurrent")
     }
 }
@@ -58,11 +62,21 @@ impl DeviceBuffer {
     }
 
     pub fn from_f32(data: &[f32]) -> Result<DeviceBuffer, String> {
-        DeviceBuffer::from_bytes(&data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>())
+        DeviceBuffer::from_bytes(
+            &data
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<_>>(),
+        )
     }
 
     pub fn from_u16(data: &[u16]) -> Result<DeviceBuffer, String> {
-        DeviceBuffer::from_bytes(&data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>())
+        DeviceBuffer::from_bytes(
+            &data
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// Copies `data` to byte `offset`, then waits for the whole context: a copy from pageable
@@ -76,7 +90,11 @@ impl DeviceBuffer {
         let d = driver()?;
         // SAFETY: the destination range lies inside this allocation (checked above).
         let r = unsafe {
-            (d.memcpy_htod)(self.ptr + offset as u64, data.as_ptr() as *const c_void, data.len())
+            (d.memcpy_htod)(
+                self.ptr + offset as u64,
+                data.as_ptr() as *const c_void,
+                data.len(),
+            )
         };
         driver::check(d, r, "cuMemcpyHtoD")?;
         synchronize()
@@ -88,9 +106,8 @@ impl DeviceBuffer {
         if self.bytes > 0 {
             let d = driver()?;
             // SAFETY: `out` has room for the whole allocation.
-            let r = unsafe {
-                (d.memcpy_dtoh)(out.as_mut_ptr() as *mut c_void, self.ptr, self.bytes)
-            };
+            let r =
+                unsafe { (d.memcpy_dtoh)(out.as_mut_ptr() as *mut c_void, self.ptr, self.bytes) };
             driver::check(d, r, "cuMemcpyDtoH")?;
         }
         Ok(out)
@@ -161,7 +178,11 @@ impl Stream {
     pub fn synchronize(&self) -> Result<(), String> {
         let d = driver()?;
         // SAFETY: the stream is live.
-        driver::check(d, unsafe { (d.stream_synchronize)(self.0) }, "cuStreamSynchronize")
+        driver::check(
+            d,
+            unsafe { (d.stream_synchronize)(self.0) },
+            "cuStreamSynchronize",
+        )
     }
 
     /// Device-to-device copy on this stream (the driver's own copy path).

@@ -75,9 +75,13 @@ driver_api! {
     stream_create = b"cuStreamCreate": fn(*mut CuStream, c_uint);
     stream_destroy = b"cuStreamDestroy_v2": fn(CuStream);
     stream_synchronize = b"cuStreamSynchronize": fn(CuStream);
-    module_load_data_ex = b"cuModuleLoadDataEx": fn(*mut CuModule, *const c_void, c_uint, *mut c_int, *mut *mut c_void);
+    module_load_data_ex = b"cuModuleLoadDataEx":
+        fn(*mut CuModule, *const c_void, c_uint, *mut c_int, *mut *mut c_void);
     module_get_function = b"cuModuleGetFunction": fn(*mut CuFunction, CuModule, *const c_char);
-    launch_kernel = b"cuLaunchKernel": fn(CuFunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CuStream, *mut *mut c_void, *mut *mut c_void);
+    launch_kernel = b"cuLaunchKernel": fn(
+        CuFunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CuStream,
+        *mut *mut c_void, *mut *mut c_void
+    );
     get_error_name = b"cuGetErrorName": fn(CuResult, *mut *const c_char);
     get_error_string = b"cuGetErrorString": fn(CuResult, *mut *const c_char);
     mem_alloc = b"cuMemAlloc_v2": fn(*mut CuDevicePtr, usize);
@@ -100,7 +104,8 @@ fn open_library() -> Result<libloading::Library, String> {
             Ok(lib) => return Ok(lib),
             Err(e) => {
                 // libloading keeps dlerror()'s text as the error's source.
-                let why = std::error::Error::source(&e).map_or(String::new(), |s| format!(" ({s})"));
+                let why =
+                    std::error::Error::source(&e).map_or(String::new(), |s| format!(" ({s})"));
                 errors.push(format!("{name}: {e}{why}"))
             }
         }

@@ -49,7 +49,7 @@ struct ExpandArgs {
 const MAX_GRID: usize = i32::MAX as usize;
 
 fn aligned(p: *const c_void) -> bool {
-    p.is_null() || (p as usize) % 16 == 0
+    p.is_null() || (p as usize).is_multiple_of(16)
 }
 
 /// See [`crate::launch`].
@@ -84,8 +84,10 @@ pub unsafe fn launch(
     let funcs = module::functions(d, scope.key, ModuleId::Kernels(dtype))?;
 
     let vectorised = row_len > 0
-        && row_len % dtype.vector_width() == 0
-        && [x, y as *const c_void, scale, bias].iter().all(|&p| aligned(p));
+        && row_len.is_multiple_of(dtype.vector_width())
+        && [x, y as *const c_void, scale, bias]
+            .iter()
+            .all(|&p| aligned(p));
     let index = config::choose(dtype, row_len, vectorised);
     let kernel = config::table(dtype)[index];
 
@@ -107,7 +109,11 @@ pub unsafe fn launch(
         k,
         flags: ada
             | if params.unbiased { FLAG_UNBIASED } else { 0 }
-            | if params.eps_in_sqrt { FLAG_EPS_IN_SQRT } else { 0 },
+            | if params.eps_in_sqrt {
+                FLAG_EPS_IN_SQRT
+            } else {
+                0
+            },
     };
     // Kernels handle one row per warp (block) without a grid-stride loop; row counts beyond one
     // grid (2^31 - 1 blocks) are split into several launches.
@@ -193,7 +199,11 @@ pub unsafe fn launch_expand_param(
     let mut stride = 1i64;
     let mut dims = Vec::new();
     for (i, &dim) in normalized_shape.iter().enumerate().rev() {
-        let p = if i >= offset { param_shape[i - offset] } else { 1 };
+        let p = if i >= offset {
+            param_shape[i - offset]
+        } else {
+            1
+        };
         if dim != 1 {
             dims.push((dim as i64, if p == 1 { 0 } else { stride }));
         }
@@ -227,8 +237,15 @@ pub unsafe fn launch_expand_param(
         _ => module::EXPAND_B32,
     });
     let grid = n.div_ceil(256).min(65_535) as u32;
-    launch_raw(d, f, grid, 256, stream, &mut args as *mut ExpandArgs as *mut c_void)
-        .map_err(|e| format!("expand_param: {e}"))
+    launch_raw(
+        d,
+        f,
+        grid,
+        256,
+        stream,
+        &mut args as *mut ExpandArgs as *mut c_void,
+    )
+    .map_err(|e| format!("expand_param: {e}"))
 }
 
 /// Launches the `copy_v4` kernel (the benchmark's copy floor); `bytes` must be a multiple of 16.
@@ -238,7 +255,7 @@ pub unsafe fn launch_copy_kernel(
     src: *const c_void,
     bytes: usize,
 ) -> Result<(), String> {
-    if bytes % 16 != 0 || !aligned(src) || !aligned(dst) {
+    if !bytes.is_multiple_of(16) || !aligned(src) || !aligned(dst) {
         return Err("copy_v4 needs 16-byte aligned pointers and sizes".to_string());
     }
     let d = driver()?;
@@ -251,7 +268,11 @@ pub unsafe fn launch_copy_kernel(
         n: i64,
     }
     let n = bytes / 16;
-    let mut a = CopyArgs { src, dst, n: n as i64 };
+    let mut a = CopyArgs {
+        src,
+        dst,
+        n: n as i64,
+    };
     let mut params = [
         &mut a.src as *mut _ as *mut c_void,
         &mut a.dst as *mut _ as *mut c_void,

@@ -92,11 +92,7 @@ impl Functions {
 /// The functions of module `id` in the CURRENT context, identified by `context_key`; loads the
 /// module on first use. Entries are leaked on purpose: a handful per context per process, and
 /// launches then need no lock beyond the lookup.
-pub fn functions(
-    d: &Driver,
-    context_key: u64,
-    id: ModuleId,
-) -> Result<&'static Functions, String> {
+pub fn functions(d: &Driver, context_key: u64, id: ModuleId) -> Result<&'static Functions, String> {
     static CACHE: Mutex<Option<HashMap<(u64, ModuleId), &'static Functions>>> = Mutex::new(None);
     // A panic while holding the lock leaves the map consistent (inserts are single steps).
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
@@ -112,7 +108,10 @@ pub fn functions(
 fn load(d: &Driver, id: ModuleId) -> Result<Functions, String> {
     let text = CString::new(ptx_text(id)?).map_err(|_| format!("{id:?} PTX holds a NUL byte"))?;
     let mut log = vec![0u8; 8192];
-    let mut options = [driver::JIT_ERROR_LOG_BUFFER, driver::JIT_ERROR_LOG_BUFFER_SIZE_BYTES];
+    let mut options = [
+        driver::JIT_ERROR_LOG_BUFFER,
+        driver::JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+    ];
     let mut values = [log.as_mut_ptr() as *mut c_void, log.len() as *mut c_void];
     let mut module: CuModule = std::ptr::null_mut();
     // SAFETY: `text` is NUL-terminated PTX; the two JIT options point at a live buffer of the

@@ -208,7 +208,11 @@ mod gpu {
         let d_bias = upload(&bias_bytes);
         let d_mean = DeviceBuffer::from_f32(&vec![-7.0; rows]).unwrap();
         let d_inv = DeviceBuffer::from_f32(&vec![-7.0; rows]).unwrap();
-        let stream = if case.own_stream { Some(Stream::new().unwrap()) } else { None };
+        let stream = if case.own_stream {
+            Some(Stream::new().unwrap())
+        } else {
+            None
+        };
         let raw_stream = stream.as_ref().map_or(null_mut(), |s| s.raw());
         // SAFETY: every pointer is a live device buffer of the stated size in the current
         // context; the buffers outlive the synchronisation below.
@@ -218,10 +222,26 @@ mod gpu {
                 dt,
                 d_x.ptr_at(off),
                 d_y.ptr_at(off),
-                if case.scale { d_scale.ptr_at(off) } else { null() },
-                if case.bias { d_bias.ptr_at(off) } else { null() },
-                if case.stats { d_mean.ptr() as *mut f32 } else { null_mut() },
-                if case.stats { d_inv.ptr() as *mut f32 } else { null_mut() },
+                if case.scale {
+                    d_scale.ptr_at(off)
+                } else {
+                    null()
+                },
+                if case.bias {
+                    d_bias.ptr_at(off)
+                } else {
+                    null()
+                },
+                if case.stats {
+                    d_mean.ptr() as *mut f32
+                } else {
+                    null_mut()
+                },
+                if case.stats {
+                    d_inv.ptr() as *mut f32
+                } else {
+                    null_mut()
+                },
                 rows,
                 n,
                 &case.params,
@@ -271,7 +291,10 @@ mod gpu {
                     want.inv_std_dev[r]
                 );
             } else {
-                assert!(mean[r] == -7.0 && inv[r] == -7.0, "{case:?}: stats written when absent");
+                assert!(
+                    mean[r] == -7.0 && inv[r] == -7.0,
+                    "{case:?}: stats written when absent"
+                );
             }
         }
     }
@@ -279,7 +302,10 @@ mod gpu {
     /// All 8 attribute combinations of both ops, with non-default epsilon/c/k.
     fn param_sets() -> Vec<Params> {
         let mut out = Vec::new();
-        for variant in [Variant::AdaNorm { c: 1.5, k: 0.1 }, Variant::LayerNormSimple] {
+        for variant in [
+            Variant::AdaNorm { c: 1.5, k: 0.1 },
+            Variant::LayerNormSimple,
+        ] {
             for unbiased in [false, true] {
                 for eps_in_sqrt in [true, false] {
                     out.push(Params {
@@ -332,7 +358,11 @@ mod gpu {
                     seed += 1;
                     check(&case, seed);
                 }
-                for (data, misalign) in [(Data::Offset, false), (Data::Offset, true), (Data::Constant, false)] {
+                for (data, misalign) in [
+                    (Data::Offset, false),
+                    (Data::Offset, true),
+                    (Data::Constant, false),
+                ] {
                     let case = Case {
                         dtype,
                         rows: rows_for(row_len),
@@ -448,7 +478,19 @@ mod gpu {
                 let y = DeviceBuffer::alloc(8 * row_len).unwrap();
                 // SAFETY: live device buffers of 2 rows.
                 unsafe {
-                    launch(null_mut(), DType::F32, x.ptr(), y.ptr(), null(), null(), null_mut(), null_mut(), 2, row_len, &p)
+                    launch(
+                        null_mut(),
+                        DType::F32,
+                        x.ptr(),
+                        y.ptr(),
+                        null(),
+                        null(),
+                        null_mut(),
+                        null_mut(),
+                        2,
+                        row_len,
+                        &p,
+                    )
                 }
                 .unwrap();
                 let y = y.to_f32().unwrap();
@@ -477,20 +519,62 @@ mod gpu {
         let mean = stats.ptr() as *mut f32;
         // SAFETY: live device buffers; mean/inv are two f32 each.
         let inv = unsafe { mean.add(2) };
-        unsafe { launch(null_mut(), DType::F32, x.ptr(), y.ptr(), null(), null(), mean, inv, 2, 1, &p) }
-            .unwrap();
+        unsafe {
+            launch(
+                null_mut(),
+                DType::F32,
+                x.ptr(),
+                y.ptr(),
+                null(),
+                null(),
+                mean,
+                inv,
+                2,
+                1,
+                &p,
+            )
+        }
+        .unwrap();
         let s = stats.to_f32().unwrap();
         assert_eq!(&s[..2], &[3.0, 4.0]);
         assert!(s[2].is_nan() && s[3].is_nan());
         assert!(y.to_f32().unwrap().iter().all(|v| v.is_nan()));
 
         // SAFETY: row_len 0 reads and writes no elements; the stats buffers hold 2 rows.
-        unsafe { launch(null_mut(), DType::F16, x.ptr(), y.ptr(), null(), null(), mean, inv, 2, 0, &p) }
-            .unwrap();
+        unsafe {
+            launch(
+                null_mut(),
+                DType::F16,
+                x.ptr(),
+                y.ptr(),
+                null(),
+                null(),
+                mean,
+                inv,
+                2,
+                0,
+                &p,
+            )
+        }
+        .unwrap();
         assert!(stats.to_f32().unwrap().iter().all(|v| v.is_nan()));
         // SAFETY: rows 0 touches nothing.
-        unsafe { launch(null_mut(), DType::F16, null(), null_mut(), null(), null(), null_mut(), null_mut(), 0, 5, &p) }
-            .unwrap();
+        unsafe {
+            launch(
+                null_mut(),
+                DType::F16,
+                null(),
+                null_mut(),
+                null(),
+                null(),
+                null_mut(),
+                null_mut(),
+                0,
+                5,
+                &p,
+            )
+        }
+        .unwrap();
     }
 
     #[test]
@@ -502,17 +586,59 @@ mod gpu {
         let mut p = Params::new(Variant::LayerNormSimple);
         p.epsilon = -1.0;
         // SAFETY: refused before any pointer is used.
-        let e = unsafe { launch(null_mut(), DType::F32, x.ptr(), x.ptr(), null(), null(), null_mut(), null_mut(), 1, 4, &p) }
-            .unwrap_err();
+        let e = unsafe {
+            launch(
+                null_mut(),
+                DType::F32,
+                x.ptr(),
+                x.ptr(),
+                null(),
+                null(),
+                null_mut(),
+                null_mut(),
+                1,
+                4,
+                &p,
+            )
+        }
+        .unwrap_err();
         assert!(e.contains("epsilon must be >= 0"), "{e}");
         p.epsilon = 1e-5;
         // SAFETY: refused before any pointer is used.
-        let e = unsafe { launch(null_mut(), DType::F32, null(), x.ptr(), null(), null(), null_mut(), null_mut(), 1, 4, &p) }
-            .unwrap_err();
+        let e = unsafe {
+            launch(
+                null_mut(),
+                DType::F32,
+                null(),
+                x.ptr(),
+                null(),
+                null(),
+                null_mut(),
+                null_mut(),
+                1,
+                4,
+                &p,
+            )
+        }
+        .unwrap_err();
         assert!(e.contains("null"), "{e}");
         // SAFETY: refused before any pointer is used.
-        let e = unsafe { launch(null_mut(), DType::F32, x.ptr(), x.ptr(), null(), null(), null_mut(), null_mut(), usize::MAX / 2, 4, &p) }
-            .unwrap_err();
+        let e = unsafe {
+            launch(
+                null_mut(),
+                DType::F32,
+                x.ptr(),
+                x.ptr(),
+                null(),
+                null(),
+                null_mut(),
+                null_mut(),
+                usize::MAX / 2,
+                4,
+                &p,
+            )
+        }
+        .unwrap_err();
         assert!(e.contains("do not fit"), "{e}");
     }
 
@@ -524,12 +650,36 @@ mod gpu {
         }
         let p = Params::new(Variant::ada_norm_default());
         for row_len in [768usize, 5000, 40000] {
-            let host: Vec<f32> = (0..3 * row_len).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect();
-            let want = reference(&host.iter().map(|&v| v as f64).collect::<Vec<_>>(), &[3, row_len], -1, None, None, &p).unwrap();
+            let host: Vec<f32> = (0..3 * row_len)
+                .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+                .collect();
+            let want = reference(
+                &host.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                &[3, row_len],
+                -1,
+                None,
+                None,
+                &p,
+            )
+            .unwrap();
             let buf = DeviceBuffer::from_f32(&host).unwrap();
             // SAFETY: one live buffer as both X and Y.
-            unsafe { launch(null_mut(), DType::F32, buf.ptr(), buf.ptr(), null(), null(), null_mut(), null_mut(), 3, row_len, &p) }
-                .unwrap();
+            unsafe {
+                launch(
+                    null_mut(),
+                    DType::F32,
+                    buf.ptr(),
+                    buf.ptr(),
+                    null(),
+                    null(),
+                    null_mut(),
+                    null_mut(),
+                    3,
+                    row_len,
+                    &p,
+                )
+            }
+            .unwrap();
             let got = buf.to_f32().unwrap();
             for (g, w) in got.iter().zip(&want.y) {
                 assert!(close(*g as f64, *w, 1e-5), "{g} vs {w}");
@@ -549,7 +699,10 @@ mod gpu {
             (&[1], &[2, 3, 5]),
             (&[], &[7]),
             (&[2, 1, 3], &[2, 4, 3]),
-            (&[2, 1, 1, 1, 1, 1, 1, 1, 1, 3], &[2, 2, 1, 2, 1, 2, 1, 2, 1, 3]),
+            (
+                &[2, 1, 1, 1, 1, 1, 1, 1, 1, 3],
+                &[2, 2, 1, 2, 1, 2, 1, 2, 1, 3],
+            ),
             (&[768], &[768]),
         ];
         for dtype in [DType::F32, DType::F16] {
@@ -560,27 +713,45 @@ mod gpu {
                 let n: usize = normalized.iter().product();
                 let (src, dst) = match dtype {
                     DType::F32 => (
-                        DeviceBuffer::from_bytes(&values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>()).unwrap(),
+                        DeviceBuffer::from_bytes(
+                            &values
+                                .iter()
+                                .flat_map(|v| v.to_le_bytes())
+                                .collect::<Vec<_>>(),
+                        )
+                        .unwrap(),
                         DeviceBuffer::alloc(4 * n).unwrap(),
                     ),
                     _ => (
-                        DeviceBuffer::from_u16(&values.iter().map(|&v| v as u16).collect::<Vec<_>>()).unwrap(),
+                        DeviceBuffer::from_u16(
+                            &values.iter().map(|&v| v as u16).collect::<Vec<_>>(),
+                        )
+                        .unwrap(),
                         DeviceBuffer::alloc(2 * n).unwrap(),
                     ),
                 };
                 // SAFETY: src holds prod(param) and dst prod(normalized) elements.
-                unsafe { launch_expand_param(null_mut(), dtype, src.ptr(), dst.ptr(), param, normalized) }
-                    .unwrap();
+                unsafe {
+                    launch_expand_param(null_mut(), dtype, src.ptr(), dst.ptr(), param, normalized)
+                }
+                .unwrap();
                 synchronize().unwrap();
                 let got: Vec<u32> = match dtype {
-                    DType::F32 => dst.to_bytes().unwrap().chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                    DType::F32 => dst
+                        .to_bytes()
+                        .unwrap()
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
                     _ => dst.to_u16().unwrap().into_iter().map(u32::from).collect(),
                 };
                 assert_eq!(got, want, "{param:?} -> {normalized:?}");
             }
         }
         // SAFETY: refused before any pointer is used.
-        let e = unsafe { launch_expand_param(null_mut(), DType::F32, null(), null_mut(), &[2], &[3]) }.unwrap_err();
+        let e =
+            unsafe { launch_expand_param(null_mut(), DType::F32, null(), null_mut(), &[2], &[3]) }
+                .unwrap_err();
         assert!(e.contains("broadcastable"), "{e}");
     }
 
@@ -598,11 +769,39 @@ mod gpu {
         let p = Params::new(Variant::LayerNormSimple);
         std::thread::spawn(move || {
             // SAFETY: live buffers and stream, owned by the joining thread.
-            let ok = unsafe { launch(sp as *mut c_void, DType::F32, xp as *const c_void, yp as *mut c_void, null(), null(), null_mut(), null_mut(), 1, 4, &p) };
+            let ok = unsafe {
+                launch(
+                    sp as *mut c_void,
+                    DType::F32,
+                    xp as *const c_void,
+                    yp as *mut c_void,
+                    null(),
+                    null(),
+                    null_mut(),
+                    null_mut(),
+                    1,
+                    4,
+                    &p,
+                )
+            };
             ok.unwrap();
             // SAFETY: refused before any pointer is used: no context on this thread.
-            let e = unsafe { launch(null_mut(), DType::F32, xp as *const c_void, yp as *mut c_void, null(), null(), null_mut(), null_mut(), 1, 4, &p) }
-                .unwrap_err();
+            let e = unsafe {
+                launch(
+                    null_mut(),
+                    DType::F32,
+                    xp as *const c_void,
+                    yp as *mut c_void,
+                    null(),
+                    null(),
+                    null_mut(),
+                    null_mut(),
+                    1,
+                    4,
+                    &p,
+                )
+            }
+            .unwrap_err();
             assert!(e.contains("no CUDA context is current"), "{e}");
         })
         .join()
