@@ -123,6 +123,13 @@ pub trait Element: Copy + Send + Sync + 'static {
         r
     }
 
+    /// The rows themselves when `Self` is its own compute type (f32, f64): the out-of-place
+    /// kernel then reads `X` and writes `Y` directly, with no working copy.
+    #[inline(always)]
+    fn as_acc_rows<'a>(_src: &'a [Self], _dst: &'a mut [Self]) -> Option<(&'a [Self::Acc], &'a mut [Self::Acc])> {
+        None
+    }
+
     /// Calls `f` on `src` in compute precision, then stores what `f` left there in `dst`.
     /// `src` and `dst` have the same length.
     fn map_row<R>(
@@ -153,6 +160,10 @@ macro_rules! native_element {
             }
             fn acc_row<'a>(row: &'a [$t], _: &'a mut Vec<$t>) -> &'a [$t] {
                 row
+            }
+            #[inline(always)]
+            fn as_acc_rows<'a>(src: &'a [$t], dst: &'a mut [$t]) -> Option<(&'a [$t], &'a mut [$t])> {
+                Some((src, dst))
             }
             #[inline(always)]
             fn update_row<R>(row: &mut [$t], _: &mut Vec<$t>, f: impl FnOnce(&mut [$t]) -> R) -> R {
@@ -265,6 +276,11 @@ pub fn normalize_rows<T: Element>(
         .zip(y.chunks_exact_mut(row_len))
         .enumerate()
     {
+        if let Some((src, dst)) = T::as_acc_rows(xr, yr) {
+            let stats = normalize_row_into(src, dst, params, &epilogue);
+            stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
+            continue;
+        }
         let stats = T::map_row(
             xr,
             yr,
@@ -309,6 +325,26 @@ pub fn normalize_rows_in_place<T: Element>(
         );
         stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
     }
+}
+
+/// Normalises one non-empty row from `src` into `dst`, in compute precision: statistics from
+/// `src`, then one pass writing `dst`.
+#[inline(always)]
+fn normalize_row_into<A: Accumulator>(
+    src: &[A],
+    dst: &mut [A],
+    params: &Params,
+    epilogue: &Epilogue<'_, A>,
+) -> RowStats<A> {
+    let stats = RowStats::of(src, params);
+    match epilogue.ada {
+        Some((c, k)) => epilogue.apply_into(src, dst, |v| {
+            let y = stats.normalize(v);
+            c * (A::ONE - k * y) * y
+        }),
+        None => epilogue.apply_into(src, dst, |v| stats.normalize(v)),
+    }
+    stats
 }
 
 /// Normalises one non-empty row in place, in compute precision.
@@ -428,6 +464,34 @@ struct Epilogue<'a, A> {
 }
 
 impl<A: Accumulator> Epilogue<'_, A> {
+    /// `dst[j] = f(src[j]) * scale[j] + bias[j]` in one pass (see [`Epilogue::apply`]).
+    #[inline(always)]
+    fn apply_into(&self, src: &[A], dst: &mut [A], f: impl Fn(A) -> A) {
+        let pairs = dst.iter_mut().zip(src);
+        match (self.scale, self.bias) {
+            (Some(s), Some(b)) => {
+                for (((d, &v), &s), &b) in pairs.zip(s).zip(b) {
+                    *d = f(v) * s + b;
+                }
+            }
+            (Some(s), None) => {
+                for ((d, &v), &s) in pairs.zip(s) {
+                    *d = f(v) * s;
+                }
+            }
+            (None, Some(b)) => {
+                for ((d, &v), &b) in pairs.zip(b) {
+                    *d = f(v) + b;
+                }
+            }
+            (None, None) => {
+                for (d, &v) in pairs {
+                    *d = f(v);
+                }
+            }
+        }
+    }
+
     /// `row[j] = f(row[j]) * scale[j] + bias[j]` in one pass. One loop per Scale/B combination
     /// keeps each loop branch-free, so it vectorises.
     #[inline(always)]
