@@ -6,7 +6,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use adanorm_onnx::onnx::proto::StringStringEntryProto;
 use common::{Builder, F32};
 
 fn bin() -> Command {
@@ -97,10 +96,7 @@ fn tiny() -> Builder {
 fn a_missing_external_data_file() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = tiny();
-    let w = &mut b.inits[0];
-    w.raw_data = None;
-    w.data_location = Some(1);
-    w.external_data = vec![StringStringEntryProto { key: Some("location".into()), value: Some("weights.bin".into()) }];
+    common::externalize(&mut b.inits[0], "weights.bin", None);
     let p = b.save(dir.path(), "ext.onnx");
     assert_error(&inspect(&p), &["weights.bin", "cannot open external data file"]);
 }
@@ -151,10 +147,7 @@ fn fuse_keeps_external_data_references_and_stays_beside_them() {
     b.node_named("scale", "Mul", &[&n, &g], &["out"], vec![]);
     b.output("out", F32);
     std::fs::write(dir.path().join("gamma.bin"), [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    let t = &mut b.inits[0];
-    t.raw_data = None;
-    t.data_location = Some(1);
-    t.external_data = vec![StringStringEntryProto { key: Some("location".into()), value: Some("gamma.bin".into()) }];
+    common::externalize(&mut b.inits[0], "gamma.bin", None);
     let src = b.save(dir.path(), "ext.onnx");
 
     let elsewhere = tempfile::tempdir().unwrap();

@@ -5,7 +5,6 @@ mod common;
 
 use std::path::Path;
 
-use adanorm_onnx::onnx::proto::StringStringEntryProto;
 use adanorm_onnx::onnx::{load_model, save_model};
 use common::{Builder, F32};
 
@@ -45,16 +44,8 @@ fn external_data_is_read_and_its_references_survive_a_save() {
     let mut data = vec![0u8; 16]; // an offset, as real writers align
     data.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
     std::fs::write(dir.path().join("weights.bin"), &data).unwrap();
-    let mut b = Builder::new(14);
-    let x = b.input("x", F32, &[4]);
-    let w = b.init("w", &[4], &vals);
-    b.node_named("mul", "Mul", &[&x, &w], &["out"], vec![]);
-    b.output("out", F32);
-    let t = &mut b.inits[0];
-    t.raw_data = None;
-    t.data_location = Some(1);
-    let kv = |k: &str, v: &str| StringStringEntryProto { key: Some(k.into()), value: Some(v.into()) };
-    t.external_data = vec![kv("location", "weights.bin"), kv("offset", "16"), kv("length", "16")];
+    let mut b = common::mul_by_weight();
+    common::externalize(&mut b.inits[0], "weights.bin", Some((16, 16)));
     let p = b.save(dir.path(), "ext.onnx");
 
     let m = load_model(&p).unwrap();
@@ -72,15 +63,8 @@ fn external_data_is_read_and_its_references_survive_a_save() {
 fn external_data_beyond_the_file_end_is_an_error_naming_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("short.bin"), [0u8; 8]).unwrap();
-    let mut b = Builder::new(14);
-    let x = b.input("x", F32, &[4]);
-    let w = b.init("w", &[4], &[0.0; 4]);
-    b.node_named("mul", "Mul", &[&x, &w], &["out"], vec![]);
-    b.output("out", F32);
-    let t = &mut b.inits[0];
-    t.raw_data = None;
-    t.data_location = Some(1);
-    t.external_data = vec![StringStringEntryProto { key: Some("location".into()), value: Some("short.bin".into()) }];
+    let mut b = common::mul_by_weight();
+    common::externalize(&mut b.inits[0], "short.bin", None);
     let p = b.save(dir.path(), "m.onnx");
     let err = load_model(&p).err().expect("must fail").to_string();
     assert!(err.contains("tensor 'w'") && err.contains("short.bin"), "{err}");
@@ -89,15 +73,8 @@ fn external_data_beyond_the_file_end_is_an_error_naming_the_tensor() {
 #[test]
 fn external_data_may_not_escape_the_model_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = Builder::new(14);
-    let x = b.input("x", F32, &[4]);
-    let w = b.init("w", &[4], &[0.0; 4]);
-    b.node_named("mul", "Mul", &[&x, &w], &["out"], vec![]);
-    b.output("out", F32);
-    let t = &mut b.inits[0];
-    t.raw_data = None;
-    t.data_location = Some(1);
-    t.external_data = vec![StringStringEntryProto { key: Some("location".into()), value: Some("../../etc/passwd".into()) }];
+    let mut b = common::mul_by_weight();
+    common::externalize(&mut b.inits[0], "../../etc/passwd", None);
     let p = b.save(dir.path(), "m.onnx");
     let err = load_model(&p).err().expect("must fail").to_string();
     assert!(err.contains("relative path inside the model's directory"), "{err}");

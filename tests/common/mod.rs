@@ -203,3 +203,27 @@ impl Builder {
         find_matches(&g)
     }
 }
+
+/// Moves a tensor's payload out to external data at `location` (the file is the caller's to
+/// write), with `offset`/`length` entries when given.
+pub fn externalize(t: &mut TensorProto, location: &str, offset_length: Option<(u64, u64)>) {
+    use adanorm_onnx::onnx::proto::StringStringEntryProto;
+    let kv = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+    t.raw_data = None;
+    t.data_location = Some(1);
+    t.external_data = vec![kv("location", location.into())];
+    if let Some((offset, length)) = offset_length {
+        t.external_data.push(kv("offset", offset.to_string()));
+        t.external_data.push(kv("length", length.to_string()));
+    }
+}
+
+/// `out = x * w` with a 4-element weight `w`: the smallest model with an initializer.
+pub fn mul_by_weight() -> Builder {
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[4]);
+    let w = b.init("w", &[4], &[1.0, 2.0, 3.0, 4.0]);
+    b.node_named("mul", "Mul", &[&x, &w], &["out"], vec![]);
+    b.output("out", F32);
+    b
+}
