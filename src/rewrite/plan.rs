@@ -41,6 +41,11 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
             skipped.push((what, m.reason.clone().unwrap_or_default()));
             continue;
         }
+        // Decide overlaps before anything is staged (weights, folded copies) for this match.
+        if m.nodes.iter().any(|id| removed_nodes.contains(id)) {
+            skipped.push((what, "it overlaps another match".into()));
+            continue;
+        }
         let Some(axis) = m.axis else {
             skipped.push((what, "its axes cannot be expressed as one trailing axis".into()));
             continue;
