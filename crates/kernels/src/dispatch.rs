@@ -1,6 +1,6 @@
-//! The row kernels compiled twice: for the baseline target (SSE2 on x86_64) and with AVX2,
-//! picked at run time. The default build cannot assume AVX2, and at SSE2 width the kernel's four
-//! passes over a row cost more than streaming the row from memory.
+//! The row kernels compiled three times — for the baseline target (SSE2 on x86_64), with AVX2,
+//! and with AVX-512 — and picked at run time. The default build cannot assume either, and at
+//! SSE2 width the kernel's passes over a row cost more than streaming the row from memory.
 //!
 //! [`crate::rows`] marks its entry points `#[inline(always)]`, so calling them from a
 //! `#[target_feature]` function compiles the whole kernel for that feature set. Results are
@@ -12,6 +12,28 @@
 use crate::params::Params;
 use crate::rows::{normalize_rows, normalize_rows_in_place, Element};
 
+/// The instruction sets worth a separate build, widest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Width {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+/// The widest instruction set this CPU runs (checked once per call; the check is a cached load).
+pub fn width() -> Width {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+            return Width::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Width::Avx2;
+        }
+    }
+    Width::Baseline
+}
+
 /// [`normalize_rows_in_place`] with the widest instructions this CPU has.
 pub fn in_place<T: Element>(
     xy: &mut [T],
@@ -22,13 +44,15 @@ pub fn in_place<T: Element>(
     mean: Option<&mut [T::Acc]>,
     inv_std_dev: Option<&mut [T::Acc]>,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // Safety: the CPU supports AVX2, checked just above.
-        unsafe { avx2::in_place(xy, row_len, scale, bias, params, mean, inv_std_dev) };
-        return;
+    match width() {
+        // SAFETY: the CPU has these features, checked by `width`.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx512 => unsafe { avx512::in_place(xy, row_len, scale, bias, params, mean, inv_std_dev) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx2 => unsafe { avx2::in_place(xy, row_len, scale, bias, params, mean, inv_std_dev) },
+        _ => normalize_rows_in_place(xy, row_len, scale, bias, params, mean, inv_std_dev),
     }
-    normalize_rows_in_place(xy, row_len, scale, bias, params, mean, inv_std_dev);
 }
 
 /// [`normalize_rows`] with the widest instructions this CPU has.
@@ -43,47 +67,57 @@ pub fn out_of_place<T: Element>(
     mean: Option<&mut [T::Acc]>,
     inv_std_dev: Option<&mut [T::Acc]>,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // Safety: the CPU supports AVX2, checked just above.
-        unsafe { avx2::out_of_place(x, y, row_len, scale, bias, params, mean, inv_std_dev) };
-        return;
-    }
-    normalize_rows(x, y, row_len, scale, bias, params, mean, inv_std_dev);
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::*;
-
-    #[target_feature(enable = "avx2")]
-    pub(super) fn in_place<T: Element>(
-        xy: &mut [T],
-        row_len: usize,
-        scale: Option<&[T]>,
-        bias: Option<&[T]>,
-        params: &Params,
-        mean: Option<&mut [T::Acc]>,
-        inv_std_dev: Option<&mut [T::Acc]>,
-    ) {
-        normalize_rows_in_place(xy, row_len, scale, bias, params, mean, inv_std_dev);
-    }
-
-    #[target_feature(enable = "avx2")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn out_of_place<T: Element>(
-        x: &[T],
-        y: &mut [T],
-        row_len: usize,
-        scale: Option<&[T]>,
-        bias: Option<&[T]>,
-        params: &Params,
-        mean: Option<&mut [T::Acc]>,
-        inv_std_dev: Option<&mut [T::Acc]>,
-    ) {
-        normalize_rows(x, y, row_len, scale, bias, params, mean, inv_std_dev);
+    match width() {
+        // SAFETY: the CPU has these features, checked by `width`.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx512 => unsafe { avx512::out_of_place(x, y, row_len, scale, bias, params, mean, inv_std_dev) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx2 => unsafe { avx2::out_of_place(x, y, row_len, scale, bias, params, mean, inv_std_dev) },
+        _ => normalize_rows(x, y, row_len, scale, bias, params, mean, inv_std_dev),
     }
 }
+
+/// One module of the two entry points compiled for a feature set.
+macro_rules! feature_build {
+    ($module:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            use super::*;
+
+            #[target_feature(enable = $features)]
+            pub(super) fn in_place<T: Element>(
+                xy: &mut [T],
+                row_len: usize,
+                scale: Option<&[T]>,
+                bias: Option<&[T]>,
+                params: &Params,
+                mean: Option<&mut [T::Acc]>,
+                inv_std_dev: Option<&mut [T::Acc]>,
+            ) {
+                normalize_rows_in_place(xy, row_len, scale, bias, params, mean, inv_std_dev);
+            }
+
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) fn out_of_place<T: Element>(
+                x: &[T],
+                y: &mut [T],
+                row_len: usize,
+                scale: Option<&[T]>,
+                bias: Option<&[T]>,
+                params: &Params,
+                mean: Option<&mut [T::Acc]>,
+                inv_std_dev: Option<&mut [T::Acc]>,
+            ) {
+                normalize_rows(x, y, row_len, scale, bias, params, mean, inv_std_dev);
+            }
+        }
+    };
+}
+
+feature_build!(avx2, "avx2");
+feature_build!(avx512, "avx512f,avx512bw,avx512vl,avx2");
 
 #[cfg(test)]
 mod tests {
@@ -129,6 +163,15 @@ mod tests {
         );
         assert_eq!(y_base, y_fast);
         assert_eq!(m_base, m_fast);
+
+        // Every build this CPU can run, not only the widest.
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let mut y_avx2 = vec![0f32; x.len()];
+            // SAFETY: AVX2 is present, checked just above.
+            unsafe { avx2::out_of_place(&x, &mut y_avx2, row_len, Some(&scale), None, &params, None, None) };
+            assert_eq!(y_base, y_avx2);
+        }
 
         let mut xy = x.clone();
         in_place(&mut xy, row_len, Some(&scale), None, &params, None, None);
