@@ -70,6 +70,12 @@ fn library() -> PathBuf {
 }
 
 fn session(env: &Environment, model: &OneNodeModel, threads: usize) -> Result<Session, String> {
+    // onnxruntime adds a custom domain to ONNX's process-wide schema table with an unlocked
+    // check-then-insert; two sessions created at once in a fresh process can race there
+    // ("Trying to add a domain to DomainToVersion map…", seen in CI). Sessions are created one
+    // at a time; they still run concurrently.
+    static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = CREATE.lock().unwrap_or_else(|p| p.into_inner());
     Session::builder(env)
         .map_err(|e| e.to_string())?
         .with_intra_threads(threads)
