@@ -4,8 +4,8 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=proto/onnx.proto");
-    let descriptors = protox::compile(["proto/onnx.proto"], ["proto"])
-        .expect("proto/onnx.proto must compile");
+    let descriptors =
+        protox::compile(["proto/onnx.proto"], ["proto"]).expect("proto/onnx.proto must compile");
     prost_build::Config::new()
         .bytes(["."])
         .compile_fds(descriptors)

@@ -14,7 +14,11 @@ use crate::report;
 use crate::rewrite::{self, weights::WeightsFile, Affine, Options, Outcome, Target};
 
 #[derive(Parser, Debug)]
-#[command(name = "adanorm-onnx", version, about = "Find LayerNorm subgraphs in ONNX models and rewrite them into AdaNorm / LayerNorm-simple")]
+#[command(
+    name = "adanorm-onnx",
+    version,
+    about = "Find LayerNorm subgraphs in ONNX models and rewrite them into AdaNorm / LayerNorm-simple"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -114,13 +118,18 @@ pub enum To {
 
 fn parse_dim(s: &str) -> std::result::Result<(String, usize), String> {
     let (name, value) = s.split_once('=').ok_or("expected NAME=VALUE")?;
-    let value = value.parse().map_err(|_| format!("'{value}' is not a size"))?;
+    let value = value
+        .parse()
+        .map_err(|_| format!("'{value}' is not a size"))?;
     Ok((name.to_string(), value))
 }
 
 /// `<dir>/<stem><suffix>` beside `input`.
 fn beside(input: &Path, suffix: &str) -> PathBuf {
-    let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     input.with_file_name(format!("{stem}{suffix}"))
 }
 
@@ -138,7 +147,11 @@ fn print_outcome(verb: &str, input: &Path, out: &Path, o: &Outcome) {
             "  {}\n    -> {}   [{}]",
             c.before,
             c.after,
-            if c.same_function { "same function" } else { "changes the function" }
+            if c.same_function {
+                "same function"
+            } else {
+                "changes the function"
+            }
         );
         if let Some(n) = &c.note {
             println!("    note: {n}");
@@ -151,22 +164,45 @@ fn print_outcome(verb: &str, input: &Path, out: &Path, o: &Outcome) {
         "{} replaced, {} left as is; the model {}",
         o.changes.len(),
         o.skipped.len(),
-        if o.same_function() { "computes the same function as before" } else { "no longer computes the same function (by request)" }
+        if o.same_function() {
+            "computes the same function as before"
+        } else {
+            "no longer computes the same function (by request)"
+        }
     );
 }
 
 /// Saves the model and its weights file (weights first: a model never points at weights that
 /// are not there).
-fn write_outcome(input: &Path, out: &Path, force: bool, weights_out: Option<PathBuf>, o: &Outcome) -> Result<()> {
+fn write_outcome(
+    input: &Path,
+    out: &Path,
+    force: bool,
+    weights_out: Option<PathBuf>,
+    o: &Outcome,
+) -> Result<()> {
     if same_file(input, out) {
-        return Err(Error::msg("the output would replace the input model; choose another -o").in_file(input));
+        return Err(
+            Error::msg("the output would replace the input model; choose another -o")
+                .in_file(input),
+        );
     }
     if out.exists() && !force {
         return Err(Error::msg("the output file exists (use --force to replace it)").in_file(out));
     }
     // External-data locations are relative to the model: they only stay valid beside it.
     if crate::onnx::external::uses_external_data(&o.model) {
-        let dir = |p: &Path| p.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }).and_then(|d| d.canonicalize().ok());
+        let dir = |p: &Path| {
+            p.parent()
+                .map(|d| {
+                    if d.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        d
+                    }
+                })
+                .and_then(|d| d.canonicalize().ok())
+        };
         if dir(input) != dir(out) {
             return Err(Error::msg(format!(
                 "the model keeps weights in external data files relative to its directory; write the output into that directory ({})",
@@ -192,23 +228,49 @@ pub fn run(cli: Cli) -> Result<i32> {
             let matches = find_matches(&g);
             let shown = model.display().to_string();
             if json {
-                println!("{}", serde_json::to_string_pretty(&report::inspect_json(&shown, &g, &matches)).expect("JSON of plain values"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report::inspect_json(&shown, &g, &matches))
+                        .expect("JSON of plain values")
+                );
             } else {
                 print!("{}", report::inspect_table(&shown, &g, &matches));
             }
             Ok(0)
         }
-        Command::Fuse { model, output, force } => {
+        Command::Fuse {
+            model,
+            output,
+            force,
+        } => {
             let loaded = load_model(&model)?;
             let g = GraphIndex::build(&loaded)?;
-            let opts = Options { target: Target::Same, c: None, k: None, affine: Affine::Keep, portable: false, include_fused: false };
-            let o = rewrite::plan::plan(&g, &find_matches(&g), &opts).map_err(|e| e.in_file(&model))?;
+            let opts = Options {
+                target: Target::Same,
+                c: None,
+                k: None,
+                affine: Affine::Keep,
+                portable: false,
+                include_fused: false,
+            };
+            let o =
+                rewrite::plan::plan(&g, &find_matches(&g), &opts).map_err(|e| e.in_file(&model))?;
             let out = output.unwrap_or_else(|| beside(&model, ".fused.onnx"));
             write_outcome(&model, &out, force, None, &o)?;
             print_outcome("fused", &model, &out, &o);
             Ok(0)
         }
-        Command::Rewrite { model, output, force, to, c, k, affine, weights_out, portable } => {
+        Command::Rewrite {
+            model,
+            output,
+            force,
+            to,
+            c,
+            k,
+            affine,
+            weights_out,
+            portable,
+        } => {
             let loaded = load_model(&model)?;
             let g = GraphIndex::build(&loaded)?;
             let target = match to {
@@ -220,15 +282,28 @@ pub fn run(cli: Cli) -> Result<i32> {
                     return Err(Error::msg(format!("{name} must be a finite number")));
                 }
             }
-            let opts = Options { target, c, k, affine, portable, include_fused: true };
-            let o = rewrite::plan::plan(&g, &find_matches(&g), &opts).map_err(|e| e.in_file(&model))?;
+            let opts = Options {
+                target,
+                c,
+                k,
+                affine,
+                portable,
+                include_fused: true,
+            };
+            let o =
+                rewrite::plan::plan(&g, &find_matches(&g), &opts).map_err(|e| e.in_file(&model))?;
             let out = output.unwrap_or_else(|| beside(&model, ".adanorm.onnx"));
-            let weights_out = weights_out.or_else(|| Some(beside(&model, ".adanorm.weights.safetensors")));
+            let weights_out =
+                weights_out.or_else(|| Some(beside(&model, ".adanorm.weights.safetensors")));
             write_outcome(&model, &out, force, weights_out, &o)?;
             print_outcome("rewrote", &model, &out, &o);
             Ok(0)
         }
-        Command::Run { model, inputs, output } => {
+        Command::Run {
+            model,
+            inputs,
+            output,
+        } => {
             let given = crate::npz::read_npz(&inputs)?;
             let outputs = crate::runner::run(&model, given)?;
             let out = output.unwrap_or_else(|| beside(&model, ".outputs.npz"));
@@ -239,7 +314,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             println!("wrote {}", out.display());
             Ok(0)
         }
-        Command::Verify { a, b, inputs, tolerance, dims } => {
+        Command::Verify {
+            a,
+            b,
+            inputs,
+            tolerance,
+            dims,
+        } => {
             let given = match &inputs {
                 Some(p) => crate::npz::read_npz(p)?,
                 None => crate::runner::random_inputs(&a, &dims.into_iter().collect(), 0x5eed)?,
@@ -247,7 +328,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             let out_a = crate::runner::run(&a, given.clone())?;
             let out_b = crate::runner::run(&b, given)?;
             let diffs = crate::runner::compare(&out_a, &out_b);
-            let half = out_a.iter().any(|(_, t)| t.datum_type() == adanorm_tract::tract_onnx::prelude::DatumType::F16);
+            let half = out_a
+                .iter()
+                .any(|(_, t)| t.datum_type() == adanorm_tract::tract_onnx::prelude::DatumType::F16);
             let tolerance = tolerance.unwrap_or(if half { 1e-2 } else { 1e-4 });
             let mut ok = true;
             for d in &diffs {
@@ -258,13 +341,29 @@ pub fn run(cli: Cli) -> Result<i32> {
                     d.output,
                     d.max_abs,
                     d.max_scaled,
-                    d.problem.clone().unwrap_or_else(|| if bad { "ABOVE TOLERANCE".into() } else { "ok".into() })
+                    d.problem.clone().unwrap_or_else(|| if bad {
+                        "ABOVE TOLERANCE".into()
+                    } else {
+                        "ok".into()
+                    })
                 );
             }
-            println!("{} (tolerance {tolerance:e}, relative to max(1, |b|))", if ok { "the models agree" } else { "the models DIFFER" });
+            println!(
+                "{} (tolerance {tolerance:e}, relative to max(1, |b|))",
+                if ok {
+                    "the models agree"
+                } else {
+                    "the models DIFFER"
+                }
+            );
             Ok(if ok { 0 } else { 1 })
         }
-        Command::Revert { model, output, force, weights } => {
+        Command::Revert {
+            model,
+            output,
+            force,
+            weights,
+        } => {
             let loaded = load_model(&model)?;
             let g = GraphIndex::build(&loaded)?;
             let w = weights.as_deref().map(WeightsFile::load).transpose()?;

@@ -16,14 +16,22 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn msg(message: impl Into<String>) -> Self {
-        Error { file: None, node: None, message: message.into(), source: None }
+        Error {
+            file: None,
+            node: None,
+            message: message.into(),
+            source: None,
+        }
     }
 
     pub fn with_source(
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Error { source: Some(Box::new(source)), ..Error::msg(message) }
+        Error {
+            source: Some(Box::new(source)),
+            ..Error::msg(message)
+        }
     }
 
     /// Sets the file unless an inner layer already named a more precise one (an external-data
@@ -57,7 +65,9 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 

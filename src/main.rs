@@ -24,7 +24,9 @@ fn main() {
             2
         }
         Err(_) => {
-            eprintln!("error: internal error (a bug in adanorm-onnx; please report it with the model)");
+            eprintln!(
+                "error: internal error (a bug in adanorm-onnx; please report it with the model)"
+            );
             2
         }
     };

@@ -31,8 +31,10 @@ pub fn match_json(g: &GraphIndex<'_>, m: &Match) -> Value {
 }
 
 pub fn inspect_json(path: &str, g: &GraphIndex<'_>, matches: &[Match]) -> Value {
-    let summary: serde_json::Map<String, Value> =
-        summary(matches).iter().map(|(f, n)| (f.name().to_string(), json!(n))).collect();
+    let summary: serde_json::Map<String, Value> = summary(matches)
+        .iter()
+        .map(|(f, n)| (f.name().to_string(), json!(n)))
+        .collect();
     json!({
         "model": path,
         "matches": matches.iter().map(|m| match_json(g, m)).collect::<Vec<_>>(),
@@ -46,7 +48,12 @@ fn node_list(g: &GraphIndex<'_>, m: &Match) -> String {
     if names.len() <= 2 {
         names.join(", ")
     } else {
-        format!("{} nodes: {} .. {}", names.len(), names[0], names[names.len() - 1])
+        format!(
+            "{} nodes: {} .. {}",
+            names.len(),
+            names[0],
+            names[names.len() - 1]
+        )
     }
 }
 
@@ -82,7 +89,10 @@ pub fn inspect_table(path: &str, g: &GraphIndex<'_>, matches: &[Match]) -> Strin
     let s = summary(matches);
     out.push_str(&format!(
         "\nsummary: {}\n",
-        s.iter().map(|(f, n)| format!("{} {n}", f.name())).collect::<Vec<_>>().join(", ")
+        s.iter()
+            .map(|(f, n)| format!("{} {n}", f.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     out
 }

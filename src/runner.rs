@@ -40,7 +40,11 @@ impl Rng {
 /// Random inputs of the model's declared types and shapes. Dynamic dimensions take their value
 /// from `dims` (by `dim_param` name) or [`DEFAULT_DYNAMIC_DIM`]. Integer inputs (token ids,
 /// masks) are drawn from {0, 1}, which every embedding table and mask accepts.
-pub fn random_inputs(path: &Path, dims: &HashMap<String, usize>, seed: u64) -> Result<Vec<(String, Tensor)>> {
+pub fn random_inputs(
+    path: &Path,
+    dims: &HashMap<String, usize>,
+    seed: u64,
+) -> Result<Vec<(String, Tensor)>> {
     let model = load_model(path)?;
     let g = crate::graph::GraphIndex::build(&model)?;
     let mut rng = Rng(seed | 1);
@@ -50,11 +54,15 @@ pub fn random_inputs(path: &Path, dims: &HashMap<String, usize>, seed: u64) -> R
         if g.initializer(name).is_some() {
             continue;
         }
-        let facts = g.facts(name).ok_or_else(|| Error::msg(format!("input '{name}' declares no tensor type")).in_file(path))?;
+        let facts = g.facts(name).ok_or_else(|| {
+            Error::msg(format!("input '{name}' declares no tensor type")).in_file(path)
+        })?;
         let shape: Vec<usize> = facts
             .shape
             .as_ref()
-            .ok_or_else(|| Error::msg(format!("input '{name}' declares no shape; pass --inputs")).in_file(path))?
+            .ok_or_else(|| {
+                Error::msg(format!("input '{name}' declares no shape; pass --inputs")).in_file(path)
+            })?
             .iter()
             .map(|d| match d {
                 Dim::Known(v) => *v as usize,
@@ -67,12 +75,18 @@ pub fn random_inputs(path: &Path, dims: &HashMap<String, usize>, seed: u64) -> R
         let t = match facts.elem_type.unwrap_or(0) {
             dtype::FLOAT => Tensor::from(ArrayD::from_shape_fn(ix, |_| rng.normal() as f32)),
             dtype::DOUBLE => Tensor::from(ArrayD::from_shape_fn(ix, |_| rng.normal())),
-            dtype::FLOAT16 => Tensor::from(ArrayD::from_shape_fn(ix, |_| half::f16::from_f64(rng.normal()))),
+            dtype::FLOAT16 => Tensor::from(ArrayD::from_shape_fn(ix, |_| {
+                half::f16::from_f64(rng.normal())
+            })),
             dtype::INT64 => Tensor::from(ArrayD::from_shape_fn(ix, |_| (rng.next() % 2) as i64)),
             dtype::INT32 => Tensor::from(ArrayD::from_shape_fn(ix, |_| (rng.next() % 2) as i32)),
             dtype::BOOL => Tensor::from(ArrayD::from_shape_fn(ix, |_| rng.next() % 2 == 1)),
             other => {
-                return Err(Error::msg(format!("input '{name}' has type {} which verify cannot draw; pass --inputs", dtype::name(other))).in_file(path))
+                return Err(Error::msg(format!(
+                    "input '{name}' has type {} which verify cannot draw; pass --inputs",
+                    dtype::name(other)
+                ))
+                .in_file(path))
             }
         };
         debug_assert_eq!(t.len(), n);
@@ -93,18 +107,33 @@ pub struct Difference {
 
 fn as_f64(t: &Tensor) -> Option<Vec<f64>> {
     let t = t.cast_to_dt(DatumType::F64).ok()?;
-    Some(t.to_plain_array_view::<f64>().ok()?.iter().copied().collect())
+    Some(
+        t.to_plain_array_view::<f64>()
+            .ok()?
+            .iter()
+            .copied()
+            .collect(),
+    )
 }
 
 pub fn compare(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> Vec<Difference> {
     let by_name: HashMap<&str, &Tensor> = b.iter().map(|(n, t)| (n.as_str(), t)).collect();
     a.iter()
         .map(|(name, ta)| {
-            let mut d = Difference { output: name.clone(), max_abs: 0.0, max_scaled: 0.0, problem: None };
+            let mut d = Difference {
+                output: name.clone(),
+                max_abs: 0.0,
+                max_scaled: 0.0,
+                problem: None,
+            };
             match by_name.get(name.as_str()) {
                 None => d.problem = Some("missing in the second model".into()),
                 Some(tb) if ta.shape() != tb.shape() => {
-                    d.problem = Some(format!("shapes differ: {:?} vs {:?}", ta.shape(), tb.shape()))
+                    d.problem = Some(format!(
+                        "shapes differ: {:?} vs {:?}",
+                        ta.shape(),
+                        tb.shape()
+                    ))
                 }
                 Some(tb) => match (as_f64(ta), as_f64(tb)) {
                     (Some(x), Some(y)) => {

@@ -13,7 +13,10 @@ fn bin() -> Command {
 }
 
 fn zoo_model(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/zoo").join(name).join("model.onnx")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/zoo")
+        .join(name)
+        .join("model.onnx")
 }
 
 fn inspect(path: &Path) -> Output {
@@ -31,13 +34,33 @@ fn assert_error(out: &Output, needles: &[&str]) {
 
 #[test]
 fn inspect_json_has_matches_and_summary() {
-    let out = bin().args(["inspect", "--json"]).arg(zoo_model("adanorm_legacy_op14")).output().unwrap();
+    let out = bin()
+        .args(["inspect", "--json"])
+        .arg(zoo_model("adanorm_legacy_op14"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["summary"]["adanorm"], 4);
     assert_eq!(j["summary"]["layernorm"], 0);
     let m = &j["matches"][0];
-    for key in ["family", "nodes", "input", "output", "axis", "epsilon", "unbiased", "eps_in_sqrt", "c", "k", "scale", "bias", "dtype", "rewritable", "reason"] {
+    for key in [
+        "family",
+        "nodes",
+        "input",
+        "output",
+        "axis",
+        "epsilon",
+        "unbiased",
+        "eps_in_sqrt",
+        "c",
+        "k",
+        "scale",
+        "bias",
+        "dtype",
+        "rewritable",
+        "reason",
+    ] {
         assert!(m.get(key).is_some(), "match lacks {key}");
     }
     assert_eq!(m["family"], "adanorm");
@@ -57,12 +80,18 @@ fn inspect_table_lists_each_match() {
 #[test]
 fn a_directory_is_not_a_model() {
     let dir = tempfile::tempdir().unwrap();
-    assert_error(&inspect(dir.path()), &[&dir.path().display().to_string(), "not a regular file"]);
+    assert_error(
+        &inspect(dir.path()),
+        &[&dir.path().display().to_string(), "not a regular file"],
+    );
 }
 
 #[test]
 fn a_missing_file() {
-    assert_error(&inspect(Path::new("/nonexistent/model.onnx")), &["/nonexistent/model.onnx"]);
+    assert_error(
+        &inspect(Path::new("/nonexistent/model.onnx")),
+        &["/nonexistent/model.onnx"],
+    );
 }
 
 #[test]
@@ -98,7 +127,10 @@ fn a_missing_external_data_file() {
     let mut b = tiny();
     common::externalize(&mut b.inits[0], "weights.bin", None);
     let p = b.save(dir.path(), "ext.onnx");
-    assert_error(&inspect(&p), &["weights.bin", "cannot open external data file"]);
+    assert_error(
+        &inspect(&p),
+        &["weights.bin", "cannot open external data file"],
+    );
 }
 
 #[test]
@@ -107,7 +139,10 @@ fn a_node_reading_an_undefined_value() {
     let mut b = tiny();
     b.nodes[1].input[0] = "ghost".into();
     let p = b.save(dir.path(), "undef.onnx");
-    assert_error(&inspect(&p), &["undef.onnx", "node 'last'", "'ghost' is not defined"]);
+    assert_error(
+        &inspect(&p),
+        &["undef.onnx", "node 'last'", "'ghost' is not defined"],
+    );
 }
 
 #[test]
@@ -146,20 +181,52 @@ fn fuse_keeps_external_data_references_and_stays_beside_them() {
     let g = b.init("gamma", &[h], &[1.0, 2.0, 3.0, 4.0]);
     b.node_named("scale", "Mul", &[&n, &g], &["out"], vec![]);
     b.output("out", F32);
-    std::fs::write(dir.path().join("gamma.bin"), [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        dir.path().join("gamma.bin"),
+        [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     common::externalize(&mut b.inits[0], "gamma.bin", None);
     let src = b.save(dir.path(), "ext.onnx");
 
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = bin().arg("fuse").arg(&src).arg("-o").arg(elsewhere.path().join("f.onnx")).output().unwrap();
+    let out = bin()
+        .arg("fuse")
+        .arg(&src)
+        .arg("-o")
+        .arg(elsewhere.path().join("f.onnx"))
+        .output()
+        .unwrap();
     assert_error(&out, &["external data", "into that directory"]);
     assert!(!elsewhere.path().join("f.onnx").exists());
 
     let fused = dir.path().join("ext.fused.onnx");
     let out = bin().arg("fuse").arg(&src).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = adanorm_onnx::onnx::load_model(&fused).unwrap();
-    let t = &m.graph().initializer.iter().find(|t| t.name() == "gamma").unwrap();
-    assert_eq!(m.raw_bytes(t).unwrap().unwrap().len(), 16, "the external gain is still read from gamma.bin");
-    assert!(m.graph().node.iter().any(|n| n.domain() == "ai.adanorm" && n.input.get(1).map(String::as_str) == Some("gamma")));
+    let t = &m
+        .graph()
+        .initializer
+        .iter()
+        .find(|t| t.name() == "gamma")
+        .unwrap();
+    assert_eq!(
+        m.raw_bytes(t).unwrap().unwrap().len(),
+        16,
+        "the external gain is still read from gamma.bin"
+    );
+    assert!(
+        m.graph()
+            .node
+            .iter()
+            .any(|n| n.domain() == "ai.adanorm"
+                && n.input.get(1).map(String::as_str) == Some("gamma"))
+    );
 }

@@ -11,8 +11,11 @@ use adanorm_onnx::patterns::{find_matches, Family, Match};
 
 fn cases() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/conformance");
-    let mut v: Vec<PathBuf> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("model.onnx").exists()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
     v.sort();
     v
 }
@@ -28,7 +31,10 @@ fn one_match(case: &Path) -> Match {
 #[test]
 fn expanded_function_bodies_match_the_op_they_expand() {
     let all = cases();
-    let fused: Vec<&PathBuf> = all.iter().filter(|p| !p.to_string_lossy().contains("_expanded")).collect();
+    let fused: Vec<&PathBuf> = all
+        .iter()
+        .filter(|p| !p.to_string_lossy().contains("_expanded"))
+        .collect();
     assert_eq!(fused.len(), 19);
     for f in fused {
         let op = one_match(f);
@@ -43,17 +49,37 @@ fn expanded_function_bodies_match_the_op_they_expand() {
             assert_eq!(m.output, "Y", "{name}");
             assert_eq!(m.axis, op.axis, "{name}: axis in X's terms");
             assert_eq!(m.epsilon, op.epsilon, "{name}");
-            assert_eq!((m.scale.as_deref(), m.bias.as_deref()), (Some("W"), Some("B")), "{name}");
-            assert_eq!((m.mean_output.as_deref(), m.inv_std_output.as_deref()), (Some("Mean"), Some("InvStdDev")), "{name}");
+            assert_eq!(
+                (m.scale.as_deref(), m.bias.as_deref()),
+                (Some("W"), Some("B")),
+                "{name}"
+            );
+            assert_eq!(
+                (m.mean_output.as_deref(), m.inv_std_output.as_deref()),
+                (Some("Mean"), Some("InvStdDev")),
+                "{name}"
+            );
             // Every node of the expansion is covered, except dead code (the body computes a
             // Rank it does not use for negative axes) and what feeds it.
             let model = load_model(&expanded.join("model.onnx")).unwrap();
             let g = GraphIndex::build(&model).unwrap();
-            let dead = |id: usize| g.node(id).output.iter().all(|o| g.consumers(o).is_empty() && !g.is_graph_output(o));
+            let dead = |id: usize| {
+                g.node(id)
+                    .output
+                    .iter()
+                    .all(|o| g.consumers(o).is_empty() && !g.is_graph_output(o))
+            };
             for (id, node) in g.nodes() {
                 if !m.nodes.contains(&id) {
-                    let feeds_dead = node.output.iter().any(|o| g.consumers(o).iter().any(|&c| dead(c)));
-                    assert!(dead(id) || feeds_dead, "{name}: node {} left out", g.label(id));
+                    let feeds_dead = node
+                        .output
+                        .iter()
+                        .any(|o| g.consumers(o).iter().any(|&c| dead(c)));
+                    assert!(
+                        dead(id) || feeds_dead,
+                        "{name}: node {} left out",
+                        g.label(id)
+                    );
                 }
             }
         }

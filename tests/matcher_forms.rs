@@ -54,7 +54,11 @@ fn mean(b: &mut Builder, x: &str, axes: &[i64], opset: i64, keepdims: Option<i64
         attrs.push(("keepdims", A::I(k)));
     }
     if opset >= 18 {
-        let a = b.constant_typed(I64, &[axes.len() as i64], &axes.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        let a = b.constant_typed(
+            I64,
+            &[axes.len() as i64],
+            &axes.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        );
         b.op("ReduceMean", &[x, &a], attrs)
     } else {
         attrs.push(("axes", A::Is(axes.to_vec())));
@@ -67,7 +71,11 @@ fn build_ln(o: &Ln) -> Builder {
     let x = b.input("x", F32, &o.shape);
     let m = mean(&mut b, &x, &o.axes, o.opset, o.keepdims);
     let d = b.op("Sub", &[&x, &m], vec![]);
-    let d2 = if o.dup_sub { b.op("Sub", &[&x, &m], vec![]) } else { d.clone() };
+    let d2 = if o.dup_sub {
+        b.op("Sub", &[&x, &m], vec![])
+    } else {
+        d.clone()
+    };
     let sq = match o.square {
         "pow" => {
             let two = b.constant(o.pow_exponent);
@@ -79,7 +87,11 @@ fn build_ln(o: &Ln) -> Builder {
     let v = mean(&mut b, &sq, &var_axes, o.opset, o.keepdims);
     let ve = match o.eps {
         Some(e) => {
-            let eps = if o.eps_from_input { b.input("eps", F32, &[]) } else { b.constant(e) };
+            let eps = if o.eps_from_input {
+                b.input("eps", F32, &[])
+            } else {
+                b.constant(e)
+            };
             b.op("Add", &[&v, &eps], vec![])
         }
         None => v,
@@ -100,8 +112,18 @@ fn build_ln(o: &Ln) -> Builder {
     let mut y = n;
     if let Some(gs) = &o.gamma {
         let count: i64 = gs.iter().product();
-        let g = b.init("gamma", gs, &(0..count).map(|i| 1.0 + i as f32 / 10.0).collect::<Vec<_>>());
-        y = if o.gamma_first { b.op("Mul", &[&g, &y], vec![]) } else { b.op("Mul", &[&y, &g], vec![]) };
+        let g = b.init(
+            "gamma",
+            gs,
+            &(0..count)
+                .map(|i| 1.0 + i as f32 / 10.0)
+                .collect::<Vec<_>>(),
+        );
+        y = if o.gamma_first {
+            b.op("Mul", &[&g, &y], vec![])
+        } else {
+            b.op("Mul", &[&y, &g], vec![])
+        };
     }
     if o.beta {
         let bias = b.init("beta", &[H], &[0.5; H as usize]);
@@ -139,41 +161,70 @@ fn legacy_layernorm_with_affine() {
 
 #[test]
 fn opset18_axes_inputs_of_either_sign() {
-    let m = ln_ok(&Ln { opset: 18, axes: vec![-1], var_axes: Some(vec![2]), keepdims: Some(1), ..Ln::default() });
+    let m = ln_ok(&Ln {
+        opset: 18,
+        axes: vec![-1],
+        var_axes: Some(vec![2]),
+        keepdims: Some(1),
+        ..Ln::default()
+    });
     assert_eq!(m.axis, Some(-1));
 }
 
 #[test]
 fn gamma_first_operand_order_and_dup_sub() {
-    let m = ln_ok(&Ln { gamma_first: true, dup_sub: true, ..Ln::default() });
+    let m = ln_ok(&Ln {
+        gamma_first: true,
+        dup_sub: true,
+        ..Ln::default()
+    });
     assert_eq!(m.scale.as_deref(), Some("gamma"));
     assert_eq!(m.nodes.len(), 12, "both Subs belong to the match");
 }
 
 #[test]
 fn no_gamma_no_beta_and_scale_only() {
-    let m = ln_ok(&Ln { gamma: None, beta: false, ..Ln::default() });
+    let m = ln_ok(&Ln {
+        gamma: None,
+        beta: false,
+        ..Ln::default()
+    });
     assert_eq!((m.scale, m.bias), (None, None));
-    let m = ln_ok(&Ln { beta: false, ..Ln::default() });
+    let m = ln_ok(&Ln {
+        beta: false,
+        ..Ln::default()
+    });
     assert_eq!((m.scale.as_deref(), m.bias), (Some("gamma"), None));
 }
 
 #[test]
 fn eps_removed_by_the_exporter() {
-    let m = ln_ok(&Ln { eps: None, ..Ln::default() });
+    let m = ln_ok(&Ln {
+        eps: None,
+        ..Ln::default()
+    });
     assert_eq!(m.epsilon, 0.0);
 }
 
 #[test]
 fn reciprocal_forms_and_mul_square() {
     for norm in ["reciprocal", "div_one"] {
-        ln_ok(&Ln { norm, square: "mul", ..Ln::default() });
+        ln_ok(&Ln {
+            norm,
+            square: "mul",
+            ..Ln::default()
+        });
     }
 }
 
 #[test]
 fn two_trailing_axes_with_2d_parameters() {
-    let m = ln_ok(&Ln { axes: vec![-2, -1], gamma: Some(vec![3, H]), beta: false, ..Ln::default() });
+    let m = ln_ok(&Ln {
+        axes: vec![-2, -1],
+        gamma: Some(vec![3, H]),
+        beta: false,
+        ..Ln::default()
+    });
     assert_eq!(m.axis, Some(-2));
     assert_eq!(m.scale.as_deref(), Some("gamma"));
 }
@@ -182,53 +233,99 @@ fn two_trailing_axes_with_2d_parameters() {
 
 #[test]
 fn keepdims_zero_is_not_layernorm() {
-    assert!(build_ln(&Ln { keepdims: Some(0), ..Ln::default() }).matches().is_empty());
+    assert!(build_ln(&Ln {
+        keepdims: Some(0),
+        ..Ln::default()
+    })
+    .matches()
+    .is_empty());
 }
 
 #[test]
 fn different_axes_on_the_two_means_is_not_layernorm() {
-    let o = Ln { axes: vec![-1], var_axes: Some(vec![-2]), ..Ln::default() };
+    let o = Ln {
+        axes: vec![-1],
+        var_axes: Some(vec![-2]),
+        ..Ln::default()
+    };
     assert!(build_ln(&o).matches().is_empty());
 }
 
 #[test]
 fn pow_three_is_not_layernorm() {
-    assert!(build_ln(&Ln { pow_exponent: 3.0, ..Ln::default() }).matches().is_empty());
+    assert!(build_ln(&Ln {
+        pow_exponent: 3.0,
+        ..Ln::default()
+    })
+    .matches()
+    .is_empty());
 }
 
 #[test]
 fn non_constant_eps_is_not_layernorm() {
-    assert!(build_ln(&Ln { eps_from_input: true, ..Ln::default() }).matches().is_empty());
+    assert!(build_ln(&Ln {
+        eps_from_input: true,
+        ..Ln::default()
+    })
+    .matches()
+    .is_empty());
 }
 
 #[test]
 fn gamma_of_the_wrong_length_stays_outside() {
-    let m = ln_ok(&Ln { gamma: Some(vec![H / 2]), beta: false, ..Ln::default() });
+    let m = ln_ok(&Ln {
+        gamma: Some(vec![H / 2]),
+        beta: false,
+        ..Ln::default()
+    });
     assert_eq!(m.scale, None, "a [H/2] gain cannot scale rows of length H");
 }
 
 #[test]
 fn gamma_that_broadcasts_over_rows_stays_outside() {
-    let m = ln_ok(&Ln { gamma: Some(vec![3, 1]), beta: false, ..Ln::default() });
-    assert_eq!(m.scale, None, "a [3,1] tensor varies across rows: not a LayerNorm gain");
+    let m = ln_ok(&Ln {
+        gamma: Some(vec![3, 1]),
+        beta: false,
+        ..Ln::default()
+    });
+    assert_eq!(
+        m.scale, None,
+        "a [3,1] tensor varies across rows: not a LayerNorm gain"
+    );
 }
 
 #[test]
 fn inner_value_used_elsewhere_is_reported_not_rewritable() {
     let mut b = build_ln(&Ln::default());
     // Read the centred value outside the subgraph.
-    let d = b.nodes.iter().find(|n| n.op_type() == "Sub").unwrap().output[0].clone();
+    let d = b
+        .nodes
+        .iter()
+        .find(|n| n.op_type() == "Sub")
+        .unwrap()
+        .output[0]
+        .clone();
     b.node_named("spy", "Relu", &[&d], &["spy_out"], vec![]);
     b.output("spy_out", F32);
     let m = only(b.matches());
     assert!(!m.rewritable);
-    assert!(m.reason.as_deref().unwrap().contains("spy"), "{:?}", m.reason);
+    assert!(
+        m.reason.as_deref().unwrap().contains("spy"),
+        "{:?}",
+        m.reason
+    );
 }
 
 #[test]
 fn inner_value_that_is_a_graph_output_is_not_rewritable() {
     let mut b = build_ln(&Ln::default());
-    let s = b.nodes.iter().find(|n| n.op_type() == "Sqrt").unwrap().output[0].clone();
+    let s = b
+        .nodes
+        .iter()
+        .find(|n| n.op_type() == "Sqrt")
+        .unwrap()
+        .output[0]
+        .clone();
     b.output(&s, F32);
     let m = only(b.matches());
     assert!(!m.rewritable);
@@ -286,7 +383,10 @@ fn fp16_with_double_island() {
     assert!(m.rewritable, "{:?}", m.reason);
     assert_eq!(m.dtype, Some(F16));
     assert_eq!(m.epsilon, 1e-12);
-    assert_eq!((m.scale.as_deref(), m.bias.as_deref()), (Some("gamma"), Some("beta")));
+    assert_eq!(
+        (m.scale.as_deref(), m.bias.as_deref()),
+        (Some("gamma"), Some("beta"))
+    );
 }
 
 /// fp16 eps underflowed to 0 still matches with epsilon 0.
@@ -306,7 +406,10 @@ fn fp16_eps_underflowed_to_zero() {
     b.node_named("c", "Identity", &[&n], &["out"], vec![]);
     b.output("out", F16);
     let m = only(b.matches());
-    assert_eq!((m.family, m.epsilon, m.dtype), (Family::LayerNorm, 0.0, Some(F16)));
+    assert_eq!(
+        (m.family, m.epsilon, m.dtype),
+        (Family::LayerNorm, 0.0, Some(F16))
+    );
 }
 
 // ---- E[x²] − E[x]² ----
@@ -383,7 +486,10 @@ fn annotated_transformer_layernorm_is_lnsimple_with_affine() {
         assert_eq!(m.family, Family::LnSimple, "folded={folded}");
         assert!(m.unbiased && !m.eps_in_sqrt);
         assert_eq!(m.epsilon, 1e-6f32 as f64);
-        assert_eq!((m.scale.as_deref(), m.bias.as_deref()), (Some("a_2"), Some("b_2")));
+        assert_eq!(
+            (m.scale.as_deref(), m.bias.as_deref()),
+            (Some("a_2"), Some("b_2"))
+        );
         assert!(m.rewritable, "{:?}", m.reason);
     }
 }
@@ -466,7 +572,10 @@ fn keras_folded_affine_sub_form() {
     let m = only(b.matches());
     assert_eq!(m.family, Family::LayerNorm);
     assert!(m.form.contains("Keras"));
-    assert_eq!((m.scale.as_deref(), m.bias.as_deref(), m.axis), (Some("gamma"), Some("beta"), Some(-1)));
+    assert_eq!(
+        (m.scale.as_deref(), m.bias.as_deref(), m.axis),
+        (Some("gamma"), Some("beta"), Some(-1))
+    );
     assert_eq!(m.epsilon, 1e-3f32 as f64);
     assert!(m.rewritable, "{:?}", m.reason);
 }
@@ -498,7 +607,10 @@ fn channels_first_is_never_a_trailing_axes_normalisation() {
     let m = only(channels_first(&[4, 1, 1]).matches());
     assert_eq!(m.family, Family::LayerNorm);
     assert_eq!(m.axes, vec![1]);
-    assert_eq!(m.axis, None, "axis 1 alone is not ops-spec axis=1 (which means axes 1..)");
+    assert_eq!(
+        m.axis, None,
+        "axis 1 alone is not ops-spec axis=1 (which means axes 1..)"
+    );
     assert!(!m.rewritable);
     assert_eq!(m.scale.as_deref(), Some("gamma"));
 }
@@ -543,15 +655,37 @@ fn fused_ops_in_their_families() {
     let skip = b.input("skip", F32, &[2, 3, H]);
     let g = b.init("g", &[H], &[1.0; H as usize]);
     let bb = b.init("b", &[H], &[0.0; H as usize]);
-    let y1 = b.op("LayerNormalization", &[&x, &g, &bb], vec![("epsilon", A::F(1e-6)), ("axis", A::I(-1))]);
-    let y2 = b.domain_op("com.microsoft", "SkipLayerNormalization", &[&y1, &skip, &g, &bb], vec![]);
-    let y3 = b.domain_op("com.microsoft", "SkipSimplifiedLayerNormalization", &[&y2, &skip, &g], vec![]);
+    let y1 = b.op(
+        "LayerNormalization",
+        &[&x, &g, &bb],
+        vec![("epsilon", A::F(1e-6)), ("axis", A::I(-1))],
+    );
+    let y2 = b.domain_op(
+        "com.microsoft",
+        "SkipLayerNormalization",
+        &[&y1, &skip, &g, &bb],
+        vec![],
+    );
+    let y3 = b.domain_op(
+        "com.microsoft",
+        "SkipSimplifiedLayerNormalization",
+        &[&y2, &skip, &g],
+        vec![],
+    );
     let y4 = b.op("SimplifiedLayerNormalization", &[&y3, &g], vec![]);
     b.node_named("c", "Identity", &[&y4], &["out"], vec![]);
     b.output("out", F32);
     let ms = b.matches();
     let fams: Vec<Family> = ms.iter().map(|m| m.family).collect();
-    assert_eq!(fams, [Family::LayerNorm, Family::LayerNorm, Family::RmsNorm, Family::RmsNorm]);
+    assert_eq!(
+        fams,
+        [
+            Family::LayerNorm,
+            Family::LayerNorm,
+            Family::RmsNorm,
+            Family::RmsNorm
+        ]
+    );
     assert_eq!(ms[0].epsilon, 1e-6f32 as f64);
     assert_eq!(ms[0].axis, Some(-1));
     assert!(ms[0].rewritable && ms[1].rewritable && !ms[2].rewritable);
@@ -565,7 +699,11 @@ fn dynamo_adanorm(reshape_to: &[i64]) -> Builder {
     let x = b.input("x", F32, &[2, 3, H]);
     let minus1 = b.init_typed("axes_m1", I64, &[1], &[-1.0]);
     let two = b.init_typed("axes_2", I64, &[1], &[2.0]);
-    let m1 = b.op("ReduceMean", &[&x, &minus1], vec![("keepdims", A::I(1)), ("noop_with_empty_axes", A::I(0))]);
+    let m1 = b.op(
+        "ReduceMean",
+        &[&x, &minus1],
+        vec![("keepdims", A::I(1)), ("noop_with_empty_axes", A::I(0))],
+    );
     let m2 = b.op("ReduceMean", &[&x, &two], vec![("keepdims", A::I(1))]);
     let s = b.op("Sub", &[&x, &m2], vec![]);
     let sq = b.op("Mul", &[&s, &s], vec![]);
@@ -574,7 +712,12 @@ fn dynamo_adanorm(reshape_to: &[i64]) -> Builder {
     let n1 = b.init("n_minus_1", &[], &[(H - 1) as f32]);
     let vn = b.op("Mul", &[&v, &n], vec![]);
     let vu = b.op("Div", &[&vn, &n1], vec![]);
-    let shape = b.init_typed("keep_shape", I64, &[3], &reshape_to.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let shape = b.init_typed(
+        "keep_shape",
+        I64,
+        &[3],
+        &reshape_to.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+    );
     let r = b.op("Reshape", &[&vu, &shape], vec![]);
     let sd = b.op("Sqrt", &[&r], vec![]);
     let eps = b.init("eps", &[], &[1e-5]);
@@ -597,7 +740,10 @@ fn dynamo_adanorm(reshape_to: &[i64]) -> Builder {
 fn dynamo_adanorm_with_a_reshaped_variance() {
     let m = only(dynamo_adanorm(&[2, 3, 1]).matches());
     assert_eq!(m.family, Family::AdaNorm);
-    assert_eq!((m.c, m.k, m.unbiased, m.eps_in_sqrt), (1.0, 0.1f32 as f64, true, false));
+    assert_eq!(
+        (m.c, m.k, m.unbiased, m.eps_in_sqrt),
+        (1.0, 0.1f32 as f64, true, false)
+    );
     assert!(m.rewritable, "{:?}", m.reason);
     assert_eq!(m.axis, Some(-1));
 }
@@ -611,7 +757,12 @@ fn a_variance_reshaped_to_the_wrong_shape_is_not_a_match() {
 fn a_variance_without_keepdims_and_no_reshape_is_not_a_match() {
     let mut b = dynamo_adanorm(&[2, 3, 1]);
     // Bypass the Reshape: the Sqrt reads the [2,3] variance directly.
-    let reshape = b.nodes.iter().find(|n| n.op_type() == "Reshape").unwrap().clone();
+    let reshape = b
+        .nodes
+        .iter()
+        .find(|n| n.op_type() == "Reshape")
+        .unwrap()
+        .clone();
     for n in b.nodes.iter_mut().filter(|n| n.op_type() == "Sqrt") {
         n.input[0] = reshape.input[0].clone();
     }

@@ -12,14 +12,22 @@ use common::{Builder, F32};
 fn zoo_models_round_trip_byte_for_byte() {
     let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/zoo");
     let dir = tempfile::tempdir().unwrap();
-    for name in ["bert_dynamo_default", "keras_tf2onnx_op13", "bert_legacy_op14_fp16half"] {
+    for name in [
+        "bert_dynamo_default",
+        "keras_tf2onnx_op13",
+        "bert_legacy_op14_fp16half",
+    ] {
         let src = zoo.join(name).join("model.onnx");
         let m = load_model(&src).unwrap();
         let out = dir.path().join(format!("{name}.onnx"));
         save_model(&m.proto, &out, false).unwrap();
         let again = load_model(&out).unwrap();
         assert_eq!(m.proto, again.proto, "{name}: decoded models differ");
-        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&out).unwrap(), "{name}: bytes differ");
+        assert_eq!(
+            std::fs::read(&src).unwrap(),
+            std::fs::read(&out).unwrap(),
+            "{name}: bytes differ"
+        );
     }
 }
 
@@ -56,7 +64,10 @@ fn external_data_is_read_and_its_references_survive_a_save() {
     let out = dir.path().join("ext2.onnx");
     save_model(&m.proto, &out, false).unwrap();
     let again = load_model(&out).unwrap();
-    assert_eq!(again.graph().initializer[0].external_data, m.graph().initializer[0].external_data);
+    assert_eq!(
+        again.graph().initializer[0].external_data,
+        m.graph().initializer[0].external_data
+    );
 }
 
 #[test]
@@ -67,7 +78,10 @@ fn external_data_beyond_the_file_end_is_an_error_naming_the_tensor() {
     common::externalize(&mut b.inits[0], "short.bin", None);
     let p = b.save(dir.path(), "m.onnx");
     let err = load_model(&p).err().expect("must fail").to_string();
-    assert!(err.contains("tensor 'w'") && err.contains("short.bin"), "{err}");
+    assert!(
+        err.contains("tensor 'w'") && err.contains("short.bin"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -77,7 +91,10 @@ fn external_data_may_not_escape_the_model_directory() {
     common::externalize(&mut b.inits[0], "../../etc/passwd", None);
     let p = b.save(dir.path(), "m.onnx");
     let err = load_model(&p).err().expect("must fail").to_string();
-    assert!(err.contains("relative path inside the model's directory"), "{err}");
+    assert!(
+        err.contains("relative path inside the model's directory"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -91,7 +108,10 @@ fn an_existing_output_is_not_replaced_without_overwrite() {
     save_model(&model, &dest, true).unwrap();
     assert_ne!(std::fs::read(&dest).unwrap(), b"precious");
     // No temporary file is left beside it.
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
 }
 

@@ -25,7 +25,9 @@ fn data(n: usize, seed: u64, offset: f64) -> Vec<f64> {
     let mut s = seed;
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             offset + ((s >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 4.0
         })
         .collect()
@@ -40,8 +42,21 @@ struct Case {
 }
 
 /// Writes the model and its inputs; returns (model, inputs.npz, x, scale, bias).
-fn write_case(dir: &Path, c: &Case) -> (std::path::PathBuf, std::path::PathBuf, Vec<f64>, Vec<f64>, Vec<f64>) {
-    let a = if c.p.axis < 0 { (3 + c.p.axis) as usize } else { c.p.axis as usize };
+fn write_case(
+    dir: &Path,
+    c: &Case,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Vec<f64>,
+    Vec<f64>,
+    Vec<f64>,
+) {
+    let a = if c.p.axis < 0 {
+        (3 + c.p.axis) as usize
+    } else {
+        c.p.axis as usize
+    };
     let norm_shape: Vec<i64> = SHAPE[a..].iter().map(|&d| d as i64).collect();
     let n_norm: usize = SHAPE[a..].iter().product();
     let mut b = Builder::new(17);
@@ -53,8 +68,16 @@ fn write_case(dir: &Path, c: &Case) -> (std::path::PathBuf, std::path::PathBuf, 
         b.init_typed("Scale", c.elem, &norm_shape, &scale);
         b.init_typed("B", c.elem, &norm_shape, &bias);
     }
-    let outs: [Option<&str>; 3] = if c.stats { [Some("Y"), Some("Mean"), Some("InvStdDev")] } else { [Some("Y"), None, None] };
-    let ins: [Option<&str>; 3] = if c.affine { [Some("X"), Some("Scale"), Some("B")] } else { [Some("X"), None, None] };
+    let outs: [Option<&str>; 3] = if c.stats {
+        [Some("Y"), Some("Mean"), Some("InvStdDev")]
+    } else {
+        [Some("Y"), None, None]
+    };
+    let ins: [Option<&str>; 3] = if c.affine {
+        [Some("X"), Some("Scale"), Some("B")]
+    } else {
+        [Some("X"), None, None]
+    };
     let node: NodeProto = build("norm", &c.p, ins, outs, "");
     b.nodes.push(node);
     b.output("Y", c.elem);
@@ -65,14 +88,37 @@ fn write_case(dir: &Path, c: &Case) -> (std::path::PathBuf, std::path::PathBuf, 
     let model = b.save(dir, "m.onnx");
     let x = data(SHAPE.iter().product(), 3, c.offset);
     let xt: Tensor = if c.elem == F16 {
-        Tensor::from(ArrayD::from_shape_vec(IxDyn(&SHAPE), x.iter().map(|&v| half::f16::from_f64(v)).collect()).unwrap())
+        Tensor::from(
+            ArrayD::from_shape_vec(
+                IxDyn(&SHAPE),
+                x.iter().map(|&v| half::f16::from_f64(v)).collect(),
+            )
+            .unwrap(),
+        )
     } else {
-        Tensor::from(ArrayD::from_shape_vec(IxDyn(&SHAPE), x.iter().map(|&v| v as f32).collect()).unwrap())
+        Tensor::from(
+            ArrayD::from_shape_vec(IxDyn(&SHAPE), x.iter().map(|&v| v as f32).collect()).unwrap(),
+        )
     };
     // The reference sees exactly the values the model reads.
-    let x = xt.cast_to_dt(DatumType::F64).unwrap().to_plain_array_view::<f64>().unwrap().iter().copied().collect();
+    let x = xt
+        .cast_to_dt(DatumType::F64)
+        .unwrap()
+        .to_plain_array_view::<f64>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
     let round = |v: &[f64]| -> Vec<f64> {
-        v.iter().map(|&x| if c.elem == F16 { half::f16::from_f64(x).to_f64() } else { x as f32 as f64 }).collect()
+        v.iter()
+            .map(|&x| {
+                if c.elem == F16 {
+                    half::f16::from_f64(x).to_f64()
+                } else {
+                    x as f32 as f64
+                }
+            })
+            .collect()
     };
     let inputs = dir.join("in.npz");
     write_npz(&inputs, &[("X".to_string(), xt)]).unwrap();
@@ -86,28 +132,95 @@ fn run_matches_the_reference_for_every_attribute_combination() {
     for kind in [OpKind::AdaNorm, OpKind::LayerNormSimple] {
         for unbiased in [false, true] {
             for eps_in_sqrt in [false, true] {
-                for (axis, affine, stats, elem, offset) in
-                    [(-1, true, true, F32, 0.0), (1, false, true, F32, 1e4), (-1, true, false, F16, 0.0), (1, true, false, F32, 0.0)]
-                {
-                    let p = OpParams { kind, axis, epsilon: 1e-5, unbiased, eps_in_sqrt, c: 1.5, k: 0.1 };
-                    let c = Case { p: p.clone(), affine, stats, elem, offset };
+                for (axis, affine, stats, elem, offset) in [
+                    (-1, true, true, F32, 0.0),
+                    (1, false, true, F32, 1e4),
+                    (-1, true, false, F16, 0.0),
+                    (1, true, false, F32, 0.0),
+                ] {
+                    let p = OpParams {
+                        kind,
+                        axis,
+                        epsilon: 1e-5,
+                        unbiased,
+                        eps_in_sqrt,
+                        c: 1.5,
+                        k: 0.1,
+                    };
+                    let c = Case {
+                        p: p.clone(),
+                        affine,
+                        stats,
+                        elem,
+                        offset,
+                    };
                     let (model, inputs, x, scale, bias) = write_case(dir.path(), &c);
                     let out_path = dir.path().join("out.npz");
-                    let out = bin().arg("run").arg(&model).arg("--inputs").arg(&inputs).arg("-o").arg(&out_path).output().unwrap();
-                    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                    let out = bin()
+                        .arg("run")
+                        .arg(&model)
+                        .arg("--inputs")
+                        .arg(&inputs)
+                        .arg("-o")
+                        .arg(&out_path)
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
                     let outputs = read_npz(&out_path).unwrap();
 
-                    let variant = if kind == OpKind::AdaNorm { Variant::AdaNorm { c: p.c as f32 as f64, k: p.k as f32 as f64 } } else { Variant::LayerNormSimple };
-                    let params = Params { variant, epsilon: p.epsilon as f32 as f64, unbiased, eps_in_sqrt };
-                    let a = if axis < 0 { (3 + axis) as usize } else { axis as usize };
+                    let variant = if kind == OpKind::AdaNorm {
+                        Variant::AdaNorm {
+                            c: p.c as f32 as f64,
+                            k: p.k as f32 as f64,
+                        }
+                    } else {
+                        Variant::LayerNormSimple
+                    };
+                    let params = Params {
+                        variant,
+                        epsilon: p.epsilon as f32 as f64,
+                        unbiased,
+                        eps_in_sqrt,
+                    };
+                    let a = if axis < 0 {
+                        (3 + axis) as usize
+                    } else {
+                        axis as usize
+                    };
                     let ns = &SHAPE[a..];
-                    let r = reference(&x, &SHAPE, axis, affine.then_some((&scale[..], ns)), affine.then_some((&bias[..], ns)), &params).unwrap();
+                    let r = reference(
+                        &x,
+                        &SHAPE,
+                        axis,
+                        affine.then_some((&scale[..], ns)),
+                        affine.then_some((&bias[..], ns)),
+                        &params,
+                    )
+                    .unwrap();
                     let get = |name: &str| -> Vec<f64> {
-                        let t = &outputs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no output {name}")).1;
-                        t.cast_to_dt(DatumType::F64).unwrap().to_plain_array_view::<f64>().unwrap().iter().copied().collect()
+                        let t = &outputs
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .unwrap_or_else(|| panic!("no output {name}"))
+                            .1;
+                        t.cast_to_dt(DatumType::F64)
+                            .unwrap()
+                            .to_plain_array_view::<f64>()
+                            .unwrap()
+                            .iter()
+                            .copied()
+                            .collect()
                     };
                     let tol = if elem == F16 { 1e-2 } else { 1e-5 };
-                    for (name, want) in [("Y", &r.y), ("Mean", &r.mean), ("InvStdDev", &r.inv_std_dev)] {
+                    for (name, want) in [
+                        ("Y", &r.y),
+                        ("Mean", &r.mean),
+                        ("InvStdDev", &r.inv_std_dev),
+                    ] {
                         if name != "Y" && !stats {
                             continue;
                         }
@@ -128,16 +241,52 @@ fn run_matches_the_reference_for_every_attribute_combination() {
 #[test]
 fn verify_passes_a_model_against_itself_and_fails_against_a_perturbed_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let p = OpParams { kind: OpKind::AdaNorm, axis: -1, epsilon: 1e-5, unbiased: true, eps_in_sqrt: false, c: 1.0, k: 0.1 };
-    let (model, inputs, ..) = write_case(dir.path(), &Case { p: p.clone(), affine: true, stats: false, elem: F32, offset: 0.0 });
-    let same = bin().arg("verify").arg(&model).arg(&model).output().unwrap();
-    assert_eq!(same.status.code(), Some(0), "{}", String::from_utf8_lossy(&same.stdout));
+    let p = OpParams {
+        kind: OpKind::AdaNorm,
+        axis: -1,
+        epsilon: 1e-5,
+        unbiased: true,
+        eps_in_sqrt: false,
+        c: 1.0,
+        k: 0.1,
+    };
+    let (model, inputs, ..) = write_case(
+        dir.path(),
+        &Case {
+            p: p.clone(),
+            affine: true,
+            stats: false,
+            elem: F32,
+            offset: 0.0,
+        },
+    );
+    let same = bin()
+        .arg("verify")
+        .arg(&model)
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
     assert!(String::from_utf8_lossy(&same.stdout).contains("the models agree"));
 
     // The same model with k = 0.2: a different function.
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
-    let (perturbed, ..) = write_case(&other, &Case { p: OpParams { k: 0.2, ..p }, affine: true, stats: false, elem: F32, offset: 0.0 });
+    let (perturbed, ..) = write_case(
+        &other,
+        &Case {
+            p: OpParams { k: 0.2, ..p },
+            affine: true,
+            stats: false,
+            elem: F32,
+            offset: 0.0,
+        },
+    );
     for with_inputs in [false, true] {
         let mut cmd = bin();
         cmd.arg("verify").arg(&model).arg(&perturbed);
@@ -145,7 +294,12 @@ fn verify_passes_a_model_against_itself_and_fails_against_a_perturbed_copy() {
             cmd.arg("--inputs").arg(&inputs);
         }
         let out = cmd.output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("ABOVE TOLERANCE"));
     }
 }
@@ -156,17 +310,55 @@ fn verify_draws_dynamic_dimensions_from_dim() {
     b.extra_opsets.push(("ai.adanorm".into(), 1));
     // X: [batch, 8] with a named dynamic first dimension.
     let mut vi = common::value_info("X", F32, &[1, 8]);
-    if let Some(adanorm_onnx::onnx::proto::type_proto::Value::TensorType(t)) = vi.r#type.as_mut().unwrap().value.as_mut() {
-        t.shape.as_mut().unwrap().dim[0].value = Some(adanorm_onnx::onnx::proto::tensor_shape_proto::dimension::Value::DimParam("batch".into()));
+    if let Some(adanorm_onnx::onnx::proto::type_proto::Value::TensorType(t)) =
+        vi.r#type.as_mut().unwrap().value.as_mut()
+    {
+        t.shape.as_mut().unwrap().dim[0].value = Some(
+            adanorm_onnx::onnx::proto::tensor_shape_proto::dimension::Value::DimParam(
+                "batch".into(),
+            ),
+        );
     }
     b.inputs.push(vi);
-    let p = OpParams { kind: OpKind::LayerNormSimple, axis: -1, epsilon: 1e-5, unbiased: false, eps_in_sqrt: true, c: 1.0, k: 0.0 };
-    b.nodes.push(build("norm", &p, [Some("X"), None, None], [Some("Y"), None, None], ""));
+    let p = OpParams {
+        kind: OpKind::LayerNormSimple,
+        axis: -1,
+        epsilon: 1e-5,
+        unbiased: false,
+        eps_in_sqrt: true,
+        c: 1.0,
+        k: 0.0,
+    };
+    b.nodes.push(build(
+        "norm",
+        &p,
+        [Some("X"), None, None],
+        [Some("Y"), None, None],
+        "",
+    ));
     b.output("Y", F32);
     let dir = tempfile::tempdir().unwrap();
     let m = b.save(dir.path(), "dyn.onnx");
-    let out = bin().args(["verify"]).arg(&m).arg(&m).args(["--dim", "batch=5"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let bad = bin().args(["verify"]).arg(&m).arg(&m).args(["--dim", "batch"]).output().unwrap();
+    let out = bin()
+        .args(["verify"])
+        .arg(&m)
+        .arg(&m)
+        .args(["--dim", "batch=5"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = bin()
+        .args(["verify"])
+        .arg(&m)
+        .arg(&m)
+        .args(["--dim", "batch"])
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }

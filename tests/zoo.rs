@@ -20,7 +20,8 @@ fn inspect(name: &str) -> Vec<Match> {
 #[test]
 fn every_zoo_model_matches_its_ground_truth_exactly() {
     let truth: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(zoo().join("ground_truth.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(zoo().join("ground_truth.json")).unwrap())
+            .unwrap();
     let mut checked = 0;
     for entry in std::fs::read_dir(zoo()).unwrap() {
         let dir = entry.unwrap().path();
@@ -28,10 +29,15 @@ fn every_zoo_model_matches_its_ground_truth_exactly() {
             continue;
         }
         let name = dir.file_name().unwrap().to_str().unwrap().to_string();
-        let expected = truth.get(&name).unwrap_or_else(|| panic!("{name} has no ground truth"));
+        let expected = truth
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} has no ground truth"));
         let found = summary(&inspect(&name));
         for (family, n) in found {
-            let want = expected.get(family.name()).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+            let want = expected
+                .get(family.name())
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0) as usize;
             assert_eq!(n, want, "{name}: {} matches", family.name());
         }
         checked += 1;
@@ -45,10 +51,21 @@ fn all(ms: &[Match], pred: impl Fn(&Match) -> bool) -> bool {
 
 #[test]
 fn layernorm_models_are_rewritable_with_their_weights() {
-    for name in ["bert_legacy_op14", "bert_legacy_op17", "bert_dynamo_default", "gpt2_legacy_op14", "keras_tf2onnx_op13"] {
+    for name in [
+        "bert_legacy_op14",
+        "bert_legacy_op17",
+        "bert_dynamo_default",
+        "gpt2_legacy_op14",
+        "keras_tf2onnx_op13",
+    ] {
         let ms = inspect(name);
         assert!(
-            all(&ms, |m| m.rewritable && m.axis == Some(-1) && m.scale.is_some() && m.bias.is_some() && !m.unbiased && m.eps_in_sqrt),
+            all(&ms, |m| m.rewritable
+                && m.axis == Some(-1)
+                && m.scale.is_some()
+                && m.bias.is_some()
+                && !m.unbiased
+                && m.eps_in_sqrt),
             "{name}: {ms:#?}"
         );
     }
@@ -63,9 +80,18 @@ fn bert_decomposed_epsilon_is_as_stored() {
 #[test]
 fn fp16_model_reports_float16_and_its_float64_epsilon() {
     let ms = inspect("bert_legacy_op14_fp16half");
-    assert!(all(&ms, |m| m.dtype == Some(10) && m.epsilon == 1e-12 && m.rewritable), "{ms:#?}");
+    assert!(
+        all(&ms, |m| m.dtype == Some(10)
+            && m.epsilon == 1e-12
+            && m.rewritable),
+        "{ms:#?}"
+    );
     // The output is after the Cast back to float16 and the affine.
-    assert!(ms.iter().all(|m| m.output.ends_with("LayerNorm/Add_1_output_0") || m.output == "last_hidden_state"));
+    assert!(
+        ms.iter()
+            .all(|m| m.output.ends_with("LayerNorm/Add_1_output_0")
+                || m.output == "last_hidden_state")
+    );
 }
 
 #[test]
@@ -85,20 +111,38 @@ fn adanorm_module_parameters() {
 #[test]
 fn lnsimple_module_parameters() {
     let ms = inspect("lnsimple_legacy_op14");
-    assert!(all(&ms, |m| m.family == Family::LnSimple && m.unbiased && !m.eps_in_sqrt && m.scale.is_none() && m.rewritable));
+    assert!(all(&ms, |m| m.family == Family::LnSimple
+        && m.unbiased
+        && !m.eps_in_sqrt
+        && m.scale.is_none()
+        && m.rewritable));
 }
 
 #[test]
 fn lnvariants_affine_shapes() {
     let ms = inspect("lnvariants_legacy_op14");
-    let shape: Vec<(bool, bool, Option<i64>)> = ms.iter().map(|m| (m.scale.is_some(), m.bias.is_some(), m.axis)).collect();
-    assert_eq!(shape, [(false, false, Some(-1)), (true, false, Some(-1)), (true, true, Some(-2))]);
+    let shape: Vec<(bool, bool, Option<i64>)> = ms
+        .iter()
+        .map(|m| (m.scale.is_some(), m.bias.is_some(), m.axis))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (false, false, Some(-1)),
+            (true, false, Some(-1)),
+            (true, true, Some(-2))
+        ]
+    );
 }
 
 #[test]
 fn channels_first_convnext_is_axis_1_only() {
     let ms = inspect("convnext_cf_legacy_op14");
-    assert!(all(&ms, |m| m.axes == [1] && m.axis.is_none() && !m.rewritable && m.scale.is_some() && m.bias.is_some()));
+    assert!(all(&ms, |m| m.axes == [1]
+        && m.axis.is_none()
+        && !m.rewritable
+        && m.scale.is_some()
+        && m.bias.is_some()));
     // HF ConvNeXt wraps its channels-first LayerNorm in Transposes: those are ordinary trailing ones.
     let ms = inspect("convnext_legacy_op14");
     assert!(all(&ms, |m| m.axis == Some(-1) && m.rewritable));
@@ -107,5 +151,7 @@ fn channels_first_convnext_is_axis_1_only() {
 #[test]
 fn t5_rmsnorm_is_never_layernorm() {
     let ms = inspect("t5_legacy_op14");
-    assert!(all(&ms, |m| m.family == Family::RmsNorm && m.scale.is_some() && !m.rewritable));
+    assert!(all(&ms, |m| m.family == Family::RmsNorm
+        && m.scale.is_some()
+        && !m.rewritable));
 }

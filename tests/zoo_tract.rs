@@ -10,18 +10,31 @@ use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::npz::read_npz;
 use adanorm_onnx::onnx::{load_model, save_model};
 use adanorm_onnx::patterns::{find_matches, summary, Family};
-use adanorm_onnx::rewrite::{plan::plan, revert::revert, weights::WeightsFile, Affine, Options, Target};
+use adanorm_onnx::rewrite::{
+    plan::plan, revert::revert, weights::WeightsFile, Affine, Options, Target,
+};
 use adanorm_onnx::runner::{compare, run};
 
 fn zoo() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/zoo");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("model.onnx").exists()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
     v.sort();
     v
 }
 
 fn opts(target: Target, affine: Affine, ck: Option<(f64, f64)>, include_fused: bool) -> Options {
-    Options { target, c: ck.map(|x| x.0), k: ck.map(|x| x.1), affine, portable: false, include_fused }
+    Options {
+        target,
+        c: ck.map(|x| x.0),
+        k: ck.map(|x| x.1),
+        affine,
+        portable: false,
+        include_fused,
+    }
 }
 
 /// Rewrites `case`'s model with `o`, saves it (and its weights) in `dir`, returns the path.
@@ -42,12 +55,17 @@ fn rewritten(case: &Path, dir: &Path, tag: &str, o: &Options) -> (PathBuf, Optio
 fn assert_matches_reference(case: &Path, model: &Path) {
     let name = case.file_name().unwrap().to_string_lossy().to_string();
     let tol = if name.contains("fp16") { 3e-2 } else { 1e-4 };
-    let outputs = run(model, read_npz(&case.join("inputs.npz")).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let outputs = run(model, read_npz(&case.join("inputs.npz")).unwrap())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let reference = read_npz(&case.join("ref_output.npz")).unwrap();
     let diffs = compare(&reference, &outputs);
     assert!(!diffs.is_empty());
     for d in diffs {
-        assert!(d.problem.is_none() && d.max_scaled <= tol, "{name} {}: {d:?}", model.display());
+        assert!(
+            d.problem.is_none() && d.max_scaled <= tol,
+            "{name} {}: {d:?}",
+            model.display()
+        );
     }
 }
 
@@ -66,20 +84,41 @@ fn fuse_output_matches_the_reference_in_tract() {
     let tmp = tempfile::tempdir().unwrap();
     let mut fused_any = 0;
     for case in zoo() {
-        let (out, _, n) = rewritten(&case, tmp.path(), "fused", &opts(Target::Same, Affine::Keep, None, false));
+        let (out, _, n) = rewritten(
+            &case,
+            tmp.path(),
+            "fused",
+            &opts(Target::Same, Affine::Keep, None, false),
+        );
         fused_any += n;
         assert_matches_reference(&case, &out);
     }
-    assert!(fused_any >= 30, "the zoo has 30+ decomposed normalisations to fuse, fused {fused_any}");
+    assert!(
+        fused_any >= 30,
+        "the zoo has 30+ decomposed normalisations to fuse, fused {fused_any}"
+    );
 }
 
 #[test]
 fn layernorm_rewrites_that_keep_the_function_match_in_tract() {
     let tmp = tempfile::tempdir().unwrap();
-    for case in zoo().into_iter().filter(|c| count(c, Family::LayerNorm) > 0) {
-        let (a, _, _) = rewritten(&case, tmp.path(), "k0", &opts(Target::AdaNorm, Affine::Keep, Some((1.0, 0.0)), true));
+    for case in zoo()
+        .into_iter()
+        .filter(|c| count(c, Family::LayerNorm) > 0)
+    {
+        let (a, _, _) = rewritten(
+            &case,
+            tmp.path(),
+            "k0",
+            &opts(Target::AdaNorm, Affine::Keep, Some((1.0, 0.0)), true),
+        );
         assert_matches_reference(&case, &a);
-        let (f, _, _) = rewritten(&case, tmp.path(), "fold", &opts(Target::Simple, Affine::Fold, None, true));
+        let (f, _, _) = rewritten(
+            &case,
+            tmp.path(),
+            "fold",
+            &opts(Target::Simple, Affine::Fold, None, true),
+        );
         assert_matches_reference(&case, &f);
     }
 }
@@ -88,7 +127,12 @@ fn layernorm_rewrites_that_keep_the_function_match_in_tract() {
 fn revert_of_a_drop_matches_in_tract() {
     let tmp = tempfile::tempdir().unwrap();
     for case in zoo() {
-        let (d, w, _) = rewritten(&case, tmp.path(), "drop", &opts(Target::AdaNorm, Affine::Drop, None, true));
+        let (d, w, _) = rewritten(
+            &case,
+            tmp.path(),
+            "drop",
+            &opts(Target::AdaNorm, Affine::Drop, None, true),
+        );
         let model = load_model(&d).unwrap();
         let g = GraphIndex::build(&model).unwrap();
         let weights = w.as_deref().map(|p| WeightsFile::load(p).unwrap());
@@ -110,7 +154,12 @@ fn adanorm_and_lnsimple_rewritten_to_their_own_kind_match_in_tract() {
         } else {
             continue;
         };
-        let (out, _, n) = rewritten(&case, tmp.path(), "own", &opts(target, Affine::Keep, None, true));
+        let (out, _, n) = rewritten(
+            &case,
+            tmp.path(),
+            "own",
+            &opts(target, Affine::Keep, None, true),
+        );
         assert_eq!(n, 4);
         assert_matches_reference(&case, &out);
     }

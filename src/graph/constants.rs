@@ -22,7 +22,10 @@ pub struct Constants<'m> {
 
 impl<'m> Constants<'m> {
     pub fn new(model: &'m Model) -> Self {
-        Constants { model, cache: RefCell::new(HashMap::new()) }
+        Constants {
+            model,
+            cache: RefCell::new(HashMap::new()),
+        }
     }
 
     pub fn value(&self, g: &GraphIndex<'m>, name: &str) -> Option<Rc<ConstValue>> {
@@ -80,7 +83,13 @@ impl<'m> Constants<'m> {
         }
     }
 
-    fn value_of_input(&self, g: &GraphIndex<'m>, node: &NodeProto, i: usize, depth: usize) -> Option<ConstValue> {
+    fn value_of_input(
+        &self,
+        g: &GraphIndex<'m>,
+        node: &NodeProto,
+        i: usize,
+        depth: usize,
+    ) -> Option<ConstValue> {
         let input = node.input.get(i)?;
         if let Some(hit) = self.cache.borrow().get(input.as_str()) {
             return hit.as_deref().cloned();
@@ -94,17 +103,37 @@ fn constant_node_value(model: &Model, node: &NodeProto) -> Option<ConstValue> {
         return decode(model, t).ok().flatten();
     }
     if let Some(f) = attr::float(node, "value_float") {
-        return Some(ConstValue { elem_type: FLOAT, dims: vec![], floats: Some(vec![f as f64]), ints: None });
+        return Some(ConstValue {
+            elem_type: FLOAT,
+            dims: vec![],
+            floats: Some(vec![f as f64]),
+            ints: None,
+        });
     }
     if let Some(i) = attr::int(node, "value_int") {
-        return Some(ConstValue { elem_type: INT64, dims: vec![], floats: None, ints: Some(vec![i]) });
+        return Some(ConstValue {
+            elem_type: INT64,
+            dims: vec![],
+            floats: None,
+            ints: Some(vec![i]),
+        });
     }
     let a = attr::find(node, "value_floats").or_else(|| attr::find(node, "value_ints"))?;
     if a.name() == "value_floats" {
         let f: Vec<f64> = a.floats.iter().map(|&v| v as f64).collect();
-        Some(ConstValue { elem_type: FLOAT, dims: vec![f.len() as i64], floats: Some(f), ints: None })
+        Some(ConstValue {
+            elem_type: FLOAT,
+            dims: vec![f.len() as i64],
+            floats: Some(f),
+            ints: None,
+        })
     } else {
-        Some(ConstValue { elem_type: INT64, dims: vec![a.ints.len() as i64], floats: None, ints: Some(a.ints.clone()) })
+        Some(ConstValue {
+            elem_type: INT64,
+            dims: vec![a.ints.len() as i64],
+            floats: None,
+            ints: Some(a.ints.clone()),
+        })
     }
 }
 
@@ -115,13 +144,33 @@ fn cast(v: ConstValue, to: i32) -> Option<ConstValue> {
         (_, Some(i)) => i.iter().map(|&x| x as f64).collect(),
         _ => return None,
     };
-    let out = ConstValue { elem_type: to, dims: v.dims.clone(), floats: None, ints: None };
+    let out = ConstValue {
+        elem_type: to,
+        dims: v.dims.clone(),
+        floats: None,
+        ints: None,
+    };
     Some(match to {
-        FLOAT => ConstValue { floats: Some(as_f64.iter().map(|&x| x as f32 as f64).collect()), ..out },
-        FLOAT16 => ConstValue { floats: Some(as_f64.iter().map(|&x| f16::from_f64(x).to_f64()).collect()), ..out },
-        BFLOAT16 => ConstValue { floats: Some(as_f64.iter().map(|&x| bf16::from_f64(x).to_f64()).collect()), ..out },
-        t if t == dtype::DOUBLE => ConstValue { floats: Some(as_f64), ..out },
-        INT64 | INT32 => ConstValue { ints: Some(as_f64.iter().map(|&x| x as i64).collect()), ..out },
+        FLOAT => ConstValue {
+            floats: Some(as_f64.iter().map(|&x| x as f32 as f64).collect()),
+            ..out
+        },
+        FLOAT16 => ConstValue {
+            floats: Some(as_f64.iter().map(|&x| f16::from_f64(x).to_f64()).collect()),
+            ..out
+        },
+        BFLOAT16 => ConstValue {
+            floats: Some(as_f64.iter().map(|&x| bf16::from_f64(x).to_f64()).collect()),
+            ..out
+        },
+        t if t == dtype::DOUBLE => ConstValue {
+            floats: Some(as_f64),
+            ..out
+        },
+        INT64 | INT32 => ConstValue {
+            ints: Some(as_f64.iter().map(|&x| x as i64).collect()),
+            ..out
+        },
         _ => return None,
     })
 }

@@ -48,9 +48,12 @@ impl<'m> GraphIndex<'m> {
                 if out.is_empty() {
                     continue;
                 }
-                if producer.insert(out.as_str(), (id, slot)).is_some() || initializers.contains_key(out.as_str()) {
+                if producer.insert(out.as_str(), (id, slot)).is_some()
+                    || initializers.contains_key(out.as_str())
+                {
                     return Err(located(
-                        Error::msg(format!("value '{out}' is produced more than once")).at_node(node_label(node, id)),
+                        Error::msg(format!("value '{out}' is produced more than once"))
+                            .at_node(node_label(node, id)),
                     ));
                 }
             }
@@ -75,8 +78,13 @@ impl<'m> GraphIndex<'m> {
         }
         for out in &graph.output {
             let name = out.name();
-            if !(producer.contains_key(name) || initializers.contains_key(name) || graph_inputs.contains(name)) {
-                return Err(located(Error::msg(format!("graph output '{name}' is not produced by anything"))));
+            if !(producer.contains_key(name)
+                || initializers.contains_key(name)
+                || graph_inputs.contains(name))
+            {
+                return Err(located(Error::msg(format!(
+                    "graph output '{name}' is not produced by anything"
+                ))));
             }
         }
         let order = topological_order(graph, &producer).map_err(located)?;
@@ -144,7 +152,9 @@ impl<'m> GraphIndex<'m> {
     }
 
     pub fn rank(&self, value: &str) -> Option<usize> {
-        self.facts(value).and_then(|f| f.shape.as_ref()).map(Vec::len)
+        self.facts(value)
+            .and_then(|f| f.shape.as_ref())
+            .map(Vec::len)
     }
 
     pub fn shape(&self, value: &str) -> Option<&[Dim]> {
@@ -171,7 +181,10 @@ pub fn node_label(node: &NodeProto, id: NodeId) -> String {
 }
 
 /// Kahn's algorithm; a node left over sits on a cycle.
-fn topological_order(graph: &GraphProto, producer: &HashMap<&str, (NodeId, usize)>) -> Result<Vec<NodeId>> {
+fn topological_order(
+    graph: &GraphProto,
+    producer: &HashMap<&str, (NodeId, usize)>,
+) -> Result<Vec<NodeId>> {
     let n = graph.node.len();
     let mut pending = vec![0usize; n];
     let mut dependents: Vec<Vec<NodeId>> = vec![Vec::new(); n];
@@ -198,8 +211,12 @@ fn topological_order(graph: &GraphProto, producer: &HashMap<&str, (NodeId, usize
         }
     }
     if order.len() != n {
-        let stuck = (0..n).find(|&i| pending[i] > 0).expect("some node is pending");
-        return Err(Error::msg("the graph has a cycle").at_node(node_label(&graph.node[stuck], stuck)));
+        let stuck = (0..n)
+            .find(|&i| pending[i] > 0)
+            .expect("some node is pending");
+        return Err(
+            Error::msg("the graph has a cycle").at_node(node_label(&graph.node[stuck], stuck))
+        );
     }
     Ok(order)
 }

@@ -35,20 +35,29 @@ pub struct ValueFacts {
 }
 
 fn from_value_info(v: &ValueInfoProto) -> Option<ValueFacts> {
-    let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref()?.value.as_ref() else { return None };
+    let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref()?.value.as_ref() else {
+        return None;
+    };
     let shape = t.shape.as_ref().map(|s| {
         s.dim
             .iter()
             .map(|d| match &d.value {
-                Some(crate::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(v)) => Dim::Known(*v),
-                Some(crate::onnx::proto::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => {
+                Some(crate::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(v)) => {
+                    Dim::Known(*v)
+                }
+                Some(crate::onnx::proto::tensor_shape_proto::dimension::Value::DimParam(p))
+                    if !p.is_empty() =>
+                {
                     Dim::Named(p.clone())
                 }
                 _ => Dim::Unknown,
             })
             .collect()
     });
-    Some(ValueFacts { elem_type: t.elem_type.filter(|&e| e != 0), shape })
+    Some(ValueFacts {
+        elem_type: t.elem_type.filter(|&e| e != 0),
+        shape,
+    })
 }
 
 pub fn infer(g: &GraphIndex<'_>) -> HashMap<String, ValueFacts> {
@@ -56,10 +65,19 @@ pub fn infer(g: &GraphIndex<'_>) -> HashMap<String, ValueFacts> {
     for t in &g.graph.initializer {
         facts.insert(
             t.name().to_string(),
-            ValueFacts { elem_type: Some(t.data_type()), shape: Some(t.dims.iter().map(|&d| Dim::Known(d)).collect()) },
+            ValueFacts {
+                elem_type: Some(t.data_type()),
+                shape: Some(t.dims.iter().map(|&d| Dim::Known(d)).collect()),
+            },
         );
     }
-    for v in g.graph.input.iter().chain(&g.graph.value_info).chain(&g.graph.output) {
+    for v in g
+        .graph
+        .input
+        .iter()
+        .chain(&g.graph.value_info)
+        .chain(&g.graph.output)
+    {
         if let Some(f) = from_value_info(v) {
             let entry = facts.entry(v.name().to_string()).or_default();
             entry.elem_type = entry.elem_type.or(f.elem_type);
@@ -75,7 +93,9 @@ pub fn infer(g: &GraphIndex<'_>) -> HashMap<String, ValueFacts> {
             if out.is_empty() {
                 continue;
             }
-            let Some(new) = inferred.get(slot).cloned() else { continue };
+            let Some(new) = inferred.get(slot).cloned() else {
+                continue;
+            };
             let entry = facts.entry(out.clone()).or_default();
             entry.elem_type = entry.elem_type.or(new.elem_type);
             // Declared shapes win; an inferred one fills in what was not declared.
@@ -133,24 +153,62 @@ fn normalize_axes(axes: &[i64], rank: usize) -> Option<Vec<usize>> {
     Some(out)
 }
 
-fn infer_node(g: &GraphIndex<'_>, node: &NodeProto, facts: &HashMap<String, ValueFacts>) -> Vec<ValueFacts> {
-    let input = |i: usize| node.input.get(i).filter(|s| !s.is_empty()).and_then(|n| facts.get(n.as_str()));
+fn infer_node(
+    g: &GraphIndex<'_>,
+    node: &NodeProto,
+    facts: &HashMap<String, ValueFacts>,
+) -> Vec<ValueFacts> {
+    let input = |i: usize| {
+        node.input
+            .get(i)
+            .filter(|s| !s.is_empty())
+            .and_then(|n| facts.get(n.as_str()))
+    };
     let in_type = |i: usize| input(i).and_then(|f| f.elem_type);
     let in_shape = |i: usize| input(i).and_then(|f| f.shape.as_ref());
     let same = |i: usize| vec![input(i).cloned().unwrap_or_default()];
-    let with = |elem_type: Option<i32>, shape: Option<Vec<Dim>>| vec![ValueFacts { elem_type, shape }];
+    let with =
+        |elem_type: Option<i32>, shape: Option<Vec<Dim>>| vec![ValueFacts { elem_type, shape }];
     if !node.domain().is_empty() && node.domain() != "ai.onnx" {
         return match node.op_type() {
             // ai.adanorm ops and the com.microsoft normalisations keep X's type and shape.
-            "AdaNorm" | "LayerNormSimple" | "SkipLayerNormalization" | "SkipSimplifiedLayerNormalization" => same(0),
+            "AdaNorm"
+            | "LayerNormSimple"
+            | "SkipLayerNormalization"
+            | "SkipSimplifiedLayerNormalization" => same(0),
             _ => vec![],
         };
     }
     match node.op_type() {
-        "Identity" | "Neg" | "Sqrt" | "Reciprocal" | "Relu" | "Erf" | "Exp" | "Log" | "Tanh" | "Sigmoid" | "Abs"
-        | "Softmax" | "Dropout" | "LayerNormalization" | "SimplifiedLayerNormalization" | "RMSNormalization"
-        | "Gelu" | "Sin" | "Cos" | "Floor" | "Ceil" | "Round" | "Clip" | "LeakyRelu" | "HardSigmoid" => same(0),
-        "Cast" => with(attr::int(node, "to").map(|t| t as i32), in_shape(0).cloned()),
+        "Identity"
+        | "Neg"
+        | "Sqrt"
+        | "Reciprocal"
+        | "Relu"
+        | "Erf"
+        | "Exp"
+        | "Log"
+        | "Tanh"
+        | "Sigmoid"
+        | "Abs"
+        | "Softmax"
+        | "Dropout"
+        | "LayerNormalization"
+        | "SimplifiedLayerNormalization"
+        | "RMSNormalization"
+        | "Gelu"
+        | "Sin"
+        | "Cos"
+        | "Floor"
+        | "Ceil"
+        | "Round"
+        | "Clip"
+        | "LeakyRelu"
+        | "HardSigmoid" => same(0),
+        "Cast" => with(
+            attr::int(node, "to").map(|t| t as i32),
+            in_shape(0).cloned(),
+        ),
         "CastLike" => with(in_type(1), in_shape(0).cloned()),
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Mod" | "PRelu" => {
             let shapes: Option<Vec<&Vec<Dim>>> = (0..node.input.len()).map(in_shape).collect();
@@ -164,29 +222,52 @@ fn infer_node(g: &GraphIndex<'_>, node: &NodeProto, facts: &HashMap<String, Valu
             let shapes: Option<Vec<&Vec<Dim>>> = (0..3).map(in_shape).collect();
             with(in_type(1), shapes.map(|s| broadcast(&s)))
         }
-        "ReduceMean" | "ReduceSum" | "ReduceProd" | "ReduceMax" | "ReduceMin" | "ReduceL2" | "ReduceSumSquare" => {
+        "ReduceMean" | "ReduceSum" | "ReduceProd" | "ReduceMax" | "ReduceMin" | "ReduceL2"
+        | "ReduceSumSquare" => {
             let keepdims = attr::int(node, "keepdims").unwrap_or(1) != 0;
             let axes: Option<Vec<i64>> = match attr::ints(node, "axes") {
                 Some(a) => Some(a.to_vec()),
-                None if node.input.len() > 1 && !node.input[1].is_empty() => {
-                    g.constant(&node.input[1]).and_then(|c| c.as_ints().map(<[i64]>::to_vec))
-                }
+                None if node.input.len() > 1 && !node.input[1].is_empty() => g
+                    .constant(&node.input[1])
+                    .and_then(|c| c.as_ints().map(<[i64]>::to_vec)),
                 None => Some(vec![]), // no axes: all axes (noop_with_empty_axes aside)
             };
             let shape = in_shape(0).and_then(|s| {
                 let axes = axes.as_ref()?;
-                let axes = if axes.is_empty() { (0..s.len()).collect() } else { normalize_axes(axes, s.len())? };
-                Some(if keepdims {
-                    s.iter().enumerate().map(|(i, d)| if axes.contains(&i) { Dim::Known(1) } else { d.clone() }).collect()
+                let axes = if axes.is_empty() {
+                    (0..s.len()).collect()
                 } else {
-                    s.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect()
+                    normalize_axes(axes, s.len())?
+                };
+                Some(if keepdims {
+                    s.iter()
+                        .enumerate()
+                        .map(|(i, d)| {
+                            if axes.contains(&i) {
+                                Dim::Known(1)
+                            } else {
+                                d.clone()
+                            }
+                        })
+                        .collect()
+                } else {
+                    s.iter()
+                        .enumerate()
+                        .filter(|(i, _)| !axes.contains(i))
+                        .map(|(_, d)| d.clone())
+                        .collect()
                 })
             });
             with(in_type(0), shape)
         }
         "GlobalAveragePool" | "GlobalMaxPool" => with(
             in_type(0),
-            in_shape(0).map(|s| s.iter().enumerate().map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) }).collect()),
+            in_shape(0).map(|s| {
+                s.iter()
+                    .enumerate()
+                    .map(|(i, d)| if i < 2 { d.clone() } else { Dim::Known(1) })
+                    .collect()
+            }),
         ),
         "Transpose" => {
             let shape = in_shape(0).and_then(|s| match attr::ints(node, "perm") {
@@ -198,21 +279,30 @@ fn infer_node(g: &GraphIndex<'_>, node: &NodeProto, facts: &HashMap<String, Valu
         "MatMul" => {
             let shape = match (in_shape(0), in_shape(1)) {
                 (Some(a), Some(b)) if a.len() >= 2 && b.len() >= 2 => {
-                    let batch = broadcast(&[&a[..a.len() - 2].to_vec(), &b[..b.len() - 2].to_vec()]);
+                    let batch =
+                        broadcast(&[&a[..a.len() - 2].to_vec(), &b[..b.len() - 2].to_vec()]);
                     let mut s = batch;
                     s.push(a[a.len() - 2].clone());
                     s.push(b[b.len() - 1].clone());
                     Some(s)
                 }
-                (Some(a), Some(b)) if a.len() >= 2 && b.len() == 1 => Some(a[..a.len() - 1].to_vec()),
+                (Some(a), Some(b)) if a.len() >= 2 && b.len() == 1 => {
+                    Some(a[..a.len() - 1].to_vec())
+                }
                 _ => None,
             };
             with(in_type(0), shape)
         }
         "Gemm" => with(in_type(0), None.or(Some(vec![Dim::Unknown, Dim::Unknown]))),
-        "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" => {
-            with(in_type(0), in_shape(0).map(|s| s.iter().enumerate().map(|(i, d)| if i == 0 { d.clone() } else { Dim::Unknown }).collect()))
-        }
+        "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" => with(
+            in_type(0),
+            in_shape(0).map(|s| {
+                s.iter()
+                    .enumerate()
+                    .map(|(i, d)| if i == 0 { d.clone() } else { Dim::Unknown })
+                    .collect()
+            }),
+        ),
         "Gather" => {
             let axis = attr::int(node, "axis").unwrap_or(0);
             let shape = match (in_shape(0), in_shape(1)) {
@@ -221,7 +311,12 @@ fn infer_node(g: &GraphIndex<'_>, node: &NodeProto, facts: &HashMap<String, Valu
                     let a = if axis < 0 { axis + r } else { axis };
                     (0..r).contains(&a).then(|| {
                         let a = a as usize;
-                        d[..a].iter().chain(i.iter()).chain(d[a + 1..].iter()).cloned().collect()
+                        d[..a]
+                            .iter()
+                            .chain(i.iter())
+                            .chain(d[a + 1..].iter())
+                            .cloned()
+                            .collect()
                     })
                 }
                 _ => None,
@@ -233,12 +328,20 @@ fn infer_node(g: &GraphIndex<'_>, node: &NodeProto, facts: &HashMap<String, Valu
                 let r = s.len() as i64;
                 let a = attr::int(node, "axis").unwrap_or(1);
                 let a = if a < 0 { a + r } else { a }.clamp(0, r) as usize;
-                let prod = |d: &[Dim]| d.iter().map(Dim::known).product::<Option<i64>>().map_or(Dim::Unknown, Dim::Known);
+                let prod = |d: &[Dim]| {
+                    d.iter()
+                        .map(Dim::known)
+                        .product::<Option<i64>>()
+                        .map_or(Dim::Unknown, Dim::Known)
+                };
                 vec![prod(&s[..a]), prod(&s[a..])]
             });
             with(in_type(0), shape)
         }
-        "Shape" => with(Some(INT64), in_shape(0).map(|s| vec![Dim::Known(s.len() as i64)])),
+        "Shape" => with(
+            Some(INT64),
+            in_shape(0).map(|s| vec![Dim::Known(s.len() as i64)]),
+        ),
         "Reshape" => {
             let target = node.input.get(1).and_then(|n| g.constant(n));
             let shape = target.and_then(|t| {
@@ -256,7 +359,12 @@ fn infer_node(g: &GraphIndex<'_>, node: &NodeProto, facts: &HashMap<String, Valu
                 // Infer a single -1 when every other size is known.
                 if let (Some(pos), Some(s)) = (dims.iter().position(|&d| d == -1), src) {
                     let total: Option<i64> = s.iter().map(Dim::known).product();
-                    let rest: Option<i64> = out.iter().enumerate().filter(|(i, _)| *i != pos).map(|(_, d)| d.known()).product();
+                    let rest: Option<i64> = out
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != pos)
+                        .map(|(_, d)| d.known())
+                        .product();
                     if let (Some(t), Some(r)) = (total, rest) {
                         if r > 0 && t % r == 0 {
                             out[pos] = Dim::Known(t / r);
@@ -274,7 +382,10 @@ fn infer_node(g: &GraphIndex<'_>, node: &NodeProto, facts: &HashMap<String, Valu
         }
         "Unsqueeze" | "Squeeze" => {
             let axes = attr::ints(node, "axes").map(<[i64]>::to_vec).or_else(|| {
-                node.input.get(1).and_then(|n| g.constant(n)).and_then(|c| c.as_ints().map(<[i64]>::to_vec))
+                node.input
+                    .get(1)
+                    .and_then(|n| g.constant(n))
+                    .and_then(|c| c.as_ints().map(<[i64]>::to_vec))
             });
             let shape = in_shape(0).and_then(|s| {
                 let axes = axes?;
@@ -282,10 +393,26 @@ fn infer_node(g: &GraphIndex<'_>, node: &NodeProto, facts: &HashMap<String, Valu
                     let rank = s.len() + axes.len();
                     let axes = normalize_axes(&axes, rank)?;
                     let mut src = s.iter();
-                    Some((0..rank).map(|i| if axes.contains(&i) { Dim::Known(1) } else { src.next().cloned().unwrap_or(Dim::Unknown) }).collect())
+                    Some(
+                        (0..rank)
+                            .map(|i| {
+                                if axes.contains(&i) {
+                                    Dim::Known(1)
+                                } else {
+                                    src.next().cloned().unwrap_or(Dim::Unknown)
+                                }
+                            })
+                            .collect(),
+                    )
                 } else {
                     let axes = normalize_axes(&axes, s.len())?;
-                    Some(s.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect())
+                    Some(
+                        s.iter()
+                            .enumerate()
+                            .filter(|(i, _)| !axes.contains(i))
+                            .map(|(_, d)| d.clone())
+                            .collect(),
+                    )
                 }
             });
             with(in_type(0), shape)
@@ -299,7 +426,10 @@ fn infer_node(g: &GraphIndex<'_>, node: &NodeProto, facts: &HashMap<String, Valu
                 (0..s[0].len())
                     .map(|i| {
                         if i == axis {
-                            s.iter().map(|d| d.get(i).and_then(Dim::known)).sum::<Option<i64>>().map_or(Dim::Unknown, Dim::Known)
+                            s.iter()
+                                .map(|d| d.get(i).and_then(Dim::known))
+                                .sum::<Option<i64>>()
+                                .map_or(Dim::Unknown, Dim::Known)
                         } else {
                             s[0][i].clone()
                         }
@@ -310,7 +440,10 @@ fn infer_node(g: &GraphIndex<'_>, node: &NodeProto, facts: &HashMap<String, Valu
         }
         "Constant" => {
             let t = attr::tensor(node, "value");
-            with(t.map(|t| t.data_type()), t.map(|t| t.dims.iter().map(|&d| Dim::Known(d)).collect()))
+            with(
+                t.map(|t| t.data_type()),
+                t.map(|t| t.dims.iter().map(|&d| Dim::Known(d)).collect()),
+            )
         }
         _ => vec![],
     }

@@ -49,14 +49,24 @@ pub fn external_ref(t: &TensorProto) -> Result<ExternalRef> {
         }
     }
     let location = location.ok_or_else(|| {
-        Error::msg(format!("tensor '{}': external data without a 'location'", t.name()))
+        Error::msg(format!(
+            "tensor '{}': external data without a 'location'",
+            t.name()
+        ))
     })?;
-    Ok(ExternalRef { location, offset, length })
+    Ok(ExternalRef {
+        location,
+        offset,
+        length,
+    })
 }
 
 /// Whether any initializer of the main graph keeps its payload in an external file.
 pub fn uses_external_data(model: &super::proto::ModelProto) -> bool {
-    model.graph.as_ref().is_some_and(|g| g.initializer.iter().any(is_external))
+    model
+        .graph
+        .as_ref()
+        .is_some_and(|g| g.initializer.iter().any(is_external))
 }
 
 /// The byte length a tensor's payload must have, when its element type has a fixed size.
@@ -77,7 +87,10 @@ pub struct ExternalData {
 
 impl ExternalData {
     pub fn new(base_dir: &Path) -> Self {
-        ExternalData { base_dir: base_dir.to_path_buf(), files: Mutex::new(HashMap::new()) }
+        ExternalData {
+            base_dir: base_dir.to_path_buf(),
+            files: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn base_dir(&self) -> &Path {
@@ -89,7 +102,9 @@ impl ExternalData {
     pub fn resolve(&self, location: &str) -> Result<PathBuf> {
         let rel = Path::new(location);
         let escapes = rel.is_absolute()
-            || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+            || rel
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
         if escapes {
             return Err(Error::msg(format!(
                 "external data location '{location}' must be a relative path inside the model's directory"
@@ -117,8 +132,9 @@ impl ExternalData {
         } else {
             // SAFETY: the map is read-only; like every tool that maps model files we rely on
             // nobody truncating the file while we run.
-            let map = unsafe { memmap2::Mmap::map(&file) }
-                .map_err(|e| Error::with_source("cannot map external data file", e).in_file(&path))?;
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| {
+                Error::with_source("cannot map external data file", e).in_file(&path)
+            })?;
             Bytes::from_owner(map)
         };
         files.insert(location.to_string(), bytes.clone());

@@ -27,7 +27,11 @@ impl Model {
     /// stored in typed fields (`float_data`, ...), which the caller decodes itself.
     pub fn raw_bytes(&self, t: &TensorProto) -> Result<Option<Bytes>> {
         if is_external(t) {
-            return self.external.read(t).map(Some).map_err(|e| e.in_file(&self.path));
+            return self
+                .external
+                .read(t)
+                .map(Some)
+                .map_err(|e| e.in_file(&self.path));
         }
         Ok(t.raw_data.clone())
     }
@@ -36,7 +40,11 @@ impl Model {
     pub fn opset(&self, domain: &str) -> Option<i64> {
         let canon = |d: &str| if d == "ai.onnx" { "" } else { d }.to_string();
         let want = canon(domain);
-        self.proto.opset_import.iter().find(|o| canon(o.domain()) == want).and_then(|o| o.version)
+        self.proto
+            .opset_import
+            .iter()
+            .find(|o| canon(o.domain()) == want)
+            .and_then(|o| o.version)
     }
 }
 
@@ -58,12 +66,19 @@ pub fn load_model(path: &Path) -> Result<Model> {
         .map_err(|e| Error::with_source("cannot map the model", e).in_file(path))?;
     let bytes = Bytes::from_owner(map);
     let proto = ModelProto::decode(bytes).map_err(|e| {
-        Error::with_source("not an ONNX model (protobuf decoding failed; truncated or another format?)", e)
-            .in_file(path)
+        Error::with_source(
+            "not an ONNX model (protobuf decoding failed; truncated or another format?)",
+            e,
+        )
+        .in_file(path)
     })?;
     check_is_model(&proto).map_err(|e| e.in_file(path))?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let model = Model { path: path.to_path_buf(), external: ExternalData::new(&base_dir), proto };
+    let model = Model {
+        path: path.to_path_buf(),
+        external: ExternalData::new(&base_dir),
+        proto,
+    };
     check_external_data(&model)?;
     Ok(model)
 }
@@ -71,7 +86,10 @@ pub fn load_model(path: &Path) -> Result<Model> {
 /// Protobuf decodes many byte strings without complaint; a real model has a graph and an IR
 /// version, and declares the opsets it uses.
 fn check_is_model(m: &ModelProto) -> Result<()> {
-    let graph = m.graph.as_ref().ok_or_else(|| Error::msg("not an ONNX model: it has no graph"))?;
+    let graph = m
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::msg("not an ONNX model: it has no graph"))?;
     if m.ir_version.unwrap_or(0) <= 0 {
         return Err(Error::msg("not an ONNX model: ir_version is missing"));
     }

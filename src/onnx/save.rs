@@ -27,20 +27,28 @@ pub fn save_model(model: &ModelProto, dest: &Path, overwrite: bool) -> Result<()
 }
 
 fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 fn write_then_rename(model: &ModelProto, tmp: &Path, dest: &Path) -> Result<()> {
-    let file = File::create(tmp).map_err(|e| Error::with_source("cannot create a temporary file beside the output", e))?;
+    let file = File::create(tmp)
+        .map_err(|e| Error::with_source("cannot create a temporary file beside the output", e))?;
     let mut sink = FileSink::new(file);
     model
         .encode(&mut sink)
         .map_err(|e| Error::with_source("protobuf encoding failed", e))?;
-    let file = sink.finish().map_err(|e| Error::with_source("cannot write the output", e))?;
-    file.sync_all().map_err(|e| Error::with_source("cannot sync the output", e))?;
+    let file = sink
+        .finish()
+        .map_err(|e| Error::with_source("cannot write the output", e))?;
+    file.sync_all()
+        .map_err(|e| Error::with_source("cannot sync the output", e))?;
     drop(file);
-    std::fs::rename(tmp, dest).map_err(|e| Error::with_source("cannot move the output into place", e))
+    std::fs::rename(tmp, dest)
+        .map_err(|e| Error::with_source("cannot move the output into place", e))
 }
 
 const SINK_CAPACITY: usize = 1 << 20;
@@ -55,7 +63,11 @@ struct FileSink {
 
 impl FileSink {
     fn new(file: File) -> Self {
-        FileSink { file, buf: Vec::with_capacity(SINK_CAPACITY), error: None }
+        FileSink {
+            file,
+            buf: Vec::with_capacity(SINK_CAPACITY),
+            error: None,
+        }
     }
 
     fn flush_buf(&mut self) {

@@ -65,31 +65,68 @@ pub fn decode(model: &Model, t: &TensorProto) -> Result<Option<ConstValue>> {
     let mut floats = None;
     let mut ints = None;
     match (elem_type, raw) {
-        (FLOAT, Some(b)) => floats = le_chunks::<4>(&b, n).map(|v| v.map(|c| f32::from_le_bytes(c) as f64).collect()),
-        (DOUBLE, Some(b)) => floats = le_chunks::<8>(&b, n).map(|v| v.map(f64::from_le_bytes).collect()),
-        (FLOAT16, Some(b)) => floats = le_chunks::<2>(&b, n).map(|v| v.map(|c| f16::from_le_bytes(c).to_f64()).collect()),
-        (BFLOAT16, Some(b)) => floats = le_chunks::<2>(&b, n).map(|v| v.map(|c| bf16::from_le_bytes(c).to_f64()).collect()),
-        (INT64, Some(b)) => ints = le_chunks::<8>(&b, n).map(|v| v.map(i64::from_le_bytes).collect()),
-        (INT32, Some(b)) => ints = le_chunks::<4>(&b, n).map(|v| v.map(|c| i32::from_le_bytes(c) as i64).collect()),
-        (FLOAT, None) if t.float_data.len() == n => floats = Some(t.float_data.iter().map(|&v| v as f64).collect()),
+        (FLOAT, Some(b)) => {
+            floats =
+                le_chunks::<4>(&b, n).map(|v| v.map(|c| f32::from_le_bytes(c) as f64).collect())
+        }
+        (DOUBLE, Some(b)) => {
+            floats = le_chunks::<8>(&b, n).map(|v| v.map(f64::from_le_bytes).collect())
+        }
+        (FLOAT16, Some(b)) => {
+            floats =
+                le_chunks::<2>(&b, n).map(|v| v.map(|c| f16::from_le_bytes(c).to_f64()).collect())
+        }
+        (BFLOAT16, Some(b)) => {
+            floats =
+                le_chunks::<2>(&b, n).map(|v| v.map(|c| bf16::from_le_bytes(c).to_f64()).collect())
+        }
+        (INT64, Some(b)) => {
+            ints = le_chunks::<8>(&b, n).map(|v| v.map(i64::from_le_bytes).collect())
+        }
+        (INT32, Some(b)) => {
+            ints = le_chunks::<4>(&b, n).map(|v| v.map(|c| i32::from_le_bytes(c) as i64).collect())
+        }
+        (FLOAT, None) if t.float_data.len() == n => {
+            floats = Some(t.float_data.iter().map(|&v| v as f64).collect())
+        }
         (DOUBLE, None) if t.double_data.len() == n => floats = Some(t.double_data.clone()),
         // float16/bfloat16 typed storage keeps the 16-bit pattern in int32_data.
         (FLOAT16, None) if t.int32_data.len() == n => {
-            floats = Some(t.int32_data.iter().map(|&v| f16::from_bits(v as u16).to_f64()).collect())
+            floats = Some(
+                t.int32_data
+                    .iter()
+                    .map(|&v| f16::from_bits(v as u16).to_f64())
+                    .collect(),
+            )
         }
         (BFLOAT16, None) if t.int32_data.len() == n => {
-            floats = Some(t.int32_data.iter().map(|&v| bf16::from_bits(v as u16).to_f64()).collect())
+            floats = Some(
+                t.int32_data
+                    .iter()
+                    .map(|&v| bf16::from_bits(v as u16).to_f64())
+                    .collect(),
+            )
         }
         (INT64, None) if t.int64_data.len() == n => ints = Some(t.int64_data.clone()),
-        (INT32, None) if t.int32_data.len() == n => ints = Some(t.int32_data.iter().map(|&v| v as i64).collect()),
+        (INT32, None) if t.int32_data.len() == n => {
+            ints = Some(t.int32_data.iter().map(|&v| v as i64).collect())
+        }
         _ => return Ok(None),
     }
     if floats.is_none() && ints.is_none() {
         return Ok(None);
     }
-    Ok(Some(ConstValue { elem_type, dims: t.dims.clone(), floats, ints }))
+    Ok(Some(ConstValue {
+        elem_type,
+        dims: t.dims.clone(),
+        floats,
+        ints,
+    }))
 }
 
 fn le_chunks<const W: usize>(b: &[u8], n: usize) -> Option<impl Iterator<Item = [u8; W]> + '_> {
-    (b.len() == n * W).then(|| b.chunks_exact(W).map(|c| c.try_into().expect("exact chunk")))
+    (b.len() == n * W).then(|| {
+        b.chunks_exact(W)
+            .map(|c| c.try_into().expect("exact chunk"))
+    })
 }

@@ -11,7 +11,9 @@ use crate::onnx::attr;
 /// be constant (fused LayerNormalization takes computed parameters too); folding and dropping
 /// check constness themselves.
 pub fn is_row_parameter(c: &Canon<'_, '_>, param: &str, x: &str, axes: &Axes) -> bool {
-    let Some(pshape) = c.g.shape(param) else { return false };
+    let Some(pshape) = c.g.shape(param) else {
+        return false;
+    };
     let x_shape = c.g.shape(x);
     let rank = axes.rank.or(x_shape.map(<[Dim]>::len));
     match rank {
@@ -22,7 +24,8 @@ pub fn is_row_parameter(c: &Canon<'_, '_>, param: &str, x: &str, axes: &Axes) ->
             let off = r - pshape.len();
             pshape.iter().enumerate().all(|(i, d)| {
                 let axis = (off + i) as i64;
-                let normalised = axes.axes.contains(&axis) || axes.axes.contains(&(axis - r as i64));
+                let normalised =
+                    axes.axes.contains(&axis) || axes.axes.contains(&(axis - r as i64));
                 match d {
                     Dim::Known(1) => true,
                     // A computed parameter must have a known size on the normalised axes.
@@ -39,7 +42,10 @@ pub fn is_row_parameter(c: &Canon<'_, '_>, param: &str, x: &str, axes: &Axes) ->
         // Rank unknown (negative trailing axes): the parameter must fit in the trailing axes.
         None => {
             let n = axes.axes.len();
-            pshape.len() <= n || pshape[..pshape.len() - n].iter().all(|d| *d == Dim::Known(1))
+            pshape.len() <= n
+                || pshape[..pshape.len() - n]
+                    .iter()
+                    .all(|d| *d == Dim::Known(1))
         }
     }
 }
@@ -55,8 +61,18 @@ pub struct Tail {
 
 /// Follows `y` through an optional Cast back to `out_type`, then `Mul(scale)` and `Add(bias)`
 /// (either operand order), each only when `y` has that single consumer.
-pub fn tail(c: &Canon<'_, '_>, y: &str, x: &str, axes: &Axes, out_type: Option<i32>, want_scale: bool) -> Tail {
-    let mut t = Tail { output: y.to_string(), ..Tail::default() };
+pub fn tail(
+    c: &Canon<'_, '_>,
+    y: &str,
+    x: &str,
+    axes: &Axes,
+    out_type: Option<i32>,
+    want_scale: bool,
+) -> Tail {
+    let mut t = Tail {
+        output: y.to_string(),
+        ..Tail::default()
+    };
     let single = |v: &str| -> Option<NodeId> {
         match c.g.consumers(v) {
             [only] if !c.g.is_graph_output(v) => Some(*only),

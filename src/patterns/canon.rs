@@ -114,7 +114,9 @@ impl<'g, 'm> Canon<'g, 'm> {
         let mut v = value.to_string();
         let mut crossed = Vec::new();
         for _ in 0..8 {
-            let Some((id, node)) = self.g.producer_node(&v) else { break };
+            let Some((id, node)) = self.g.producer_node(&v) else {
+                break;
+            };
             let std_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
             let pass = std_domain
                 && match node.op_type() {
@@ -161,7 +163,9 @@ impl<'g, 'm> Canon<'g, 'm> {
 
     /// `ReduceMean(x, axes, keepdims=1)` or `GlobalAveragePool(x)` (axes 2.. of a known rank).
     pub fn mean_of(&self, value: &str) -> Option<MeanOf> {
-        self.reduction(value).filter(|(_, kept)| *kept).map(|(m, _)| m)
+        self.reduction(value)
+            .filter(|(_, kept)| *kept)
+            .map(|(m, _)| m)
     }
 
     /// A mean like [`Canon::mean_of`], with whether it keeps the reduced dimensions.
@@ -184,7 +188,14 @@ impl<'g, 'm> Canon<'g, 'm> {
                 },
             };
             let axes = Axes::new(&raw, self.g.rank(&input))?;
-            return Some((MeanOf { node: id, input, axes }, kept));
+            return Some((
+                MeanOf {
+                    node: id,
+                    input,
+                    axes,
+                },
+                kept,
+            ));
         }
         if let Some((id, node)) = self.op(value, "GlobalAveragePool") {
             let input = node.input.first()?.clone();
@@ -193,7 +204,14 @@ impl<'g, 'm> Canon<'g, 'm> {
                 return None;
             }
             let axes = Axes::new(&(2..r as i64).collect::<Vec<_>>(), Some(r))?;
-            return Some((MeanOf { node: id, input, axes }, true));
+            return Some((
+                MeanOf {
+                    node: id,
+                    input,
+                    axes,
+                },
+                true,
+            ));
         }
         None
     }
@@ -211,7 +229,12 @@ impl<'g, 'm> Canon<'g, 'm> {
         }
         nodes.push(sub_id);
         nodes.push(mean.node);
-        Some(Centred { x, axes: mean.axes, nodes, mean_node: mean.node })
+        Some(Centred {
+            x,
+            axes: mean.axes,
+            nodes,
+            mean_node: mean.node,
+        })
     }
 
     /// `Pow(a, 2)` or `Mul(a, b)` with `a` and `b` the same value or equivalent centred values:
@@ -238,7 +261,9 @@ impl<'g, 'm> Canon<'g, 'm> {
         }
         match node.op_type() {
             "Reciprocal" => node.input.first().map(String::as_str),
-            "Div" if self.scalar(node.input.first()?) == Some(1.0) => node.input.get(1).map(String::as_str),
+            "Div" if self.scalar(node.input.first()?) == Some(1.0) => {
+                node.input.get(1).map(String::as_str)
+            }
             _ => None,
         }
     }

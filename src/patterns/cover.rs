@@ -24,16 +24,22 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
         .iter()
         .flat_map(|&id| g.node(id).input.iter())
         .filter(|v| !v.is_empty() && !is_param(v) && !c.is_constant(v))
-        .filter(|v| g.producer(v).is_none_or(|(p, _)| !core.contains(&p) && !stats_aux.contains(&p)))
+        .filter(|v| {
+            g.producer(v)
+                .is_none_or(|(p, _)| !core.contains(&p) && !stats_aux.contains(&p))
+        })
         .cloned()
         .collect();
     let mut inputs = HashSet::new();
     for r in reads {
         let mut v = r;
         while v != s.x {
-            let Some((id, node)) = g.producer_node(&v) else { break };
+            let Some((id, node)) = g.producer_node(&v) else {
+                break;
+            };
             let is_cast = matches!(node.op_type(), "Cast" | "Identity");
-            let only_us = g.consumers(&v).iter().all(|n| core.contains(n)) && !g.is_graph_output(&v);
+            let only_us =
+                g.consumers(&v).iter().all(|n| core.contains(n)) && !g.is_graph_output(&v);
             if !is_cast || !only_us {
                 break;
             }
@@ -45,20 +51,33 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
     let mut input = match inputs.len() {
         1 => inputs.into_iter().next().expect("one input"),
         _ => {
-            problems.push(format!("it reads its input '{}' through several different casts", s.x));
+            problems.push(format!(
+                "it reads its input '{}' through several different casts",
+                s.x
+            ));
             s.x.clone()
         }
     };
 
     // The ONNX function-body form works on a flattened view: lift it back to X.
-    let (mut output, mut scale, mut bias) = (cand.output.clone(), cand.scale.clone(), cand.bias.clone());
+    let (mut output, mut scale, mut bias) =
+        (cand.output.clone(), cand.scale.clone(), cand.bias.clone());
     let (mut mean_output, mut inv_std_output, mut lifted_axis) = (None, None, None);
     let mut aux: Vec<NodeId> = s.aux.clone();
-    if let Some(l) = function_body::lift(c, s, &core, &input, &output, scale.as_deref(), bias.as_deref()) {
+    if let Some(l) = function_body::lift(
+        c,
+        s,
+        &core,
+        &input,
+        &output,
+        scale.as_deref(),
+        bias.as_deref(),
+    ) {
         core.extend(l.core);
         aux.extend(l.aux);
         (input, output, scale, bias) = (l.input, l.output, l.scale, l.bias);
-        (mean_output, inv_std_output, lifted_axis) = (l.mean_output, l.inv_std_output, Some(l.axis));
+        (mean_output, inv_std_output, lifted_axis) =
+            (l.mean_output, l.inv_std_output, Some(l.axis));
     }
     let params: HashSet<&str> = scale.iter().chain(&bias).map(String::as_str).collect();
 
@@ -89,7 +108,10 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
             }
             let outputs = &g.node(a).output;
             let only_us = outputs.iter().all(|o| {
-                !g.is_graph_output(o) && g.consumers(o).iter().all(|n| core.contains(n) || included.contains(n))
+                !g.is_graph_output(o)
+                    && g.consumers(o)
+                        .iter()
+                        .all(|n| core.contains(n) || included.contains(n))
             });
             if only_us {
                 included.insert(a);
@@ -110,12 +132,24 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
     let mut ids: Vec<NodeId> = core.iter().copied().collect();
     ids.sort_unstable();
     for &id in &ids {
-        for o in g.node(id).output.iter().filter(|o| !o.is_empty() && !outputs.contains(o.as_str())) {
+        for o in g
+            .node(id)
+            .output
+            .iter()
+            .filter(|o| !o.is_empty() && !outputs.contains(o.as_str()))
+        {
             if g.is_graph_output(o) {
                 escapes.get_or_insert(format!("inner value '{o}' is a graph output"));
             }
-            if let Some(&outside) = g.consumers(o).iter().find(|n| !core.contains(n) && !included.contains(n)) {
-                escapes.get_or_insert(format!("inner value '{o}' is also read by node '{}' outside the subgraph", g.label(outside)));
+            if let Some(&outside) = g
+                .consumers(o)
+                .iter()
+                .find(|n| !core.contains(n) && !included.contains(n))
+            {
+                escapes.get_or_insert(format!(
+                    "inner value '{o}' is also read by node '{}' outside the subgraph",
+                    g.label(outside)
+                ));
             }
         }
     }
@@ -146,7 +180,10 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
         } else if rank.is_none() {
             problems.push(format!("the rank of '{}' is unknown, so axes {:?} cannot be checked to be the trailing axes", s.x, s.axes.axes));
         } else {
-            problems.push(format!("it normalises axes {:?}, which are not the trailing axes", s.axes.axes));
+            problems.push(format!(
+                "it normalises axes {:?}, which are not the trailing axes",
+                s.axes.axes
+            ));
         }
     }
 

@@ -36,8 +36,12 @@ pub fn find(g: &GraphIndex<'_>, claimed: &HashSet<NodeId>) -> Vec<Match> {
         if !std_domain || n.op_type() != "Sqrt" || used.contains(&id) {
             continue;
         }
-        let Some(stats) = stats_at_sqrt(&c, id) else { continue };
-        let Some(cand) = normalisation(&c, &stats) else { continue };
+        let Some(stats) = stats_at_sqrt(&c, id) else {
+            continue;
+        };
+        let Some(cand) = normalisation(&c, &stats) else {
+            continue;
+        };
         let m = finish(&c, &stats, cand);
         if m.nodes.iter().any(|n| used.contains(n)) {
             continue;
@@ -52,7 +56,9 @@ fn normalisation(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
     if s.form == VarianceForm::MeanSquare {
         return rms(c, s);
     }
-    adanorm(c, s).or_else(|| keras(c, s)).or_else(|| plain(c, s))
+    adanorm(c, s)
+        .or_else(|| keras(c, s))
+        .or_else(|| plain(c, s))
 }
 
 fn family_of(s: &Stats) -> Family {
@@ -69,7 +75,11 @@ fn centred_here(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<Vec<NodeId>> {
     (cen.x == s.x && cen.axes.same_as(&s.axes)).then_some(cen.nodes)
 }
 
-fn consumers_of<'a>(c: &'a Canon<'_, '_>, v: &str, op: &'a str) -> impl Iterator<Item = NodeId> + 'a {
+fn consumers_of<'a>(
+    c: &'a Canon<'_, '_>,
+    v: &str,
+    op: &'a str,
+) -> impl Iterator<Item = NodeId> + 'a {
     c.g.consumers(v).to_vec().into_iter().filter(move |&id| {
         let n = c.g.node(id);
         (n.domain().is_empty() || n.domain() == "ai.onnx") && n.op_type() == op
@@ -78,7 +88,11 @@ fn consumers_of<'a>(c: &'a Canon<'_, '_>, v: &str, op: &'a str) -> impl Iterator
 
 /// Reciprocal(den) / Div(1, den) nodes.
 fn reciprocals(c: &Canon<'_, '_>, den: &str) -> Vec<NodeId> {
-    c.g.consumers(den).iter().copied().filter(|&id| c.reciprocal_of(c.g.node(id)) == Some(den)).collect()
+    c.g.consumers(den)
+        .iter()
+        .copied()
+        .filter(|&id| c.reciprocal_of(c.g.node(id)) == Some(den))
+        .collect()
 }
 
 /// `d / sigma`, `d * (1/sigma)`, or `(gamma * d) / sigma`, then the affine tail.
@@ -90,7 +104,11 @@ fn plain(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
         core.extend(t.nodes);
         Candidate {
             family: Some(family_of(s)),
-            form: if s.form == VarianceForm::MomentDifference { "decomposed, E[x²]−E[x]²".into() } else { "decomposed".into() },
+            form: if s.form == VarianceForm::MomentDifference {
+                "decomposed, E[x²]−E[x]²".into()
+            } else {
+                "decomposed".into()
+            },
             core,
             output: t.output,
             scale: scale.or(t.scale),
@@ -112,8 +130,13 @@ fn plain(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
         }
         // Gain before the division (Annotated Transformer): (gamma * d) / sigma.
         if let Some((mul_id, mul)) = c.op(num, "Mul") {
-            for (d, gamma) in [(&mul.input[0], &mul.input[1]), (&mul.input[1], &mul.input[0])] {
-                let Some(mut nodes) = centred_here(c, s, d) else { continue };
+            for (d, gamma) in [
+                (&mul.input[0], &mul.input[1]),
+                (&mul.input[1], &mul.input[0]),
+            ] {
+                let Some(mut nodes) = centred_here(c, s, d) else {
+                    continue;
+                };
                 nodes.extend([mul_id, id]);
                 let mut cand = finish_tail(nodes, n.output[0].clone(), Some(gamma.clone()));
                 if !is_row_parameter(c, gamma, &s.x, &s.axes) {
@@ -127,7 +150,9 @@ fn plain(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
         let inv = c.g.node(r).output[0].clone();
         for id in consumers_of(c, &inv, "Mul") {
             let n = c.g.node(id);
-            let Some(d) = c.other_operand(n, &inv) else { continue };
+            let Some(d) = c.other_operand(n, &inv) else {
+                continue;
+            };
             if let Some(mut nodes) = centred_here(c, s, d) {
                 nodes.extend([r, id]);
                 return Some(finish_tail(nodes, n.output[0].clone(), None));
@@ -145,7 +170,9 @@ fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
         if g_div.input.get(1) != Some(&s.den) {
             continue;
         }
-        let Some((k, mut nodes)) = k_times_centred(c, s, &g_div.input[0]) else { continue };
+        let Some((k, mut nodes)) = k_times_centred(c, s, &g_div.input[0]) else {
+            continue;
+        };
         nodes.push(g_id);
         let g_out = &g_div.output[0];
         // The second division: (xc - xc * g) / sigma.
@@ -154,11 +181,21 @@ fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
             if y_id == g_id || y_div.input.get(1) != Some(&s.den) {
                 continue;
             }
-            let Some((w_id, w)) = c.op(&y_div.input[0], "Sub") else { continue };
-            let Some(xc_nodes) = centred_here(c, s, &w.input[0]) else { continue };
-            let Some((p_id, p)) = c.op(&w.input[1], "Mul") else { continue };
-            let Some(other) = c.other_operand(p, g_out) else { continue };
-            let Some(xc2_nodes) = centred_here(c, s, other) else { continue };
+            let Some((w_id, w)) = c.op(&y_div.input[0], "Sub") else {
+                continue;
+            };
+            let Some(xc_nodes) = centred_here(c, s, &w.input[0]) else {
+                continue;
+            };
+            let Some((p_id, p)) = c.op(&w.input[1], "Mul") else {
+                continue;
+            };
+            let Some(other) = c.other_operand(p, g_out) else {
+                continue;
+            };
+            let Some(xc2_nodes) = centred_here(c, s, other) else {
+                continue;
+            };
             let mut core = nodes.clone();
             core.extend(xc_nodes);
             core.extend(xc2_nodes);

@@ -52,7 +52,9 @@ pub fn lift(
     let mut aux = Vec::new();
 
     // Y = Reshape(out, Shape(X))
-    let [reshape_id] = g.consumers(output) else { return None };
+    let [reshape_id] = g.consumers(output) else {
+        return None;
+    };
     let reshape = g.node(*reshape_id);
     if reshape.op_type() != "Reshape" || reshape.input.first().map(String::as_str) != Some(output) {
         return None;
@@ -82,7 +84,10 @@ pub fn lift(
         n.op_type() == "ReduceMean" && n.input.first().is_some_and(|i| c.root(i).0 == s.x)
     });
     let reduced_reshape = |v: &str, aux: &mut Vec<NodeId>| -> Option<(NodeId, String)> {
-        let id = *g.consumers(v).iter().find(|&&id| !core.contains(&id) && g.node(id).op_type() == "Reshape")?;
+        let id = *g
+            .consumers(v)
+            .iter()
+            .find(|&&id| !core.contains(&id) && g.node(id).op_type() == "Reshape")?;
         let n = g.node(id);
         reduced_shape(c, n.input.get(1)?, &x, a, aux)?;
         Some((id, n.output[0].clone()))
@@ -129,12 +134,17 @@ fn reduced_shape(c: &Canon<'_, '_>, v: &str, x: &str, a: i64, aux: &mut Vec<Node
         let shape = c.g.shape(x)?;
         let r = shape.len() as i64;
         let a = if a < 0 { a + r } else { a };
-        let want: Option<Vec<i64>> =
-            shape.iter().enumerate().map(|(i, d)| if (i as i64) < a { d.known() } else { Some(1) }).collect();
+        let want: Option<Vec<i64>> = shape
+            .iter()
+            .enumerate()
+            .map(|(i, d)| if (i as i64) < a { d.known() } else { Some(1) })
+            .collect();
         return (k.as_ints()? == want?.as_slice()).then_some(());
     }
     let (concat_id, concat) = c.op(v, "Concat")?;
-    let [prefix, suffix] = concat.input.as_slice() else { return None };
+    let [prefix, suffix] = concat.input.as_slice() else {
+        return None;
+    };
     let (slice_id, slice) = c.op(prefix, "Slice")?;
     let shape_id = shape_of(c, slice.input.first()?, x)?;
     let starts = c.g.constant(slice.input.get(1)?)?;

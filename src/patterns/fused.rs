@@ -30,7 +30,9 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
             }
             None => (axis..0).collect(),
         };
-        let axis = Axes::new(&[axis], rank).map(|a| a.negative()[0]).or(Some(axis));
+        let axis = Axes::new(&[axis], rank)
+            .map(|a| a.negative()[0])
+            .or(Some(axis));
         Match {
             family,
             form: form.to_string(),
@@ -55,7 +57,12 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
     };
     let m = match (domain, n.op_type()) {
         ("" | "com.microsoft", "LayerNormalization") => {
-            let mut m = base(Family::LayerNorm, "fused LayerNormalization", eps_attr(1e-5), axis_attr);
+            let mut m = base(
+                Family::LayerNorm,
+                "fused LayerNormalization",
+                eps_attr(1e-5),
+                axis_attr,
+            );
             m.scale = input(1);
             m.bias = input(2);
             m.mean_output = n.output.get(1).filter(|s| !s.is_empty()).cloned();
@@ -63,13 +70,23 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
             m
         }
         ("com.microsoft", "SkipLayerNormalization") => {
-            let mut m = base(Family::LayerNorm, "com.microsoft SkipLayerNormalization (residual Add fused in)", eps_attr(1e-12), -1);
+            let mut m = base(
+                Family::LayerNorm,
+                "com.microsoft SkipLayerNormalization (residual Add fused in)",
+                eps_attr(1e-12),
+                -1,
+            );
             m.scale = input(2);
             m.bias = input(3);
             m
         }
         ("com.microsoft", "EmbedLayerNormalization") => {
-            let mut m = base(Family::LayerNorm, "com.microsoft EmbedLayerNormalization (embeddings fused in)", eps_attr(1e-12), -1);
+            let mut m = base(
+                Family::LayerNorm,
+                "com.microsoft EmbedLayerNormalization (embeddings fused in)",
+                eps_attr(1e-12),
+                -1,
+            );
             m.dtype = None;
             m.scale = input(5);
             m.bias = input(6);
@@ -80,7 +97,12 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
         | ("com.microsoft", "SkipSimplifiedLayerNormalization")
         | ("", "RMSNormalization") => {
             let skip = n.op_type().starts_with("Skip");
-            let mut m = base(Family::RmsNorm, &format!("fused {}", n.op_type()), eps_attr(1e-5), if skip { -1 } else { axis_attr });
+            let mut m = base(
+                Family::RmsNorm,
+                &format!("fused {}", n.op_type()),
+                eps_attr(1e-5),
+                if skip { -1 } else { axis_attr },
+            );
             m.scale = input(if skip { 2 } else { 1 });
             m.not_rewritable("RMSNorm has no centring: reported, left alone");
             m
@@ -94,7 +116,12 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
                 (false, false, true) => Family::LayerNorm,
                 _ => Family::LnSimple,
             };
-            let mut m = base(family, &format!("ai.adanorm {}", n.op_type()), eps_attr(1e-5), axis_attr);
+            let mut m = base(
+                family,
+                &format!("ai.adanorm {}", n.op_type()),
+                eps_attr(1e-5),
+                axis_attr,
+            );
             m.unbiased = unbiased;
             m.eps_in_sqrt = eps_in_sqrt;
             if ada {

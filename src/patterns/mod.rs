@@ -72,7 +72,9 @@ pub struct Match {
 
 impl Match {
     pub fn dtype_name(&self) -> String {
-        self.dtype.map(dtype::name).unwrap_or_else(|| "unknown".into())
+        self.dtype
+            .map(dtype::name)
+            .unwrap_or_else(|| "unknown".into())
     }
 
     pub fn not_rewritable(&mut self, reason: impl Into<String>) {
@@ -86,12 +88,19 @@ impl Match {
 /// Every match in the graph, in graph order of their outputs' producers.
 pub fn find_matches(g: &GraphIndex<'_>) -> Vec<Match> {
     let mut matches = fused::find(g);
-    let mut claimed: std::collections::HashSet<NodeId> = matches.iter().flat_map(|m| m.nodes.iter().copied()).collect();
+    let mut claimed: std::collections::HashSet<NodeId> = matches
+        .iter()
+        .flat_map(|m| m.nodes.iter().copied())
+        .collect();
     for m in decomposed::find(g, &claimed) {
         claimed.extend(m.nodes.iter().copied());
         matches.push(m);
     }
-    matches.sort_by_key(|m| g.producer(&m.output).map(|(id, _)| id).unwrap_or(usize::MAX));
+    matches.sort_by_key(|m| {
+        g.producer(&m.output)
+            .map(|(id, _)| id)
+            .unwrap_or(usize::MAX)
+    });
     matches
 }
 

@@ -51,7 +51,9 @@ pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
         let mut crossed = Vec::new();
         if let [only] = c.g.consumers(&after) {
             let n = c.g.node(*only);
-            if n.op_type() == "Cast" && attr::int(n, "to").is_some_and(|t| crate::onnx::dtype::is_float(t as i32)) {
+            if n.op_type() == "Cast"
+                && attr::int(n, "to").is_some_and(|t| crate::onnx::dtype::is_float(t as i32))
+            {
                 crossed.push(*only);
                 after = n.output[0].clone();
             }
@@ -82,7 +84,10 @@ pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
 }
 
 /// A constant, finite, non-negative scalar operand of a two-input node, and the other operand.
-fn constant_and_other<'a>(c: &Canon<'_, '_>, n: &'a crate::onnx::proto::NodeProto) -> Option<(f64, &'a str)> {
+fn constant_and_other<'a>(
+    c: &Canon<'_, '_>,
+    n: &'a crate::onnx::proto::NodeProto,
+) -> Option<(f64, &'a str)> {
     if n.input.len() != 2 {
         return None;
     }
@@ -119,8 +124,12 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
         if let Some((mul_id, mul)) = c.op(num, "Mul") {
             for (var_side, n_side) in [(0, 1), (1, 0)] {
                 let (var_in, n_in) = (&mul.input[var_side], &mul.input[n_side]);
-                let Some(n) = row_count(c, n_in, &mut aux) else { continue };
-                let Some(n_minus_1) = n_minus_one(c, den, &n, &mut aux) else { continue };
+                let Some(n) = row_count(c, n_in, &mut aux) else {
+                    continue;
+                };
+                let Some(n_minus_1) = n_minus_one(c, den, &n, &mut aux) else {
+                    continue;
+                };
                 core.extend([div_id, mul_id]);
                 core.extend(n_minus_1);
                 inner = var_in.clone();
@@ -172,7 +181,9 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
 
 /// Whether `target` is `x`'s (fully known) shape with the reduced axes set to 1.
 fn is_keepdims_shape(c: &Canon<'_, '_>, x: &str, axes: &Axes, target: &[i64]) -> bool {
-    let Some(shape) = c.g.shape(x) else { return false };
+    let Some(shape) = c.g.shape(x) else {
+        return false;
+    };
     let r = shape.len() as i64;
     let reduced = |i: i64| axes.axes.contains(&i) || axes.axes.contains(&(i - r));
     shape.len() == target.len()
@@ -187,7 +198,10 @@ fn is_keepdims_shape(c: &Canon<'_, '_>, x: &str, axes: &Axes, target: &[i64]) ->
 
 /// `mean(d²)` with d centred, `mean(x²) - mean(x)²`, or `mean(x²)`; with whether the outer
 /// mean keeps its dimensions.
-fn biased_variance(c: &Canon<'_, '_>, value: &str) -> Option<(String, Axes, VarianceForm, Vec<NodeId>, bool)> {
+fn biased_variance(
+    c: &Canon<'_, '_>,
+    value: &str,
+) -> Option<(String, Axes, VarianceForm, Vec<NodeId>, bool)> {
     if let Some((mean, kept)) = c.reduction(value) {
         let (squared, sq_node) = c.square(&mean.input)?;
         let mut nodes = vec![mean.node, sq_node];
@@ -214,7 +228,13 @@ fn biased_variance(c: &Canon<'_, '_>, value: &str) -> Option<(String, Axes, Vari
     if mx != x || !mean.axes.same_as(&ex2.axes) {
         return None;
     }
-    Some((x, ex2.axes, VarianceForm::MomentDifference, vec![sub_id, ex2.node, sq_node, m_sq_node, mean.node], true))
+    Some((
+        x,
+        ex2.axes,
+        VarianceForm::MomentDifference,
+        vec![sub_id, ex2.node, sq_node, m_sq_node, mean.node],
+        true,
+    ))
 }
 
 /// What a row-count operand is.
@@ -282,7 +302,12 @@ fn row_count(c: &Canon<'_, '_>, value: &str, aux: &mut Vec<NodeId>) -> Option<Ro
 }
 
 /// `N - 1` for the same `N` (the same chain, or a constant one less): returns the nodes.
-fn n_minus_one(c: &Canon<'_, '_>, value: &str, n: &RowCount, aux: &mut Vec<NodeId>) -> Option<Vec<NodeId>> {
+fn n_minus_one(
+    c: &Canon<'_, '_>,
+    value: &str,
+    n: &RowCount,
+    aux: &mut Vec<NodeId>,
+) -> Option<Vec<NodeId>> {
     match n {
         RowCount::Constant(nv) => (c.scalar(value)? == nv - 1.0).then(Vec::new),
         RowCount::Dynamic { .. } => {
@@ -292,7 +317,8 @@ fn n_minus_one(c: &Canon<'_, '_>, value: &str, n: &RowCount, aux: &mut Vec<NodeI
             }
             let mut scratch = Vec::new();
             match row_count(c, sub.input.first()?, &mut scratch)? {
-                RowCount::Dynamic { x, axes } if matches!(n, RowCount::Dynamic { x: nx, axes: na } if *nx == x && *na == axes) => {
+                RowCount::Dynamic { x, axes } if matches!(n, RowCount::Dynamic { x: nx, axes: na } if *nx == x && *na == axes) =>
+                {
                     aux.extend(scratch);
                     Some(vec![sub_id])
                 }

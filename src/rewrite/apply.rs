@@ -10,7 +10,9 @@ use base64::Engine;
 use prost::Message;
 
 use crate::graph::{GraphIndex, NodeId};
-use crate::onnx::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto};
+use crate::onnx::proto::{
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+};
 
 /// Key prefix of the records in `ModelProto.metadata_props`.
 pub const RECORD_PREFIX: &str = "adanorm.original:";
@@ -59,8 +61,11 @@ pub fn apply(g: &GraphIndex<'_>, patch: Patch) -> ModelProto {
             .expect("a replacement removes something");
         place.insert(at, i);
     }
-    let repoint: HashMap<(NodeId, usize), &str> =
-        patch.repoint.iter().map(|(n, s, v)| ((*n, *s), v.as_str())).collect();
+    let repoint: HashMap<(NodeId, usize), &str> = patch
+        .repoint
+        .iter()
+        .map(|(n, s, v)| ((*n, *s), v.as_str()))
+        .collect();
 
     let mut nodes = Vec::with_capacity(graph.node.len());
     for (id, node) in g.graph.node.iter().enumerate() {
@@ -81,16 +86,23 @@ pub fn apply(g: &GraphIndex<'_>, patch: Patch) -> ModelProto {
 
     // Initializers: those only removed nodes read, or moved out, go.
     let referenced = referenced_names(graph);
-    let dropped: HashSet<&str> =
-        patch.replacements.iter().flat_map(|r| r.drop_initializers.iter().map(String::as_str)).collect();
+    let dropped: HashSet<&str> = patch
+        .replacements
+        .iter()
+        .flat_map(|r| r.drop_initializers.iter().map(String::as_str))
+        .collect();
     let mut removed_inits: HashMap<String, TensorProto> = HashMap::new();
-    let was_read_by_removed: HashSet<&str> =
-        removed.iter().flat_map(|&id| g.node(id).input.iter().map(String::as_str)).collect();
+    let was_read_by_removed: HashSet<&str> = removed
+        .iter()
+        .flat_map(|&id| g.node(id).input.iter().map(String::as_str))
+        .collect();
     graph.initializer.retain(|t| {
         let name = t.name();
         let unread = !referenced.contains(name) && !g.is_graph_input(name);
         let goes = dropped.contains(name)
-            || (unread && (was_read_by_removed.contains(name) || patch.maybe_unused.iter().any(|m| m == name)));
+            || (unread
+                && (was_read_by_removed.contains(name)
+                    || patch.maybe_unused.iter().any(|m| m == name)));
         if goes {
             removed_inits.insert(name.to_string(), t.clone());
         }
@@ -99,7 +111,11 @@ pub fn apply(g: &GraphIndex<'_>, patch: Patch) -> ModelProto {
     graph.initializer.extend(patch.add_initializers);
 
     // value_info of values nothing produces any more.
-    let produced: HashSet<&str> = graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    let produced: HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
     let mut removed_infos = HashMap::new();
     graph.value_info.retain(|v| {
         let keep = produced.contains(v.name()) || g.producer(v.name()).is_none();
@@ -115,16 +131,28 @@ pub fn apply(g: &GraphIndex<'_>, patch: Patch) -> ModelProto {
         let mut ids = r.remove.clone();
         ids.sort_unstable();
         let nodes: Vec<NodeProto> = ids.iter().map(|&id| g.node(id).clone()).collect();
-        let reads: HashSet<&str> = nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
-        let outs: HashSet<&str> = nodes.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+        let reads: HashSet<&str> = nodes
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .collect();
+        let outs: HashSet<&str> = nodes
+            .iter()
+            .flat_map(|n| n.output.iter().map(String::as_str))
+            .collect();
         let record = GraphProto {
             node: nodes.clone(),
             initializer: removed_inits
                 .iter()
-                .filter(|(name, _)| reads.contains(name.as_str()) && !dropped.contains(name.as_str()))
+                .filter(|(name, _)| {
+                    reads.contains(name.as_str()) && !dropped.contains(name.as_str())
+                })
                 .map(|(_, t)| t.clone())
                 .collect(),
-            value_info: removed_infos.iter().filter(|(n, _)| outs.contains(n.as_str())).map(|(_, v)| v.clone()).collect(),
+            value_info: removed_infos
+                .iter()
+                .filter(|(n, _)| outs.contains(n.as_str()))
+                .map(|(_, v)| v.clone())
+                .collect(),
             doc_string: Some(serde_json::to_string(&r.inserted_names).expect("names")),
             ..Default::default()
         };
@@ -139,19 +167,36 @@ pub fn apply(g: &GraphIndex<'_>, patch: Patch) -> ModelProto {
 
 pub fn set_metadata(model: &mut ModelProto, key: &str, value: String) {
     model.metadata_props.retain(|e| e.key() != key);
-    model.metadata_props.push(StringStringEntryProto { key: Some(key.into()), value: Some(value) });
+    model.metadata_props.push(StringStringEntryProto {
+        key: Some(key.into()),
+        value: Some(value),
+    });
 }
 
 /// Declares `ai.adanorm` v1 when the graph uses it, and drops the import when nothing does.
 pub fn sync_adanorm_opset(model: &mut ModelProto) {
-    let used = model.graph.as_ref().is_some_and(|g| g.node.iter().any(|n| n.domain() == super::node::DOMAIN))
-        || model.functions.iter().any(|f| f.node.iter().any(|n| n.domain() == super::node::DOMAIN));
-    let declared = model.opset_import.iter().any(|o| o.domain() == super::node::DOMAIN);
+    let used = model
+        .graph
+        .as_ref()
+        .is_some_and(|g| g.node.iter().any(|n| n.domain() == super::node::DOMAIN))
+        || model
+            .functions
+            .iter()
+            .any(|f| f.node.iter().any(|n| n.domain() == super::node::DOMAIN));
+    let declared = model
+        .opset_import
+        .iter()
+        .any(|o| o.domain() == super::node::DOMAIN);
     if used && !declared {
-        model.opset_import.push(OperatorSetIdProto { domain: Some(super::node::DOMAIN.into()), version: Some(1) });
+        model.opset_import.push(OperatorSetIdProto {
+            domain: Some(super::node::DOMAIN.into()),
+            version: Some(1),
+        });
     }
     if !used && declared {
-        model.opset_import.retain(|o| o.domain() != super::node::DOMAIN);
+        model
+            .opset_import
+            .retain(|o| o.domain() != super::node::DOMAIN);
     }
 }
 

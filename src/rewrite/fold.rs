@@ -43,14 +43,17 @@ fn initializer<'m>(g: &GraphIndex<'m>, name: &str) -> Option<&'m TensorProto> {
         if let Some(t) = g.initializer(&v).filter(|_| !g.is_graph_input(&v)) {
             return Some(t);
         }
-        let (_, n) = g.producer_node(&v).filter(|(_, n)| n.op_type() == "Identity")?;
+        let (_, n) = g
+            .producer_node(&v)
+            .filter(|(_, n)| n.op_type() == "Identity")?;
         v = n.input.first()?.clone();
     }
     None
 }
 
 fn values(g: &GraphIndex<'_>, name: &str) -> Result<(Vec<f64>, Vec<i64>), String> {
-    let t = initializer(g, name).ok_or_else(|| format!("'{name}' is not a constant initializer"))?;
+    let t =
+        initializer(g, name).ok_or_else(|| format!("'{name}' is not a constant initializer"))?;
     let w = WeightTensor::from_proto(g.model, t).map_err(|e| e.to_string())?;
     let v = decode(&w).ok_or_else(|| format!("'{name}' has a type that cannot be folded"))?;
     Ok((v, t.dims.clone()))
@@ -59,10 +62,22 @@ fn values(g: &GraphIndex<'_>, name: &str) -> Result<(Vec<f64>, Vec<i64>), String
 fn decode(w: &WeightTensor) -> Option<Vec<f64>> {
     let d = &w.data;
     Some(match w.elem_type {
-        dtype::FLOAT => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        dtype::DOUBLE => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-        dtype::FLOAT16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-        dtype::BFLOAT16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+        dtype::FLOAT => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        dtype::DOUBLE => d
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        dtype::FLOAT16 => d
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        dtype::BFLOAT16 => d
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
         _ => return None,
     })
 }
@@ -71,13 +86,23 @@ fn encode(elem_type: i32, v: &[f64]) -> Vec<u8> {
     match elem_type {
         dtype::FLOAT => v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
         dtype::DOUBLE => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
-        dtype::FLOAT16 => v.iter().flat_map(|&x| half::f16::from_f64(x).to_le_bytes()).collect(),
-        _ => v.iter().flat_map(|&x| half::bf16::from_f64(x).to_le_bytes()).collect(),
+        dtype::FLOAT16 => v
+            .iter()
+            .flat_map(|&x| half::f16::from_f64(x).to_le_bytes())
+            .collect(),
+        _ => v
+            .iter()
+            .flat_map(|&x| half::bf16::from_f64(x).to_le_bytes())
+            .collect(),
     }
 }
 
 /// A per-row vector of length `h` from a `[h]` or `[1, .., 1, h]` parameter.
-fn row_vector(g: &GraphIndex<'_>, p: &Option<String>, h: usize) -> Result<Option<Vec<f64>>, String> {
+fn row_vector(
+    g: &GraphIndex<'_>,
+    p: &Option<String>,
+    h: usize,
+) -> Result<Option<Vec<f64>>, String> {
     let Some(p) = p else { return Ok(None) };
     let (v, dims) = values(g, p)?;
     let leading_ones = dims.iter().rev().skip(1).all(|&d| d == 1);
@@ -111,10 +136,23 @@ fn linear_consumers(g: &GraphIndex<'_>, output: &str) -> Result<Vec<(NodeId, Str
 }
 
 /// A `Reshape` whose constant target ends in the input's known last dimension.
-fn keeps_last_axis(g: &GraphIndex<'_>, input: &str, reshape: &crate::onnx::proto::NodeProto) -> bool {
-    let last = g.shape(input).and_then(|s| s.last()).and_then(|d| d.known());
+fn keeps_last_axis(
+    g: &GraphIndex<'_>,
+    input: &str,
+    reshape: &crate::onnx::proto::NodeProto,
+) -> bool {
+    let last = g
+        .shape(input)
+        .and_then(|s| s.last())
+        .and_then(|d| d.known());
     let target = reshape.input.get(1).and_then(|t| g.constant(t));
-    match (last, target.as_ref().and_then(|t| t.as_ints()).and_then(|t| t.last().copied())) {
+    match (
+        last,
+        target
+            .as_ref()
+            .and_then(|t| t.as_ints())
+            .and_then(|t| t.last().copied()),
+    ) {
         (Some(h), Some(t)) => h == t,
         _ => false,
     }
@@ -125,7 +163,9 @@ pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, 
         return Ok(FoldPlan::default());
     }
     if m.axis != Some(-1) {
-        return Err("only a normalisation over the last axis can be folded into a linear layer".into());
+        return Err(
+            "only a normalisation over the last axis can be folded into a linear layer".into(),
+        );
     }
     if g.is_graph_output(&m.output) {
         return Err(format!("its output '{}' is a graph output", m.output));
@@ -139,9 +179,13 @@ pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, 
         let c = g.node(cid);
         let label = g.label(cid);
         if c.name().is_empty() {
-            return Err(format!("consumer '{label}' has no name, so a revert could not find it again"));
+            return Err(format!(
+                "consumer '{label}' has no name, so a revert could not find it again"
+            ));
         }
-        let not_linear = || format!("consumer '{label}' ({}) is not a MatMul/Gemm reading it as its first input with a constant 2-D weight", c.op_type());
+        let not_linear = || {
+            format!("consumer '{label}' ({}) is not a MatMul/Gemm reading it as its first input with a constant 2-D weight", c.op_type())
+        };
         let linear = match c.op_type() {
             "MatMul" => true,
             "Gemm" => {
@@ -160,7 +204,11 @@ pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, 
             return Err(not_linear());
         }
         let trans_b = c.op_type() == "Gemm" && attr::int(c, "transB").unwrap_or(0) == 1;
-        let (h, o) = if trans_b { (dims[1] as usize, dims[0] as usize) } else { (dims[0] as usize, dims[1] as usize) };
+        let (h, o) = if trans_b {
+            (dims[1] as usize, dims[0] as usize)
+        } else {
+            (dims[0] as usize, dims[1] as usize)
+        };
         let at = |i: usize, j: usize| if trans_b { j * h + i } else { i * o + j };
         let gamma = row_vector(g, &m.scale, h)?;
         let beta = row_vector(g, &m.bias, h)?;
@@ -176,16 +224,36 @@ pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, 
                 }
             }
             let new_name = format!("{w_name}.folded:{node_name}");
-            plan.new_initializers.push(WeightTensor { elem_type: elem, dims: dims.clone(), data: encode(elem, &w2) }.to_proto(&new_name));
-            plan.originals.push((format!("{node_name}/fold/{w_name}"), w_name.clone(), WeightTensor::from_proto(g.model, w_t).map_err(|e| e.to_string())?));
+            plan.new_initializers.push(
+                WeightTensor {
+                    elem_type: elem,
+                    dims: dims.clone(),
+                    data: encode(elem, &w2),
+                }
+                .to_proto(&new_name),
+            );
+            plan.originals.push((
+                format!("{node_name}/fold/{w_name}"),
+                w_name.clone(),
+                WeightTensor::from_proto(g.model, w_t).map_err(|e| e.to_string())?,
+            ));
             plan.repoint.push((cid, 1, new_name.clone()));
-            plan.mapping.push(Folded { node: c.name().to_string(), input: 1, original: w_name.clone(), folded: new_name });
+            plan.mapping.push(Folded {
+                node: c.name().to_string(),
+                input: 1,
+                original: w_name.clone(),
+                folded: new_name,
+            });
         }
         // b' = b + beta W, into the consumer's bias (Gemm C, or the Add after a MatMul).
         if let Some(beta) = &beta {
-            let bw: Vec<f64> = (0..o).map(|j| (0..h).map(|i| beta[i] * w[at(i, j)]).sum()).collect();
+            let bw: Vec<f64> = (0..o)
+                .map(|j| (0..h).map(|i| beta[i] * w[at(i, j)]).sum())
+                .collect();
             let (bias_node, slot, b_name) = if c.op_type() == "Gemm" {
-                let b = c.input.get(2).filter(|s| !s.is_empty()).ok_or_else(|| format!("consumer '{label}' has no bias to fold the normalisation's bias into"))?;
+                let b = c.input.get(2).filter(|s| !s.is_empty()).ok_or_else(|| {
+                    format!("consumer '{label}' has no bias to fold the normalisation's bias into")
+                })?;
                 (cid, 2, b.clone())
             } else {
                 let out = &c.output[0];
@@ -196,21 +264,44 @@ pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, 
                 if add.name().is_empty() {
                     return Err(format!("the bias Add after '{label}' has no name, so a revert could not find it again"));
                 }
-                let slot = add.input.iter().position(|i| i != out).filter(|_| add.op_type() == "Add" && !g.is_graph_output(out));
-                let slot = slot.ok_or_else(|| format!("consumer '{label}' is not followed by a bias Add"))?;
+                let slot = add
+                    .input
+                    .iter()
+                    .position(|i| i != out)
+                    .filter(|_| add.op_type() == "Add" && !g.is_graph_output(out));
+                let slot = slot
+                    .ok_or_else(|| format!("consumer '{label}' is not followed by a bias Add"))?;
                 (*add_id, slot, add.input[slot].clone())
             };
             let (b, b_dims) = values(g, &b_name)?;
             if b.len() != o || b_dims.iter().rev().skip(1).any(|&d| d != 1) {
-                return Err(format!("bias '{b_name}' of consumer '{label}' is not a vector of its {o} outputs"));
+                return Err(format!(
+                    "bias '{b_name}' of consumer '{label}' is not a vector of its {o} outputs"
+                ));
             }
             let b2: Vec<f64> = b.iter().zip(&bw).map(|(x, y)| x + y).collect();
             let b_t = initializer(g, &b_name).expect("checked");
             let new_name = format!("{b_name}.folded:{node_name}");
-            plan.new_initializers.push(WeightTensor { elem_type: b_t.data_type(), dims: b_dims.clone(), data: encode(b_t.data_type(), &b2) }.to_proto(&new_name));
-            plan.originals.push((format!("{node_name}/fold/{b_name}"), b_name.clone(), WeightTensor::from_proto(g.model, b_t).map_err(|e| e.to_string())?));
+            plan.new_initializers.push(
+                WeightTensor {
+                    elem_type: b_t.data_type(),
+                    dims: b_dims.clone(),
+                    data: encode(b_t.data_type(), &b2),
+                }
+                .to_proto(&new_name),
+            );
+            plan.originals.push((
+                format!("{node_name}/fold/{b_name}"),
+                b_name.clone(),
+                WeightTensor::from_proto(g.model, b_t).map_err(|e| e.to_string())?,
+            ));
             plan.repoint.push((bias_node, slot, new_name.clone()));
-            plan.mapping.push(Folded { node: g.node(bias_node).name().to_string(), input: slot, original: b_name, folded: new_name });
+            plan.mapping.push(Folded {
+                node: g.node(bias_node).name().to_string(),
+                input: slot,
+                original: b_name,
+                folded: new_name,
+            });
         }
         plan.consumers.push(format!("'{label}'"));
     }

@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use super::node::{float_attr, int_attr, OpKind, OpParams, DOMAIN};
 use crate::error::{Error, Result};
 use crate::onnx::proto::{
-    attribute_proto::AttributeType, AttributeProto, FunctionProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    attribute_proto::AttributeType, AttributeProto, FunctionProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto,
 };
 
 /// The lowest default-domain opset the bodies are written for (Unsqueeze takes its axes as an
@@ -39,16 +40,31 @@ impl Body {
     }
 
     fn reference(name: &str, attr: &str, ty: AttributeType) -> AttributeProto {
-        AttributeProto { name: Some(name.into()), ref_attr_name: Some(attr.into()), r#type: Some(ty as i32), ..Default::default() }
+        AttributeProto {
+            name: Some(name.into()),
+            ref_attr_name: Some(attr.into()),
+            r#type: Some(ty as i32),
+            ..Default::default()
+        }
     }
 
     fn const_tensor(&mut self, out: &str, t: TensorProto) -> String {
-        let a = AttributeProto { name: Some("value".into()), t: Some(t), r#type: Some(AttributeType::Tensor as i32), ..Default::default() };
+        let a = AttributeProto {
+            name: Some("value".into()),
+            t: Some(t),
+            r#type: Some(AttributeType::Tensor as i32),
+            ..Default::default()
+        };
         self.node("Constant", &[], out, vec![a])
     }
 
     fn const_i64s(&mut self, out: &str, v: &[i64]) -> String {
-        let t = TensorProto { dims: vec![v.len() as i64], data_type: Some(7), int64_data: v.to_vec(), ..Default::default() };
+        let t = TensorProto {
+            dims: vec![v.len() as i64],
+            data_type: Some(7),
+            int64_data: v.to_vec(),
+            ..Default::default()
+        };
         self.const_tensor(out, t)
     }
 
@@ -58,7 +74,12 @@ impl Body {
             let axes = self.const_i64s(&format!("{out}_axes"), &[1]);
             self.node("ReduceMean", &[x, &axes], out, vec![keep])
         } else {
-            let axes = AttributeProto { name: Some("axes".into()), ints: vec![1], r#type: Some(AttributeType::Ints as i32), ..Default::default() };
+            let axes = AttributeProto {
+                name: Some("axes".into()),
+                ints: vec![1],
+                r#type: Some(AttributeType::Ints as i32),
+                ..Default::default()
+            };
             self.node("ReduceMean", &[x], out, vec![axes, keep])
         }
     }
@@ -66,10 +87,18 @@ impl Body {
 
 /// The body; `compute_in_f32_from` is the element type of every call when they share one.
 pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>) -> FunctionProto {
-    let mut b = Body { nodes: Vec::new(), opset };
+    let mut b = Body {
+        nodes: Vec::new(),
+        opset,
+    };
     let float = || int_attr("to", 1);
     let xshape = b.node("Shape", &["X"], "XShape", vec![]);
-    let x2d = b.node("Flatten", &["X"], "X2D", vec![Body::reference("axis", "axis", AttributeType::Int)]);
+    let x2d = b.node(
+        "Flatten",
+        &["X"],
+        "X2D",
+        vec![Body::reference("axis", "axis", AttributeType::Int)],
+    );
     let xf = match compute_in_f32_from {
         Some(_) => b.node("Cast", &[&x2d], "XF", vec![float()]),
         None => x2d.clone(),
@@ -85,20 +114,57 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
     let var_b = b.mean_rows(&dd, "VarBiased");
     // N / (N - unbiased)
     let shape2d = b.node("Shape", &[&x2d], "Shape2D", vec![]);
-    let one_idx = b.const_tensor("OneIndex", TensorProto { data_type: Some(7), int64_data: vec![1], ..Default::default() });
+    let one_idx = b.const_tensor(
+        "OneIndex",
+        TensorProto {
+            data_type: Some(7),
+            int64_data: vec![1],
+            ..Default::default()
+        },
+    );
     let n_int = b.node("Gather", &[&shape2d, &one_idx], "NInt", vec![]);
     let n = to_compute(&mut b, &n_int, "N");
-    let ub_i = b.node("Constant", &[], "UnbiasedInt", vec![Body::reference("value_int", "unbiased", AttributeType::Int)]);
+    let ub_i = b.node(
+        "Constant",
+        &[],
+        "UnbiasedInt",
+        vec![Body::reference("value_int", "unbiased", AttributeType::Int)],
+    );
     let ub = to_compute(&mut b, &ub_i, "Unbiased");
     let n_minus = b.node("Sub", &[&n, &ub], "Divisor", vec![]);
     let factor = b.node("Div", &[&n, &n_minus], "Bessel", vec![]);
     let var = b.node("Mul", &[&var_b, &factor], "Var", vec![]);
     // sigma = e*sqrt(var+eps) + (1-e)*(sqrt(var)+eps)
-    let eps_f = b.node("Constant", &[], "EpsF32", vec![Body::reference("value_float", "epsilon", AttributeType::Float)]);
+    let eps_f = b.node(
+        "Constant",
+        &[],
+        "EpsF32",
+        vec![Body::reference(
+            "value_float",
+            "epsilon",
+            AttributeType::Float,
+        )],
+    );
     let eps = to_compute(&mut b, &eps_f, "Eps");
-    let e_i = b.node("Constant", &[], "EpsInSqrtInt", vec![Body::reference("value_int", "eps_in_sqrt", AttributeType::Int)]);
+    let e_i = b.node(
+        "Constant",
+        &[],
+        "EpsInSqrtInt",
+        vec![Body::reference(
+            "value_int",
+            "eps_in_sqrt",
+            AttributeType::Int,
+        )],
+    );
     let e = to_compute(&mut b, &e_i, "EpsInSqrt");
-    let one_f = b.const_tensor("OneF32", TensorProto { data_type: Some(1), float_data: vec![1.0], ..Default::default() });
+    let one_f = b.const_tensor(
+        "OneF32",
+        TensorProto {
+            data_type: Some(1),
+            float_data: vec![1.0],
+            ..Default::default()
+        },
+    );
     let one = to_compute(&mut b, &one_f, "One");
     let ve = b.node("Add", &[&var, &eps], "VarEps", vec![]);
     let s_in = b.node("Sqrt", &[&ve], "SigmaIn", vec![]);
@@ -110,9 +176,19 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
     let sigma = b.node("Add", &[&w_in, &w_out], "Sigma", vec![]);
     let mut y = b.node("Div", &[&d, &sigma], "Y2D", vec![]);
     if kind == OpKind::AdaNorm {
-        let c_f = b.node("Constant", &[], "CF32", vec![Body::reference("value_float", "c", AttributeType::Float)]);
+        let c_f = b.node(
+            "Constant",
+            &[],
+            "CF32",
+            vec![Body::reference("value_float", "c", AttributeType::Float)],
+        );
         let c = to_compute(&mut b, &c_f, "C");
-        let k_f = b.node("Constant", &[], "KF32", vec![Body::reference("value_float", "k", AttributeType::Float)]);
+        let k_f = b.node(
+            "Constant",
+            &[],
+            "KF32",
+            vec![Body::reference("value_float", "k", AttributeType::Float)],
+        );
         let k = to_compute(&mut b, &k_f, "K");
         let ky = b.node("Mul", &[&k, &y], "KY", vec![]);
         let fac = b.node("Sub", &[&one, &ky], "Factor", vec![]);
@@ -128,7 +204,12 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
     b.node("Add", &[&ys, "B"], "Y", vec![]);
     // Mean and InvStdDev in X.shape[:a] + [1]*(r-a)
     let rank = b.node("Size", &[&xshape], "Rank", vec![]);
-    let a = b.node("Constant", &[], "AxisScalar", vec![Body::reference("value_int", "axis", AttributeType::Int)]);
+    let a = b.node(
+        "Constant",
+        &[],
+        "AxisScalar",
+        vec![Body::reference("value_int", "axis", AttributeType::Int)],
+    );
     let a_r = b.node("Add", &[&a, &rank], "AxisPlusRank", vec![]);
     let a_norm = b.node("Mod", &[&a_r, &rank], "AxisNorm", vec![]);
     let zero = b.const_i64s("Zero1D", &[0]);
@@ -137,15 +218,35 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
     let prefix = b.node("Slice", &[&xshape, &zero, &a1], "Prefix", vec![]);
     let count = b.node("Sub", &[&rank, &a_norm], "Count", vec![]);
     let count1 = b.node("Unsqueeze", &[&count, &zero_axis], "Count1D", vec![]);
-    let ones = TensorProto { dims: vec![1], data_type: Some(7), int64_data: vec![1], ..Default::default() };
-    let fill = AttributeProto { name: Some("value".into()), t: Some(ones), r#type: Some(AttributeType::Tensor as i32), ..Default::default() };
+    let ones = TensorProto {
+        dims: vec![1],
+        data_type: Some(7),
+        int64_data: vec![1],
+        ..Default::default()
+    };
+    let fill = AttributeProto {
+        name: Some("value".into()),
+        t: Some(ones),
+        r#type: Some(AttributeType::Tensor as i32),
+        ..Default::default()
+    };
     let suffix = b.node("ConstantOfShape", &[&count1], "Suffix", vec![fill]);
-    let reduced = b.node("Concat", &[&prefix, &suffix], "ReducedShape", vec![int_attr("axis", 0)]);
+    let reduced = b.node(
+        "Concat",
+        &[&prefix, &suffix],
+        "ReducedShape",
+        vec![int_attr("axis", 0)],
+    );
     b.node("Reshape", &[&mean, &reduced], "Mean", vec![]);
     let inv = b.node("Reciprocal", &[&sigma], "InvStdDev2D", vec![]);
     b.node("Reshape", &[&inv, &reduced], "InvStdDev", vec![]);
 
-    let mut attribute_proto = vec![int_attr("axis", -1), float_attr("epsilon", 1e-5), int_attr("unbiased", 0), int_attr("eps_in_sqrt", 1)];
+    let mut attribute_proto = vec![
+        int_attr("axis", -1),
+        float_attr("epsilon", 1e-5),
+        int_attr("unbiased", 0),
+        int_attr("eps_in_sqrt", 1),
+    ];
     if kind == OpKind::AdaNorm {
         attribute_proto.extend([float_attr("c", 1.0), float_attr("k", 0.1)]);
     }
@@ -156,20 +257,33 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
         output: vec!["Y".into(), "Mean".into(), "InvStdDev".into()],
         attribute_proto,
         node: b.nodes,
-        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(opset) }],
-        doc_string: Some(format!("ai.adanorm {} in standard ONNX ops (adanorm-onnx --portable); see docs/ops-spec.md", kind.op_type())),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }],
+        doc_string: Some(format!(
+            "ai.adanorm {} in standard ONNX ops (adanorm-onnx --portable); see docs/ops-spec.md",
+            kind.op_type()
+        )),
         ..Default::default()
     }
 }
 
 fn default_opset(model: &ModelProto) -> Option<i64> {
-    model.opset_import.iter().find(|o| o.domain().is_empty() || o.domain() == "ai.onnx").and_then(|o| o.version)
+    model
+        .opset_import
+        .iter()
+        .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
+        .and_then(|o| o.version)
 }
 
 /// Adds the function bodies of the `ai.adanorm` ops the graph uses. Calls without Scale/B get
 /// ones/zeros (a function's inputs cannot be optional per call), shaped `[1]`, and every call
 /// names all three outputs.
-pub fn add_portable_functions(model: &mut ModelProto, elem_type_of: &dyn Fn(&str) -> Option<i32>) -> Result<()> {
+pub fn add_portable_functions(
+    model: &mut ModelProto,
+    elem_type_of: &dyn Fn(&str) -> Option<i32>,
+) -> Result<()> {
     let opset = default_opset(model).unwrap_or(0);
     if opset < MIN_OPSET {
         return Err(Error::msg(format!(
@@ -182,7 +296,11 @@ pub fn add_portable_functions(model: &mut ModelProto, elem_type_of: &dyn Fn(&str
     let mut types = std::collections::HashSet::new();
     for n in graph.node.iter_mut().filter(|n| n.domain() == DOMAIN) {
         types.insert(elem_type_of(&n.input[0]));
-        let kind = if n.op_type() == "AdaNorm" { OpKind::AdaNorm } else { OpKind::LayerNormSimple };
+        let kind = if n.op_type() == "AdaNorm" {
+            OpKind::AdaNorm
+        } else {
+            OpKind::LayerNormSimple
+        };
         if !used.contains(&kind) {
             used.push(kind);
         }
@@ -201,7 +319,11 @@ pub fn add_portable_functions(model: &mut ModelProto, elem_type_of: &dyn Fn(&str
         for (slot, value) in [(1usize, 1.0f32), (2, 0.0)] {
             if n.input[slot].is_empty() {
                 let elem = elem_type_of(&n.input[0]).unwrap_or(1);
-                let name = format!("{}/portable_{}", n.name(), if slot == 1 { "scale" } else { "bias" });
+                let name = format!(
+                    "{}/portable_{}",
+                    n.name(),
+                    if slot == 1 { "scale" } else { "bias" }
+                );
                 new_inits.push(filled(&name, elem, value));
                 n.input[slot] = name;
             }
@@ -209,7 +331,9 @@ pub fn add_portable_functions(model: &mut ModelProto, elem_type_of: &dyn Fn(&str
     }
     graph.initializer.extend(new_inits);
     for kind in used {
-        model.functions.retain(|f| !(f.domain() == DOMAIN && f.name() == kind.op_type()));
+        model
+            .functions
+            .retain(|f| !(f.domain() == DOMAIN && f.name() == kind.op_type()));
         // float64 calls compute in float64 (CastLike); one narrower type computes in float32.
         let shared = match types.iter().collect::<Vec<_>>().as_slice() {
             [Some(t)] if *t != 11 => Some(*t),
@@ -235,14 +359,29 @@ fn filled(name: &str, elem_type: i32, v: f32) -> TensorProto {
         11 => (v as f64).to_le_bytes().to_vec(),
         _ => v.to_le_bytes().to_vec(),
     };
-    TensorProto { name: Some(name.into()), dims: vec![1], data_type: Some(elem_type), raw_data: Some(raw.into()), ..Default::default() }
+    TensorProto {
+        name: Some(name.into()),
+        dims: vec![1],
+        data_type: Some(elem_type),
+        raw_data: Some(raw.into()),
+        ..Default::default()
+    }
 }
 
 /// Expands one `ai.adanorm` node into the body's standard ops, attributes substituted and
 /// internal names prefixed by the node's name (revert's fallback for nodes without a record).
-pub fn inline(n: &NodeProto, p: &OpParams, opset: i64, elem_type: i32) -> (Vec<NodeProto>, Vec<TensorProto>) {
+pub fn inline(
+    n: &NodeProto,
+    p: &OpParams,
+    opset: i64,
+    elem_type: i32,
+) -> (Vec<NodeProto>, Vec<TensorProto>) {
     let f = function_proto(p.kind, opset, Some(elem_type));
-    let prefix = if n.name().is_empty() { n.output[0].clone() } else { n.name().to_string() };
+    let prefix = if n.name().is_empty() {
+        n.output[0].clone()
+    } else {
+        n.name().to_string()
+    };
     let mut inits = Vec::new();
     let mut actual: HashMap<String, String> = HashMap::new();
     for (i, formal) in f.input.iter().enumerate() {
@@ -255,10 +394,23 @@ pub fn inline(n: &NodeProto, p: &OpParams, opset: i64, elem_type: i32) -> (Vec<N
         actual.insert(formal.clone(), value);
     }
     for (i, formal) in f.output.iter().enumerate() {
-        let name = n.output.get(i).filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| format!("{prefix}/{formal}_unused"));
+        let name = n
+            .output
+            .get(i)
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .unwrap_or_else(|| format!("{prefix}/{formal}_unused"));
         actual.insert(formal.clone(), name);
     }
-    let rename = |v: &String| actual.get(v).cloned().unwrap_or_else(|| if v.is_empty() { v.clone() } else { format!("{prefix}/{v}") });
+    let rename = |v: &String| {
+        actual.get(v).cloned().unwrap_or_else(|| {
+            if v.is_empty() {
+                v.clone()
+            } else {
+                format!("{prefix}/{v}")
+            }
+        })
+    };
     let values: HashMap<&str, AttributeProto> = [
         ("axis", int_attr("", p.axis)),
         ("epsilon", float_attr("", p.epsilon as f32)),

@@ -62,11 +62,21 @@ impl OpParams {
 }
 
 pub fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), i: Some(v), r#type: Some(AttributeType::Int as i32), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        i: Some(v),
+        r#type: Some(AttributeType::Int as i32),
+        ..Default::default()
+    }
 }
 
 pub fn float_attr(name: &str, v: f32) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), f: Some(v), r#type: Some(AttributeType::Float as i32), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        f: Some(v),
+        r#type: Some(AttributeType::Float as i32),
+        ..Default::default()
+    }
 }
 
 /// Optional inputs/outputs: empty names in the middle, trailing empties dropped.
@@ -109,7 +119,12 @@ pub fn build(
 
 /// `/blocks.0/norm1/` + op type for nodes `/blocks.0/norm1/*`; the output name + op type when
 /// the nodes share no scope. Made unique against `taken`.
-pub fn derive_name(node_names: &[&str], output: &str, kind: OpKind, taken: &dyn Fn(&str) -> bool) -> String {
+pub fn derive_name(
+    node_names: &[&str],
+    output: &str,
+    kind: OpKind,
+    taken: &dyn Fn(&str) -> bool,
+) -> String {
     let prefix = common_scope(node_names);
     let base = if prefix.is_empty() {
         if let [only] = node_names {
@@ -131,10 +146,18 @@ pub fn derive_name(node_names: &[&str], output: &str, kind: OpKind, taken: &dyn 
 
 /// The longest common prefix of the names that ends with '/'.
 fn common_scope(names: &[&str]) -> String {
-    let Some(first) = names.first() else { return String::new() };
+    let Some(first) = names.first() else {
+        return String::new();
+    };
     let mut len = first.len();
     for n in &names[1..] {
-        len = len.min(first.bytes().zip(n.bytes()).take_while(|(a, b)| a == b).count());
+        len = len.min(
+            first
+                .bytes()
+                .zip(n.bytes())
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
     }
     match first[..len].rfind('/') {
         Some(i) if i > 0 || len > 1 => first[..=i].to_string(),
@@ -149,18 +172,40 @@ mod tests {
     #[test]
     fn names_derive_from_the_shared_scope() {
         let none = |_: &str| false;
-        let n = derive_name(&["/blocks.0/norm1/ReduceMean", "/blocks.0/norm1/Sub"], "y", OpKind::AdaNorm, &none);
+        let n = derive_name(
+            &["/blocks.0/norm1/ReduceMean", "/blocks.0/norm1/Sub"],
+            "y",
+            OpKind::AdaNorm,
+            &none,
+        );
         assert_eq!(n, "/blocks.0/norm1/AdaNorm");
         let n = derive_name(&["a", "b"], "y", OpKind::LayerNormSimple, &none);
         assert_eq!(n, "y/LayerNormSimple");
         let taken = |s: &str| s == "ln/AdaNorm";
-        assert_eq!(derive_name(&["ln"], "y", OpKind::AdaNorm, &taken), "ln/AdaNorm_1");
+        assert_eq!(
+            derive_name(&["ln"], "y", OpKind::AdaNorm, &taken),
+            "ln/AdaNorm_1"
+        );
     }
 
     #[test]
     fn optional_inputs_keep_their_slots() {
-        let p = OpParams { kind: OpKind::LayerNormSimple, axis: -1, epsilon: 1e-5f32 as f64, unbiased: false, eps_in_sqrt: true, c: 1.0, k: 0.1f32 as f64 };
-        let n = build("n", &p, [Some("x"), None, Some("b")], [Some("y"), None, None], "");
+        let p = OpParams {
+            kind: OpKind::LayerNormSimple,
+            axis: -1,
+            epsilon: 1e-5f32 as f64,
+            unbiased: false,
+            eps_in_sqrt: true,
+            c: 1.0,
+            k: 0.1f32 as f64,
+        };
+        let n = build(
+            "n",
+            &p,
+            [Some("x"), None, Some("b")],
+            [Some("y"), None, None],
+            "",
+        );
         assert_eq!(n.input, ["x", "", "b"]);
         assert_eq!(n.output, ["y"]);
         assert_eq!(OpParams::from_node(&n), Some(p));

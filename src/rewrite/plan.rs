@@ -47,7 +47,10 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
             continue;
         }
         let Some(axis) = m.axis else {
-            skipped.push((what, "its axes cannot be expressed as one trailing axis".into()));
+            skipped.push((
+                what,
+                "its axes cannot be expressed as one trailing axis".into(),
+            ));
             continue;
         };
         let single = g.node(m.nodes[0]);
@@ -64,7 +67,15 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
             ),
             Target::Simple => (OpKind::LayerNormSimple, 1.0, 0.0),
         };
-        let params = OpParams { kind, axis, epsilon: m.epsilon, unbiased: m.unbiased, eps_in_sqrt: m.eps_in_sqrt, c, k };
+        let params = OpParams {
+            kind,
+            axis,
+            epsilon: m.epsilon,
+            unbiased: m.unbiased,
+            eps_in_sqrt: m.eps_in_sqrt,
+            c,
+            k,
+        };
         let node_names: Vec<&str> = m.nodes.iter().map(|&id| g.node(id).name()).collect();
         let name = node::derive_name(&node_names, &m.output, kind, &|n| names.contains(n));
         names.insert(name.clone());
@@ -97,10 +108,14 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
                     }
                     patch.add_initializers.extend(f.new_initializers);
                     patch.repoint.extend(f.repoint);
-                    patch.maybe_unused.extend(f.mapping.iter().map(|m| m.original.clone()));
+                    patch
+                        .maybe_unused
+                        .extend(f.mapping.iter().map(|m| m.original.clone()));
                     if !f.mapping.is_empty() {
                         let json = serde_json::to_string(&f.mapping).expect("plain data");
-                        patch.metadata.push((format!("{}{name}", fold::FOLD_PREFIX), json));
+                        patch
+                            .metadata
+                            .push((format!("{}{name}", fold::FOLD_PREFIX), json));
                     }
                     if f.folded_any {
                         note = Some(format!("gain/bias folded into {}", f.consumers.join(", ")));
@@ -126,7 +141,11 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
             &name,
             &params,
             [Some(&x), scale.as_deref(), bias.as_deref()],
-            [Some(&m.output), m.mean_output.as_deref(), m.inv_std_output.as_deref()],
+            [
+                Some(&m.output),
+                m.mean_output.as_deref(),
+                m.inv_std_output.as_deref(),
+            ],
             &doc,
         ));
         if remove.iter().any(|id| removed_nodes.contains(id)) {
@@ -162,13 +181,25 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
     if opts.portable {
         function::add_portable_functions(&mut model, &|v| g.elem_type(v))?;
     }
-    Ok(Outcome { model, changes, skipped, weights: (!weights.is_empty()).then_some(weights) })
+    Ok(Outcome {
+        model,
+        changes,
+        skipped,
+        weights: (!weights.is_empty()).then_some(weights),
+    })
 }
 
 /// A parameter of shape `[1, .., 1, d...]` with more dimensions than the normalised ones
 /// (Keras writes its gain as `[1, 1, H]`) as a tensor of exactly the normalised rank: a renamed
 /// view of the same initializer bytes, or a `Reshape` of a computed value.
-fn fit_param(g: &GraphIndex<'_>, p: &str, axis: i64, node_name: &str, patch: &mut Patch, insert: &mut Vec<NodeProto>) -> Option<String> {
+fn fit_param(
+    g: &GraphIndex<'_>,
+    p: &str,
+    axis: i64,
+    node_name: &str,
+    patch: &mut Patch,
+    insert: &mut Vec<NodeProto>,
+) -> Option<String> {
     let rows_rank = usize::try_from(-axis).ok()?;
     let shape = g.shape(p)?;
     if shape.len() <= rows_rank {
@@ -211,7 +242,12 @@ fn fit_param(g: &GraphIndex<'_>, p: &str, axis: i64, node_name: &str, patch: &mu
 
 /// `SkipLayerNormalization(input, skip, gamma, beta, bias)`: the residual sum becomes an `Add`
 /// (plus the bias), named as the op's 4th output when something reads it.
-fn split_skip_add(n: &NodeProto, name: &str, insert: &mut Vec<NodeProto>, names: &mut HashSet<String>) -> String {
+fn split_skip_add(
+    n: &NodeProto,
+    name: &str,
+    insert: &mut Vec<NodeProto>,
+    names: &mut HashSet<String>,
+) -> String {
     let sum_out = n.output.get(3).filter(|s| !s.is_empty()).cloned();
     let with_bias = n.input.get(4).filter(|s| !s.is_empty()).cloned();
     let add = |node_name: String, a: &str, b: &str, out: String| NodeProto {
@@ -226,7 +262,12 @@ fn split_skip_add(n: &NodeProto, name: &str, insert: &mut Vec<NodeProto>, names:
         _ => format!("{name}/skip_sum"),
     };
     names.insert(format!("{name}/SkipAdd"));
-    insert.push(add(format!("{name}/SkipAdd"), &n.input[0], &n.input[1], first_out.clone()));
+    insert.push(add(
+        format!("{name}/SkipAdd"),
+        &n.input[0],
+        &n.input[1],
+        first_out.clone(),
+    ));
     match with_bias {
         Some(b) => {
             let out = sum_out.unwrap_or_else(|| format!("{name}/skip_bias_sum"));
@@ -240,7 +281,12 @@ fn split_skip_add(n: &NodeProto, name: &str, insert: &mut Vec<NodeProto>, names:
 
 /// Takes the constant gain and bias out of the model into the weights file; returns the
 /// initializers to drop and `Constant` nodes that only fed them.
-fn drop_params(g: &GraphIndex<'_>, m: &Match, node_name: &str, out: &mut WeightsFile) -> std::result::Result<(Vec<String>, Vec<usize>), String> {
+fn drop_params(
+    g: &GraphIndex<'_>,
+    m: &Match,
+    node_name: &str,
+    out: &mut WeightsFile,
+) -> std::result::Result<(Vec<String>, Vec<usize>), String> {
     let mut staged = Vec::new();
     let mut inits = Vec::new();
     let mut nodes = Vec::new();
@@ -249,8 +295,12 @@ fn drop_params(g: &GraphIndex<'_>, m: &Match, node_name: &str, out: &mut Weights
         let t: TensorProto = if let Some(t) = g.initializer(p).filter(|_| !g.is_graph_input(p)) {
             inits.push(p.clone());
             t.clone()
-        } else if let Some((id, n)) = g.producer_node(p).filter(|(_, n)| n.op_type() == "Constant") {
-            let t = attr::tensor(n, "value").ok_or_else(|| format!("{role} '{p}' is not a tensor constant"))?;
+        } else if let Some((id, n)) = g
+            .producer_node(p)
+            .filter(|(_, n)| n.op_type() == "Constant")
+        {
+            let t = attr::tensor(n, "value")
+                .ok_or_else(|| format!("{role} '{p}' is not a tensor constant"))?;
             if g.consumers(p).iter().all(|c| m.nodes.contains(c)) {
                 nodes.push(id);
             }
@@ -273,9 +323,20 @@ pub fn describe(g: &GraphIndex<'_>, m: &Match) -> String {
     let nodes = if m.nodes.len() == 1 {
         format!("'{first}'")
     } else {
-        format!("{} nodes '{}' .. '{}'", m.nodes.len(), first, g.label(*m.nodes.last().expect("non-empty")))
+        format!(
+            "{} nodes '{}' .. '{}'",
+            m.nodes.len(),
+            first,
+            g.label(*m.nodes.last().expect("non-empty"))
+        )
     };
-    format!("{} [{}] {} -> '{}'", m.family.name(), m.form, nodes, m.output)
+    format!(
+        "{} [{}] {} -> '{}'",
+        m.family.name(),
+        m.form,
+        nodes,
+        m.output
+    )
 }
 
 fn describe_params(p: &OpParams) -> String {

@@ -20,28 +20,57 @@ use crate::onnx::proto::{GraphProto, NodeProto};
 
 pub fn revert(g: &GraphIndex<'_>, weights: Option<&WeightsFile>) -> Result<Outcome> {
     let model = &g.model.proto;
-    let meta: HashMap<&str, &str> = model.metadata_props.iter().map(|e| (e.key(), e.value())).collect();
+    let meta: HashMap<&str, &str> = model
+        .metadata_props
+        .iter()
+        .map(|e| (e.key(), e.value()))
+        .collect();
     let opset = g.model.opset("").unwrap_or(0);
-    let by_name: HashMap<&str, usize> = g.nodes().filter(|(_, n)| !n.name().is_empty()).map(|(i, n)| (n.name(), i)).collect();
+    let by_name: HashMap<&str, usize> = g
+        .nodes()
+        .filter(|(_, n)| !n.name().is_empty())
+        .map(|(i, n)| (n.name(), i))
+        .collect();
     let mut patch = Patch::default();
     let mut changes = Vec::new();
     let mut used_keys = Vec::new();
 
     for (id, n) in g.nodes() {
-        let Some(p) = OpParams::from_node(n) else { continue };
+        let Some(p) = OpParams::from_node(n) else {
+            continue;
+        };
         let label = g.label(id);
         let key = format!("{RECORD_PREFIX}{}", n.name());
-        let (insert, remove, how) = if let Some(encoded) = meta.get(key.as_str()).filter(|_| !n.name().is_empty()) {
+        let (insert, remove, how) = if let Some(encoded) =
+            meta.get(key.as_str()).filter(|_| !n.name().is_empty())
+        {
             used_keys.push(key.clone());
-            let record = decode_record(encoded).map_err(|e| e.at_node(&label).in_file(&g.model.path))?;
-            let inserted: Vec<String> = serde_json::from_str(record.doc_string()).unwrap_or_default();
+            let record =
+                decode_record(encoded).map_err(|e| e.at_node(&label).in_file(&g.model.path))?;
+            let inserted: Vec<String> =
+                serde_json::from_str(record.doc_string()).unwrap_or_default();
             let mut remove = vec![id];
-            remove.extend(inserted.iter().filter(|s| s.as_str() != n.name()).filter_map(|s| by_name.get(s.as_str()).copied()));
-            patch.add_initializers.extend(record.initializer.iter().cloned());
+            remove.extend(
+                inserted
+                    .iter()
+                    .filter(|s| s.as_str() != n.name())
+                    .filter_map(|s| by_name.get(s.as_str()).copied()),
+            );
+            patch
+                .add_initializers
+                .extend(record.initializer.iter().cloned());
             // Dropped gain/bias come back from the weights file.
             let prefix = format!("{}/", n.name());
-            let ours: Vec<_> = weights.iter().flat_map(|w| w.tensors.iter()).filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].starts_with("fold/")).collect();
-            let needs: Vec<&str> = record.node.iter().flat_map(|r| r.input.iter().map(String::as_str)).collect();
+            let ours: Vec<_> = weights
+                .iter()
+                .flat_map(|w| w.tensors.iter())
+                .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].starts_with("fold/"))
+                .collect();
+            let needs: Vec<&str> = record
+                .node
+                .iter()
+                .flat_map(|r| r.input.iter().map(String::as_str))
+                .collect();
             for (_, (original, t)) in &ours {
                 if needs.contains(&original.as_str()) && g.initializer(original).is_none() {
                     patch.add_initializers.push(t.to_proto(original));
@@ -77,14 +106,19 @@ pub fn revert(g: &GraphIndex<'_>, weights: Option<&WeightsFile>) -> Result<Outco
         // Folded weights go back into their consumers.
         if let Some(json) = meta.get(format!("{FOLD_PREFIX}{}", n.name()).as_str()) {
             used_keys.push(format!("{FOLD_PREFIX}{}", n.name()));
-            let mapping: Vec<Folded> = serde_json::from_str(json).map_err(|e| Error::with_source("a fold record is corrupt", e).at_node(&label))?;
+            let mapping: Vec<Folded> = serde_json::from_str(json)
+                .map_err(|e| Error::with_source("a fold record is corrupt", e).at_node(&label))?;
             let w = weights.ok_or_else(|| {
                 Error::msg("its gain and bias were folded into the following layers; pass the weights file with --weights FILE").at_node(&label).in_file(&g.model.path)
             })?;
             for f in mapping {
                 let key = format!("{}/fold/{}", n.name(), f.original);
-                let (_, t) = w.tensors.get(&key).ok_or_else(|| Error::msg(format!("the weights file lacks '{key}'")).at_node(&label))?;
-                let consumer = *by_name.get(f.node.as_str()).ok_or_else(|| Error::msg(format!("node '{}' (a folded consumer) is gone", f.node)))?;
+                let (_, t) = w.tensors.get(&key).ok_or_else(|| {
+                    Error::msg(format!("the weights file lacks '{key}'")).at_node(&label)
+                })?;
+                let consumer = *by_name.get(f.node.as_str()).ok_or_else(|| {
+                    Error::msg(format!("node '{}' (a folded consumer) is gone", f.node))
+                })?;
                 if g.initializer(&f.original).is_none() && g.producer(&f.original).is_none() {
                     patch.add_initializers.push(t.to_proto(&f.original));
                 }
@@ -92,7 +126,12 @@ pub fn revert(g: &GraphIndex<'_>, weights: Option<&WeightsFile>) -> Result<Outco
                 patch.maybe_unused.push(f.folded.clone());
             }
         }
-        changes.push(Change { before: format!("{} '{}'", n.op_type(), label), after: how.to_string(), same_function: true, note: None });
+        changes.push(Change {
+            before: format!("{} '{}'", n.op_type(), label),
+            after: how.to_string(),
+            same_function: true,
+            note: None,
+        });
         patch.replacements.push(Replacement {
             remove,
             insert,
@@ -104,24 +143,49 @@ pub fn revert(g: &GraphIndex<'_>, weights: Option<&WeightsFile>) -> Result<Outco
     }
     // Initializers restored twice (shared by two records) are added once.
     let mut seen = std::collections::HashSet::new();
-    patch.add_initializers.retain(|t| seen.insert(t.name().to_string()));
+    patch
+        .add_initializers
+        .retain(|t| seen.insert(t.name().to_string()));
     let mut out = apply::apply(g, patch);
-    out.metadata_props.retain(|e| !used_keys.iter().any(|k| k == e.key()));
+    out.metadata_props
+        .retain(|e| !used_keys.iter().any(|k| k == e.key()));
     apply::sync_adanorm_opset(&mut out);
-    out.functions.retain(|f| f.domain() != DOMAIN || out.graph.as_ref().is_some_and(|gr| gr.node.iter().any(|n| n.domain() == DOMAIN && n.op_type() == f.name())));
-    Ok(Outcome { model: out, changes, skipped: vec![], weights: None })
+    out.functions.retain(|f| {
+        f.domain() != DOMAIN
+            || out.graph.as_ref().is_some_and(|gr| {
+                gr.node
+                    .iter()
+                    .any(|n| n.domain() == DOMAIN && n.op_type() == f.name())
+            })
+    });
+    Ok(Outcome {
+        model: out,
+        changes,
+        skipped: vec![],
+        weights: None,
+    })
 }
 
 fn decode_record(encoded: &str) -> Result<GraphProto> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .map_err(|e| Error::with_source("its revert record is not valid base64", e))?;
-    GraphProto::decode(bytes.as_slice()).map_err(|e| Error::with_source("its revert record is not a valid subgraph", e))
+    GraphProto::decode(bytes.as_slice())
+        .map_err(|e| Error::with_source("its revert record is not a valid subgraph", e))
 }
 
 /// `LayerNormalization` for a plain LayerNorm at opset >= 17 with a gain; the standard-op body
 /// otherwise.
-fn standard_ops(n: &NodeProto, p: &OpParams, opset: i64, elem: i32) -> (Vec<NodeProto>, Vec<crate::onnx::proto::TensorProto>, &'static str) {
+fn standard_ops(
+    n: &NodeProto,
+    p: &OpParams,
+    opset: i64,
+    elem: i32,
+) -> (
+    Vec<NodeProto>,
+    Vec<crate::onnx::proto::TensorProto>,
+    &'static str,
+) {
     let plain = p.effective_ck() == (1.0, 0.0) && !p.unbiased && p.eps_in_sqrt;
     let has_scale = n.input.get(1).is_some_and(|s| !s.is_empty());
     if plain && opset >= 17 && has_scale && !(p.kind == OpKind::AdaNorm && p.k != 0.0) {
@@ -130,7 +194,10 @@ fn standard_ops(n: &NodeProto, p: &OpParams, opset: i64, elem: i32) -> (Vec<Node
             op_type: Some("LayerNormalization".into()),
             input: n.input.clone(),
             output: n.output.clone(),
-            attribute: vec![int_attr("axis", p.axis), float_attr("epsilon", p.epsilon as f32)],
+            attribute: vec![
+                int_attr("axis", p.axis),
+                float_attr("epsilon", p.epsilon as f32),
+            ],
             ..Default::default()
         };
         return (vec![ln], vec![], "LayerNormalization");

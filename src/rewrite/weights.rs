@@ -68,11 +68,24 @@ impl WeightTensor {
                 dtype::DOUBLE => t.double_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
                 dtype::INT64 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
                 dtype::INT32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                dtype::FLOAT16 | dtype::BFLOAT16 => t.int32_data.iter().flat_map(|&v| (v as u16).to_le_bytes()).collect(),
-                _ => return Err(Error::msg(format!("tensor '{}' has a type safetensors cannot hold", t.name()))),
+                dtype::FLOAT16 | dtype::BFLOAT16 => t
+                    .int32_data
+                    .iter()
+                    .flat_map(|&v| (v as u16).to_le_bytes())
+                    .collect(),
+                _ => {
+                    return Err(Error::msg(format!(
+                        "tensor '{}' has a type safetensors cannot hold",
+                        t.name()
+                    )))
+                }
             },
         };
-        Ok(WeightTensor { elem_type, dims: t.dims.clone(), data })
+        Ok(WeightTensor {
+            elem_type,
+            dims: t.dims.clone(),
+            data,
+        })
     }
 
     pub fn to_proto(&self, name: &str) -> TensorProto {
@@ -98,14 +111,19 @@ impl WeightsFile {
     /// Writes atomically (temp file beside it, then rename); an existing file needs `overwrite`.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<()> {
         if path.exists() && !overwrite {
-            return Err(Error::msg("the weights file exists (use --force to replace it)").in_file(path));
+            return Err(
+                Error::msg("the weights file exists (use --force to replace it)").in_file(path),
+            );
         }
         let mut views = Vec::new();
         let mut metadata: HashMap<String, String> = HashMap::new();
         metadata.insert(FORMAT_KEY.into(), FORMAT.into());
         for (key, (original, t)) in &self.tensors {
-            let dt = st_dtype(t.elem_type)
-                .ok_or_else(|| Error::msg(format!("tensor '{original}' has a type safetensors cannot hold")))?;
+            let dt = st_dtype(t.elem_type).ok_or_else(|| {
+                Error::msg(format!(
+                    "tensor '{original}' has a type safetensors cannot hold"
+                ))
+            })?;
             let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
             let view = TensorView::new(dt, shape, &t.data)
                 .map_err(|e| Error::msg(format!("tensor '{original}': {e}")))?;
@@ -116,7 +134,9 @@ impl WeightsFile {
             .map_err(|e| Error::msg(format!("safetensors: {e}")).in_file(path))?;
         let tmp = path.with_file_name(format!(
             ".{}.tmp-{}",
-            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             std::process::id()
         ));
         let write = std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, path));
@@ -128,19 +148,33 @@ impl WeightsFile {
     }
 
     pub fn load(path: &Path) -> Result<WeightsFile> {
-        let bytes = std::fs::read(path).map_err(|e| Error::with_source("cannot read the weights file", e).in_file(path))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::with_source("cannot read the weights file", e).in_file(path))?;
         let bad = |m: String| Error::msg(m).in_file(path);
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let info = meta.metadata().clone().unwrap_or_default();
         if info.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
-            return Err(bad(format!("not a weights file written by adanorm-onnx (no '{FORMAT_KEY}: {FORMAT}' metadata)")));
+            return Err(bad(format!(
+                "not a weights file written by adanorm-onnx (no '{FORMAT_KEY}: {FORMAT}' metadata)"
+            )));
         }
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let mut out = WeightsFile::default();
         for (key, view) in st.tensors() {
-            let original = info.get(&key).cloned().ok_or_else(|| bad(format!("tensor '{key}' has no original name in the metadata")))?;
-            let elem_type = onnx_dtype(view.dtype()).ok_or_else(|| bad(format!("tensor '{key}' has an unsupported type")))?;
-            let t = WeightTensor { elem_type, dims: view.shape().iter().map(|&d| d as i64).collect(), data: view.data().to_vec() };
+            let original = info.get(&key).cloned().ok_or_else(|| {
+                bad(format!(
+                    "tensor '{key}' has no original name in the metadata"
+                ))
+            })?;
+            let elem_type = onnx_dtype(view.dtype())
+                .ok_or_else(|| bad(format!("tensor '{key}' has an unsupported type")))?;
+            let t = WeightTensor {
+                elem_type,
+                dims: view.shape().iter().map(|&d| d as i64).collect(),
+                data: view.data().to_vec(),
+            };
             out.insert(key, &original, t);
         }
         Ok(out)

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::onnx::proto::{
-    attribute_proto::AttributeType, tensor_shape_proto::dimension, type_proto, AttributeProto, GraphProto,
-    ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_shape_proto::dimension, type_proto, AttributeProto,
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
+    TypeProto, ValueInfoProto,
 };
 use adanorm_onnx::onnx::{load_model, save_model};
 use adanorm_onnx::patterns::{find_matches, Match};
@@ -37,7 +38,12 @@ pub fn value_info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|&d| dimension::Value::DimValue(d))
-        .map(|v| adanorm_onnx::onnx::proto::tensor_shape_proto::Dimension { value: Some(v), ..Default::default() })
+        .map(
+            |v| adanorm_onnx::onnx::proto::tensor_shape_proto::Dimension {
+                value: Some(v),
+                ..Default::default()
+            },
+        )
         .collect();
     ValueInfoProto {
         name: Some(name.into()),
@@ -57,25 +63,53 @@ pub fn tensor_f32(name: &str, dims: &[i64], vals: &[f32]) -> TensorProto {
         name: Some(name.into()),
         dims: dims.to_vec(),
         data_type: Some(F32),
-        raw_data: Some(vals.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
+        raw_data: Some(
+            vals.iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        ),
         ..Default::default()
     }
 }
 
 pub fn tensor_typed(name: &str, elem_type: i32, dims: &[i64], vals: &[f64]) -> TensorProto {
     let raw: Vec<u8> = match elem_type {
-        F32 => vals.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
+        F32 => vals
+            .iter()
+            .flat_map(|&v| (v as f32).to_le_bytes())
+            .collect(),
         F64 => vals.iter().flat_map(|&v| v.to_le_bytes()).collect(),
-        F16 => vals.iter().flat_map(|&v| half::f16::from_f64(v).to_le_bytes()).collect(),
-        I64 => vals.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect(),
+        F16 => vals
+            .iter()
+            .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
+            .collect(),
+        I64 => vals
+            .iter()
+            .flat_map(|&v| (v as i64).to_le_bytes())
+            .collect(),
         _ => panic!("unsupported"),
     };
-    TensorProto { name: Some(name.into()), dims: dims.to_vec(), data_type: Some(elem_type), raw_data: Some(raw.into()), ..Default::default() }
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(elem_type),
+        raw_data: Some(raw.into()),
+        ..Default::default()
+    }
 }
 
 impl Builder {
     pub fn new(opset: i64) -> Self {
-        Builder { nodes: vec![], inits: vec![], inputs: vec![], outputs: vec![], opset, extra_opsets: vec![], counter: 0 }
+        Builder {
+            nodes: vec![],
+            inits: vec![],
+            inputs: vec![],
+            outputs: vec![],
+            opset,
+            extra_opsets: vec![],
+            counter: 0,
+        }
     }
 
     pub fn input(&mut self, name: &str, elem_type: i32, dims: &[i64]) -> String {
@@ -87,7 +121,10 @@ impl Builder {
         self.outputs.push(ValueInfoProto {
             name: Some(name.into()),
             r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(elem_type), shape: None })),
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: Some(elem_type),
+                    shape: None,
+                })),
                 ..Default::default()
             }),
             ..Default::default()
@@ -113,15 +150,31 @@ impl Builder {
         self.counter += 1;
         let out = format!("const_{}", self.counter);
         let t = tensor_typed("", elem_type, dims, vals);
-        self.node_named(&format!("Constant_{}", self.counter), "Constant", &[], &[&out], vec![("value", A::T(t))]);
+        self.node_named(
+            &format!("Constant_{}", self.counter),
+            "Constant",
+            &[],
+            &[&out],
+            vec![("value", A::T(t))],
+        );
         out
     }
 
-    pub fn node_named(&mut self, name: &str, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, A)>) {
+    pub fn node_named(
+        &mut self,
+        name: &str,
+        op: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: Vec<(&str, A)>,
+    ) {
         let attribute = attrs
             .into_iter()
             .map(|(n, a)| {
-                let mut p = AttributeProto { name: Some(n.into()), ..Default::default() };
+                let mut p = AttributeProto {
+                    name: Some(n.into()),
+                    ..Default::default()
+                };
                 match a {
                     A::I(i) => {
                         p.i = Some(i);
@@ -157,20 +210,38 @@ impl Builder {
     pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, A)>) -> String {
         self.counter += 1;
         let out = format!("{}_{}_out", op.to_lowercase(), self.counter);
-        self.node_named(&format!("{op}_{}", self.counter), op, inputs, &[&out], attrs);
+        self.node_named(
+            &format!("{op}_{}", self.counter),
+            op,
+            inputs,
+            &[&out],
+            attrs,
+        );
         out
     }
 
-    pub fn domain_op(&mut self, domain: &str, op: &str, inputs: &[&str], attrs: Vec<(&str, A)>) -> String {
+    pub fn domain_op(
+        &mut self,
+        domain: &str,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<(&str, A)>,
+    ) -> String {
         let out = self.op(op, inputs, attrs);
         self.nodes.last_mut().unwrap().domain = Some(domain.into());
         out
     }
 
     pub fn model(&self) -> ModelProto {
-        let mut opset_import = vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(self.opset) }];
+        let mut opset_import = vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(self.opset),
+        }];
         for (d, v) in &self.extra_opsets {
-            opset_import.push(OperatorSetIdProto { domain: Some(d.clone()), version: Some(*v) });
+            opset_import.push(OperatorSetIdProto {
+                domain: Some(d.clone()),
+                version: Some(*v),
+            });
         }
         ModelProto {
             ir_version: Some(8),
@@ -208,7 +279,10 @@ impl Builder {
 /// write), with `offset`/`length` entries when given.
 pub fn externalize(t: &mut TensorProto, location: &str, offset_length: Option<(u64, u64)>) {
     use adanorm_onnx::onnx::proto::StringStringEntryProto;
-    let kv = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+    let kv = |k: &str, v: String| StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
     t.raw_data = None;
     t.data_location = Some(1);
     t.external_data = vec![kv("location", location.into())];

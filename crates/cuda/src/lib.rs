@@ -37,6 +37,9 @@ mod module;
 #[cfg(not(feature = "cuda"))]
 const NO_FEATURE: &str = "built without the cuda feature";
 
+/// The oldest GPU the embedded PTX runs on (`compute_80` in build.rs: Ampere and later).
+pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
+
 /// The GPU a launch from this thread would use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -67,6 +70,45 @@ impl std::fmt::Display for DeviceInfo {
             self.driver_version % 1000 / 10,
             self.nvrtc_version
         )
+    }
+}
+
+impl DeviceInfo {
+    /// The oldest driver, as [`DeviceInfo::driver_version`] counts, that can JIT the embedded
+    /// PTX: PTX carries the ISA version of the NVRTC that made it, and a driver accepts ISA
+    /// versions up to its own CUDA version.
+    pub fn ptx_min_driver(&self) -> Option<i32> {
+        let (major, minor) = self.nvrtc_version.split_once('.')?;
+        Some(major.trim().parse::<i32>().ok()? * 1000 + minor.trim().parse::<i32>().ok()? * 10)
+    }
+
+    /// `Err` saying why the embedded PTX cannot run on this device: a GPU older than
+    /// [`MIN_COMPUTE_CAPABILITY`] (no kernel image for it), or a driver older than the PTX
+    /// (every module load would fail with CUDA_ERROR_UNSUPPORTED_PTX_VERSION).
+    pub fn check_runs_embedded_ptx(&self) -> Result<(), String> {
+        if self.compute_capability < MIN_COMPUTE_CAPABILITY {
+            return Err(format!(
+                "{} is sm_{}{}; the embedded PTX targets compute_{}{} and later GPUs",
+                self.name,
+                self.compute_capability.0,
+                self.compute_capability.1,
+                MIN_COMPUTE_CAPABILITY.0,
+                MIN_COMPUTE_CAPABILITY.1
+            ));
+        }
+        match self.ptx_min_driver() {
+            Some(min) if self.driver_version < min => Err(format!(
+                "the CUDA driver supports CUDA {}.{}, older than the {}.{} the embedded PTX needs \
+                 (made by NVRTC {}): update the driver, or build with an older NVRTC \
+                 (CUDA_WHEEL_VERSION, see crates/cuda/scripts/setup-cuda-build.sh)",
+                self.driver_version / 1000,
+                self.driver_version % 1000 / 10,
+                min / 1000,
+                min % 1000 / 10,
+                self.nvrtc_version
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -246,6 +288,31 @@ pub unsafe fn launch_expand_param(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn driver_versions_are_compared_with_the_ptx() {
+        let mut info = super::DeviceInfo {
+            ordinal: 0,
+            name: "test".into(),
+            compute_capability: (9, 0),
+            multiprocessors: 132,
+            total_memory: 1 << 30,
+            driver_version: 12080,
+            nvrtc_version: "12.9",
+        };
+        assert_eq!(info.ptx_min_driver(), Some(12090));
+        let err = info.check_runs_embedded_ptx().unwrap_err();
+        assert!(err.contains("CUDA 12.8") && err.contains("12.9"), "{err}");
+        info.driver_version = 12090;
+        assert!(info.check_runs_embedded_ptx().is_ok());
+        info.driver_version = 13000;
+        assert!(info.check_runs_embedded_ptx().is_ok());
+        info.nvrtc_version = "unknown";
+        assert!(info.check_runs_embedded_ptx().is_ok());
+        info.compute_capability = (7, 5);
+        let err = info.check_runs_embedded_ptx().unwrap_err();
+        assert!(err.contains("sm_75") && err.contains("compute_80"), "{err}");
+    }
+
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn without_the_feature_everything_says_so() {

@@ -24,7 +24,9 @@ pub enum Width {
 pub fn width() -> Width {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
             return Width::Avx512;
         }
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -47,10 +49,14 @@ pub fn in_place<T: Element>(
     match width() {
         // SAFETY: the CPU has these features, checked by `width`.
         #[cfg(target_arch = "x86_64")]
-        Width::Avx512 => unsafe { avx512::in_place(xy, row_len, scale, bias, params, mean, inv_std_dev) },
+        Width::Avx512 => unsafe {
+            avx512::in_place(xy, row_len, scale, bias, params, mean, inv_std_dev)
+        },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Width::Avx2 => unsafe { avx2::in_place(xy, row_len, scale, bias, params, mean, inv_std_dev) },
+        Width::Avx2 => unsafe {
+            avx2::in_place(xy, row_len, scale, bias, params, mean, inv_std_dev)
+        },
         _ => normalize_rows_in_place(xy, row_len, scale, bias, params, mean, inv_std_dev),
     }
 }
@@ -70,10 +76,14 @@ pub fn out_of_place<T: Element>(
     match width() {
         // SAFETY: the CPU has these features, checked by `width`.
         #[cfg(target_arch = "x86_64")]
-        Width::Avx512 => unsafe { avx512::out_of_place(x, y, row_len, scale, bias, params, mean, inv_std_dev) },
+        Width::Avx512 => unsafe {
+            avx512::out_of_place(x, y, row_len, scale, bias, params, mean, inv_std_dev)
+        },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Width::Avx2 => unsafe { avx2::out_of_place(x, y, row_len, scale, bias, params, mean, inv_std_dev) },
+        Width::Avx2 => unsafe {
+            avx2::out_of_place(x, y, row_len, scale, bias, params, mean, inv_std_dev)
+        },
         _ => normalize_rows(x, y, row_len, scale, bias, params, mean, inv_std_dev),
     }
 }
@@ -169,7 +179,18 @@ mod tests {
         if std::arch::is_x86_feature_detected!("avx2") {
             let mut y_avx2 = vec![0f32; x.len()];
             // SAFETY: AVX2 is present, checked just above.
-            unsafe { avx2::out_of_place(&x, &mut y_avx2, row_len, Some(&scale), None, &params, None, None) };
+            unsafe {
+                avx2::out_of_place(
+                    &x,
+                    &mut y_avx2,
+                    row_len,
+                    Some(&scale),
+                    None,
+                    &params,
+                    None,
+                    None,
+                )
+            };
             assert_eq!(y_base, y_avx2);
         }
 

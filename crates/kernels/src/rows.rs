@@ -126,7 +126,10 @@ pub trait Element: Copy + Send + Sync + 'static {
     /// The rows themselves when `Self` is its own compute type (f32, f64): the out-of-place
     /// kernel then reads `X` and writes `Y` directly, with no working copy.
     #[inline(always)]
-    fn as_acc_rows<'a>(_src: &'a [Self], _dst: &'a mut [Self]) -> Option<(&'a [Self::Acc], &'a mut [Self::Acc])> {
+    fn as_acc_rows<'a>(
+        _src: &'a [Self],
+        _dst: &'a mut [Self],
+    ) -> Option<(&'a [Self::Acc], &'a mut [Self::Acc])> {
         None
     }
 
@@ -162,7 +165,10 @@ macro_rules! native_element {
                 row
             }
             #[inline(always)]
-            fn as_acc_rows<'a>(src: &'a [$t], dst: &'a mut [$t]) -> Option<(&'a [$t], &'a mut [$t])> {
+            fn as_acc_rows<'a>(
+                src: &'a [$t],
+                dst: &'a mut [$t],
+            ) -> Option<(&'a [$t], &'a mut [$t])> {
                 Some((src, dst))
             }
             #[inline(always)]

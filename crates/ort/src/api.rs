@@ -7,7 +7,7 @@
 
 use std::ffi::{c_char, CStr, CString};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use ort_sys::{OrtApi, OrtApiBase, OrtErrorCode, OrtStatus, OrtStatusPtr};
 
@@ -44,6 +44,10 @@ pub const SHAPE_INFERENCE_MIN_VERSION: (u32, u32) = (1, 24);
 /// argument (`InferOutputShapeFn`). This assumes one onnxruntime per process, as every host has;
 /// kernels keep the `OrtApi` their runtime passes to `CreateKernelV2`.
 static REGISTERED: AtomicPtr<OrtApi> = AtomicPtr::new(std::ptr::null_mut());
+
+/// `1000 * major + minor` of the onnxruntime of the most recent `RegisterCustomOps` (0: unknown),
+/// for code that calls functions newer than [`API_VERSION`] (same one-runtime assumption).
+static REGISTERED_VERSION: AtomicU32 = AtomicU32::new(0);
 
 impl Api {
     /// Asks `base` for [`API_VERSION`].
@@ -100,14 +104,30 @@ impl Api {
         NonNull::new(api.cast_mut()).map(Api)
     }
 
-    /// Remembers `self` for [`Api::registered`].
-    pub fn set_registered(self) {
+    /// Remembers `self` and the runtime's version for [`Api::registered`] and
+    /// [`Api::registered_version`].
+    pub fn set_registered(self, version: Option<(u32, u32)>) {
+        let packed = version.map_or(0, |(major, minor)| major * 1000 + minor);
+        REGISTERED_VERSION.store(packed, Ordering::Release);
         REGISTERED.store(self.0.as_ptr(), Ordering::Release);
+    }
+
+    /// The `(major, minor)` of the runtime that registered the library, if known.
+    pub fn registered_version() -> Option<(u32, u32)> {
+        match REGISTERED_VERSION.load(Ordering::Acquire) {
+            0 => None,
+            v => Some((v / 1000, v % 1000)),
+        }
     }
 
     /// The API of the most recent registration, if any.
     pub fn registered() -> Option<Api> {
         Api::from_ptr(REGISTERED.load(Ordering::Acquire))
+    }
+
+    /// The table's address, for entries newer than ort-sys declares (see `cuda.rs`).
+    pub fn as_ptr(&self) -> *const OrtApi {
+        self.0.as_ptr()
     }
 
     /// The function table.

@@ -8,7 +8,9 @@ use std::borrow::Cow;
 use std::ffi::c_void;
 use std::sync::Mutex;
 
-use adanorm_kernels::{check_param_shape, dispatch, expand_param, row_layout, stats_shape, Element};
+use adanorm_kernels::{
+    check_param_shape, dispatch, expand_param, row_layout, stats_shape, Element,
+};
 use half::{bf16, f16};
 use ort_sys::OrtKernelContext;
 

@@ -14,6 +14,16 @@ use crate::attrs::NodeInfo;
 
 /// The environment switch.
 pub const ENV: &str = "ADANORM_ORT_TEST_HOOKS";
+/// With [`ENV`]: register the CUDA records even where they cannot run, to test that they
+/// coexist with CPU sessions on machines without a GPU.
+pub const CUDA_RECORDS_ENV: &str = "ADANORM_ORT_TEST_CUDA_RECORDS";
+
+/// Whether both switches are on.
+pub fn force_cuda_records() -> bool {
+    std::env::var(ENV).as_deref() == Ok("1")
+        && std::env::var(CUDA_RECORDS_ENV).as_deref() == Ok("1")
+}
+
 /// The attribute naming where to panic.
 pub const PANIC_ATTR: &str = "_test_panic";
 

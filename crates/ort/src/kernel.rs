@@ -7,10 +7,10 @@ use ort_sys::{OrtKernelContext, OrtKernelInfo};
 
 use crate::api::Api;
 use crate::attrs::{node_label, type_mismatch, NodeInfo};
-use crate::cpu;
 use crate::hooks::Hooks;
 use crate::op::{CustomOp, Ep, OpKind};
 use crate::status::{catch, Error};
+use crate::{cpu, cuda};
 
 /// A node's validated configuration.
 pub struct Kernel {
@@ -82,6 +82,8 @@ impl Kernel {
             match self.op.ep {
                 // SAFETY: per the contract.
                 Ep::Cpu => unsafe { cpu::compute(self, ctx) },
+                // SAFETY: per the contract.
+                Ep::Cuda => unsafe { cuda::compute(self, ctx) },
             }
         });
         result.map_err(|e| e.context(&self.label))

@@ -12,16 +12,18 @@
 //! - [`op`]: the `OrtCustomOp` records, one per (op, element type, execution provider).
 //! - [`kernel`]: a node's attributes, checked at session creation; dispatch per provider.
 //! - [`cpu`]: the CPU compute, rows spread over onnxruntime's intra-op pool.
+//! - [`cuda`]: the CUDA compute (feature `cuda`), launched on onnxruntime's compute stream.
 //! - [`shape`]: shape inference for `Y`.
 //! - [`attrs`], [`tensor`], [`elem`]: reading node info, tensors and element types.
 //! - [`hooks`]: test-only panics and thread records, off unless `ADANORM_ORT_TEST_HOOKS=1`.
 //!
-//! All math is `adanorm_kernels`.
+//! All math is `adanorm_kernels` (CPU) and `adanorm_cuda` (GPU).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod api;
 pub mod attrs;
 pub mod cpu;
+pub mod cuda;
 pub mod elem;
 pub mod hooks;
 pub mod kernel;

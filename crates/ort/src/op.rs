@@ -6,8 +6,8 @@
 //! mixing types reaches our kernel and gets the contract's message instead of onnxruntime's
 //! generic "could not find an implementation".
 //!
-//! A second execution provider is another [`Ep`] variant plus its records in [`ops`]; the kernel
-//! dispatches on it (see `kernel.rs`).
+//! Each execution provider is an [`Ep`] variant with its own records ([`ops`] for the CPU,
+//! [`cuda_ops`] for CUDA); the kernel dispatches on it (see `kernel.rs`).
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
@@ -107,6 +107,7 @@ impl OpKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ep {
     Cpu,
+    Cuda,
 }
 
 impl Ep {
@@ -114,6 +115,7 @@ impl Ep {
     pub const fn name(self) -> &'static CStr {
         match self {
             Ep::Cpu => c"CPUExecutionProvider",
+            Ep::Cuda => c"CUDAExecutionProvider",
         }
     }
 }
@@ -200,23 +202,39 @@ pub fn ops(shape_inference: bool) -> &'static [CustomOp] {
     }
 }
 
+/// One record per op for each listed element type, all for provider `$ep`.
 macro_rules! records {
-    ($shapes:expr) => {
+    ($ep:expr, $shapes:expr, [$($elem:expr),*]) => {
         [
-            CustomOp::new(OpKind::AdaNorm, Elem::F32, Ep::Cpu, $shapes),
-            CustomOp::new(OpKind::AdaNorm, Elem::F16, Ep::Cpu, $shapes),
-            CustomOp::new(OpKind::AdaNorm, Elem::BF16, Ep::Cpu, $shapes),
-            CustomOp::new(OpKind::AdaNorm, Elem::F64, Ep::Cpu, $shapes),
-            CustomOp::new(OpKind::LayerNormSimple, Elem::F32, Ep::Cpu, $shapes),
-            CustomOp::new(OpKind::LayerNormSimple, Elem::F16, Ep::Cpu, $shapes),
-            CustomOp::new(OpKind::LayerNormSimple, Elem::BF16, Ep::Cpu, $shapes),
-            CustomOp::new(OpKind::LayerNormSimple, Elem::F64, Ep::Cpu, $shapes),
+            $(CustomOp::new(OpKind::AdaNorm, $elem, $ep, $shapes),)*
+            $(CustomOp::new(OpKind::LayerNormSimple, $elem, $ep, $shapes),)*
         ]
     };
 }
 
-static OPS_WITH_SHAPES: [CustomOp; 8] = records!(true);
-static OPS_WITHOUT_SHAPES: [CustomOp; 8] = records!(false);
+static OPS_WITH_SHAPES: [CustomOp; 8] =
+    records!(Ep::Cpu, true, [Elem::F32, Elem::F16, Elem::BF16, Elem::F64]);
+static OPS_WITHOUT_SHAPES: [CustomOp; 8] = records!(
+    Ep::Cpu,
+    false,
+    [Elem::F32, Elem::F16, Elem::BF16, Elem::F64]
+);
+// The GPU kernels cover the types the CUDA sources have; a `double` node on a CUDA session runs
+// on the CPU records (onnxruntime copies its tensors across).
+static CUDA_OPS_WITH_SHAPES: [CustomOp; 6] =
+    records!(Ep::Cuda, true, [Elem::F32, Elem::F16, Elem::BF16]);
+static CUDA_OPS_WITHOUT_SHAPES: [CustomOp; 6] =
+    records!(Ep::Cuda, false, [Elem::F32, Elem::F16, Elem::BF16]);
+
+/// The records for onnxruntime's CUDA execution provider (registered only where the library
+/// can run them: see `cuda::registration`).
+pub fn cuda_ops(shape_inference: bool) -> &'static [CustomOp] {
+    if shape_inference {
+        &CUDA_OPS_WITH_SHAPES
+    } else {
+        &CUDA_OPS_WITHOUT_SHAPES
+    }
+}
 
 // The callbacks. The trivial ones cannot panic, but every one still goes through a guard so
 // that no future edit can unwind into onnxruntime.
@@ -419,6 +437,28 @@ mod tests {
                 assert_eq!(n, 1, "{kind:?} {elem:?}");
             }
         }
+    }
+
+    #[test]
+    fn cuda_records_cover_the_gpu_types_of_both_ops() {
+        for shapes in [true, false] {
+            let cuda = cuda_ops(shapes);
+            assert_eq!(cuda.len(), 6);
+            for kind in [OpKind::AdaNorm, OpKind::LayerNormSimple] {
+                for elem in [Elem::F32, Elem::F16, Elem::BF16] {
+                    let n = cuda
+                        .iter()
+                        .filter(|op| op.kind == kind && op.elem == elem && op.ep == Ep::Cuda)
+                        .count();
+                    assert_eq!(n, 1, "{kind:?} {elem:?}");
+                }
+            }
+            assert!(cuda.iter().all(|op| op.elem != Elem::F64));
+            assert!(ops(shapes).iter().all(|op| op.ep == Ep::Cpu));
+        }
+        // SAFETY: a pointer to a static record, as onnxruntime would pass.
+        let ep = unsafe { CStr::from_ptr(get_execution_provider_type(&cuda_ops(true)[0].abi)) };
+        assert_eq!(ep, c"CUDAExecutionProvider");
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! Tensors as onnxruntime hands them to a kernel: element type, dims, and data as slices.
+//! Tensors as onnxruntime hands them to a kernel: element type, dims, and data as slices (CPU)
+//! or raw device pointers (GPU).
 
 use std::ffi::c_void;
 use std::ptr::NonNull;
 
-use ort_sys::{ONNXTensorElementDataType, OrtKernelContext, OrtTensorTypeAndShapeInfo, OrtValue};
+use ort_sys::{
+    ONNXTensorElementDataType, OrtKernelContext, OrtMemoryInfo, OrtTensorTypeAndShapeInfo, OrtValue,
+};
 
 use crate::api::Api;
 use crate::status::Error;
@@ -61,6 +64,7 @@ pub struct KernelIo {
 pub struct Input {
     pub ts: TypeShape,
     pub shape: Vec<usize>,
+    value: *const OrtValue,
     data: *const c_void,
     len: usize,
 }
@@ -80,6 +84,24 @@ impl KernelIo {
 
     pub fn context(&self) -> *mut OrtKernelContext {
         self.ctx
+    }
+
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    /// The `cudaStream_t` a GPU provider runs this node on (NULL: the legacy default stream).
+    pub fn gpu_stream(&self) -> Result<*mut c_void, Error> {
+        let mut stream: *mut c_void = std::ptr::null_mut();
+        // SAFETY: `ctx` is live for the compute call; onnxruntime writes the stream handle.
+        unsafe {
+            self.api
+                .check((self.api.get().KernelContext_GetGPUComputeStream)(
+                    self.ctx,
+                    &mut stream,
+                ))?
+        };
+        Ok(stream)
     }
 
     /// Input `index`, or `None` when the node leaves it out (an empty name or off the end).
@@ -117,6 +139,7 @@ impl KernelIo {
         Ok(Some(Input {
             ts,
             shape,
+            value,
             data,
             len,
         }))
@@ -220,6 +243,20 @@ fn checked_ptr<T>(data: *mut c_void) -> Result<NonNull<T>, Error> {
 }
 
 impl Input {
+    /// Where the data lives, never dereferenced here: on a GPU provider a device pointer.
+    pub fn raw(&self) -> *const c_void {
+        self.data
+    }
+
+    /// The `OrtMemoryInfo` of the tensor's allocation, owned by onnxruntime (valid for the call).
+    pub fn memory_info(&self, api: Api) -> Result<*const OrtMemoryInfo, Error> {
+        let mut info: *const OrtMemoryInfo = std::ptr::null();
+        // SAFETY: `value` is a live input tensor for the compute call; onnxruntime writes a
+        // pointer it keeps owning.
+        unsafe { api.check((api.get().GetTensorMemoryInfo)(self.value, &mut info))? };
+        Ok(info)
+    }
+
     /// The data as `T`; the caller has checked `ts.elem` against `T`.
     ///
     /// # Safety
@@ -231,6 +268,11 @@ impl Input {
 }
 
 impl Output {
+    /// Where the data lives, never dereferenced here: on a GPU provider a device pointer.
+    pub fn raw(&mut self) -> *mut c_void {
+        self.data
+    }
+
     /// The data as `T`.
     ///
     /// # Safety

@@ -12,8 +12,8 @@ use adanorm_kernels::{
 };
 use tract_onnx::tract_hir::internal::*;
 
-use adanorm_kernels::dispatch;
 use crate::op::NormOp;
+use adanorm_kernels::dispatch;
 
 impl EvalOp for NormOp {
     op_out_of_plan!();
