@@ -10,6 +10,9 @@
 #    (the 1.17 wheel has no separate libonnxruntime.so, so Python covers the oldest).
 # 4. Python tests (crates/ort/tests/python) on the newest and on the oldest onnxruntime.
 # 5. onnxruntime 1.16.3 must get a clear error from register_custom_ops_library, not a crash.
+# 6. The `cuda` feature build (NVRTC from PyPI, crates/cuda/scripts/setup-cuda-build.sh) into
+#    target/cuda-feature: on this machine's CPU-only onnxruntime it must load, run the CPU
+#    numerics, and (test_cuda.py) run its GPU tests or skip them naming the reason.
 #
 # Needs only python3 (with venv) and the Rust toolchain; pip reaches PyPI. Cargo honours
 # CARGO_BUILD_JOBS. Extra arguments go to the Python unittest runs (e.g. -k Errors).
@@ -91,5 +94,11 @@ else:
     raise SystemExit("onnxruntime 1.16.3 accepted the library")
 EOF
 fi
+
+say "the cuda feature build on CPU-only onnxruntime"
+eval "$("$ROOT/crates/cuda/scripts/setup-cuda-build.sh")"
+cargo build -p adanorm-ort --release --locked --features cuda --target-dir "$ROOT/target/cuda-feature"
+CUDA_LIB="$ROOT/target/cuda-feature/release/libadanorm_ort.so"
+(cd "$PY_TESTS" && RUST_BACKTRACE=0 ADANORM_ORT_LIB="$CUDA_LIB" "$NEWEST_VENV/bin/python" -m unittest test_numerics test_cuda "$@")
 
 say "libadanorm_ort: all tests passed"

@@ -167,15 +167,19 @@ def session_options(threads=1):
     return so
 
 
-def make_session(model, threads=1, so=None):
+CPU = ("CPUExecutionProvider",)
+
+
+def make_session(model, threads=1, so=None, providers=CPU):
     data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, so or session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(data, so or session_options(threads), providers=list(providers))
 
 
 def run_case(testcase, op="AdaNorm", dtype="float32", x_shape=(2, 3, 8), axis=-1, scale_shape=None,
              bias_shape=None, inputs=None, outputs=("Y", "Mean", "InvStdDev"), attrs=None, seed=0,
-             offset=0.0, threads=1, x=None):
-    """Runs one configuration and checks every requested output against `reference`."""
+             offset=0.0, threads=1, x=None, providers=CPU, so=None):
+    """Runs one configuration and checks every requested output against `reference`
+    (in a session on `providers`, with options `so` when given)."""
     attrs = dict(attrs or {})
     if axis != -1:
         attrs["axis"] = axis
@@ -198,7 +202,7 @@ def run_case(testcase, op="AdaNorm", dtype="float32", x_shape=(2, 3, 8), axis=-1
             feeds["B"] = bias
     used_scale = scale if "Scale" in feeds else None
     used_bias = bias if "B" in feeds else None
-    sess = make_session(model, threads)
+    sess = make_session(model, threads, so=so, providers=providers)
     names = [o for o in outputs if o]
     got = dict(zip(names, sess.run(names, feeds)))
     ref_attrs = {k: v for k, v in attrs.items() if k in ("epsilon", "unbiased", "eps_in_sqrt", "c", "k")}
