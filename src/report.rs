@@ -83,7 +83,7 @@ pub fn inspect_table(path: &str, g: &GraphIndex<'_>, matches: &[Match]) -> Strin
             dt = m.dtype_name(),
             scale = opt(&m.scale),
             bias = opt(&m.bias),
-            rw = if m.rewritable { "yes".to_string() } else { format!("no: {}", m.reason.as_deref().unwrap_or("")) },
+            rw = if m.rewritable && m.channels_first { "yes, between Transposes that make axis 1 the last".to_string() } else if m.rewritable { "yes".to_string() } else { format!("no: {}", m.reason.as_deref().unwrap_or("")) },
         ));
     }
     let s = summary(matches);

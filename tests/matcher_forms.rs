@@ -611,7 +611,8 @@ fn channels_first_is_never_a_trailing_axes_normalisation() {
         m.axis, None,
         "axis 1 alone is not ops-spec axis=1 (which means axes 1..)"
     );
-    assert!(!m.rewritable);
+    assert!(m.channels_first);
+    assert!(m.rewritable, "{:?}", m.reason);
     assert_eq!(m.scale.as_deref(), Some("gamma"));
 }
 

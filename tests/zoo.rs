@@ -136,11 +136,12 @@ fn lnvariants_affine_shapes() {
 }
 
 #[test]
-fn channels_first_convnext_is_axis_1_only() {
+fn channels_first_convnext_is_axis_1_only_and_rewritable() {
     let ms = inspect("convnext_cf_legacy_op14");
     assert!(all(&ms, |m| m.axes == [1]
         && m.axis.is_none()
-        && !m.rewritable
+        && m.channels_first
+        && m.rewritable
         && m.scale.is_some()
         && m.bias.is_some()));
     // HF ConvNeXt wraps its channels-first LayerNorm in Transposes: those are ordinary trailing ones.

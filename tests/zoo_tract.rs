@@ -164,3 +164,85 @@ fn adanorm_and_lnsimple_rewritten_to_their_own_kind_match_in_tract() {
         assert_matches_reference(&case, &out);
     }
 }
+
+mod common;
+
+/// A channels-first LayerNorm over axis 1 of a rank-3 `[N, C, L]` input whose gain is computed
+/// (`Identity` of a `[C, 1]` initializer, so the rewrite reshapes it) and whose bias is a
+/// `[1, C, 1]` initializer (a renamed `[C]` view): the rewrite, with its Transposes, must compute
+/// what the decomposed original computes, in tract, on random inputs.
+#[test]
+fn channels_first_rank_3_with_a_computed_gain_matches_the_original_in_tract() {
+    use common::{Builder, A, F32};
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[2, 4, 6]);
+    let mean = |b: &mut Builder, v: &str| {
+        b.op(
+            "ReduceMean",
+            &[v],
+            vec![("axes", A::Is(vec![1])), ("keepdims", A::I(1))],
+        )
+    };
+    let m = mean(&mut b, &x);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let two = b.constant(2.0);
+    let p = b.op("Pow", &[&d, &two], vec![]);
+    let v = mean(&mut b, &p);
+    let e = b.constant(1e-6);
+    let ve = b.op("Add", &[&v, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let n = b.op("Div", &[&d, &s], vec![]);
+    let g0 = b.init("gamma0", &[4, 1], &[0.5, -1.0, 2.0, 1.5]);
+    let g = b.op("Identity", &[&g0], vec![]);
+    let y = b.op("Mul", &[&n, &g], vec![]);
+    let beta = b.init("beta", &[1, 4, 1], &[0.1, 0.2, -0.3, 0.4]);
+    let z = b.op("Add", &[&y, &beta], vec![]);
+    b.node_named("out", "Identity", &[&z], &["out"], vec![]);
+    b.output("out", F32);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let original = b.save(tmp.path(), "cf");
+    let model = load_model(&original).unwrap();
+    let g = GraphIndex::build(&model).unwrap();
+    let matches = find_matches(&g);
+    assert_eq!(matches.len(), 1);
+    assert!(
+        matches[0].channels_first && matches[0].rewritable,
+        "{:?}",
+        matches[0]
+    );
+    let outcome = plan(&g, &matches, &opts(Target::Same, Affine::Keep, None, false)).unwrap();
+    assert_eq!(outcome.changes.len(), 1);
+    assert!(outcome.changes[0].same_function);
+    let ops: Vec<&str> = outcome
+        .model
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type())
+        .collect();
+    assert_eq!(
+        ops.iter().filter(|o| **o == "Transpose").count(),
+        2,
+        "{ops:?}"
+    );
+    assert!(
+        ops.contains(&"Reshape"),
+        "the computed gain is reshaped to [C]: {ops:?}"
+    );
+    let fused = tmp.path().join("cf.fused.onnx");
+    save_model(&outcome.model, &fused, true).unwrap();
+
+    let inputs = adanorm_onnx::runner::random_inputs(&original, &Default::default(), 7).unwrap();
+    let want = run(&original, inputs.clone()).unwrap();
+    let got = run(&fused, inputs).unwrap();
+    let diffs = compare(&want, &got);
+    assert_eq!(diffs.len(), 1);
+    assert!(
+        diffs[0].problem.is_none() && diffs[0].max_scaled <= 1e-5,
+        "{:?}",
+        diffs[0]
+    );
+}

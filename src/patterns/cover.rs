@@ -159,6 +159,7 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
     let mut axes = s.axes.axes.clone();
     let mut axis = s.axes.trailing_axis();
     let mut form = cand.form.clone();
+    let mut channels_first = false;
     if let Some(a) = lifted_axis {
         form.push_str(", ONNX function body (Flatten/Reshape)");
         match g.rank(&input) {
@@ -176,7 +177,7 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
         let rank = s.axes.rank.or(g.rank(&s.x));
         if s.axes.axes == [1] && rank.is_some_and(|r| r >= 3) {
             form.push_str(", channels-first (normalises axis 1 only)");
-            problems.push("it normalises axis 1 only (channels-first); the ai.adanorm ops normalise trailing axes, so it would need Transposes around it".into());
+            channels_first = true;
         } else if rank.is_none() {
             problems.push(format!("the rank of '{}' is unknown, so axes {:?} cannot be checked to be the trailing axes", s.x, s.axes.axes));
         } else {
@@ -213,6 +214,7 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
         output,
         axes,
         axis,
+        channels_first,
         epsilon: s.epsilon,
         unbiased: s.unbiased,
         eps_in_sqrt: s.eps_in_sqrt,

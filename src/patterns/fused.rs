@@ -41,6 +41,7 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
             output: n.output.first().cloned().unwrap_or_default(),
             axes,
             axis,
+            channels_first: false,
             epsilon,
             unbiased: false,
             eps_in_sqrt: true,

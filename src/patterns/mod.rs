@@ -54,6 +54,9 @@ pub struct Match {
     pub axes: Vec<i64>,
     /// The ops-spec axis, when the axes are the trailing ones.
     pub axis: Option<i64>,
+    /// Axis 1 alone of a rank >= 3 input (NCHW, ConvNeXt/SAM `LayerNorm2d`): not a trailing-axes
+    /// normalisation, so a rewrite puts the op between Transposes that move axis 1 last and back.
+    pub channels_first: bool,
     /// As stored in the model, widened to f64.
     pub epsilon: f64,
     pub unbiased: bool,

@@ -70,6 +70,15 @@ pub fn int_attr(name: &str, v: i64) -> AttributeProto {
     }
 }
 
+pub fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
 pub fn float_attr(name: &str, v: f32) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),

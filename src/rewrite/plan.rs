@@ -2,7 +2,7 @@
 //! happens to its gain and bias, and a report line saying whether the model still computes the
 //! same function there. Matches that cannot be rewritten are left as they were, with the reason.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::apply::{self, Patch, Replacement};
 use super::fold;
@@ -27,6 +27,7 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
     let mut weights = WeightsFile::default();
     let mut names: HashSet<String> = g.graph.node.iter().map(|n| n.name().to_string()).collect();
     let mut removed_nodes: HashSet<usize> = HashSet::new();
+    let mut new_types: HashMap<String, i32> = HashMap::new();
 
     for m in matches {
         let what = describe(g, m);
@@ -46,12 +47,28 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
             skipped.push((what, "it overlaps another match".into()));
             continue;
         }
-        let Some(axis) = m.axis else {
-            skipped.push((
-                what,
-                "its axes cannot be expressed as one trailing axis".into(),
-            ));
-            continue;
+        // Channels-first: the op normalises the last axis of a transposed view.
+        let channels_first_rank = match (m.channels_first, g.rank(&m.input)) {
+            (true, Some(rank)) => Some(rank),
+            (true, None) => {
+                skipped.push((
+                    what,
+                    "it is channels-first and the rank of its input is unknown".into(),
+                ));
+                continue;
+            }
+            (false, _) => None,
+        };
+        let axis = match (m.axis, channels_first_rank) {
+            (_, Some(_)) => -1,
+            (Some(axis), None) => axis,
+            (None, None) => {
+                skipped.push((
+                    what,
+                    "its axes cannot be expressed as one trailing axis".into(),
+                ));
+                continue;
+            }
         };
         let single = g.node(m.nodes[0]);
         let skip_ln = is_single_op(m) && single.op_type() == "SkipLayerNormalization";
@@ -99,6 +116,10 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
                 }
                 Err(why) => note = Some(format!("affine kept: {why}")),
             },
+            // Its gain runs along axis 1, never the axis a MatMul contracts.
+            Affine::Fold if channels_first_rank.is_some() => {
+                note = Some("affine kept: a channels-first gain cannot fold into a MatMul".into());
+            }
             Affine::Fold => match fold::plan(g, m, &name) {
                 Ok(f) => {
                     scale = None;
@@ -126,9 +147,14 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
         }
 
         let mut insert: Vec<NodeProto> = Vec::new();
-        // ops-spec Scale/B broadcast onto X.shape[axis:] alone: drop leading 1-dims beyond it.
+        // ops-spec Scale/B broadcast onto X.shape[axis:] alone: drop leading 1-dims beyond it
+        // ([C, 1, 1] of a channels-first gain becomes [C]).
         for p in [&mut scale, &mut bias].into_iter().flatten() {
-            if let Some(fitted) = fit_param(g, p, axis, &name, &mut patch, &mut insert) {
+            let fitted = match channels_first_rank {
+                Some(_) => Some(channel_param(g, p, &name, &mut patch, &mut insert)),
+                None => fit_param(g, p, axis, &name, &mut patch, &mut insert),
+            };
+            if let Some(fitted) = fitted {
                 *p = fitted;
             }
         }
@@ -136,18 +162,41 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
         if skip_ln {
             x = split_skip_add(single, &name, &mut insert, &mut names);
         }
+        let mut y = m.output.clone();
+        if let Some(rank) = channels_first_rank {
+            let (to_last, _) = channels_last_perms(rank);
+            let (x_last, y_last) = (
+                format!("{name}/channels_last"),
+                format!("{name}/channels_last_out"),
+            );
+            let into = format!("{name}/ToChannelsLast");
+            insert.push(transpose(&into, &x, &x_last, &to_last));
+            names.insert(into);
+            x = x_last;
+            y = y_last;
+        }
+        // Values this plan creates, typed for `--portable` (they are not in the original graph).
+        if let Some(t) = g.elem_type(&m.input) {
+            new_types.insert(x.clone(), t);
+        }
         let doc = format!("adanorm-onnx: replaces {}", what);
         insert.push(node::build(
             &name,
             &params,
             [Some(&x), scale.as_deref(), bias.as_deref()],
             [
-                Some(&m.output),
+                Some(&y),
                 m.mean_output.as_deref(),
                 m.inv_std_output.as_deref(),
             ],
             &doc,
         ));
+        if let Some(rank) = channels_first_rank {
+            let (_, to_first) = channels_last_perms(rank);
+            let back = format!("{name}/ToChannelsFirst");
+            insert.push(transpose(&back, &y, &m.output, &to_first));
+            names.insert(back);
+        }
         if remove.iter().any(|id| removed_nodes.contains(id)) {
             skipped.push((what, "it overlaps another match".into()));
             continue;
@@ -156,9 +205,19 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
 
         let before_ck = if adanorm { (m.c, m.k) } else { (1.0, 0.0) };
         let same_function = params.effective_ck() == before_ck && affine_same;
+        let around = if channels_first_rank.is_some() {
+            " between Transposes (channels-first)"
+        } else {
+            ""
+        };
         changes.push(Change {
             before: what,
-            after: format!("{} '{}'{}", kind.op_type(), name, describe_params(&params)),
+            after: format!(
+                "{} '{}'{}{around}",
+                kind.op_type(),
+                name,
+                describe_params(&params)
+            ),
             same_function,
             note,
         });
@@ -179,7 +238,9 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
     let mut model = apply::apply(g, patch);
     apply::sync_adanorm_opset(&mut model);
     if opts.portable {
-        function::add_portable_functions(&mut model, &|v| g.elem_type(v))?;
+        function::add_portable_functions(&mut model, &|v| {
+            g.elem_type(v).or_else(|| new_types.get(v).copied())
+        })?;
     }
     Ok(Outcome {
         model,
@@ -238,6 +299,72 @@ fn fit_param(
         }
     }
     Some(fitted)
+}
+
+/// The permutations that move axis 1 of a rank-`rank` tensor last (`[0, 2, .., r-1, 1]`) and
+/// back (`[0, r-1, 1, .., r-2]`).
+fn channels_last_perms(rank: usize) -> (Vec<i64>, Vec<i64>) {
+    let r = rank as i64;
+    let to_last = std::iter::once(0)
+        .chain(2..r)
+        .chain(std::iter::once(1))
+        .collect();
+    let to_first = [0, r - 1].into_iter().chain(1..r - 1).collect();
+    (to_last, to_first)
+}
+
+fn transpose(name: &str, input: &str, output: &str, perm: &[i64]) -> NodeProto {
+    NodeProto {
+        name: Some(name.to_string()),
+        op_type: Some("Transpose".into()),
+        input: vec![input.to_string()],
+        output: vec![output.to_string()],
+        attribute: vec![node::ints_attr("perm", perm)],
+        ..Default::default()
+    }
+}
+
+/// A channels-first gain or bias (`[C, 1, 1]`, `[1, C, 1, 1]`, or one value: the matcher's
+/// per-row rule leaves only axis 1 unequal to 1) as a vector the transposed op broadcasts over its
+/// last axis: a renamed `[C]` view of the initializer's bytes, or a `Reshape` to `[-1]` of a
+/// computed value.
+fn channel_param(
+    g: &GraphIndex<'_>,
+    p: &str,
+    node_name: &str,
+    patch: &mut Patch,
+    insert: &mut Vec<NodeProto>,
+) -> String {
+    let fitted = format!("{p}:{node_name}");
+    let count = g
+        .shape(p)
+        .and_then(|s| s.iter().map(|d| d.known()).product::<Option<i64>>());
+    match (g.initializer(p).filter(|_| !g.is_graph_input(p)), count) {
+        (Some(t), Some(count)) => {
+            let mut t = t.clone(); // payload bytes are shared, not copied
+            t.name = Some(fitted.clone());
+            t.dims = vec![count];
+            patch.add_initializers.push(t);
+        }
+        _ => {
+            let shape_name = format!("{fitted}/shape");
+            patch.add_initializers.push(TensorProto {
+                name: Some(shape_name.clone()),
+                dims: vec![1],
+                data_type: Some(7),
+                raw_data: Some((-1i64).to_le_bytes().to_vec().into()),
+                ..Default::default()
+            });
+            insert.push(NodeProto {
+                name: Some(format!("{fitted}/Reshape")),
+                op_type: Some("Reshape".into()),
+                input: vec![p.to_string(), shape_name],
+                output: vec![fitted.clone()],
+                ..Default::default()
+            });
+        }
+    }
+    fitted
 }
 
 /// `SkipLayerNormalization(input, skip, gamma, beta, bias)`: the residual sum becomes an `Add`
@@ -354,4 +481,21 @@ fn describe_params(p: &OpParams) -> String {
 /// An error for a model that has nothing of the kind the command changes.
 pub fn nothing_to_do(what: &str) -> Error {
     Error::msg(format!("no {what} found: the output would equal the input"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::channels_last_perms;
+
+    #[test]
+    fn channels_last_permutations_invert_each_other() {
+        assert_eq!(channels_last_perms(3), (vec![0, 2, 1], vec![0, 2, 1]));
+        assert_eq!(channels_last_perms(4), (vec![0, 2, 3, 1], vec![0, 3, 1, 2]));
+        for rank in 3..7 {
+            let (to_last, to_first) = channels_last_perms(rank);
+            assert_eq!(to_last[rank - 1], 1, "axis 1 goes last");
+            let round_trip: Vec<i64> = to_first.iter().map(|&i| to_last[i as usize]).collect();
+            assert_eq!(round_trip, (0..rank as i64).collect::<Vec<_>>());
+        }
+    }
 }

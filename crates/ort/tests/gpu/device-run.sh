@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs on a lent GPU machine, after stage.sh's parts were carried (see stage.sh): unpacks
+# onnxruntime-gpu into /tmp, then runs and logs to $OUT
+#   1. adanorm-cuda's GPU tests (the kernels against the reference, no ONNX Runtime),
+#   2. crates/ort/tests/python/test_cuda.py through onnxruntime-gpu's CUDAExecutionProvider,
+#   3. bench_ort_cuda.py (ours vs ORT's CUDA LayerNormalization) and the kernels' bandwidth bench.
+# Every step runs even if an earlier one failed; the exit status is the first failure's.
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../../../.." && pwd)"
+carry="$root/.carry-gpu"
+out="${OUT:-/tmp/adanorm-gpu-out}"
+site=/tmp/onnxruntime-gpu-site
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 RUST_BACKTRACE=0
+status=0
+step() {
+    local name=$1
+    shift
+    printf '\n==> %s\n' "$name" | tee -a "$out/summary.txt"
+    "$@" 2>&1 | tee "$out/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "$name: exit $rc" | tee -a "$out/summary.txt"
+    [ "$rc" -eq 0 ] || [ "$status" -ne 0 ] || status=$rc
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+
+unpack() {
+    rm -rf "$site" && mkdir -p "$site"
+    python3 - "$carry" "$site" <<'EOF'
+import glob, lzma, os, sys, tarfile
+carry, site = sys.argv[1:]
+with lzma.open(os.path.join(carry, "rest", "onnxruntime-gpu.tar.xz")) as f:
+    tarfile.open(fileobj=f).extractall(site)
+parts = sorted(glob.glob(os.path.join(carry, "provider-*", "provider.so.xz.part*")),
+               key=lambda p: p.rsplit("part", 1)[1])
+if not parts:
+    sys.exit("no provider parts under .carry-gpu: carry each provider-NN first")
+data = b"".join(open(p, "rb").read() for p in parts)
+target = os.path.join(site, "onnxruntime", "capi", "libonnxruntime_providers_cuda.so")
+with open(target, "wb") as f:
+    f.write(lzma.decompress(data))
+print(f"onnxruntime-gpu unpacked from {len(parts)} provider part(s) into {site}")
+EOF
+}
+step unpack unpack
+export PYTHONPATH="$site"
+# The CUDA 13 runtime libraries of the image's own Python packages (nvidia-* wheels).
+nvidia_libs="$(python3 - <<'EOF'
+import glob, os, site
+dirs = set()
+for sp in site.getsitepackages():
+    for lib in glob.glob(os.path.join(sp, "nvidia", "**", "lib*.so*"), recursive=True):
+        dirs.add(os.path.dirname(lib))
+print(":".join(sorted(dirs)))
+EOF
+)"
+export LD_LIBRARY_PATH="$nvidia_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.__file__, o.get_available_providers())" \
+    | tee -a "$out/summary.txt"
+
+lib="$carry/rest/libadanorm_ort.so"
+step kernels-gpu-tests "$carry/rest/gpu-tests" --test-threads=1
+step ort-cuda-tests bash -c "cd '$root/crates/ort/tests/python' && ADANORM_ORT_LIB='$lib' python3 -m unittest -v test_cuda"
+step bench-ort-cuda python3 "$root/crates/ort/bench/bench_ort_cuda.py" --lib "$lib"
+step bench-kernels "$carry/rest/gpu-bandwidth"
+cat "$out/summary.txt"
+exit "$status"
