@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::graph::GraphIndex;
 use crate::onnx::{load_model, save_model};
-use crate::patterns::find_matches;
+
 use crate::report;
 use crate::rewrite::{self, weights::WeightsFile, Affine, Options, Outcome, Target};
 
@@ -225,16 +225,17 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Inspect { model, json } => {
             let loaded = load_model(&model)?;
             let g = GraphIndex::build(&loaded)?;
-            let matches = find_matches(&g);
+            let subgraphs = g.subgraphs()?;
+            let found = crate::patterns::find_matches_everywhere(&g, &subgraphs);
             let shown = model.display().to_string();
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&report::inspect_json(&shown, &g, &matches))
+                    serde_json::to_string_pretty(&report::inspect_json(&shown, &found))
                         .expect("JSON of plain values")
                 );
             } else {
-                print!("{}", report::inspect_table(&shown, &g, &matches));
+                print!("{}", report::inspect_table(&shown, &found));
             }
             Ok(0)
         }
@@ -253,8 +254,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 portable: false,
                 include_fused: false,
             };
-            let o =
-                rewrite::plan::plan(&g, &find_matches(&g), &opts).map_err(|e| e.in_file(&model))?;
+            let o = rewrite::plan::plan_model(&g, &opts).map_err(|e| e.in_file(&model))?;
             let out = output.unwrap_or_else(|| beside(&model, ".fused.onnx"));
             write_outcome(&model, &out, force, None, &o)?;
             print_outcome("fused", &model, &out, &o);
@@ -290,8 +290,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 portable,
                 include_fused: true,
             };
-            let o =
-                rewrite::plan::plan(&g, &find_matches(&g), &opts).map_err(|e| e.in_file(&model))?;
+            let o = rewrite::plan::plan_model(&g, &opts).map_err(|e| e.in_file(&model))?;
             let out = output.unwrap_or_else(|| beside(&model, ".adanorm.onnx"));
             let weights_out =
                 weights_out.or_else(|| Some(beside(&model, ".adanorm.weights.safetensors")));

@@ -8,6 +8,7 @@ use crate::patterns::{summary, Match};
 
 pub fn match_json(g: &GraphIndex<'_>, m: &Match) -> Value {
     json!({
+        "graph": g.scope.label(),
         "family": m.family.name(),
         "form": m.form,
         "nodes": m.nodes.iter().map(|&id| g.label(id)).collect::<Vec<_>>(),
@@ -30,14 +31,30 @@ pub fn match_json(g: &GraphIndex<'_>, m: &Match) -> Value {
     })
 }
 
-pub fn inspect_json(path: &str, g: &GraphIndex<'_>, matches: &[Match]) -> Value {
-    let summary: serde_json::Map<String, Value> = summary(matches)
+/// Every graph's matches, the main graph first (see `GraphIndex::subgraphs`).
+pub type Found<'a, 'm> = [(&'a GraphIndex<'m>, Vec<Match>)];
+
+fn all_matches<'f>(
+    found: &'f Found<'_, '_>,
+) -> impl Iterator<Item = (&'f GraphIndex<'f>, &'f Match)> {
+    found
+        .iter()
+        .flat_map(|(g, ms)| ms.iter().map(move |m| (*g, m)))
+}
+
+fn summary_of(found: &Found<'_, '_>) -> [(crate::patterns::Family, usize); 4] {
+    let matches: Vec<Match> = all_matches(found).map(|(_, m)| m.clone()).collect();
+    summary(&matches)
+}
+
+pub fn inspect_json(path: &str, found: &Found<'_, '_>) -> Value {
+    let summary: serde_json::Map<String, Value> = summary_of(found)
         .iter()
         .map(|(f, n)| (f.name().to_string(), json!(n)))
         .collect();
     json!({
         "model": path,
-        "matches": matches.iter().map(|m| match_json(g, m)).collect::<Vec<_>>(),
+        "matches": all_matches(found).map(|(g, m)| match_json(g, m)).collect::<Vec<_>>(),
         "summary": summary,
     })
 }
@@ -61,17 +78,19 @@ fn opt(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("none")
 }
 
-pub fn inspect_table(path: &str, g: &GraphIndex<'_>, matches: &[Match]) -> String {
-    let mut out = format!("{path}: {} normalisation subgraph(s)\n", matches.len());
-    for (i, m) in matches.iter().enumerate() {
+pub fn inspect_table(path: &str, found: &Found<'_, '_>) -> String {
+    let count = all_matches(found).count();
+    let mut out = format!("{path}: {count} normalisation subgraph(s)\n");
+    for (i, (g, m)) in all_matches(found).enumerate() {
         let axis = match m.axis {
             Some(a) => a.to_string(),
             None => format!("axes {:?}", m.axes),
         };
         out.push_str(&format!(
-            "\n#{i} {family:<9} {form}\n   nodes    {nodes}\n   input    {input}  ->  output {output}\n   axis {axis}  epsilon {eps:e}  unbiased {ub}  eps_in_sqrt {eis}  c {c}  k {k}  dtype {dt}\n   scale    {scale}\n   bias     {bias}\n   rewrite  {rw}\n",
+            "\n#{i} {family:<9} {form}\n{scope}   nodes    {nodes}\n   input    {input}  ->  output {output}\n   axis {axis}  epsilon {eps:e}  unbiased {ub}  eps_in_sqrt {eis}  c {c}  k {k}  dtype {dt}\n   scale    {scale}\n   bias     {bias}\n   rewrite  {rw}\n",
             family = m.family.name(),
             form = m.form,
+            scope = if g.scope.is_main() { String::new() } else { format!("   graph    {}\n", g.scope.label()) },
             nodes = node_list(g, m),
             input = m.input,
             output = m.output,
@@ -86,7 +105,7 @@ pub fn inspect_table(path: &str, g: &GraphIndex<'_>, matches: &[Match]) -> Strin
             rw = if m.rewritable && m.channels_first { "yes, between Transposes that make axis 1 the last".to_string() } else if m.rewritable { "yes".to_string() } else { format!("no: {}", m.reason.as_deref().unwrap_or("")) },
         ));
     }
-    let s = summary(matches);
+    let s = summary_of(found);
     out.push_str(&format!(
         "\nsummary: {}\n",
         s.iter()

@@ -28,6 +28,13 @@ impl<'m> Constants<'m> {
         }
     }
 
+    /// Records a value known from an enclosing graph (see `GraphIndex::subgraphs`).
+    pub fn seed(&self, name: &str, value: Rc<ConstValue>) {
+        self.cache
+            .borrow_mut()
+            .insert(name.to_string(), Some(value));
+    }
+
     pub fn value(&self, g: &GraphIndex<'m>, name: &str) -> Option<Rc<ConstValue>> {
         if let Some(hit) = self.cache.borrow().get(name) {
             return hit.clone();
@@ -40,7 +47,7 @@ impl<'m> Constants<'m> {
     /// Whether a value is a constant at all (large weights included, which `value` does not
     /// decode).
     pub fn is_constant(&self, g: &GraphIndex<'m>, name: &str) -> bool {
-        if g.initializer(name).is_some() && !g.is_graph_input(name) {
+        if (g.initializer(name).is_some() && !g.is_graph_input(name)) || g.is_outer_constant(name) {
             return true;
         }
         match g.producer_node(name) {

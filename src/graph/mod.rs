@@ -23,23 +23,166 @@ pub type NodeId = usize;
 pub struct GraphIndex<'m> {
     pub model: &'m Model,
     pub graph: &'m GraphProto,
+    /// Where `graph` sits: empty for the main graph, else the steps from it down to a subgraph.
+    pub scope: Scope,
     producer: HashMap<&'m str, (NodeId, usize)>,
     consumers: HashMap<&'m str, Vec<NodeId>>,
     initializers: HashMap<&'m str, &'m TensorProto>,
     graph_inputs: HashSet<&'m str>,
     graph_outputs: HashSet<&'m str>,
+    /// Values of enclosing graphs a subgraph reads that are constants there (`Constant` nodes;
+    /// outer initializers are in `initializers`).
+    outer_constants: HashSet<String>,
+    /// Every value an enclosing graph defines (read here or not).
+    outer_values: HashSet<String>,
     order: Vec<NodeId>,
     facts: HashMap<String, ValueFacts>,
     pub constants: Constants<'m>,
 }
 
+/// One step from a graph into a subgraph: node `node`'s attribute `attribute`, its graph
+/// `index` (0 for a `GRAPH` attribute, the position in a `GRAPHS` one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeStep {
+    pub node: NodeId,
+    pub attribute: usize,
+    pub index: usize,
+    /// `If '/dec/If' then_branch`, for reports.
+    pub label: String,
+}
+
+/// The path from the main graph to a (sub)graph.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope(pub Vec<ScopeStep>);
+
+impl Scope {
+    pub fn is_main(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `main graph`, or `If '/x' then_branch > Loop 'l' body`.
+    pub fn label(&self) -> String {
+        if self.is_main() {
+            return "main graph".into();
+        }
+        self.0
+            .iter()
+            .map(|s| s.label.as_str())
+            .collect::<Vec<_>>()
+            .join(" > ")
+    }
+
+    /// The graph this scope names inside `root` (the main graph), if it still exists there.
+    pub fn graph_mut<'a>(&self, root: &'a mut GraphProto) -> Option<&'a mut GraphProto> {
+        let mut g = root;
+        for step in &self.0 {
+            let a = g
+                .node
+                .get_mut(step.node)?
+                .attribute
+                .get_mut(step.attribute)?;
+            // `subgraphs` numbers a GRAPH attribute's graph 0, then a GRAPHS attribute's.
+            let has_g = a.g.is_some();
+            g = if has_g && step.index == 0 {
+                a.g.as_mut()?
+            } else {
+                a.graphs.get_mut(step.index - usize::from(has_g))?
+            };
+        }
+        Some(g)
+    }
+}
+
 impl<'m> GraphIndex<'m> {
     pub fn build(model: &'m Model) -> Result<Self> {
-        let graph = model.graph();
-        let located = |e: Error| e.in_file(&model.path);
-        let initializers: HashMap<&str, &TensorProto> =
+        Self::build_scope(model, model.graph(), Scope::default(), None)
+    }
+
+    /// Indexes of every subgraph (If branches, Loop and Scan bodies, nested at any depth),
+    /// each seeing the values of the graphs around it: outer initializers count as its
+    /// constants, other outer values as its inputs, with what is known of their types.
+    pub fn subgraphs(&self) -> Result<Vec<GraphIndex<'m>>> {
+        let mut out = Vec::new();
+        for (id, node) in self.graph.node.iter().enumerate() {
+            for (ai, a) in node.attribute.iter().enumerate() {
+                let graphs: Vec<&'m GraphProto> = a.g.iter().chain(a.graphs.iter()).collect();
+                for (gi, sub) in graphs.into_iter().enumerate() {
+                    let mut scope = self.scope.clone();
+                    scope.0.push(ScopeStep {
+                        node: id,
+                        attribute: ai,
+                        index: gi,
+                        label: format!("{} '{}' {}", node.op_type(), self.label(id), a.name()),
+                    });
+                    let index = Self::build_scope(self.model, sub, scope, Some(self))?;
+                    let nested = index.subgraphs()?;
+                    out.push(index);
+                    out.extend(nested);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn build_scope(
+        model: &'m Model,
+        graph: &'m GraphProto,
+        scope: Scope,
+        outer: Option<&GraphIndex<'m>>,
+    ) -> Result<Self> {
+        let where_ = (!scope.is_main()).then(|| scope.label());
+        let located = |mut e: Error| {
+            if let Some(w) = &where_ {
+                e.message = format!("in {w}: {}", e.message);
+            }
+            e.in_file(&model.path)
+        };
+        let mut initializers: HashMap<&str, &TensorProto> =
             graph.initializer.iter().map(|t| (t.name(), t)).collect();
-        let graph_inputs: HashSet<&str> = graph.input.iter().map(|v| v.name()).collect();
+        let mut graph_inputs: HashSet<&str> = graph.input.iter().map(|v| v.name()).collect();
+        // What a subgraph reads from enclosing graphs (names it does not define itself).
+        let mut outer_facts = HashMap::new();
+        let mut outer_constants = HashSet::new();
+        let mut outer_values = HashSet::new();
+        if let Some(outer) = outer {
+            outer_values.clone_from(&outer.outer_values);
+            outer_values.extend(outer.producer.keys().map(|s| s.to_string()));
+            outer_values.extend(outer.initializers.keys().map(|s| s.to_string()));
+            outer_values.extend(outer.graph_inputs.iter().map(|s| s.to_string()));
+            let local: HashSet<&str> = graph
+                .node
+                .iter()
+                .flat_map(|n| n.output.iter().map(String::as_str))
+                .chain(initializers.keys().copied())
+                .chain(graph_inputs.iter().copied())
+                .collect();
+            // Names read here or in graphs nested deeper, which reach outer values through us.
+            let mut read = Vec::new();
+            names_read_below(graph, &mut read);
+            for name in read {
+                if name.is_empty() || local.contains(name) {
+                    continue;
+                }
+                match outer
+                    .initializer(name)
+                    .filter(|_| !outer.is_graph_input(name))
+                {
+                    Some(t) => {
+                        initializers.insert(name, t);
+                    }
+                    None if outer.is_defined(name) => {
+                        graph_inputs.insert(name);
+                        if outer.constants.is_constant(outer, name) {
+                            outer_constants.insert(name.to_string());
+                        }
+                    }
+                    None => {}
+                }
+                if let Some(f) = outer.facts(name) {
+                    outer_facts.insert(name.to_string(), f.clone());
+                }
+            }
+        }
         let graph_outputs: HashSet<&str> = graph.output.iter().map(|v| v.name()).collect();
 
         let mut producer = HashMap::new();
@@ -91,17 +234,45 @@ impl<'m> GraphIndex<'m> {
         let mut index = GraphIndex {
             model,
             graph,
+            scope,
             producer,
             consumers,
             initializers,
             graph_inputs,
             graph_outputs,
+            outer_constants,
+            outer_values,
             order,
             facts: HashMap::new(),
             constants: Constants::new(model),
         };
-        index.facts = shapes::infer(&index);
+        if let Some(outer) = outer {
+            // Outer constants made by nodes (a `Constant` ε) keep their values here.
+            for name in &index.outer_constants {
+                if let Some(v) = outer.constant(name) {
+                    index.constants.seed(name, v);
+                }
+            }
+        }
+        index.facts = shapes::infer_with(&index, outer_facts);
         Ok(index)
+    }
+
+    /// Whether `name` is a value of this graph or of one around it.
+    fn is_defined(&self, name: &str) -> bool {
+        self.producer.contains_key(name)
+            || self.initializers.contains_key(name)
+            || self.graph_inputs.contains(name)
+    }
+
+    /// Whether an enclosing graph defines `name` (a subgraph may read it without defining it).
+    pub fn is_outer_value(&self, name: &str) -> bool {
+        self.outer_values.contains(name)
+    }
+
+    /// A value an enclosing graph makes with a `Constant` node (see `outer_constants`).
+    pub fn is_outer_constant(&self, name: &str) -> bool {
+        self.outer_constants.contains(name)
     }
 
     pub fn node(&self, id: NodeId) -> &'m NodeProto {
@@ -169,6 +340,18 @@ impl<'m> GraphIndex<'m> {
     /// The constant value of `value`, if it is one (see [`Constants`]).
     pub fn constant(&self, value: &str) -> Option<std::rc::Rc<crate::onnx::tensor::ConstValue>> {
         self.constants.value(self, value)
+    }
+}
+
+/// Every input name of `graph`'s nodes and of the nodes of its subgraphs, at any depth.
+fn names_read_below<'g>(graph: &'g GraphProto, out: &mut Vec<&'g str>) {
+    for n in &graph.node {
+        out.extend(n.input.iter().map(String::as_str));
+        for a in &n.attribute {
+            for sub in a.g.iter().chain(a.graphs.iter()) {
+                names_read_below(sub, out);
+            }
+        }
     }
 }
 

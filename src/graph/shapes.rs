@@ -61,7 +61,15 @@ fn from_value_info(v: &ValueInfoProto) -> Option<ValueFacts> {
 }
 
 pub fn infer(g: &GraphIndex<'_>) -> HashMap<String, ValueFacts> {
-    let mut facts: HashMap<String, ValueFacts> = HashMap::new();
+    infer_with(g, HashMap::new())
+}
+
+/// [`infer`], starting from what is known of values read from enclosing graphs.
+pub fn infer_with(
+    g: &GraphIndex<'_>,
+    outer: HashMap<String, ValueFacts>,
+) -> HashMap<String, ValueFacts> {
+    let mut facts: HashMap<String, ValueFacts> = outer;
     for t in &g.graph.initializer {
         facts.insert(
             t.name().to_string(),

@@ -107,6 +107,18 @@ pub fn find_matches(g: &GraphIndex<'_>) -> Vec<Match> {
     matches
 }
 
+/// The matches of the main graph `g`, then of each of its `subgraphs` (`GraphIndex::subgraphs`:
+/// If branches, Loop and Scan bodies; merged decoders keep every LayerNorm there).
+pub fn find_matches_everywhere<'a, 'm>(
+    g: &'a GraphIndex<'m>,
+    subgraphs: &'a [GraphIndex<'m>],
+) -> Vec<(&'a GraphIndex<'m>, Vec<Match>)> {
+    std::iter::once(g)
+        .chain(subgraphs)
+        .map(|scope| (scope, find_matches(scope)))
+        .collect()
+}
+
 /// Matches per family, in the order the report prints them.
 pub fn summary(matches: &[Match]) -> [(Family, usize); 4] {
     let count = |f| matches.iter().filter(|m| m.family == f).count();

@@ -152,11 +152,8 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
     core.extend(more);
     match &restored_shape {
         // Dropped dimensions must come back exactly where they were.
-        Some(target) => {
-            if !is_keepdims_shape(c, &x, &axes, target) {
-                return None;
-            }
-        }
+        Some(target) if !is_keepdims_shape(c, &x, &axes, target) => return None,
+        Some(_) => {}
         None if !kept => return None,
         None => {}
     }

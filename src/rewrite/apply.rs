@@ -46,7 +46,21 @@ pub struct Patch {
 
 pub fn apply(g: &GraphIndex<'_>, patch: Patch) -> ModelProto {
     let mut model = g.model.proto.clone();
-    let graph = model.graph.as_mut().expect("checked at load");
+    apply_to(&mut model, g, patch);
+    model
+}
+
+/// Applies `patch` to the graph `g` indexes, inside `model` (a copy of `g`'s model that may
+/// already carry patches of other graphs): subgraphs are patched before the graphs holding
+/// them, which keeps every node at its index until its own graph's turn.
+pub fn apply_to(model: &mut ModelProto, g: &GraphIndex<'_>, patch: Patch) {
+    let root = model.graph.as_mut().expect("checked at load");
+    let graph = g
+        .scope
+        .graph_mut(root)
+        .expect("the scope's graph exists until its own patch");
+    // Nodes as they are now (a subgraph inside one may have been patched already).
+    let current = std::mem::take(&mut graph.node);
 
     let mut removed: HashSet<NodeId> = HashSet::new();
     let mut place: HashMap<NodeId, usize> = HashMap::new();
@@ -67,10 +81,10 @@ pub fn apply(g: &GraphIndex<'_>, patch: Patch) -> ModelProto {
         .map(|(n, s, v)| ((*n, *s), v.as_str()))
         .collect();
 
-    let mut nodes = Vec::with_capacity(graph.node.len());
-    for (id, node) in g.graph.node.iter().enumerate() {
+    let mut nodes = Vec::with_capacity(current.len());
+    for (id, node) in current.into_iter().enumerate() {
         if !removed.contains(&id) {
-            let mut n = node.clone();
+            let mut n = node;
             for (slot, input) in n.input.iter_mut().enumerate() {
                 if let Some(v) = repoint.get(&(id, slot)) {
                     *input = v.to_string();
@@ -157,12 +171,11 @@ pub fn apply(g: &GraphIndex<'_>, patch: Patch) -> ModelProto {
             ..Default::default()
         };
         let encoded = base64::engine::general_purpose::STANDARD.encode(record.encode_to_vec());
-        set_metadata(&mut model, &format!("{RECORD_PREFIX}{key}"), encoded);
+        set_metadata(model, &format!("{RECORD_PREFIX}{key}"), encoded);
     }
     for (k, v) in patch.metadata {
-        set_metadata(&mut model, &k, v);
+        set_metadata(model, &k, v);
     }
-    model
 }
 
 pub fn set_metadata(model: &mut ModelProto, key: &str, value: String) {
@@ -175,10 +188,15 @@ pub fn set_metadata(model: &mut ModelProto, key: &str, value: String) {
 
 /// Declares `ai.adanorm` v1 when the graph uses it, and drops the import when nothing does.
 pub fn sync_adanorm_opset(model: &mut ModelProto) {
-    let used = model
-        .graph
-        .as_ref()
-        .is_some_and(|g| g.node.iter().any(|n| n.domain() == super::node::DOMAIN))
+    fn uses(g: &GraphProto) -> bool {
+        g.node.iter().any(|n| {
+            n.domain() == super::node::DOMAIN
+                || n.attribute
+                    .iter()
+                    .any(|a| a.g.iter().chain(a.graphs.iter()).any(uses))
+        })
+    }
+    let used = model.graph.as_ref().is_some_and(uses)
         || model
             .functions
             .iter()

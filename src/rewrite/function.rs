@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use super::node::{float_attr, int_attr, OpKind, OpParams, DOMAIN};
 use crate::error::{Error, Result};
 use crate::onnx::proto::{
-    attribute_proto::AttributeType, AttributeProto, FunctionProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto,
+    attribute_proto::AttributeType, AttributeProto, FunctionProto, GraphProto, ModelProto,
+    NodeProto, OperatorSetIdProto, TensorProto,
 };
 
 /// The lowest default-domain opset the bodies are written for (Unsqueeze takes its axes as an
@@ -292,9 +292,49 @@ pub fn add_portable_functions(
     }
     let graph = model.graph.as_mut().expect("checked at load");
     let mut used = Vec::new();
-    let mut new_inits = Vec::new();
     let mut types = std::collections::HashSet::new();
-    for n in graph.node.iter_mut().filter(|n| n.domain() == DOMAIN) {
+    make_calls_portable(graph, elem_type_of, &mut used, &mut types);
+    for kind in used {
+        model
+            .functions
+            .retain(|f| !(f.domain() == DOMAIN && f.name() == kind.op_type()));
+        // float64 calls compute in float64 (CastLike); one narrower type computes in float32.
+        let shared = match types.iter().collect::<Vec<_>>().as_slice() {
+            [Some(t)] if *t != 11 => Some(*t),
+            _ if opset < 15 => {
+                return Err(Error::msg(format!(
+                    "--portable: these ai.adanorm calls mix element types or use float64, which needs opset >= 15 (the model imports {opset})"
+                )))
+            }
+            _ => None,
+        };
+        model.functions.push(function_proto(kind, opset, shared));
+    }
+    if model.ir_version.unwrap_or(0) < 8 {
+        model.ir_version = Some(8); // model-local functions arrive with IR version 8
+    }
+    Ok(())
+}
+
+/// Gives every `ai.adanorm` node of `graph` and of its subgraphs the inputs and outputs a
+/// function call binds, noting the kinds and element types met.
+fn make_calls_portable(
+    graph: &mut GraphProto,
+    elem_type_of: &dyn Fn(&str) -> Option<i32>,
+    used: &mut Vec<OpKind>,
+    types: &mut std::collections::HashSet<Option<i32>>,
+) {
+    let mut new_inits = Vec::new();
+    for n in graph.node.iter_mut() {
+        for a in &mut n.attribute {
+            for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+                make_calls_portable(sub, elem_type_of, used, types);
+            }
+        }
+        if n.domain() != DOMAIN {
+            continue;
+        }
+
         types.insert(elem_type_of(&n.input[0]));
         let kind = if n.op_type() == "AdaNorm" {
             OpKind::AdaNorm
@@ -330,26 +370,6 @@ pub fn add_portable_functions(
         }
     }
     graph.initializer.extend(new_inits);
-    for kind in used {
-        model
-            .functions
-            .retain(|f| !(f.domain() == DOMAIN && f.name() == kind.op_type()));
-        // float64 calls compute in float64 (CastLike); one narrower type computes in float32.
-        let shared = match types.iter().collect::<Vec<_>>().as_slice() {
-            [Some(t)] if *t != 11 => Some(*t),
-            _ if opset < 15 => {
-                return Err(Error::msg(format!(
-                    "--portable: these ai.adanorm calls mix element types or use float64, which needs opset >= 15 (the model imports {opset})"
-                )))
-            }
-            _ => None,
-        };
-        model.functions.push(function_proto(kind, opset, shared));
-    }
-    if model.ir_version.unwrap_or(0) < 8 {
-        model.ir_version = Some(8); // model-local functions arrive with IR version 8
-    }
-    Ok(())
 }
 
 fn filled(name: &str, elem_type: i32, v: f32) -> TensorProto {

@@ -20,14 +20,83 @@ pub fn is_single_op(m: &Match) -> bool {
     m.nodes.len() == 1 && !m.form.starts_with("decomposed")
 }
 
+/// `fuse`/`rewrite` of a whole model: every graph's matches (see [`plan_scopes`]).
+pub fn plan_model(g: &GraphIndex<'_>, opts: &Options) -> Result<Outcome> {
+    let subgraphs = g.subgraphs()?;
+    let found = crate::patterns::find_matches_everywhere(g, &subgraphs);
+    let scopes: Vec<(&GraphIndex<'_>, &[Match])> = found
+        .iter()
+        .map(|(scope, ms)| (*scope, ms.as_slice()))
+        .collect();
+    plan_scopes(&scopes, opts)
+}
+
+/// Plans the main graph's matches only (see [`plan_model`] for the whole model).
 pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Outcome> {
+    plan_scopes(&[(g, matches)], opts)
+}
+
+/// What planning collects across every graph of the model.
+#[derive(Default)]
+struct Collected {
+    changes: Vec<Change>,
+    skipped: Vec<(String, String)>,
+    weights: WeightsFile,
+    /// Node names in use anywhere, so new nodes get unique ones.
+    names: HashSet<String>,
+    /// Element types of values the plan creates (not in any index), for `--portable`.
+    new_types: HashMap<String, i32>,
+}
+
+/// Plans every graph's matches: the main graph's and those of its subgraphs (If branches,
+/// Loop/Scan bodies; `GraphIndex::subgraphs`). Subgraphs are patched before the graphs that hold
+/// them; the first entry must be the main graph.
+pub fn plan_scopes(scopes: &[(&GraphIndex<'_>, &[Match])], opts: &Options) -> Result<Outcome> {
+    let main = scopes.first().expect("the main graph comes first").0;
+    debug_assert!(main.scope.is_main());
+    let mut all = Collected::default();
+    for (g, _) in scopes {
+        all.names
+            .extend(g.graph.node.iter().map(|n| n.name().to_string()));
+    }
+    let mut patches = Vec::new();
+    for &(g, matches) in scopes {
+        patches.push((g, plan_scope(g, matches, opts, &mut all)));
+    }
+    let mut model = main.model.proto.clone();
+    patches.sort_by_key(|(g, _)| std::cmp::Reverse(g.scope.0.len()));
+    for (g, patch) in patches {
+        apply::apply_to(&mut model, g, patch);
+    }
+    apply::sync_adanorm_opset(&mut model);
+    if opts.portable {
+        let types = |v: &str| {
+            scopes
+                .iter()
+                .find_map(|(g, _)| g.elem_type(v))
+                .or_else(|| all.new_types.get(v).copied())
+        };
+        function::add_portable_functions(&mut model, &types)?;
+    }
+    Ok(Outcome {
+        model,
+        changes: all.changes,
+        skipped: all.skipped,
+        weights: (!all.weights.is_empty()).then_some(all.weights),
+    })
+}
+
+/// The patch for one graph's matches.
+fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut Collected) -> Patch {
     let mut patch = Patch::default();
-    let mut changes = Vec::new();
-    let mut skipped = Vec::new();
-    let mut weights = WeightsFile::default();
-    let mut names: HashSet<String> = g.graph.node.iter().map(|n| n.name().to_string()).collect();
+    let Collected {
+        changes,
+        skipped,
+        weights,
+        names,
+        new_types,
+    } = all;
     let mut removed_nodes: HashSet<usize> = HashSet::new();
-    let mut new_types: HashMap<String, i32> = HashMap::new();
 
     for m in matches {
         let what = describe(g, m);
@@ -106,7 +175,7 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
         let mut affine_same = true;
         match opts.affine {
             Affine::Keep => {}
-            Affine::Drop => match drop_params(g, m, &name, &mut weights) {
+            Affine::Drop => match drop_params(g, m, &name, weights) {
                 Ok((dropped, extra_nodes)) => {
                     affine_same = dropped.is_empty();
                     drop_inits = dropped;
@@ -119,6 +188,11 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
             // Its gain runs along axis 1, never the axis a MatMul contracts.
             Affine::Fold if channels_first_rank.is_some() => {
                 note = Some("affine kept: a channels-first gain cannot fold into a MatMul".into());
+            }
+            // A subgraph's MatMul weights usually live in the enclosing graph, shared with the
+            // other branch (merged decoders): folding into them would change that branch too.
+            Affine::Fold if !g.scope.is_main() => {
+                note = Some("affine kept: not folded inside a subgraph".into());
             }
             Affine::Fold => match fold::plan(g, m, &name) {
                 Ok(f) => {
@@ -160,7 +234,7 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
         }
         let mut x = m.input.clone();
         if skip_ln {
-            x = split_skip_add(single, &name, &mut insert, &mut names);
+            x = split_skip_add(single, &name, &mut insert, names);
         }
         let mut y = m.output.clone();
         if let Some(rank) = channels_first_rank {
@@ -235,19 +309,7 @@ pub fn plan(g: &GraphIndex<'_>, matches: &[Match], opts: &Options) -> Result<Out
         });
     }
 
-    let mut model = apply::apply(g, patch);
-    apply::sync_adanorm_opset(&mut model);
-    if opts.portable {
-        function::add_portable_functions(&mut model, &|v| {
-            g.elem_type(v).or_else(|| new_types.get(v).copied())
-        })?;
-    }
-    Ok(Outcome {
-        model,
-        changes,
-        skipped,
-        weights: (!weights.is_empty()).then_some(weights),
-    })
+    patch
 }
 
 /// A parameter of shape `[1, .., 1, d...]` with more dimensions than the normalised ones
@@ -457,8 +519,13 @@ pub fn describe(g: &GraphIndex<'_>, m: &Match) -> String {
             g.label(*m.nodes.last().expect("non-empty"))
         )
     };
+    let inside = if g.scope.is_main() {
+        String::new()
+    } else {
+        format!(" in {}", g.scope.label())
+    };
     format!(
-        "{} [{}] {} -> '{}'",
+        "{} [{}] {} -> '{}'{inside}",
         m.family.name(),
         m.form,
         nodes,

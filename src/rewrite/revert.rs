@@ -25,6 +25,58 @@ pub fn revert(g: &GraphIndex<'_>, weights: Option<&WeightsFile>) -> Result<Outco
         .iter()
         .map(|e| (e.key(), e.value()))
         .collect();
+    let mut changes = Vec::new();
+    let mut used_keys = Vec::new();
+    // Every graph: ai.adanorm nodes inside If branches and Loop bodies go back too; subgraphs
+    // are patched before the graphs holding them.
+    let subgraphs = g.subgraphs()?;
+    let mut patches = Vec::new();
+    for scope in std::iter::once(g).chain(&subgraphs) {
+        let patch = revert_scope(scope, weights, &meta, &mut changes, &mut used_keys)?;
+        patches.push((scope, patch));
+    }
+    patches.sort_by_key(|(scope, _)| std::cmp::Reverse(scope.scope.0.len()));
+    let mut out = model.clone();
+    for (scope, patch) in patches {
+        apply::apply_to(&mut out, scope, patch);
+    }
+    out.metadata_props
+        .retain(|e| !used_keys.iter().any(|k| k == e.key()));
+    apply::sync_adanorm_opset(&mut out);
+    let still_called = |name: &str| {
+        fn calls(gr: &GraphProto, name: &str) -> bool {
+            gr.node.iter().any(|n| {
+                (n.domain() == DOMAIN && n.op_type() == name)
+                    || n.attribute
+                        .iter()
+                        .any(|a| a.g.iter().chain(a.graphs.iter()).any(|s| calls(s, name)))
+            })
+        }
+        out.graph.as_ref().is_some_and(|gr| calls(gr, name))
+    };
+    let keep: Vec<bool> = out
+        .functions
+        .iter()
+        .map(|f| f.domain() != DOMAIN || still_called(f.name()))
+        .collect();
+    let mut keep = keep.into_iter();
+    out.functions.retain(|_| keep.next().unwrap_or(true));
+    Ok(Outcome {
+        model: out,
+        changes,
+        skipped: vec![],
+        weights: None,
+    })
+}
+
+/// The patch that turns one graph's `ai.adanorm` nodes back into standard ONNX.
+fn revert_scope(
+    g: &GraphIndex<'_>,
+    weights: Option<&WeightsFile>,
+    meta: &HashMap<&str, &str>,
+    changes: &mut Vec<Change>,
+    used_keys: &mut Vec<String>,
+) -> Result<Patch> {
     let opset = g.model.opset("").unwrap_or(0);
     let by_name: HashMap<&str, usize> = g
         .nodes()
@@ -32,8 +84,6 @@ pub fn revert(g: &GraphIndex<'_>, weights: Option<&WeightsFile>) -> Result<Outco
         .map(|(i, n)| (n.name(), i))
         .collect();
     let mut patch = Patch::default();
-    let mut changes = Vec::new();
-    let mut used_keys = Vec::new();
 
     for (id, n) in g.nodes() {
         let Some(p) = OpParams::from_node(n) else {
@@ -72,7 +122,10 @@ pub fn revert(g: &GraphIndex<'_>, weights: Option<&WeightsFile>) -> Result<Outco
                 .flat_map(|r| r.input.iter().map(String::as_str))
                 .collect();
             for (_, (original, t)) in &ours {
-                if needs.contains(&original.as_str()) && g.initializer(original).is_none() {
+                if needs.contains(&original.as_str())
+                    && g.initializer(original).is_none()
+                    && !g.is_outer_value(original)
+                {
                     patch.add_initializers.push(t.to_proto(original));
                 }
             }
@@ -84,6 +137,7 @@ pub fn revert(g: &GraphIndex<'_>, weights: Option<&WeightsFile>) -> Result<Outco
                     g.producer(v).is_none()
                         && g.initializer(v).is_none()
                         && !g.is_graph_input(v)
+                        && !g.is_outer_value(v)
                         && !record.node.iter().any(|r| r.output.iter().any(|o| o == v))
                         && !record.initializer.iter().any(|t| t.name() == *v)
                         && !ours.iter().any(|(_, (o, _))| o == v)
@@ -146,24 +200,7 @@ pub fn revert(g: &GraphIndex<'_>, weights: Option<&WeightsFile>) -> Result<Outco
     patch
         .add_initializers
         .retain(|t| seen.insert(t.name().to_string()));
-    let mut out = apply::apply(g, patch);
-    out.metadata_props
-        .retain(|e| !used_keys.iter().any(|k| k == e.key()));
-    apply::sync_adanorm_opset(&mut out);
-    out.functions.retain(|f| {
-        f.domain() != DOMAIN
-            || out.graph.as_ref().is_some_and(|gr| {
-                gr.node
-                    .iter()
-                    .any(|n| n.domain() == DOMAIN && n.op_type() == f.name())
-            })
-    });
-    Ok(Outcome {
-        model: out,
-        changes,
-        skipped: vec![],
-        weights: None,
-    })
+    Ok(patch)
 }
 
 fn decode_record(encoded: &str) -> Result<GraphProto> {

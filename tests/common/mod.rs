@@ -17,6 +17,8 @@ pub const F16: i32 = 10;
 pub const F64: i32 = 11;
 pub const I64: i32 = 7;
 
+/// An attribute value for [`Builder`] (test code: size does not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum A {
     I(i64),
     F(f32),

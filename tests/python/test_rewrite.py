@@ -209,5 +209,51 @@ class Rewrite(unittest.TestCase):
         self.assertIn("replace the input", p.stderr)
 
 
+SUBGRAPHS = os.path.join(ROOT, "fixtures", "subgraphs")
+
+
+def nodes_everywhere(graph):
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from nodes_everywhere(sub)
+
+
+class Subgraphs(unittest.TestCase):
+    """LayerNorms inside If branches, a Loop body and a nested If (fixtures/subgraphs/make.py)."""
+
+    def test_portable_rewrites_run_in_stock_onnxruntime_and_revert_exactly(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, count, tol in [("if_branches", 2, 1e-4), ("loop_body", 1, 1e-4), ("nested_if", 1, 3e-2)]:
+                with self.subTest(model=name):
+                    src = os.path.join(SUBGRAPHS, name, "model.onnx")
+                    before = sha(src)
+                    p = os.path.join(tmp, f"{name}.adanorm.onnx")
+                    cli("rewrite", src, "-o", p, "--to", "simple", "--portable")
+                    m = onnx.load(p)
+                    onnx.checker.check_model(m, full_check=True)
+                    onnx.shape_inference.infer_shapes(m, strict_mode=True)
+                    ours = [n for n in nodes_everywhere(m.graph) if n.domain == "ai.adanorm"]
+                    self.assertEqual(len(ours), count)
+                    self.assertFalse(any(n.domain == "ai.adanorm" for n in m.graph.node),
+                                     "the ops stay inside the subgraphs")
+                    s = ort.InferenceSession(p, providers=["CPUExecutionProvider"])
+                    cases = [f[len("inputs_"):-4] for f in os.listdir(os.path.join(SUBGRAPHS, name))
+                             if f.startswith("inputs_")]
+                    self.assertTrue(cases)
+                    for case in cases:
+                        feeds = dict(np.load(os.path.join(SUBGRAPHS, name, f"inputs_{case}.npz")))
+                        ref = np.load(os.path.join(SUBGRAPHS, name, f"ref_{case}.npz"))
+                        got = s.run(None, feeds)
+                        for want, out in zip(ref.values(), got):
+                            err = np.max(np.abs(out.astype(np.float64) - want) / np.maximum(1.0, np.abs(want)))
+                            self.assertLessEqual(err, tol, f"{name} {case}")
+                    r = os.path.join(tmp, f"{name}.reverted.onnx")
+                    cli("revert", p, "-o", r)
+                    self.assertEqual(onnx.load(r).graph.SerializeToString(), onnx.load(src).graph.SerializeToString())
+                    self.assertEqual(sha(src), before)
+
+
 if __name__ == "__main__":
     unittest.main(argv=[sys.argv[0], "-v"])

@@ -40,6 +40,9 @@ mod sealed {
     impl Sealed for f64 {}
 }
 
+/// `X` and `Y` rows seen in the compute type (see `Element::as_acc_rows`).
+pub type AccRows<'a, T> = (&'a [<T as Element>::Acc], &'a mut [<T as Element>::Acc]);
+
 /// The compute precision: `f32` or `f64`. Sealed.
 pub trait Accumulator:
     sealed::Sealed
@@ -126,10 +129,7 @@ pub trait Element: Copy + Send + Sync + 'static {
     /// The rows themselves when `Self` is its own compute type (f32, f64): the out-of-place
     /// kernel then reads `X` and writes `Y` directly, with no working copy.
     #[inline(always)]
-    fn as_acc_rows<'a>(
-        _src: &'a [Self],
-        _dst: &'a mut [Self],
-    ) -> Option<(&'a [Self::Acc], &'a mut [Self::Acc])> {
+    fn as_acc_rows<'a>(_src: &'a [Self], _dst: &'a mut [Self]) -> Option<AccRows<'a, Self>> {
         None
     }
 

@@ -1,0 +1,211 @@
+//! LayerNorms inside subgraphs (If branches, Loop bodies, nested Ifs), as in merged decoders:
+//! found with the graph they sit in, rewritten in place, run in tract against onnxruntime's
+//! outputs for every branch, and reverted to the original graph byte for byte.
+//! Fixtures: `fixtures/subgraphs/make.py`.
+
+use std::path::{Path, PathBuf};
+
+use adanorm_onnx::graph::GraphIndex;
+use adanorm_onnx::npz::read_npz;
+use adanorm_onnx::onnx::{load_model, save_model};
+use adanorm_onnx::patterns::find_matches_everywhere;
+use adanorm_onnx::rewrite::{plan::plan_model, revert::revert, Affine, Options, Target};
+use adanorm_onnx::runner::{compare, run};
+use prost::Message;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/subgraphs")
+        .join(name)
+}
+
+fn opts(target: Target, affine: Affine, ck: Option<(f64, f64)>) -> Options {
+    Options {
+        target,
+        c: ck.map(|x| x.0),
+        k: ck.map(|x| x.1),
+        affine,
+        portable: false,
+        include_fused: true,
+    }
+}
+
+/// (graph label, node count) of every match.
+fn found(model: &Path) -> Vec<(String, usize, bool)> {
+    let m = load_model(model).unwrap();
+    let g = GraphIndex::build(&m).unwrap();
+    let subgraphs = g.subgraphs().unwrap();
+    find_matches_everywhere(&g, &subgraphs)
+        .into_iter()
+        .flat_map(|(scope, ms)| {
+            ms.into_iter()
+                .map(move |m| (scope.scope.label(), m.nodes.len(), m.rewritable))
+        })
+        .collect()
+}
+
+/// Runs `model` on every `inputs_<case>.npz` of `dir` against `ref_<case>.npz`.
+fn assert_every_case_matches(dir: &Path, model: &Path, tol: f64) {
+    let mut cases = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        let Some(case) = name
+            .strip_prefix("inputs_")
+            .and_then(|n| n.strip_suffix(".npz"))
+        else {
+            continue;
+        };
+        cases += 1;
+        let got = run(model, read_npz(&dir.join(&name)).unwrap())
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        let want = read_npz(&dir.join(format!("ref_{case}.npz"))).unwrap();
+        for d in compare(&want, &got) {
+            assert!(
+                d.problem.is_none() && d.max_scaled <= tol,
+                "{} case {case}: {d:?}",
+                model.display()
+            );
+        }
+    }
+    assert!(cases > 0, "no cases in {}", dir.display());
+}
+
+fn rewritten(case: &str, dir: &Path, tag: &str, o: &Options) -> (PathBuf, usize, Vec<String>) {
+    let model = load_model(&fixture(case).join("model.onnx")).unwrap();
+    let g = GraphIndex::build(&model).unwrap();
+    let outcome = plan_model(&g, o).unwrap();
+    let out = dir.join(format!("{case}.{tag}.onnx"));
+    save_model(&outcome.model, &out, true).unwrap();
+    let notes = outcome
+        .changes
+        .iter()
+        .filter_map(|c| c.note.clone())
+        .collect();
+    (out, outcome.changes.len(), notes)
+}
+
+#[test]
+fn layernorms_are_found_in_the_graph_they_sit_in() {
+    assert_eq!(
+        found(&fixture("if_branches/model.onnx")),
+        vec![
+            ("If '/decoder/If' else_branch".to_string(), 9, true),
+            ("If '/decoder/If' then_branch".to_string(), 9, true),
+        ]
+    );
+    assert_eq!(
+        found(&fixture("loop_body/model.onnx")),
+        vec![("Loop '/refine/Loop' body".to_string(), 9, true)]
+    );
+    let nested = found(&fixture("nested_if/model.onnx"));
+    assert_eq!(nested.len(), 1);
+    assert_eq!(
+        nested[0].0,
+        "If '/outer/If' then_branch > If '/inner/If' then_branch"
+    );
+    assert!(nested[0].2, "fp16 with float statistics is rewritable");
+}
+
+#[test]
+fn rewrites_inside_subgraphs_compute_what_the_original_computed() {
+    let tmp = tempfile::tempdir().unwrap();
+    // tract cannot run Loop (it says so for the original model too): loop_body runs in
+    // onnxruntime instead (tests/python/test_rewrite.py).
+    for (case, expected, tol) in [("if_branches", 2, 1e-4), ("nested_if", 1, 3e-2)] {
+        let dir = fixture(case);
+        let (fused, n, _) = rewritten(
+            case,
+            tmp.path(),
+            "fused",
+            &opts(Target::Same, Affine::Keep, None),
+        );
+        assert_eq!(n, expected, "{case}");
+        assert_every_case_matches(&dir, &fused, tol);
+        let (k0, _, _) = rewritten(
+            case,
+            tmp.path(),
+            "k0",
+            &opts(Target::AdaNorm, Affine::Keep, Some((1.0, 0.0))),
+        );
+        assert_every_case_matches(&dir, &k0, tol);
+        // Folding into weights the enclosing graph shares with other branches is refused.
+        let (folded, _, notes) = rewritten(
+            case,
+            tmp.path(),
+            "fold",
+            &opts(Target::Simple, Affine::Fold, None),
+        );
+        assert!(
+            notes.iter().all(|n| n.contains("inside a subgraph")),
+            "{notes:?}"
+        );
+        assert_every_case_matches(&dir, &folded, tol);
+    }
+}
+
+#[test]
+fn the_rewritten_graph_holds_the_op_where_the_subgraph_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (fused, _, _) = rewritten(
+        "if_branches",
+        tmp.path(),
+        "fused",
+        &opts(Target::Same, Affine::Keep, None),
+    );
+    let m = load_model(&fused).unwrap();
+    let main = m.graph();
+    assert_eq!(
+        main.node.len(),
+        2,
+        "the main graph keeps its Constant and If"
+    );
+    let branch_ops: Vec<Vec<String>> = main.node[1]
+        .attribute
+        .iter()
+        .map(|a| {
+            a.g.as_ref()
+                .unwrap()
+                .node
+                .iter()
+                .map(|n| format!("{}:{}", n.domain(), n.op_type()))
+                .collect()
+        })
+        .collect();
+    assert!(branch_ops.contains(&vec!["ai.adanorm:LayerNormSimple".to_string()]));
+    assert!(branch_ops.contains(&vec![
+        ":Add".to_string(),
+        "ai.adanorm:LayerNormSimple".to_string()
+    ]));
+    assert!(m
+        .proto
+        .opset_import
+        .iter()
+        .any(|o| o.domain() == "ai.adanorm" && o.version() == 1));
+}
+
+#[test]
+fn revert_restores_every_subgraph_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    for case in ["if_branches", "loop_body", "nested_if"] {
+        let (fused, _, _) = rewritten(
+            case,
+            tmp.path(),
+            "fused",
+            &opts(Target::AdaNorm, Affine::Keep, None),
+        );
+        let m = load_model(&fused).unwrap();
+        let g = GraphIndex::build(&m).unwrap();
+        let o = revert(&g, None).unwrap();
+        let original = load_model(&fixture(case).join("model.onnx")).unwrap();
+        assert_eq!(
+            o.model.graph.as_ref().unwrap().encode_to_vec(),
+            original.graph().encode_to_vec(),
+            "{case}"
+        );
+        assert!(o
+            .model
+            .opset_import
+            .iter()
+            .all(|i| i.domain() != "ai.adanorm"));
+    }
+}
