@@ -21,9 +21,11 @@ mod nvrtc {
     use std::path::{Path, PathBuf};
     use std::{env, fs, ptr};
 
-    /// PTX for this virtual architecture JIT-compiles forward on every later GPU (sm_86, sm_89,
-    /// sm_90, ...); 80 is the oldest with everything the kernels use at full speed (bf16).
-    const ARCH: &str = "compute_80";
+    /// Virtual architectures, each with its PTX file suffix. PTX JIT-compiles forward on every
+    /// later GPU. compute_80 (Ampere and later) has the native bf16/f16 pair conversions;
+    /// compute_75 is for Turing (T4), where cuda_bf16.h emulates them. The library picks by
+    /// the GPU's compute capability (`module::PtxArch`).
+    const ARCHS: [(&str, &str); 2] = [("compute_80", ""), ("compute_75", "_cc75")];
     /// One PTX module per element type keeps the driver's JIT work, on first use in a process,
     /// to the kernels of the types actually used.
     const MODULES: [(&str, &str); 4] = [
@@ -83,9 +85,11 @@ mod nvrtc {
         );
 
         let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
-        for (name, define) in MODULES {
-            let ptx = compile(&api, &source, &include, define);
-            fs::write(out.join(format!("adanorm_{name}.ptx")), ptx).expect("write PTX");
+        for (arch, suffix) in ARCHS {
+            for (name, define) in MODULES {
+                let ptx = compile(&api, &source, &include, define, arch);
+                fs::write(out.join(format!("adanorm_{name}{suffix}.ptx")), ptx).expect("write PTX");
+            }
         }
         fs::write(out.join("nvrtc_version.txt"), format!("{major}.{minor}")).expect("write");
     }
@@ -219,11 +223,11 @@ mod nvrtc {
         }
     }
 
-    fn compile(api: &Api, source: &str, include: &Path, define: &str) -> String {
+    fn compile(api: &Api, source: &str, include: &Path, define: &str, arch: &str) -> String {
         let src = CString::new(source).expect("no NUL in the source");
         let name = CString::new("adanorm.cu").unwrap();
         let options: Vec<CString> = [
-            format!("--gpu-architecture={ARCH}"),
+            format!("--gpu-architecture={arch}"),
             "--std=c++17".to_string(),
             "-default-device".to_string(),
             format!("-D{define}"),

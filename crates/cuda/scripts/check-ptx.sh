@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds adanorm-cuda with `--features cuda` and assembles every embedded PTX module with ptxas
-# for sm_80 and sm_90, failing on any register spill (or any ptxas error). Prints the per-kernel
+# for sm_80 and sm_90 (the compute_75 build for sm_75), failing on any register spill (or any ptxas error). Prints the per-kernel
 # register report. No GPU needed. For CI:
 #   bash crates/cuda/scripts/check-ptx.sh
 # Env: ADANORM_PTXAS (ptxas to use; default: the one in the venv setup-cuda-build.sh makes,
@@ -40,9 +40,14 @@ fi
 status=0
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-for arch in $archs; do
-    for ptx in "$out_dir"/adanorm_*.ptx; do
-        module="$(basename "$ptx" .ptx)"
+for ptx in "$out_dir"/adanorm_*.ptx; do
+    module="$(basename "$ptx" .ptx)"
+    # The compute_75 build (adanorm_*_cc75.ptx) is what Turing GPUs load.
+    case "$module" in
+        *_cc75) targets="${PTX_ARCHS_TURING:-sm_75}" ;;
+        *) targets="$archs" ;;
+    esac
+    for arch in $targets; do
         log="$tmp/$module.$arch.log"
         if ! "$ptxas" -arch="$arch" -v -o "$tmp/$module.$arch.cubin" "$ptx" >"$log" 2>&1; then
             echo "check-ptx: ptxas failed on $module for $arch:" >&2
@@ -89,4 +94,4 @@ if [ "$status" -ne 0 ]; then
     echo "check-ptx: FAILED" >&2
     exit 1
 fi
-echo "check-ptx: every kernel assembles for $archs with 0 bytes spilled"
+echo "check-ptx: every kernel assembles for $archs (and the Turing build for sm_75) with 0 bytes spilled"

@@ -37,8 +37,9 @@ mod module;
 #[cfg(not(feature = "cuda"))]
 const NO_FEATURE: &str = "built without the cuda feature";
 
-/// The oldest GPU the embedded PTX runs on (`compute_80` in build.rs: Ampere and later).
-pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
+/// The oldest GPU the embedded PTX runs on (`compute_75` in build.rs: Turing, e.g. T4; Ampere
+/// and later load the `compute_80` build).
+pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (7, 5);
 
 /// The GPU a launch from this thread would use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,8 +310,13 @@ mod tests {
         info.nvrtc_version = "unknown";
         assert!(info.check_runs_embedded_ptx().is_ok());
         info.compute_capability = (7, 5);
+        assert!(
+            info.check_runs_embedded_ptx().is_ok(),
+            "Turing has its own build"
+        );
+        info.compute_capability = (7, 0);
         let err = info.check_runs_embedded_ptx().unwrap_err();
-        assert!(err.contains("sm_75") && err.contains("compute_80"), "{err}");
+        assert!(err.contains("sm_70") && err.contains("compute_75"), "{err}");
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -33,34 +33,88 @@ pub fn set_ptx_dir(dir: PathBuf) -> Result<(), String> {
         .map_err(|_| "the PTX folder is already set".to_string())
 }
 
-fn file_name(id: ModuleId) -> String {
-    match id {
-        ModuleId::Kernels(dtype) => format!("adanorm_{}.ptx", dtype.name()),
-        ModuleId::Misc => "adanorm_misc.ptx".to_string(),
+/// Which of the two PTX builds (build.rs `ARCHS`) a GPU loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PtxArch {
+    /// compute_80: Ampere and later, native bf16/f16 pair conversions.
+    Cc80,
+    /// compute_75: Turing (T4).
+    Cc75,
+}
+
+impl PtxArch {
+    /// The build for a GPU of compute capability `cc`; `ADANORM_CUDA_PTX=cc75` forces the
+    /// Turing build on any GPU (to test it on a newer one).
+    pub fn for_device(cc: (i32, i32)) -> PtxArch {
+        if std::env::var("ADANORM_CUDA_PTX").as_deref() == Ok("cc75") || cc < (8, 0) {
+            PtxArch::Cc75
+        } else {
+            PtxArch::Cc80
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            PtxArch::Cc80 => "",
+            PtxArch::Cc75 => "_cc75",
+        }
     }
 }
 
+fn file_name(id: ModuleId, arch: PtxArch) -> String {
+    let stem = match id {
+        ModuleId::Kernels(dtype) => dtype.name(),
+        ModuleId::Misc => "misc",
+    };
+    format!("adanorm_{stem}{}.ptx", arch.suffix())
+}
+
 /// The PTX a context loads: the embedded text, or the override folder's file.
-fn ptx_text(id: ModuleId) -> Result<String, String> {
+fn ptx_text(id: ModuleId, arch: PtxArch) -> Result<String, String> {
     match PTX_DIR.get() {
-        None => Ok(ptx(id).to_string()),
+        None => Ok(ptx(id, arch).to_string()),
         Some(dir) => {
-            let path = dir.join(file_name(id));
+            let path = dir.join(file_name(id, arch));
             std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))
         }
     }
 }
 
 /// The PTX text NVRTC made at build time.
-pub fn ptx(id: ModuleId) -> &'static str {
-    match id {
-        ModuleId::Kernels(DType::F32) => include_str!(concat!(env!("OUT_DIR"), "/adanorm_f32.ptx")),
-        ModuleId::Kernels(DType::F16) => include_str!(concat!(env!("OUT_DIR"), "/adanorm_f16.ptx")),
-        ModuleId::Kernels(DType::BF16) => {
-            include_str!(concat!(env!("OUT_DIR"), "/adanorm_bf16.ptx"))
-        }
-        ModuleId::Misc => include_str!(concat!(env!("OUT_DIR"), "/adanorm_misc.ptx")),
+pub fn ptx(id: ModuleId, arch: PtxArch) -> &'static str {
+    macro_rules! embedded {
+        ($stem:literal) => {
+            match arch {
+                PtxArch::Cc80 => include_str!(concat!(env!("OUT_DIR"), "/adanorm_", $stem, ".ptx")),
+                PtxArch::Cc75 => {
+                    include_str!(concat!(env!("OUT_DIR"), "/adanorm_", $stem, "_cc75.ptx"))
+                }
+            }
+        };
     }
+    match id {
+        ModuleId::Kernels(DType::F32) => embedded!("f32"),
+        ModuleId::Kernels(DType::F16) => embedded!("f16"),
+        ModuleId::Kernels(DType::BF16) => embedded!("bf16"),
+        ModuleId::Misc => embedded!("misc"),
+    }
+}
+
+/// The compute capability of the current context's GPU.
+fn current_compute_capability(d: &Driver) -> Result<(i32, i32), String> {
+    let mut dev = 0;
+    // SAFETY: writes the current context's device; the caller made a context current.
+    driver::check(d, unsafe { (d.ctx_get_device)(&mut dev) }, "cuCtxGetDevice")?;
+    let attr = |a| {
+        let mut v = 0;
+        // SAFETY: writes one int for a valid device and attribute.
+        let r = unsafe { (d.device_get_attribute)(&mut v, a, dev) };
+        driver::check(d, r, "cuDeviceGetAttribute").map(|_| v)
+    };
+    Ok((
+        attr(driver::ATTR_COMPUTE_CAPABILITY_MAJOR)?,
+        attr(driver::ATTR_COMPUTE_CAPABILITY_MINOR)?,
+    ))
 }
 
 /// `major.minor` of the NVRTC that compiled the PTX.
@@ -106,7 +160,9 @@ pub fn functions(d: &Driver, context_key: u64, id: ModuleId) -> Result<&'static 
 }
 
 fn load(d: &Driver, id: ModuleId) -> Result<Functions, String> {
-    let text = CString::new(ptx_text(id)?).map_err(|_| format!("{id:?} PTX holds a NUL byte"))?;
+    let arch = PtxArch::for_device(current_compute_capability(d)?);
+    let text =
+        CString::new(ptx_text(id, arch)?).map_err(|_| format!("{id:?} PTX holds a NUL byte"))?;
     let mut log = vec![0u8; 8192];
     let mut options = [
         driver::JIT_ERROR_LOG_BUFFER,
@@ -173,17 +229,36 @@ mod tests {
             .chain([ModuleId::Misc]);
         for id in ids {
             let mut want = names(id);
-            let mut got = entries(ptx(id));
+            let mut got = entries(ptx(id, PtxArch::Cc80));
+            let mut turing = entries(ptx(id, PtxArch::Cc75));
+            turing.sort();
             want.sort();
             got.sort();
             assert_eq!(got, want, "{id:?}");
+            assert_eq!(turing, want, "{id:?} (compute_75)");
         }
     }
 
     #[test]
-    fn ptx_targets_compute_80() {
+    fn each_build_targets_its_architecture() {
         for dtype in DType::ALL {
-            assert!(ptx(ModuleId::Kernels(dtype)).contains(".target sm_80"));
+            let id = ModuleId::Kernels(dtype);
+            assert!(ptx(id, PtxArch::Cc80).contains(".target sm_80"));
+            assert!(ptx(id, PtxArch::Cc75).contains(".target sm_75"));
         }
+        assert_eq!(
+            crate::MIN_COMPUTE_CAPABILITY,
+            (7, 5),
+            "the oldest build is the floor"
+        );
+    }
+
+    #[test]
+    fn gpus_get_the_build_for_their_generation() {
+        if std::env::var_os("ADANORM_CUDA_PTX").is_none() {
+            assert_eq!(PtxArch::for_device((9, 0)), PtxArch::Cc80);
+            assert_eq!(PtxArch::for_device((8, 0)), PtxArch::Cc80);
+        }
+        assert_eq!(PtxArch::for_device((7, 5)), PtxArch::Cc75);
     }
 }

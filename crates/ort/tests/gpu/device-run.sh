@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on a lent GPU machine, after stage.sh's parts were carried (see stage.sh): unpacks
 # onnxruntime-gpu into /tmp, then runs and logs to $OUT
-#   1. adanorm-cuda's GPU tests (the kernels against the reference, no ONNX Runtime),
+#   1. adanorm-cuda's GPU tests (the kernels against the reference, no ONNX Runtime), once more
+#      with the Turing (compute_75) PTX,
 #   2. crates/ort/tests/python/test_cuda.py through onnxruntime-gpu's CUDAExecutionProvider,
 #   3. bench_ort_cuda.py (ours vs ORT's CUDA LayerNormalization) and the kernels' bandwidth bench.
 # Every step runs even if an earlier one failed; the exit status is the first failure's.
@@ -62,6 +63,8 @@ python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.__fil
 
 lib="$carry/rest/libadanorm_ort.so"
 step kernels-gpu-tests "$carry/rest/gpu-tests" --test-threads=1
+# The compute_75 build Turing GPUs load, run on this newer GPU.
+step kernels-gpu-tests-cc75 env ADANORM_CUDA_PTX=cc75 "$carry/rest/gpu-tests" --test-threads=1
 step ort-cuda-tests bash -c "cd '$root/crates/ort/tests/python' && ADANORM_ORT_LIB='$lib' python3 -m unittest -v test_cuda"
 step bench-ort-cuda python3 "$root/crates/ort/bench/bench_ort_cuda.py" --lib "$lib"
 step bench-kernels "$carry/rest/gpu-bandwidth"
