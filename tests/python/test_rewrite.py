@@ -221,11 +221,13 @@ def nodes_everywhere(graph):
 
 
 class Subgraphs(unittest.TestCase):
-    """LayerNorms inside If branches, a Loop body and a nested If (fixtures/subgraphs/make.py)."""
+    """LayerNorms inside If branches, a Loop body, a nested If (fixtures/subgraphs/make.py) and a real
+    HF optimum merged decoder (fixtures/subgraphs/export_gpt2_merged.py)."""
 
     def test_portable_rewrites_run_in_stock_onnxruntime_and_revert_exactly(self):
         with tempfile.TemporaryDirectory() as tmp:
-            for name, count, tol in [("if_branches", 2, 1e-4), ("loop_body", 1, 1e-4), ("nested_if", 1, 3e-2)]:
+            for name, count, tol in [("if_branches", 2, 1e-4), ("loop_body", 1, 1e-4), ("nested_if", 1, 3e-2),
+                                     ("gpt2_merged_optimum_op14", 10, 1e-4)]:
                 with self.subTest(model=name):
                     src = os.path.join(SUBGRAPHS, name, "model.onnx")
                     before = sha(src)
