@@ -4,7 +4,7 @@
 //! - [`onnx`]: tract's ONNX framework with both ops registered.
 //! - [`model_for_path`] / [`run_model`]: load (inlining model-local functions first) and run.
 //! - [`inline_functions`]: splices `ModelProto.functions` calls into the graph, which tract
-//!   itself does not do.
+//!   itself does not do (the inliner is `adanorm-proto`'s, shared with the CLI).
 //! - [`NormOp`]: the op itself; the math is `adanorm_kernels`.
 //!
 //! ```no_run
@@ -22,7 +22,6 @@
 
 mod builder;
 mod eval;
-mod inline;
 mod load;
 mod node_checks;
 mod op;
@@ -32,8 +31,7 @@ mod op;
 pub use tract_onnx;
 
 pub use builder::register;
-pub use inline::{inline_functions, inline_functions_with_defaults, FunctionAttributeDefaults};
-pub use load::{model_for_path, proto_for_path, run_model};
+pub use load::{inline_functions, model_for_path, proto_for_path, run_model};
 pub use op::NormOp;
 
 /// tract's ONNX framework with `AdaNorm` and `LayerNormSimple` registered.

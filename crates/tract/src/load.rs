@@ -9,21 +9,35 @@ use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
-use crate::inline::{inline_functions_with_defaults, FunctionAttributeDefaults};
 use crate::node_checks::check_adanorm_nodes;
 
 /// Reads an ONNX file into tract's protobuf types with every model-local function inlined
 /// (attribute defaults included) and the `ai.adanorm` nodes checked.
+///
+/// tract never reads `ModelProto.functions`: a call would parse as an unimplemented op, or, for
+/// a function named like a standard op (`local.Relu`), silently as tract's own op, since tract
+/// ignores node domains. So calls are inlined first, on the full ONNX types (`adanorm-proto`;
+/// tract's types lack the functions' attribute defaults). The `ai.adanorm` op bodies that
+/// `rewrite --portable` adds stay calls and run as the native ops.
 pub fn proto_for_path(path: &Path) -> TractResult<ModelProto> {
     let file = File::open(path).with_context(|| format!("Opening {}", path.display()))?;
     // Safety: as tract itself does, this assumes nobody truncates the file while it is mapped.
     let map = unsafe { memmap2::Mmap::map(&file) }
         .with_context(|| format!("Mapping {}", path.display()))?;
-    let mut proto = ModelProto::decode(&*map)
+    // Tensor payloads stay slices of the map in the full types too.
+    let bytes = bytes::Bytes::from_owner(map);
+    let mut full = adanorm_proto::onnx::ModelProto::decode(bytes.clone())
         .with_context(|| format!("Decoding {} as an ONNX model", path.display()))?;
-    let defaults = FunctionAttributeDefaults::from_model_bytes(&map)?;
-    inline_functions_with_defaults(&mut proto, &defaults)
-        .with_context(|| format!("Inlining the functions of {}", path.display()))?;
+    let inlined = adanorm_proto::inline::inline_functions(&mut full, None)
+        .map_err(|e| anyhow!("Inlining the functions of {}: {e}", path.display()))?;
+    let mut proto = if inlined.is_empty() {
+        ModelProto::decode(&bytes[..])
+    } else {
+        ModelProto::decode(&full.encode_to_vec()[..])
+    }
+    .with_context(|| format!("Decoding {} as an ONNX model", path.display()))?;
+    // What is left are the `ai.adanorm` op bodies, which run as the native ops.
+    proto.functions.clear();
     check_adanorm_nodes(&proto).with_context(|| format!("Checking {}", path.display()))?;
     forget_intermediate_shapes(&mut proto);
     Ok(proto)
@@ -43,6 +57,17 @@ fn forget_intermediate_shapes(proto: &mut ModelProto) {
             }
         }
     }
+}
+
+/// Inlines every call of a model-local function in tract's protobuf types (what
+/// [`proto_for_path`] does for files). tract's types do not carry the functions' attribute
+/// defaults, so a reference with no value at the call is dropped and the op's own default
+/// applies; files keep their defaults through [`proto_for_path`].
+pub fn inline_functions(proto: &mut ModelProto) -> TractResult<()> {
+    let mut full = adanorm_proto::onnx::ModelProto::decode(&proto.encode_to_vec()[..])?;
+    adanorm_proto::inline::inline_functions(&mut full, None).map_err(|e| anyhow!("{e}"))?;
+    *proto = ModelProto::decode(&full.encode_to_vec()[..])?;
+    Ok(())
 }
 
 /// Loads an ONNX file as a tract model with the `ai.adanorm` ops: reads the proto, inlines
