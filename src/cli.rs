@@ -219,23 +219,41 @@ fn write_outcome(
     save_model(&o.model, out, force)
 }
 
+/// Loads a model for `inspect`/`fuse`/`rewrite`, with the calls of model-local functions that
+/// hold a LayerNorm inlined (`patterns::functions`); also returns those functions' names.
+fn load_for_matching(path: &Path) -> Result<(crate::onnx::Model, Vec<String>)> {
+    crate::patterns::functions::inline_functions_with_matches(load_model(path)?)
+}
+
+fn print_inlined(inlined: &[String]) {
+    if !inlined.is_empty() {
+        println!(
+            "note: the calls of model-local function(s) {} were inlined to reach the \
+             normalisations inside them",
+            inlined.join(", ")
+        );
+    }
+}
+
 /// Runs a command; returns the process exit code on success.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Inspect { model, json } => {
-            let loaded = load_model(&model)?;
+            let (loaded, inlined) = load_for_matching(&model)?;
             let g = GraphIndex::build(&loaded)?;
             let subgraphs = g.subgraphs()?;
             let found = crate::patterns::find_matches_everywhere(&g, &subgraphs);
             let shown = model.display().to_string();
             if json {
+                let mut report = report::inspect_json(&shown, &found);
+                report["inlined_functions"] = serde_json::json!(inlined);
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&report::inspect_json(&shown, &found))
-                        .expect("JSON of plain values")
+                    serde_json::to_string_pretty(&report).expect("JSON of plain values")
                 );
             } else {
                 print!("{}", report::inspect_table(&shown, &found));
+                print_inlined(&inlined);
             }
             Ok(0)
         }
@@ -244,7 +262,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             output,
             force,
         } => {
-            let loaded = load_model(&model)?;
+            let (loaded, inlined) = load_for_matching(&model)?;
             let g = GraphIndex::build(&loaded)?;
             let opts = Options {
                 target: Target::Same,
@@ -258,6 +276,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let out = output.unwrap_or_else(|| beside(&model, ".fused.onnx"));
             write_outcome(&model, &out, force, None, &o)?;
             print_outcome("fused", &model, &out, &o);
+            print_inlined(&inlined);
             Ok(0)
         }
         Command::Rewrite {
@@ -271,7 +290,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             weights_out,
             portable,
         } => {
-            let loaded = load_model(&model)?;
+            let (loaded, inlined) = load_for_matching(&model)?;
             let g = GraphIndex::build(&loaded)?;
             let target = match to {
                 To::Adanorm => Target::AdaNorm,
@@ -296,6 +315,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 weights_out.or_else(|| Some(beside(&model, ".adanorm.weights.safetensors")));
             write_outcome(&model, &out, force, weights_out, &o)?;
             print_outcome("rewrote", &model, &out, &o);
+            print_inlined(&inlined);
             Ok(0)
         }
         Command::Run {

@@ -19,6 +19,16 @@ pub struct Model {
 }
 
 impl Model {
+    /// Another version of this model (e.g. with functions inlined), read from the same place:
+    /// same path, external data resolved in the same directory.
+    pub fn with_proto(&self, proto: ModelProto) -> Model {
+        Model {
+            path: self.path.clone(),
+            external: ExternalData::new(self.external.base_dir()),
+            proto,
+        }
+    }
+
     pub fn graph(&self) -> &GraphProto {
         self.proto.graph.as_ref().expect("checked at load")
     }

@@ -12,6 +12,7 @@ pub mod canon;
 pub mod cover;
 pub mod decomposed;
 pub mod function_body;
+pub mod functions;
 pub mod fused;
 pub mod stats;
 

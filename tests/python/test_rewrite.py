@@ -257,5 +257,34 @@ class Subgraphs(unittest.TestCase):
                     self.assertEqual(sha(src), before)
 
 
+FUNCTIONS = os.path.join(ROOT, "fixtures", "functions", "torch_modules_as_functions_op15")
+
+
+class Functions(unittest.TestCase):
+    """LayerNorms inside model-local functions (fixtures/functions/export.py)."""
+
+    def test_calls_are_inlined_rewritten_and_run_in_stock_onnxruntime(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(FUNCTIONS, "model.onnx")
+            before = sha(src)
+            feeds = dict(np.load(os.path.join(FUNCTIONS, "inputs.npz")))
+            ref = np.load(os.path.join(FUNCTIONS, "ref_output.npz"))
+            p = os.path.join(tmp, "portable.onnx")
+            out = cli("rewrite", src, "-o", p, "--to", "simple", "--portable").stdout
+            self.assertIn("torch.nn.modules.normalization.LayerNorm were inlined", out)
+            r = os.path.join(tmp, "reverted.onnx")
+            cli("revert", p, "-o", r)
+            for path in [p, r]:
+                m = onnx.load(path)
+                onnx.checker.check_model(m, full_check=True)
+                onnx.shape_inference.infer_shapes(m, strict_mode=True)
+                self.assertFalse(any(f.domain == "torch.nn.modules.normalization" for f in m.functions))
+                got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)
+                for want, o in zip(ref.values(), got):
+                    self.assertLessEqual(float(np.max(np.abs(o - want))), 1e-5, path)
+            self.assertEqual(sum(n.domain == "ai.adanorm" for n in onnx.load(p).graph.node), 2)
+            self.assertEqual(sha(src), before)
+
+
 if __name__ == "__main__":
     unittest.main(argv=[sys.argv[0], "-v"])

@@ -104,7 +104,13 @@ pub fn inline_functions(
         .flat_map(|f| f.opset_import.clone())
         .collect();
     for import in imports {
-        let canon = |d: &str| if d == "ai.onnx" { String::new() } else { d.to_string() };
+        let canon = |d: &str| {
+            if d == "ai.onnx" {
+                String::new()
+            } else {
+                d.to_string()
+            }
+        };
         let imported = model
             .opset_import
             .iter()
@@ -254,7 +260,11 @@ impl Inliner<'_> {
                     rename_free_names(g, &|name| renames.read(name), &HashSet::new());
                 }
             }
-            resolve_attribute_refs(&mut node.attribute, &call.attribute, &function.attribute_proto);
+            resolve_attribute_refs(
+                &mut node.attribute,
+                &call.attribute,
+                &function.attribute_proto,
+            );
         }
         // A formal output that is also a formal input: nothing in the body produces it.
         for (ix, formal) in function.output.iter().enumerate() {
@@ -442,7 +452,12 @@ mod tests {
         }
     }
 
-    fn function(name: &str, inputs: &[&str], outputs: &[&str], body: Vec<NodeProto>) -> FunctionProto {
+    fn function(
+        name: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        body: Vec<NodeProto>,
+    ) -> FunctionProto {
         FunctionProto {
             name: Some(name.into()),
             domain: Some("local".into()),
@@ -488,7 +503,10 @@ mod tests {
             "F",
             &["x"],
             &["y"],
-            vec![node("Neg", "", &["x"], &["t"]), node("Abs", "", &["t"], &["y"])],
+            vec![
+                node("Neg", "", &["x"], &["t"]),
+                node("Abs", "", &["t"], &["y"]),
+            ],
         );
         let mut a = node("F", "local", &["a"], &["b"]);
         a.name = Some("first".into());
@@ -514,9 +532,15 @@ mod tests {
             "F",
             &["x"],
             &["y"],
-            vec![node("Neg", "", &["x"], &["y2"]), node("Neg", "", &["y2"], &["y"])],
+            vec![
+                node("Neg", "", &["x"], &["y2"]),
+                node("Neg", "", &["y2"], &["y"]),
+            ],
         );
-        let mut m = model(vec![node("F", "local", &["__inlined0__F/y2"], &["b"])], vec![f]);
+        let mut m = model(
+            vec![node("F", "local", &["__inlined0__F/y2"], &["b"])],
+            vec![f],
+        );
         inline_functions(&mut m, None).unwrap();
         let nodes = &m.graph.as_ref().unwrap().node;
         assert_eq!(nodes[0].input, ["__inlined0__F/y2"]);
@@ -525,7 +549,12 @@ mod tests {
 
     #[test]
     fn recursion_is_an_error() {
-        let f = function("F", &["x"], &["y"], vec![node("F", "local", &["x"], &["y"])]);
+        let f = function(
+            "F",
+            &["x"],
+            &["y"],
+            vec![node("F", "local", &["x"], &["y"])],
+        );
         let mut m = model(vec![node("F", "local", &["a"], &["b"])], vec![f]);
         let err = inline_functions(&mut m, None).unwrap_err();
         assert!(err.to_string().contains("calls itself"), "{err}");
@@ -533,7 +562,12 @@ mod tests {
 
     #[test]
     fn passthrough_output_and_omitted_output() {
-        let f = function("F", &["x"], &["x", "z"], vec![node("Neg", "", &["x"], &["z"])]);
+        let f = function(
+            "F",
+            &["x"],
+            &["x", "z"],
+            vec![node("Neg", "", &["x"], &["z"])],
+        );
         let mut m = model(vec![node("F", "local", &["a"], &["b"])], vec![f]);
         inline_functions(&mut m, None).unwrap();
         let nodes = &m.graph.as_ref().unwrap().node;
@@ -549,7 +583,11 @@ mod tests {
     #[test]
     fn attribute_references_take_the_call_then_the_default_else_go() {
         let mut body = node("Op", "", &["x"], &["y"]);
-        body.attribute = vec![reference("alpha", "a"), reference("beta", "b"), reference("gamma", "c")];
+        body.attribute = vec![
+            reference("alpha", "a"),
+            reference("beta", "b"),
+            reference("gamma", "c"),
+        ];
         let mut f = function("F", &["x"], &["y"], vec![body]);
         f.attribute_proto = vec![float_attr("b", 2.0), float_attr("a", 9.0)];
         let mut call = node("F", "local", &["x"], &["y"]);
@@ -566,7 +604,12 @@ mod tests {
     fn only_the_chosen_functions_are_inlined_and_own_op_bodies_never() {
         let f = function("F", &["x"], &["y"], vec![node("Neg", "", &["x"], &["y"])]);
         let g = function("G", &["x"], &["y"], vec![node("Abs", "", &["x"], &["y"])]);
-        let mut own = function("AdaNorm", &["X"], &["Y"], vec![node("Identity", "", &["X"], &["Y"])]);
+        let mut own = function(
+            "AdaNorm",
+            &["X"],
+            &["Y"],
+            vec![node("Identity", "", &["X"], &["Y"])],
+        );
         own.domain = Some(OWN_DOMAIN.into());
         let mut m = model(
             vec![
@@ -579,7 +622,14 @@ mod tests {
         let only: HashSet<_> = [key("local", "F", "")].into_iter().collect();
         let inlined = inline_functions(&mut m, Some(&only)).unwrap();
         assert_eq!(inlined, only);
-        let ops: Vec<&str> = m.graph.as_ref().unwrap().node.iter().map(|n| n.op_type()).collect();
+        let ops: Vec<&str> = m
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type())
+            .collect();
         assert_eq!(ops, ["Neg", "G", "AdaNorm"]);
         let left: Vec<&str> = m.functions.iter().map(|f| f.name()).collect();
         assert_eq!(left, ["G", "AdaNorm"]);
@@ -600,7 +650,10 @@ mod tests {
         }];
         let mut m = model(vec![iff], vec![f]);
         inline_functions(&mut m, None).unwrap();
-        let branch = m.graph.as_ref().unwrap().node[0].attribute[0].g.as_ref().unwrap();
+        let branch = m.graph.as_ref().unwrap().node[0].attribute[0]
+            .g
+            .as_ref()
+            .unwrap();
         assert_eq!(branch.node[0].op_type(), "Neg");
         assert_eq!(branch.node[0].input, ["outer"]);
         assert!(m.functions.is_empty());
