@@ -7,8 +7,9 @@
 use std::collections::HashSet;
 
 use adanorm_proto::inline::{
-    calls_in, function_key, inline_functions, is_own_op_body, FunctionKey,
+    call_key, calls_in, function_key, inline_functions, is_own_op_body, FunctionKey,
 };
+use adanorm_proto::onnx::{FunctionProto, NodeProto};
 
 use super::find_matches_everywhere;
 use crate::error::{Error, Result};
@@ -25,9 +26,12 @@ pub fn inline_functions_with_matches(model: Model) -> Result<(Model, Vec<String>
         .filter(|f| !is_own_op_body(f))
         .map(function_key)
         .collect();
+    // Only functions that hold (or call one that holds) an op a normalisation is made of are
+    // tried: an exporter can write hundreds of module functions.
+    let candidates = holding_norm_ops(&model.proto.functions);
     let mut called: Vec<FunctionKey> = calls_in(&model.proto)
         .into_iter()
-        .filter(|k| library.contains(k))
+        .filter(|k| library.contains(k) && candidates.contains(k))
         .collect();
     if called.is_empty() {
         return Ok((model, Vec::new()));
@@ -49,6 +53,46 @@ pub fn inline_functions_with_matches(model: Model) -> Result<(Model, Vec<String>
     Ok((inlined(&model, &chosen)?, names))
 }
 
+/// Ops every recognised normalisation contains one of (decomposed: the mean; Keras: the pool).
+const NORM_OPS: [&str; 10] = [
+    "ReduceMean",
+    "GlobalAveragePool",
+    "LayerNormalization",
+    "SimplifiedLayerNormalization",
+    "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "EmbedLayerNormalization",
+    "RMSNormalization",
+    "AdaNorm",
+    "LayerNormSimple",
+];
+
+/// Functions whose bodies hold a [`NORM_OPS`] node, directly, in a subgraph, or through a call
+/// of another such function.
+fn holding_norm_ops(functions: &[FunctionProto]) -> HashSet<FunctionKey> {
+    fn has(nodes: &[NodeProto], known: &HashSet<FunctionKey>) -> bool {
+        nodes.iter().any(|n| {
+            NORM_OPS.contains(&n.op_type())
+                || known.contains(&call_key(n))
+                || n.attribute
+                    .iter()
+                    .any(|a| a.g.iter().chain(&a.graphs).any(|g| has(&g.node, known)))
+        })
+    }
+    let mut known = HashSet::new();
+    loop {
+        let before = known.len();
+        for f in functions {
+            if !known.contains(&function_key(f)) && has(&f.node, &known) {
+                known.insert(function_key(f));
+            }
+        }
+        if known.len() == before {
+            return known;
+        }
+    }
+}
+
 fn inlined(model: &Model, only: &HashSet<FunctionKey>) -> Result<Model> {
     let mut proto = model.proto.clone(); // tensor payloads are shared, not copied
     inline_functions(&mut proto, Some(only)).map_err(|e| {
@@ -64,4 +108,41 @@ fn count_matches(model: &Model) -> Result<usize> {
         .iter()
         .map(|(_, ms)| ms.len())
         .sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(name: &str, ops: &[(&str, &str)]) -> FunctionProto {
+        FunctionProto {
+            name: Some(name.into()),
+            domain: Some("m".into()),
+            node: ops
+                .iter()
+                .map(|(op, domain)| NodeProto {
+                    op_type: Some(op.to_string()),
+                    domain: Some(domain.to_string()),
+                    ..NodeProto::default()
+                })
+                .collect(),
+            ..FunctionProto::default()
+        }
+    }
+
+    #[test]
+    fn only_functions_reaching_a_normalisation_op_are_candidates() {
+        let functions = [
+            f("Encoder", &[("Block", "m"), ("Relu", "")]),
+            f("Block", &[("MatMul", ""), ("LayerNorm", "m")]),
+            f("LayerNorm", &[("ReduceMean", ""), ("Sub", "")]),
+            f("Mlp", &[("MatMul", ""), ("Gelu", "")]),
+        ];
+        let mut got: Vec<String> = holding_norm_ops(&functions)
+            .into_iter()
+            .map(|k| k.1)
+            .collect();
+        got.sort();
+        assert_eq!(got, ["Block", "Encoder", "LayerNorm"]);
+    }
 }
