@@ -4,6 +4,8 @@
 //! Fixtures: `fixtures/subgraphs/make.py`, and a real merged decoder from HF optimum
 //! (`fixtures/subgraphs/export_gpt2_merged.py`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use adanorm_onnx::graph::GraphIndex;
@@ -21,14 +23,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn opts(target: Target, affine: Affine, ck: Option<(f64, f64)>) -> Options {
-    Options {
-        target,
-        c: ck.map(|x| x.0),
-        k: ck.map(|x| x.1),
-        affine,
-        portable: false,
-        include_fused: true,
-    }
+    common::rewrite_options(target, affine, ck, true)
 }
 
 /// (graph label, node count) of every match.

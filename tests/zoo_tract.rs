@@ -4,6 +4,8 @@
 //! rewrite with its weights; AdaNorm and LayerNorm-simple models rewritten to their own kind.
 //! Tolerances: fp32 1e-4, fp16 3e-2, as max |out - ref| / max(1, |ref|).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use adanorm_onnx::graph::GraphIndex;
@@ -26,16 +28,7 @@ fn zoo() -> Vec<PathBuf> {
     v
 }
 
-fn opts(target: Target, affine: Affine, ck: Option<(f64, f64)>, include_fused: bool) -> Options {
-    Options {
-        target,
-        c: ck.map(|x| x.0),
-        k: ck.map(|x| x.1),
-        affine,
-        portable: false,
-        include_fused,
-    }
-}
+use common::rewrite_options as opts;
 
 /// Rewrites `case`'s model with `o`, saves it (and its weights) in `dir`, returns the path.
 fn rewritten(case: &Path, dir: &Path, tag: &str, o: &Options) -> (PathBuf, Option<PathBuf>, usize) {
@@ -164,8 +157,6 @@ fn adanorm_and_lnsimple_rewritten_to_their_own_kind_match_in_tract() {
         assert_matches_reference(&case, &out);
     }
 }
-
-mod common;
 
 /// A channels-first LayerNorm over axis 1 of a rank-3 `[N, C, L]` input whose gain is computed
 /// (`Identity` of a `[C, 1]` initializer, so the rewrite reshapes it) and whose bias is a

@@ -333,20 +333,43 @@ fn fit_param(
         return None;
     }
     let dims: Vec<i64> = rest.iter().map(|d| d.known()).collect::<Option<_>>()?;
+    Some(reshaped_param(
+        g,
+        p,
+        node_name,
+        Some(dims.clone()),
+        &dims,
+        patch,
+        insert,
+    ))
+}
+
+/// `p` under a new name with another shape: a renamed view of the initializer's bytes with
+/// dims `view` when `p` is an initializer and `view` is known, else a `Reshape` of `p` to
+/// `target` (which may hold -1).
+fn reshaped_param(
+    g: &GraphIndex<'_>,
+    p: &str,
+    node_name: &str,
+    view: Option<Vec<i64>>,
+    target: &[i64],
+    patch: &mut Patch,
+    insert: &mut Vec<NodeProto>,
+) -> String {
     let fitted = format!("{p}:{node_name}");
-    match g.initializer(p).filter(|_| !g.is_graph_input(p)) {
-        Some(t) => {
+    match (g.initializer(p).filter(|_| !g.is_graph_input(p)), view) {
+        (Some(t), Some(dims)) => {
             let mut t = t.clone(); // payload bytes are shared, not copied
             t.name = Some(fitted.clone());
             t.dims = dims;
             patch.add_initializers.push(t);
         }
-        None => {
+        _ => {
             let shape_name = format!("{fitted}/shape");
-            let values: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
+            let values: Vec<u8> = target.iter().flat_map(|d| d.to_le_bytes()).collect();
             patch.add_initializers.push(TensorProto {
                 name: Some(shape_name.clone()),
-                dims: vec![dims.len() as i64],
+                dims: vec![target.len() as i64],
                 data_type: Some(7),
                 raw_data: Some(values.into()),
                 ..Default::default()
@@ -360,7 +383,7 @@ fn fit_param(
             });
         }
     }
-    Some(fitted)
+    fitted
 }
 
 /// The permutations that move axis 1 of a rank-`rank` tensor last (`[0, 2, .., r-1, 1]`) and
@@ -397,36 +420,18 @@ fn channel_param(
     patch: &mut Patch,
     insert: &mut Vec<NodeProto>,
 ) -> String {
-    let fitted = format!("{p}:{node_name}");
     let count = g
         .shape(p)
         .and_then(|s| s.iter().map(|d| d.known()).product::<Option<i64>>());
-    match (g.initializer(p).filter(|_| !g.is_graph_input(p)), count) {
-        (Some(t), Some(count)) => {
-            let mut t = t.clone(); // payload bytes are shared, not copied
-            t.name = Some(fitted.clone());
-            t.dims = vec![count];
-            patch.add_initializers.push(t);
-        }
-        _ => {
-            let shape_name = format!("{fitted}/shape");
-            patch.add_initializers.push(TensorProto {
-                name: Some(shape_name.clone()),
-                dims: vec![1],
-                data_type: Some(7),
-                raw_data: Some((-1i64).to_le_bytes().to_vec().into()),
-                ..Default::default()
-            });
-            insert.push(NodeProto {
-                name: Some(format!("{fitted}/Reshape")),
-                op_type: Some("Reshape".into()),
-                input: vec![p.to_string(), shape_name],
-                output: vec![fitted.clone()],
-                ..Default::default()
-            });
-        }
-    }
-    fitted
+    reshaped_param(
+        g,
+        p,
+        node_name,
+        count.map(|c| vec![c]),
+        &[-1],
+        patch,
+        insert,
+    )
 }
 
 /// `SkipLayerNormalization(input, skip, gamma, beta, bias)`: the residual sum becomes an `Add`

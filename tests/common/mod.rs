@@ -303,3 +303,20 @@ pub fn mul_by_weight() -> Builder {
     b.output("out", F32);
     b
 }
+
+/// Rewrite options as the CLI builds them (`portable` off).
+pub fn rewrite_options(
+    target: adanorm_onnx::rewrite::Target,
+    affine: adanorm_onnx::rewrite::Affine,
+    ck: Option<(f64, f64)>,
+    include_fused: bool,
+) -> adanorm_onnx::rewrite::Options {
+    adanorm_onnx::rewrite::Options {
+        target,
+        c: ck.map(|x| x.0),
+        k: ck.map(|x| x.1),
+        affine,
+        portable: false,
+        include_fused,
+    }
+}
