@@ -21,6 +21,9 @@ use crate::kernel::Kernel;
 use crate::status::Error;
 use crate::tensor::{Input, KernelIo};
 
+/// Set to `1`, the CUDA records are never registered (the nodes run on the CPU kernels).
+pub const DISABLE_ENV: &str = "ADANORM_ORT_DISABLE_CUDA";
+
 /// The onnxruntime release whose C API (18) added `KernelContext_GetScratchBuffer`.
 const SCRATCH_MIN_VERSION: (u32, u32) = (1, 18);
 
@@ -29,6 +32,10 @@ const SCRATCH_MIN_VERSION: (u32, u32) = (1, 18);
 pub fn registration() -> &'static Result<DeviceInfo, String> {
     static DECISION: OnceLock<Result<DeviceInfo, String>> = OnceLock::new();
     DECISION.get_or_init(|| {
+        if std::env::var_os(DISABLE_ENV).is_some_and(|v| v == "1") {
+            // Also keeps the driver uninitialised (no cuInit), for processes that fork later.
+            return Err(format!("disabled by {DISABLE_ENV}=1"));
+        }
         let decision = adanorm_cuda::available().and_then(|info| {
             info.check_runs_embedded_ptx()
                 .map(|()| info)

@@ -256,6 +256,17 @@ def layer_normalization_model(dtype):
 CHILD = "ADANORM_TEST_CUDA_CHILD"
 
 
+class OptOut(unittest.TestCase):
+    def test_the_environment_switch_keeps_the_cuda_kernels_off(self):
+        code = ("import ctypes, os; d = ctypes.CDLL(os.environ['ADANORM_ORT_LIB']); "
+                "d.adanorm_ort_cuda_status.restype = ctypes.c_char_p; print(d.adanorm_ort_cuda_status().decode())")
+        env = dict(os.environ, ADANORM_ORT_LIB=lib.LIB, ADANORM_ORT_DISABLE_CUDA="1",
+                   ADANORM_ORT_TEST_HOOKS="1", ADANORM_ORT_TEST_CUDA_RECORDS="1")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.strip(), "not registered: disabled by ADANORM_ORT_DISABLE_CUDA=1")
+
+
 class CudaRecordsBesideCpuSessions(unittest.TestCase):
     def test_cpu_sessions_are_unchanged(self):
         env = dict(os.environ, ADANORM_ORT_TEST_HOOKS="1", ADANORM_ORT_TEST_CUDA_RECORDS="1")
