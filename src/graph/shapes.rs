@@ -453,6 +453,47 @@ fn infer_node(
                 t.map(|t| t.dims.iter().map(|&d| Dim::Known(d)).collect()),
             )
         }
+        // Ops whose outputs keep the data input's element type, shape not followed: the type
+        // still has to flow past them (a `--portable` body is typed by its input; Swin reaches
+        // its LayerNorms through Slice/Pad/Concat of windows).
+        "Slice"
+        | "Pad"
+        | "Expand"
+        | "Tile"
+        | "Split"
+        | "Resize"
+        | "Upsample"
+        | "ScatterND"
+        | "ScatterElements"
+        | "GatherElements"
+        | "GatherND"
+        | "DepthToSpace"
+        | "SpaceToDepth"
+        | "InstanceNormalization"
+        | "BatchNormalization"
+        | "MeanVarianceNormalization"
+        | "HardSwish"
+        | "Elu"
+        | "Selu"
+        | "Celu"
+        | "Softplus"
+        | "Softsign"
+        | "Mish"
+        | "Trilu"
+        | "CumSum"
+        | "LogSoftmax"
+        | "ReduceLogSumExp"
+        | "Sign"
+        | "ThresholdedRelu"
+        | "Einsum"
+        | "ReverseSequence"
+        | "Compress" => {
+            let t = ValueFacts {
+                elem_type: in_type(0),
+                shape: None,
+            };
+            vec![t; node.output.len().max(1)]
+        }
         _ => vec![],
     }
 }

@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ZOO = os.path.join(ROOT, "fixtures", "zoo")
 BIN = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target", "debug", "adanorm-onnx")
 
-FP16 = {"bert_legacy_op14_fp16half"}
+FP16 = {"bert_legacy_op14_fp16half", "vit_legacy_op14_fp16half"}
 MODELS = sorted(d for d in os.listdir(ZOO) if os.path.exists(os.path.join(ZOO, d, "model.onnx")))
 
 
