@@ -769,3 +769,60 @@ fn a_variance_without_keepdims_and_no_reshape_is_not_a_match() {
     }
     assert!(b.matches().is_empty());
 }
+
+// ---- Keras 2's fused LayerNormalization (tf2onnx BatchNormalization) ----
+
+/// `x [2, 5, 8]` viewed as `[1, 10, 8, 1]`, normalised by BatchNormalization with batch statistics
+/// over `stat_axes` of the view, `bn_scale` as its scale, reshaped back, scaled by `gamma`.
+fn keras_batchnorm(stat_axes: &[i64], bn_scale: f32) -> Builder {
+    let mut b = Builder::new(13);
+    let x = b.input("x", F32, &[2, 5, 8]);
+    let view_shape = b.constant_typed(I64, &[4], &[1.0, -1.0, 8.0, 1.0]);
+    let view = b.op("Reshape", &[&x, &view_shape], vec![]);
+    let m = b.op(
+        "ReduceMean",
+        &[&view],
+        vec![("axes", A::Is(stat_axes.to_vec())), ("keepdims", A::I(1))],
+    );
+    let d = b.op("Sub", &[&view, &m], vec![]);
+    let ss = b.op(
+        "ReduceSumSquare",
+        &[&d],
+        vec![("axes", A::Is(stat_axes.to_vec())), ("keepdims", A::I(0))],
+    );
+    let squeeze_axes = b.constant_typed(I64, &[3], &[0.0, 2.0, 3.0]);
+    let mean = b.op("Squeeze", &[&m, &squeeze_axes], vec![]);
+    let count = b.constant(8.0);
+    let var = b.op("Div", &[&ss, &count], vec![]);
+    let ones = b.init("ones", &[10], &[bn_scale; 10]);
+    let zeros = b.init("zeros", &[10], &[0.0; 10]);
+    let n = b.op(
+        "BatchNormalization",
+        &[&view, &ones, &zeros, &mean, &var],
+        vec![("epsilon", A::F(1e-3))],
+    );
+    let back_shape = b.constant_typed(I64, &[3], &[2.0, 5.0, 8.0]);
+    let y = b.op("Reshape", &[&n, &back_shape], vec![]);
+    let g = b.init("gamma", &[8], &[1.5; 8]);
+    let out = b.op("Mul", &[&y, &g], vec![]);
+    b.node_named("c", "Identity", &[&out], &["out"], vec![]);
+    b.output("out", F32);
+    b
+}
+
+#[test]
+fn keras_fused_layernorm_through_batchnormalization_is_a_layernorm() {
+    let m = only(keras_batchnorm(&[0, 2, 3], 1.0).matches());
+    assert_eq!(m.family, Family::LayerNorm);
+    assert!(m.rewritable, "{:?}", m.reason);
+    assert_eq!((m.input.as_str(), m.axis), ("x", Some(-1)));
+    assert!((m.epsilon - 1e-3).abs() < 1e-9 && !m.unbiased && m.eps_in_sqrt);
+    assert_eq!(m.scale.as_deref(), Some("gamma"));
+}
+
+#[test]
+fn batchnormalization_that_is_not_a_layernorm_is_left_alone() {
+    // Statistics over the wrong axes of the view, or a scale other than 1: not a LayerNorm.
+    assert!(keras_batchnorm(&[0, 2], 1.0).matches().is_empty());
+    assert!(keras_batchnorm(&[0, 2, 3], 2.0).matches().is_empty());
+}

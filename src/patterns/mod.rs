@@ -8,6 +8,7 @@
 //! tool can have, so every layer checks keepdims, axes, constants and shapes.
 
 pub mod affine;
+pub mod batchnorm;
 pub mod canon;
 pub mod cover;
 pub mod decomposed;
@@ -97,6 +98,10 @@ pub fn find_matches(g: &GraphIndex<'_>) -> Vec<Match> {
         .flat_map(|m| m.nodes.iter().copied())
         .collect();
     for m in decomposed::find(g, &claimed) {
+        claimed.extend(m.nodes.iter().copied());
+        matches.push(m);
+    }
+    for m in batchnorm::find(g, &claimed) {
         claimed.extend(m.nodes.iter().copied());
         matches.push(m);
     }

@@ -1,0 +1,260 @@
+//! Keras' fused LayerNormalization as tf2onnx converts it (tf_keras / Keras 2, the default path
+//! whenever epsilon >= 1.001e-5): the rows are reshaped into the channels of a 4-D view,
+//! normalised by a `BatchNormalization` with unit scale, zero bias and batch statistics computed
+//! in the graph, reshaped back, then scaled and shifted:
+//!
+//! ```text
+//! v    = Reshape(x, [1, -1, H, 1])                      rows -> axis 1, a row's H values -> 2..
+//! m    = ReduceMean(v, axes=[0,2,3], keepdims=1)
+//! var  = ReduceSumSquare(v - m, axes=[0,2,3], keepdims=0) / count
+//! n    = BatchNormalization(v, 1, 0, Squeeze(m), var, epsilon)
+//! y    = Reshape(n, Shape(x)) * gamma + beta
+//! ```
+//!
+//! which is a LayerNorm of `x` over its trailing axes holding those H values (biased variance,
+//! epsilon inside the root). Every piece is checked: the view puts whole rows on axis 1, both
+//! statistics reduce every other axis of that view, the count is the row length, the scale and
+//! bias are exactly 1 and 0, and the result is reshaped back to `x`'s own shape.
+
+use std::collections::HashSet;
+
+use super::affine::tail;
+use super::canon::{Axes, Canon};
+use super::cover::finish;
+use super::decomposed::Candidate;
+use super::stats::{Stats, VarianceForm};
+use super::{Family, Match};
+use crate::graph::{GraphIndex, NodeId};
+use crate::onnx::attr;
+
+pub fn find(g: &GraphIndex<'_>, claimed: &HashSet<NodeId>) -> Vec<Match> {
+    let c = Canon::new(g);
+    let mut used = claimed.clone();
+    let mut out = Vec::new();
+    for &id in g.topological() {
+        if used.contains(&id) || c.g.node(id).op_type() != "BatchNormalization" {
+            continue;
+        }
+        let Some((stats, cand)) = read(&c, id) else {
+            continue;
+        };
+        let m = finish(&c, &stats, cand);
+        if m.nodes.iter().any(|n| used.contains(n)) {
+            continue;
+        }
+        used.extend(m.nodes.iter().copied());
+        out.push(m);
+    }
+    out
+}
+
+fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<(Stats, Candidate)> {
+    let g = c.g;
+    let bn = g.node(bn_id);
+    let std_domain = bn.domain().is_empty() || bn.domain() == "ai.onnx";
+    // Inference form only: one output, no training mode.
+    if !std_domain
+        || bn.input.len() != 5
+        || bn.output.iter().skip(1).any(|o| !o.is_empty())
+        || attr::int(bn, "training_mode").unwrap_or(0) != 0
+    {
+        return None;
+    }
+    let epsilon = attr::float(bn, "epsilon").map_or(1e-5, |e| e as f64);
+    let [view, scale, bias, mean, var] = [0, 1, 2, 3, 4].map(|i| bn.input[i].as_str());
+    let mut core = vec![bn_id];
+    let mut aux = Vec::new();
+
+    // The view: whole rows of x on axis 1.
+    let (view_id, view_node) = c.op(view, "Reshape")?;
+    core.push(view_id);
+    let x = view_node.input.first()?.clone();
+    let target = g.constant(view_node.input.get(1)?)?;
+    let target = target.as_ints()?;
+    if target.len() < 3 || target[0] != 1 || g.rank(view) != Some(target.len()) {
+        return None;
+    }
+    let row_len: i64 = target[2..]
+        .iter()
+        .map(|&d| (d > 0).then_some(d))
+        .product::<Option<i64>>()?;
+    let x_shape = g.shape(&x)?;
+    let r = x_shape.len();
+    // The fewest trailing axes of x holding exactly the row's values.
+    let k = (1..=r).find(|&k| {
+        x_shape[r - k..]
+            .iter()
+            .map(|d| d.known())
+            .product::<Option<i64>>()
+            == Some(row_len)
+    })?;
+    if target[1] > 0 {
+        let rows: Option<i64> = x_shape[..r - k].iter().map(|d| d.known()).product();
+        if rows != Some(target[1]) {
+            return None;
+        }
+    }
+    let others: Vec<i64> = std::iter::once(0).chain(2..target.len() as i64).collect();
+    let view_axes = Axes::new(&others, Some(target.len()))?;
+
+    // The mean: ReduceMean over every axis but 1, kept, then squeezed for the op.
+    let (sq_id, sq) = c.op(mean, "Squeeze")?;
+    let kept_mean = sq.input.first()?.clone();
+    let squeezed = attr::ints(sq, "axes")
+        .map(<[i64]>::to_vec)
+        .or_else(|| g.constant(sq.input.get(1)?)?.as_ints().map(<[i64]>::to_vec))?;
+    if !Axes::new(&squeezed, Some(target.len()))?.same_as(&view_axes) {
+        return None;
+    }
+    let m = c.mean_of(&kept_mean)?;
+    if m.input != view || !m.axes.same_as(&view_axes) {
+        return None;
+    }
+    core.extend([m.node, sq_id]);
+
+    // The variance: ReduceSumSquare(view - mean) / count, over the same axes.
+    let (div_id, div) = c.op(var, "Div")?;
+    let (ss_id, ss) = c.op(&div.input[0], "ReduceSumSquare")?;
+    let ss_axes = attr::ints(ss, "axes")
+        .map(<[i64]>::to_vec)
+        .or_else(|| g.constant(ss.input.get(1)?)?.as_ints().map(<[i64]>::to_vec))?;
+    if attr::int(ss, "keepdims").unwrap_or(1) != 0
+        || !Axes::new(&ss_axes, Some(target.len()))?.same_as(&view_axes)
+    {
+        return None;
+    }
+    let (sub_id, sub) = c.op(ss.input.first()?, "Sub")?;
+    if sub.input.len() != 2 || sub.input[0] != view || sub.input[1] != kept_mean {
+        return None;
+    }
+    match c.scalar(&div.input[1]) {
+        Some(n) if n == row_len as f64 => {}
+        Some(_) => return None,
+        None => aux.extend(count_of(c, &div.input[1], view, &view_axes)?),
+    }
+    core.extend([div_id, ss_id, sub_id]);
+
+    // Unit scale, zero bias.
+    aux.extend(filled_with(c, scale, 1.0)?);
+    aux.extend(filled_with(c, bias, 0.0)?);
+
+    // Back to x's shape.
+    let normalised = bn.output.first()?;
+    let [back_id] = g.consumers(normalised) else {
+        return None;
+    };
+    let back = g.node(*back_id);
+    if back.op_type() != "Reshape" || back.input.first() != Some(normalised) {
+        return None;
+    }
+    aux.extend(shape_of(c, back.input.get(1)?, &x)?);
+    core.push(*back_id);
+    let y = back.output.first()?.clone();
+
+    let axes = Axes::new(&((r - k) as i64..r as i64).collect::<Vec<_>>(), Some(r))?;
+    let t = tail(c, &y, &x, &axes, g.elem_type(&x), true);
+    let stats = Stats {
+        x,
+        axes,
+        form: VarianceForm::TwoPass,
+        unbiased: false,
+        epsilon,
+        eps_in_sqrt: true,
+        den: normalised.clone(),
+        core,
+        aux,
+    };
+    let cand = Candidate {
+        family: Some(Family::LayerNorm),
+        form: "Keras fused (tf2onnx BatchNormalization)".into(),
+        core: t.nodes,
+        output: t.output,
+        scale: t.scale,
+        bias: t.bias,
+        c: 1.0,
+        k: 0.0,
+        problems: vec![],
+    };
+    Some((stats, cand))
+}
+
+/// `value` is a tensor of `fill` only: a constant, or `Expand` of a one-value constant to a
+/// computed shape. Returns the nodes computing it (helpers of the match).
+fn filled_with(c: &Canon<'_, '_>, value: &str, fill: f64) -> Option<Vec<NodeId>> {
+    if let Some(v) = c.g.constant(value) {
+        let all = v.floats.as_ref()?.iter().all(|&f| f == fill);
+        return all.then(Vec::new);
+    }
+    let (id, expand) = c.op(value, "Expand")?;
+    if c.scalar(expand.input.first()?)? != fill {
+        return None;
+    }
+    let mut nodes = vec![id];
+    nodes.extend(shape_arithmetic(c, expand.input.get(1)?, 0)?);
+    Some(nodes)
+}
+
+/// The nodes computing `value` from tensor shapes and constants only (`Shape`, casts, slices,
+/// products...): helpers whose result does not depend on any tensor's contents.
+fn shape_arithmetic(c: &Canon<'_, '_>, value: &str, depth: usize) -> Option<Vec<NodeId>> {
+    if c.is_constant(value) {
+        return Some(vec![]);
+    }
+    if depth > 12 {
+        return None;
+    }
+    let (id, node) = c.g.producer_node(value)?;
+    let mut nodes = vec![id];
+    match node.op_type() {
+        "Shape" => {}
+        "Cast" | "Slice" | "Gather" | "ReduceProd" | "Unsqueeze" | "Squeeze" | "Concat"
+        | "Reshape" | "Mul" => {
+            for input in node.input.iter().filter(|i| !i.is_empty()) {
+                nodes.extend(shape_arithmetic(c, input, depth + 1)?);
+            }
+        }
+        _ => return None,
+    }
+    Some(nodes)
+}
+
+/// `value` is the number of elements of `view` over `axes`: `Cast(ReduceProd(Gather(Shape(view),
+/// axes)))`, as tf2onnx writes it. Returns those nodes.
+fn count_of(c: &Canon<'_, '_>, value: &str, view: &str, axes: &Axes) -> Option<Vec<NodeId>> {
+    let (cast_id, cast) = c.op(value, "Cast")?;
+    let (prod_id, prod) = c.op(cast.input.first()?, "ReduceProd")?;
+    let (gather_id, gather) = c.op(prod.input.first()?, "Gather")?;
+    let (shape_id, shape) = c.op(gather.input.first()?, "Shape")?;
+    let picked = c.g.constant(gather.input.get(1)?)?;
+    let picked = Axes::new(picked.as_ints()?, axes.rank)?;
+    let whole = attr::int(shape, "start").is_none() && attr::int(shape, "end").is_none();
+    (shape.input.first().map(String::as_str) == Some(view)
+        && whole
+        && picked.same_as(axes)
+        && attr::int(gather, "axis").unwrap_or(0) == 0)
+        .then(|| vec![cast_id, prod_id, gather_id, shape_id])
+}
+
+/// `value` is `x`'s own shape: `Shape(x)` through casts, or a constant equal to its known shape.
+fn shape_of(c: &Canon<'_, '_>, value: &str, x: &str) -> Option<Vec<NodeId>> {
+    if let Some(v) = c.g.constant(value) {
+        let known: Option<Vec<i64>> = c.g.shape(x)?.iter().map(|d| d.known()).collect();
+        return (v.as_ints()? == known?.as_slice()).then(Vec::new);
+    }
+    let mut nodes = Vec::new();
+    let mut v = value.to_string();
+    for _ in 0..4 {
+        let (id, node) = c.g.producer_node(&v)?;
+        nodes.push(id);
+        match node.op_type() {
+            "Cast" => v = node.input.first()?.clone(),
+            "Shape" => {
+                let whole = attr::int(node, "start").is_none() && attr::int(node, "end").is_none();
+                return (whole && node.input.first().map(String::as_str) == Some(x))
+                    .then_some(nodes);
+            }
+            _ => return None,
+        }
+    }
+    None
+}
