@@ -20,7 +20,7 @@ use std::collections::HashSet;
 
 use super::affine::tail;
 use super::canon::{Axes, Canon};
-use super::cover::finish;
+use super::cover::scan;
 use super::decomposed::Candidate;
 use super::stats::{Stats, VarianceForm};
 use super::{Family, Match};
@@ -28,33 +28,14 @@ use crate::graph::{GraphIndex, NodeId};
 use crate::onnx::attr;
 
 pub fn find(g: &GraphIndex<'_>, claimed: &HashSet<NodeId>) -> Vec<Match> {
-    let c = Canon::new(g);
-    let mut used = claimed.clone();
-    let mut out = Vec::new();
-    for &id in g.topological() {
-        if used.contains(&id) || c.g.node(id).op_type() != "BatchNormalization" {
-            continue;
-        }
-        let Some((stats, cand)) = read(&c, id) else {
-            continue;
-        };
-        let m = finish(&c, &stats, cand);
-        if m.nodes.iter().any(|n| used.contains(n)) {
-            continue;
-        }
-        used.extend(m.nodes.iter().copied());
-        out.push(m);
-    }
-    out
+    scan(g, claimed, "BatchNormalization", read)
 }
 
 fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<(Stats, Candidate)> {
     let g = c.g;
     let bn = g.node(bn_id);
-    let std_domain = bn.domain().is_empty() || bn.domain() == "ai.onnx";
     // Inference form only: one output, no training mode.
-    if !std_domain
-        || bn.input.len() != 5
+    if bn.input.len() != 5
         || bn.output.iter().skip(1).any(|o| !o.is_empty())
         || attr::int(bn, "training_mode").unwrap_or(0) != 0
     {

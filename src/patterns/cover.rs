@@ -10,7 +10,38 @@ use super::decomposed::Candidate;
 use super::function_body;
 use super::stats::Stats;
 use super::{Family, Match};
-use crate::graph::NodeId;
+use crate::graph::{GraphIndex, NodeId};
+
+/// Every match read at a standard-domain node of `op_type` (the anchor: `Sqrt` for decomposed
+/// forms, `BatchNormalization` for Keras 2's), in graph order, none overlapping `claimed` or an
+/// earlier one.
+pub fn scan(
+    g: &GraphIndex<'_>,
+    claimed: &HashSet<NodeId>,
+    op_type: &str,
+    read: impl Fn(&Canon<'_, '_>, NodeId) -> Option<(Stats, Candidate)>,
+) -> Vec<Match> {
+    let c = Canon::new(g);
+    let mut used = claimed.clone();
+    let mut out = Vec::new();
+    for &id in g.topological() {
+        let n = g.node(id);
+        let std_domain = n.domain().is_empty() || n.domain() == "ai.onnx";
+        if !std_domain || n.op_type() != op_type || used.contains(&id) {
+            continue;
+        }
+        let Some((stats, cand)) = read(&c, id) else {
+            continue;
+        };
+        let m = finish(&c, &stats, cand);
+        if m.nodes.iter().any(|n| used.contains(n)) {
+            continue;
+        }
+        used.extend(m.nodes.iter().copied());
+        out.push(m);
+    }
+    out
+}
 
 pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
     let g = c.g;

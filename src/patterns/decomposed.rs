@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use super::affine::{is_row_parameter, tail};
 use super::canon::Canon;
-use super::cover::finish;
+use super::cover::scan;
 use super::stats::{stats_at_sqrt, Stats, VarianceForm};
 use super::{Family, Match};
 use crate::graph::{GraphIndex, NodeId};
@@ -27,29 +27,11 @@ pub struct Candidate {
 }
 
 pub fn find(g: &GraphIndex<'_>, claimed: &HashSet<NodeId>) -> Vec<Match> {
-    let c = Canon::new(g);
-    let mut used = claimed.clone();
-    let mut out = Vec::new();
-    for &id in g.topological() {
-        let n = g.node(id);
-        let std_domain = n.domain().is_empty() || n.domain() == "ai.onnx";
-        if !std_domain || n.op_type() != "Sqrt" || used.contains(&id) {
-            continue;
-        }
-        let Some(stats) = stats_at_sqrt(&c, id) else {
-            continue;
-        };
-        let Some(cand) = normalisation(&c, &stats) else {
-            continue;
-        };
-        let m = finish(&c, &stats, cand);
-        if m.nodes.iter().any(|n| used.contains(n)) {
-            continue;
-        }
-        used.extend(m.nodes.iter().copied());
-        out.push(m);
-    }
-    out
+    scan(g, claimed, "Sqrt", |c, id| {
+        let stats = stats_at_sqrt(c, id)?;
+        let cand = normalisation(c, &stats)?;
+        Some((stats, cand))
+    })
 }
 
 fn normalisation(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
