@@ -826,3 +826,51 @@ fn batchnormalization_that_is_not_a_layernorm_is_left_alone() {
     assert!(keras_batchnorm(&[0, 2], 1.0).matches().is_empty());
     assert!(keras_batchnorm(&[0, 2, 3], 2.0).matches().is_empty());
 }
+
+// ---- TensorFlow's (x - mean) * rsqrt(var + eps) * gamma, as tf2onnx writes it ----
+
+/// Means as GlobalAveragePool over `x [2, 5, 8]`, the gain multiplied into the reciprocal
+/// first: `d * (Reciprocal(Sqrt(var + eps)) * gamma) + beta`.
+fn tf_gain_in_reciprocal(gamma_dims: &[i64]) -> Builder {
+    let mut b = Builder::new(13);
+    let x = b.input("x", F32, &[2, 5, 8]);
+    let m = b.op("GlobalAveragePool", &[&x], vec![]);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let sq = b.op("Mul", &[&d, &d], vec![]);
+    let v = b.op("GlobalAveragePool", &[&sq], vec![]);
+    let e = b.constant(1e-12);
+    let ve = b.op("Add", &[&v, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let inv = b.op("Reciprocal", &[&s], vec![]);
+    let count: i64 = gamma_dims.iter().product();
+    let g = b.init("gamma", gamma_dims, &vec![1.5; count as usize]);
+    let scaled = b.op("Mul", &[&inv, &g], vec![]);
+    let y = b.op("Mul", &[&d, &scaled], vec![]);
+    let beta = b.init("beta", &[8], &[0.5; 8]);
+    let z = b.op("Add", &[&y, &beta], vec![]);
+    b.node_named("c", "Identity", &[&z], &["out"], vec![]);
+    b.output("out", F32);
+    b
+}
+
+#[test]
+fn gain_multiplied_into_the_reciprocal_is_the_scale() {
+    let m = only(tf_gain_in_reciprocal(&[8]).matches());
+    assert_eq!(m.family, Family::LayerNorm);
+    assert!(m.rewritable, "{:?}", m.reason);
+    assert_eq!(m.axis, Some(-1));
+    assert_eq!(
+        (m.scale.as_deref(), m.bias.as_deref()),
+        (Some("gamma"), Some("beta"))
+    );
+}
+
+#[test]
+fn a_gain_that_varies_across_rows_is_not_taken_into_the_reciprocal_form() {
+    // [5, 8] differs from row to row: not a LayerNorm gain, so not this form's scale.
+    let ms = tf_gain_in_reciprocal(&[5, 8]).matches();
+    assert!(
+        ms.iter().all(|m| m.scale.as_deref() != Some("gamma")),
+        "{ms:#?}"
+    );
+}

@@ -139,6 +139,22 @@ fn plain(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
                 nodes.extend([r, id]);
                 return Some(finish_tail(nodes, n.output[0].clone(), None));
             }
+            // The gain multiplied into the reciprocal first, d * (inv * gamma): how tf2onnx
+            // writes TensorFlow's `(x - mean) * rsqrt(var + eps) * gamma`.
+            if !is_row_parameter(c, d, &s.x, &s.axes) || centred_here(c, s, d).is_some() {
+                continue;
+            }
+            let scaled = &n.output[0];
+            for outer in consumers_of(c, scaled, "Mul") {
+                let o = c.g.node(outer);
+                let Some(centred) = c.other_operand(o, scaled) else {
+                    continue;
+                };
+                if let Some(mut nodes) = centred_here(c, s, centred) {
+                    nodes.extend([r, id, outer]);
+                    return Some(finish_tail(nodes, o.output[0].clone(), Some(d.to_string())));
+                }
+            }
         }
     }
     None
