@@ -26,6 +26,9 @@ pub fn inline_functions_with_matches(model: Model) -> Result<(Model, Vec<String>
         .filter(|f| !is_own_op_body(f))
         .map(function_key)
         .collect();
+    if library.is_empty() {
+        return Ok((model, Vec::new()));
+    }
     // Only functions that hold (or call one that holds) an op a normalisation is made of are
     // tried: an exporter can write hundreds of module functions.
     let candidates = holding_norm_ops(&model.proto.functions);
