@@ -696,8 +696,25 @@ fn fused_ops_in_their_families() {
 /// std decomposition, the variance reduced without keepdims and reshaped back, N/(N-1) folded
 /// to constants, and no trailing Mul when C = 1.
 fn dynamo_adanorm(reshape_to: &[i64]) -> Builder {
+    dynamo_adanorm_on(&["2", "3", &H.to_string()], |b, vu| {
+        let shape = b.init_typed(
+            "keep_shape",
+            I64,
+            &[3],
+            &reshape_to.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        );
+        b.op("Reshape", &[vu, &shape], vec![])
+    })
+}
+
+/// [`dynamo_adanorm`] on an input of dimensions `x_dims`, with `restore` giving the reduced
+/// variance its dimensions back (returns the value the Sqrt reads).
+fn dynamo_adanorm_on(
+    x_dims: &[&str],
+    restore: impl FnOnce(&mut Builder, &str) -> String,
+) -> Builder {
     let mut b = Builder::new(18);
-    let x = b.input("x", F32, &[2, 3, H]);
+    let x = b.input_named("x", F32, x_dims);
     let minus1 = b.init_typed("axes_m1", I64, &[1], &[-1.0]);
     let two = b.init_typed("axes_2", I64, &[1], &[2.0]);
     let m1 = b.op(
@@ -713,13 +730,7 @@ fn dynamo_adanorm(reshape_to: &[i64]) -> Builder {
     let n1 = b.init("n_minus_1", &[], &[(H - 1) as f32]);
     let vn = b.op("Mul", &[&v, &n], vec![]);
     let vu = b.op("Div", &[&vn, &n1], vec![]);
-    let shape = b.init_typed(
-        "keep_shape",
-        I64,
-        &[3],
-        &reshape_to.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-    );
-    let r = b.op("Reshape", &[&vu, &shape], vec![]);
+    let r = restore(&mut b, &vu);
     let sd = b.op("Sqrt", &[&r], vec![]);
     let eps = b.init("eps", &[], &[1e-5]);
     let den = b.op("Add", &[&sd, &eps], vec![]);
@@ -768,6 +779,99 @@ fn a_variance_without_keepdims_and_no_reshape_is_not_a_match() {
         n.input[0] = reshape.input[0].clone();
     }
     assert!(b.matches().is_empty());
+}
+
+/// `Concat` of one-dimension `Shape` slices of `of` (`Some(axis)`) and constant 1s (`None`), as
+/// the dynamo exporter builds targets from dynamic shapes.
+fn shape_target(b: &mut Builder, of: &str, pieces: &[Option<i64>]) -> String {
+    let flat = b.init_typed(&format!("flat_{}", b.nodes.len()), I64, &[1], &[-1.0]);
+    let parts: Vec<String> = pieces
+        .iter()
+        .map(|p| match p {
+            Some(a) => {
+                let s = b.op(
+                    "Shape",
+                    &[of],
+                    vec![("start", A::I(*a)), ("end", A::I(a + 1))],
+                );
+                b.op("Reshape", &[&s, &flat], vec![])
+            }
+            None => b.init_typed(&format!("one_{}", b.nodes.len()), I64, &[1], &[1.0]),
+        })
+        .collect();
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    b.op("Concat", &refs, vec![("axis", A::I(0))])
+}
+
+/// The dynamo exporter with dynamic batch and sequence: the variance's dimensions come back by a
+/// `Reshape` to its own sizes plus a 1, then an `Expand` to a shape read from another input.
+fn dynamo_adanorm_dynamic(reshape: &[Option<i64>], expand_from: &[&str]) -> Builder {
+    let h = H.to_string();
+    let expand_from: Vec<String> = expand_from.iter().map(|s| s.to_string()).collect();
+    let reshape = reshape.to_vec();
+    dynamo_adanorm_on(&["batch", "seq", &h], move |b, vu| {
+        let target = shape_target(b, vu, &reshape);
+        let r = b.op("Reshape", &[vu, &target], vec![]);
+        let names: Vec<&str> = expand_from.iter().map(String::as_str).collect();
+        let ids = b.input_named("ids", I64, &names);
+        let to = shape_target(b, &ids, &[Some(0), Some(1), None]);
+        b.op("Expand", &[&r, &to], vec![])
+    })
+}
+
+#[test]
+fn dynamic_shapes_reshape_and_expand_the_variance_back() {
+    let m = only(dynamo_adanorm_dynamic(&[Some(0), Some(1), None], &["batch", "seq"]).matches());
+    assert_eq!(m.family, Family::AdaNorm);
+    assert!(m.rewritable, "{:?}", m.reason);
+    assert_eq!((m.unbiased, m.eps_in_sqrt), (true, false));
+    // The variance's own target chain belongs to the match; the Expand target (read from
+    // another input, shared in real models) only when nothing else uses it: here nothing does.
+    assert!(m.nodes.len() >= 24 + 5, "{}", m.nodes.len());
+}
+
+#[test]
+fn a_shape_computed_target_in_the_wrong_order_is_not_a_match() {
+    assert!(
+        dynamo_adanorm_dynamic(&[Some(1), Some(0), None], &["batch", "seq"])
+            .matches()
+            .is_empty()
+    );
+    assert!(
+        dynamo_adanorm_dynamic(&[Some(0), None, Some(1)], &["batch", "seq"])
+            .matches()
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_expand_that_could_broadcast_rows_is_not_a_match() {
+    // The Expand target names other dimensions than x's: it might copy statistics across rows.
+    assert!(
+        dynamo_adanorm_dynamic(&[Some(0), Some(1), None], &["seq", "batch"])
+            .matches()
+            .is_empty()
+    );
+    assert!(
+        dynamo_adanorm_dynamic(&[Some(0), Some(1), None], &["batch", "other"])
+            .matches()
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_unsqueeze_at_the_reduced_axis_restores_the_variance() {
+    let ok = |axes: &[f64]| {
+        let axes = axes.to_vec();
+        dynamo_adanorm_on(&["batch", "seq", &H.to_string()], move |b, vu| {
+            let a = b.init_typed("unsq_axes", I64, &[axes.len() as i64], &axes);
+            b.op("Unsqueeze", &[vu, &a], vec![])
+        })
+        .matches()
+    };
+    assert_eq!(only(ok(&[-1.0])).family, Family::AdaNorm);
+    assert_eq!(only(ok(&[2.0])).family, Family::AdaNorm);
+    assert!(ok(&[1.0]).is_empty());
 }
 
 // ---- Keras 2's fused LayerNormalization (tf2onnx BatchNormalization) ----

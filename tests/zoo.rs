@@ -42,7 +42,7 @@ fn every_zoo_model_matches_its_ground_truth_exactly() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 16, "all zoo models were inspected");
+    assert_eq!(checked, 22, "all zoo models were inspected");
 }
 
 fn all(ms: &[Match], pred: impl Fn(&Match) -> bool) -> bool {
@@ -106,6 +106,79 @@ fn adanorm_module_parameters() {
         && m.rewritable));
     // The whole exported module: 28 nodes including its Shape/Gather/ReduceProd chain.
     assert!(ms.iter().all(|m| m.nodes.len() == 28));
+}
+
+/// The dynamo exporter with dynamic batch and sequence: the unbiased variance is reduced
+/// without keepdims and given its dimensions back by a shape-computed Reshape and an Expand.
+#[test]
+fn dynamo_adanorm_modules_with_dynamic_shapes() {
+    for (name, c, k, eps, dtype) in [
+        ("adanorm_dynamo_op18", 2.0, 0.1f32 as f64, 1e-5f32 as f64, 1),
+        (
+            "adanorm_dynamo_op18_c1",
+            1.0,
+            0.1f32 as f64,
+            1e-5f32 as f64,
+            1,
+        ),
+        // float16 constants: k and eps as the fp16 graph holds them.
+        (
+            "adanorm_dynamo_op18_fp16",
+            2.0,
+            0.0999755859375,
+            1.0013580322265625e-5,
+            10,
+        ),
+    ] {
+        let ms = inspect(name);
+        assert!(
+            all(&ms, |m| m.family == Family::AdaNorm
+                && m.c == c
+                && m.k == k
+                && m.epsilon == eps
+                && m.dtype == Some(dtype)
+                && m.unbiased
+                && !m.eps_in_sqrt
+                && m.axis == Some(-1)
+                && m.rewritable),
+            "{name}: {ms:#?}"
+        );
+    }
+    let ms = inspect("lnsimple_dynamo_op18");
+    assert!(all(&ms, |m| m.family == Family::LnSimple
+        && m.unbiased
+        && !m.eps_in_sqrt
+        && m.scale.is_none()
+        && m.rewritable));
+}
+
+#[test]
+fn dynamo_layernorm_variants() {
+    let ms = inspect("lnvariants_dynamo_op18");
+    // Fused LayerNormalization for the nn.LayerNorm ones (no affine: a constant gain of ones and
+    // no bias; gain only; two axes), the hand-written rsqrt LayerNorm decomposed with its gain
+    // and bias.
+    let shape: Vec<(bool, bool, Option<i64>, bool)> = ms
+        .iter()
+        .map(|m| {
+            (
+                m.scale.is_some(),
+                m.bias.is_some(),
+                m.axis,
+                m.form.contains("decomposed"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (true, false, Some(-1), false),
+            (true, false, Some(-1), false),
+            (true, true, Some(-2), false),
+            (true, true, Some(-1), true)
+        ],
+        "{ms:#?}"
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! twice, or a cycle is an error naming the node.
 
 pub mod constants;
+pub mod dims;
 pub mod shapes;
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -3,6 +3,7 @@
 //! (LayerNorm family) or not (RMSNorm).
 
 use super::canon::{Axes, Canon};
+use crate::graph::dims::{self, DimRef};
 use crate::graph::NodeId;
 use crate::onnx::attr;
 
@@ -105,15 +106,32 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
     let (v, mut core) = c.root(value);
     let mut aux = Vec::new();
 
-    // The dynamo exporter reduces the variance without keepdims and reshapes it back to the
-    // keepdims shape (a constant, from static shapes) before the Sqrt.
-    let (v, restored_shape) = match c.op(&v, "Reshape") {
-        Some((id, r)) => {
-            let target = c.g.constant(r.input.get(1)?)?.as_ints()?.to_vec();
+    // The dynamo exporter reduces the variance without keepdims and gives the dimensions back
+    // before the Sqrt (a Reshape to a constant or shape-computed target, then with dynamic
+    // shapes a broadcast that changes nothing).
+    let (v, expand) = match c.op(&v, "Expand") {
+        Some((id, e)) => {
             core.push(id);
-            (c.root(r.input.first()?).0, Some(target))
+            (c.root(e.input.first()?).0, Some(e.input.get(1)?.clone()))
         }
         None => (v, None),
+    };
+    let (v, restore) = match (c.op(&v, "Reshape"), c.op(&v, "Unsqueeze")) {
+        (Some((id, r)), _) => {
+            core.push(id);
+            let input = r.input.first()?.clone();
+            let target = r.input.get(1)?.clone();
+            (c.root(&input).0, Some(Restore::Reshape { input, target }))
+        }
+        (_, Some((id, u))) => {
+            core.push(id);
+            let axes = match u.input.get(1).filter(|s| !s.is_empty()) {
+                Some(a) => c.g.constant(a)?.as_ints()?.to_vec(),
+                None => attr::ints(u, "axes")?.to_vec(),
+            };
+            (c.root(u.input.first()?).0, Some(Restore::Unsqueeze(axes)))
+        }
+        _ => (v, None),
     };
 
     // Bessel's correction: v*N/(N-1) in any of the shapes exporters write.
@@ -150,12 +168,18 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
     core.extend(crossed);
     let (x, axes, form, more, kept) = biased_variance(c, &inner_root)?;
     core.extend(more);
-    match &restored_shape {
-        // Dropped dimensions must come back exactly where they were.
-        Some(target) if !is_keepdims_shape(c, &x, &axes, target) => return None,
+    match &restore {
+        // Dropped dimensions must come back exactly where they were, and only dropped ones.
+        Some(Restore::Unsqueeze(_)) if kept => return None,
+        Some(r) if !restores_keepdims(c, &x, &axes, r, &mut aux) => return None,
         Some(_) => {}
         None if !kept => return None,
         None => {}
+    }
+    if let Some(target) = &expand {
+        if !broadcasts_into(c, &x, target, &mut aux) {
+            return None;
+        }
     }
 
     if let Some(n) = &unbiased {
@@ -176,21 +200,80 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
     })
 }
 
-/// Whether `target` is `x`'s (fully known) shape with the reduced axes set to 1.
-fn is_keepdims_shape(c: &Canon<'_, '_>, x: &str, axes: &Axes, target: &[i64]) -> bool {
-    let Some(shape) = c.g.shape(x) else {
+/// How a statistic reduced without keepdims gets its dimensions back.
+enum Restore {
+    /// `Reshape(input, target)`, the target constant or computed from shapes.
+    Reshape { input: String, target: String },
+    /// `Unsqueeze` at these axes.
+    Unsqueeze(Vec<i64>),
+}
+
+/// Whether `restore` turns the statistic of `x` reduced over `axes` (without keepdims) into its
+/// keepdims shape: the kept dimensions in order, a 1 at each reduced axis. Nodes computing a
+/// reshape target go to `aux`.
+fn restores_keepdims(
+    c: &Canon<'_, '_>,
+    x: &str,
+    axes: &Axes,
+    restore: &Restore,
+    aux: &mut Vec<NodeId>,
+) -> bool {
+    let Some(rank) = c.g.rank(x) else {
         return false;
     };
-    let r = shape.len() as i64;
-    let reduced = |i: i64| axes.axes.contains(&i) || axes.axes.contains(&(i - r));
-    shape.len() == target.len()
-        && shape.iter().zip(target).enumerate().all(|(i, (d, &t))| {
-            if reduced(i as i64) {
-                t == 1
-            } else {
-                d.known() == Some(t)
+    let r = rank as i64;
+    let reduced = |i: usize| axes.axes.contains(&(i as i64)) || axes.axes.contains(&(i as i64 - r));
+    match restore {
+        Restore::Unsqueeze(u) => Axes::new(u, Some(rank)).is_some_and(|u| u.same_as(axes)),
+        Restore::Reshape { input, target } => {
+            let Some(t) = dims::contents(c.g, target) else {
+                return false;
+            };
+            let x_shape = c.g.shape(x).unwrap_or_default();
+            // An entry may name the reshaped value's own axis: that value has the kept
+            // dimensions of x in order, as long as its rank says nothing was broadcast in.
+            let kept_rank = (0..rank).filter(|&i| !reduced(i)).count();
+            let own_axis = |d: &DimRef, k: usize| {
+                matches!(d, DimRef::Of { value, axis } if value == input && *axis == k)
+                    && c.g.rank(input) == Some(kept_rank)
+            };
+            let mut k = 0;
+            let ok = t.dims.len() == rank
+                && t.dims.iter().enumerate().all(|(i, d)| {
+                    if reduced(i) {
+                        return *d == DimRef::Known(1);
+                    }
+                    let same = own_axis(d, k) || x_shape.get(i).is_some_and(|xd| d.is(c.g, xd));
+                    k += 1;
+                    same
+                });
+            if ok {
+                aux.extend(t.nodes);
             }
-        })
+            ok
+        }
+    }
+}
+
+/// Whether expanding a keepdims statistic of `x` to `target` leaves every result as it was:
+/// each entry of the target is 1 or the size of `x` on that axis.
+fn broadcasts_into(c: &Canon<'_, '_>, x: &str, target: &str, aux: &mut Vec<NodeId>) -> bool {
+    let (Some(shape), Some(t)) = (c.g.shape(x), dims::contents(c.g, target)) else {
+        return false;
+    };
+    let offset = match shape.len().checked_sub(t.dims.len()) {
+        Some(o) => o,
+        None => return false,
+    };
+    let ok = t
+        .dims
+        .iter()
+        .enumerate()
+        .all(|(i, d)| *d == DimRef::Known(1) || d.is(c.g, &shape[offset + i]));
+    if ok {
+        aux.extend(t.nodes);
+    }
+    ok
 }
 
 /// `mean(d²)` with d centred, `mean(x²) - mean(x)²`, or `mean(x²)`; with whether the outer

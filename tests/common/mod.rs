@@ -37,9 +37,22 @@ pub struct Builder {
 }
 
 pub fn value_info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
+    let named: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    value_info_named(
+        name,
+        elem_type,
+        &named.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+}
+
+/// A tensor value with dimensions given as numbers or as symbolic names ("batch").
+pub fn value_info_named(name: &str, elem_type: i32, dims: &[&str]) -> ValueInfoProto {
     let dim = dims
         .iter()
-        .map(|&d| dimension::Value::DimValue(d))
+        .map(|d| match d.parse::<i64>() {
+            Ok(v) => dimension::Value::DimValue(v),
+            Err(_) => dimension::Value::DimParam(d.to_string()),
+        })
         .map(
             |v| adanorm_onnx::onnx::proto::tensor_shape_proto::Dimension {
                 value: Some(v),
@@ -116,6 +129,12 @@ impl Builder {
 
     pub fn input(&mut self, name: &str, elem_type: i32, dims: &[i64]) -> String {
         self.inputs.push(value_info(name, elem_type, dims));
+        name.to_string()
+    }
+
+    /// A graph input with symbolic dimensions, e.g. `&["batch", "seq", "64"]`.
+    pub fn input_named(&mut self, name: &str, elem_type: i32, dims: &[&str]) -> String {
+        self.inputs.push(value_info_named(name, elem_type, dims));
         name.to_string()
     }
 
