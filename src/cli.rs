@@ -43,6 +43,9 @@ pub enum Command {
         /// Replace an existing output file.
         #[arg(long)]
         force: bool,
+        /// Add model-local function bodies so runtimes without our library run the model.
+        #[arg(long)]
+        portable: bool,
     },
     /// Replace every LayerNorm-family match (fused or not) by AdaNorm or LayerNorm-simple.
     Rewrite {
@@ -261,6 +264,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             model,
             output,
             force,
+            portable,
         } => {
             let (loaded, inlined) = load_for_matching(&model)?;
             let g = GraphIndex::build(&loaded)?;
@@ -269,7 +273,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 c: None,
                 k: None,
                 affine: Affine::Keep,
-                portable: false,
+                portable,
                 include_fused: false,
             };
             let o = rewrite::plan::plan_model(&g, &opts).map_err(|e| e.in_file(&model))?;

@@ -874,6 +874,104 @@ fn an_unsqueeze_at_the_reduced_axis_restores_the_variance() {
     assert!(ok(&[1.0]).is_empty());
 }
 
+/// Statistics as sums divided by hand: `mean = Unsqueeze(ReduceSum(x, keepdims=0)) / n_mean`,
+/// `var = ReduceSum(d², keepdims=1) / n_var`, `y = d / sqrt(var + eps)`.
+fn sums(n_mean: f32, n_var: f32) -> Builder {
+    let mut b = Builder::new(13);
+    let x = b.input("x", F32, &[2, 3, H]);
+    let axes = b.init_typed("axes", I64, &[1], &[-1.0]);
+    let s = b.op("ReduceSum", &[&x, &axes], vec![("keepdims", A::I(0))]);
+    let s = b.op("Unsqueeze", &[&s, &axes], vec![]);
+    let nm = b.init("n_mean", &[], &[n_mean]);
+    let m = b.op("Div", &[&s, &nm], vec![]);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let sq = b.op("Mul", &[&d, &d], vec![]);
+    let ss = b.op("ReduceSum", &[&sq, &axes], vec![("keepdims", A::I(1))]);
+    let nv = b.init("n_var", &[], &[n_var]);
+    let v = b.op("Div", &[&ss, &nv], vec![]);
+    let eps = b.init("eps", &[], &[1e-5]);
+    let ve = b.op("Add", &[&v, &eps], vec![]);
+    let sd = b.op("Sqrt", &[&ve], vec![]);
+    b.node_named("y", "Div", &[&d, &sd], &["out"], vec![]);
+    b.output("out", F32);
+    b
+}
+
+#[test]
+fn sums_divided_by_the_row_length_are_means() {
+    let m = only(sums(H as f32, H as f32).matches());
+    assert_eq!(
+        (m.family, m.unbiased, m.eps_in_sqrt),
+        (Family::LayerNorm, false, true)
+    );
+    assert!(m.rewritable, "{:?}", m.reason);
+    let m = only(sums(H as f32, (H - 1) as f32).matches());
+    assert_eq!((m.family, m.unbiased), (Family::LnSimple, true));
+    assert!(m.rewritable, "{:?}", m.reason);
+}
+
+#[test]
+fn sums_divided_by_another_count_are_not_means() {
+    // Not centred by its mean: at most an RMSNorm of `x - m`, never a LayerNorm.
+    let ms = sums(H as f32 - 2.0, H as f32).matches();
+    assert!(
+        ms.iter()
+            .all(|m| m.family == Family::RmsNorm && !m.rewritable),
+        "{ms:#?}"
+    );
+    assert!(sums(H as f32, H as f32 - 2.0).matches().is_empty());
+    assert!(sums(H as f32, H as f32 + 1.0).matches().is_empty());
+}
+
+/// AdaNorm with sigma computed twice, `Add(sqrt, eps)` once per division (the dynamo exporter
+/// without its optimizer).
+fn adanorm_two_sigmas(eps_a: f32, eps_b: f32) -> Builder {
+    let mut b = adanorm_graph(Some(2.0), 0.1);
+    let add = b
+        .nodes
+        .iter()
+        .find(|n| {
+            n.op_type() == "Add"
+                && b.nodes
+                    .iter()
+                    .any(|s| s.op_type() == "Sqrt" && s.output[0] == n.input[0])
+        })
+        .expect("eps Add after the Sqrt")
+        .clone();
+    let eps_b = b.init("eps_b", &[], &[eps_b]);
+    let eps_a = b.init("eps_a", &[], &[eps_a]);
+    for n in b.nodes.iter_mut().filter(|n| n.output == add.output) {
+        n.input[1] = eps_a.clone();
+    }
+    let second = b.op("Add", &[&add.input[0], &eps_b], vec![]);
+    // The second division (the one whose numerator is a Sub) reads the copy.
+    let y_div = b
+        .nodes
+        .iter()
+        .position(|n| {
+            n.op_type() == "Div"
+                && n.input[1] == add.output[0]
+                && b.nodes
+                    .iter()
+                    .any(|s| s.op_type() == "Sub" && s.output[0] == n.input[0])
+        })
+        .expect("the second division");
+    b.nodes[y_div].input[1] = second;
+    b
+}
+
+#[test]
+fn adanorm_with_sigma_computed_per_use() {
+    let m = only(adanorm_two_sigmas(1e-5, 1e-5).matches());
+    assert_eq!((m.family, m.c), (Family::AdaNorm, 2.0));
+    assert!(m.rewritable, "{:?}", m.reason);
+    // Two different epsilons are two different functions: not AdaNorm.
+    assert!(adanorm_two_sigmas(1e-5, 1e-3)
+        .matches()
+        .iter()
+        .all(|m| m.family != Family::AdaNorm));
+}
+
 // ---- Keras 2's fused LayerNormalization (tf2onnx BatchNormalization) ----
 
 /// `x [2, 5, 8]` viewed as `[1, 10, 8, 1]`, normalised by BatchNormalization with batch statistics

@@ -1,5 +1,5 @@
 //! Constant values: initializers (unless a graph input of the same name can override them),
-//! `Constant` nodes, and `Identity`/`Cast`/`Reshape`/`Squeeze`/`Unsqueeze` of a constant.
+//! `Constant` nodes, and `Identity`/`Cast`/`CastLike`/`Reshape`/`Squeeze`/`Unsqueeze` of a constant.
 //! Values are decoded lazily and cached; only small tensors are decoded (weights are referred
 //! to by name, never read).
 
@@ -52,8 +52,21 @@ impl<'m> Constants<'m> {
         }
         match g.producer_node(name) {
             Some((_, n)) if n.op_type() == "Constant" && n.domain().is_empty() => true,
-            Some((_, n)) if matches!(n.op_type(), "Identity" | "Cast") && n.domain().is_empty() => {
+            Some((_, n))
+                if matches!(n.op_type(), "Identity" | "Cast" | "CastLike")
+                    && n.domain().is_empty() =>
+            {
                 n.input.first().is_some_and(|i| self.is_constant(g, i))
+            }
+            // A constant viewed in another shape (axes lists built by Reshape of a Constant).
+            Some((_, n))
+                if matches!(n.op_type(), "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten")
+                    && n.domain().is_empty() =>
+            {
+                n.input
+                    .iter()
+                    .filter(|i| !i.is_empty())
+                    .all(|i| self.is_constant(g, i))
             }
             _ => false,
         }
@@ -79,6 +92,12 @@ impl<'m> Constants<'m> {
             "Cast" => {
                 let v = self.value_of_input(g, node, 0, depth)?;
                 cast(v, attr::int(node, "to")? as i32)
+            }
+            // The type comes from the second input (the dynamo exporter without its optimizer
+            // writes `CastLike(Constant 1.0, x)`).
+            "CastLike" => {
+                let v = self.value_of_input(g, node, 0, depth)?;
+                cast(v, g.elem_type(node.input.get(1)?)?)
             }
             "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten" => {
                 // Only the numbers matter to the matcher (axes lists, scalars), not the layout.

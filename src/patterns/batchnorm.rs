@@ -91,7 +91,8 @@ fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<(Stats, Candidate)> {
     if m.input != view || !m.axes.same_as(&view_axes) {
         return None;
     }
-    core.extend([m.node, sq_id]);
+    core.extend(m.nodes.iter().copied());
+    core.push(sq_id);
 
     // The variance: ReduceSumSquare(view - mean) / count, over the same axes.
     let (div_id, div) = c.op(var, "Div")?;
@@ -142,6 +143,7 @@ fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<(Stats, Candidate)> {
         epsilon,
         eps_in_sqrt: true,
         den: normalised.clone(),
+        den_copies: Vec::new(),
         core,
         aux,
     };

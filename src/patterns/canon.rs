@@ -5,6 +5,7 @@
 //! recognise "a centred value" `x - mean(x)` by meaning, so duplicated `Sub`/`ReduceMean` nodes are
 //! the same thing.
 
+use super::keepdims;
 use crate::graph::{GraphIndex, NodeId};
 use crate::onnx::attr;
 use crate::onnx::dtype;
@@ -76,7 +77,9 @@ impl Axes {
 /// `GlobalAveragePool`).
 #[derive(Debug, Clone)]
 pub struct MeanOf {
-    pub node: NodeId,
+    /// The nodes computing the mean (the reduction, a division by the count, layers giving
+    /// dropped dimensions back).
+    pub nodes: Vec<NodeId>,
     pub input: String,
     pub axes: Axes,
 }
@@ -89,7 +92,6 @@ pub struct Centred {
     pub axes: Axes,
     /// The Sub, the mean, and any casts crossed.
     pub nodes: Vec<NodeId>,
-    pub mean_node: NodeId,
 }
 
 pub struct Canon<'g, 'm> {
@@ -168,8 +170,27 @@ impl<'g, 'm> Canon<'g, 'm> {
             .map(|(m, _)| m)
     }
 
-    /// A mean like [`Canon::mean_of`], with whether it keeps the reduced dimensions.
+    /// A mean like [`Canon::mean_of`], with whether it keeps the reduced dimensions: a
+    /// `ReduceMean`, a `GlobalAveragePool`, or a `ReduceSum` divided by the row length; one
+    /// that dropped them and got them back (`keepdims`) keeps them.
     pub fn reduction(&self, value: &str) -> Option<(MeanOf, bool)> {
+        let layers = keepdims::strip(self, value);
+        if !layers.any() {
+            return self.bare_reduction(value);
+        }
+        let (mut mean, kept) = self.bare_reduction(&layers.inner)?;
+        if !layers.restores(self, &mean.input, &mean.axes, kept) {
+            return None;
+        }
+        mean.nodes.extend(layers.nodes);
+        Some((mean, true))
+    }
+
+    fn bare_reduction(&self, value: &str) -> Option<(MeanOf, bool)> {
+        if let Some((mean, count, kept)) = self.sum_divided(value) {
+            return (self.row_length(&mean.input, &mean.axes) == Some(count))
+                .then_some((mean, kept));
+        }
         if let Some((id, node)) = self.op(value, "ReduceMean") {
             let input = node.input.first()?.clone();
             let kept = attr::int(node, "keepdims").unwrap_or(1) == 1;
@@ -190,7 +211,7 @@ impl<'g, 'm> Canon<'g, 'm> {
             let axes = Axes::new(&raw, self.g.rank(&input))?;
             return Some((
                 MeanOf {
-                    node: id,
+                    nodes: vec![id],
                     input,
                     axes,
                 },
@@ -206,7 +227,7 @@ impl<'g, 'm> Canon<'g, 'm> {
             let axes = Axes::new(&(2..r as i64).collect::<Vec<_>>(), Some(r))?;
             return Some((
                 MeanOf {
-                    node: id,
+                    nodes: vec![id],
                     input,
                     axes,
                 },
@@ -214,6 +235,69 @@ impl<'g, 'm> Canon<'g, 'm> {
             ));
         }
         None
+    }
+
+    /// `ReduceSum(x, axes) / d` or `ReduceSum(x, axes) * (1/d)` for a constant `d`, the sum's
+    /// dropped dimensions possibly given back in between (`torch.std_mean`/`var_mean` through
+    /// the dynamo exporter): the sum as a mean over `axes`, `d`, and whether it keeps the
+    /// reduced dimensions. Callers check `d` (the row length, or one less for an unbiased
+    /// variance).
+    pub fn sum_divided(&self, value: &str) -> Option<(MeanOf, f64, bool)> {
+        let (id, node, count) = if let Some((id, n)) = self.op(value, "Div") {
+            (id, n, self.scalar(n.input.get(1)?)?)
+        } else {
+            let (id, n) = self.op(value, "Mul")?;
+            if n.input.len() != 2 {
+                return None;
+            }
+            let at = (0..2).find(|&i| self.scalar(&n.input[i]).is_some())?;
+            (id, n, 1.0 / self.scalar(&n.input[at])?)
+        };
+        if !(count.is_finite() && count > 0.0) {
+            return None;
+        }
+        let summed = match node.op_type() {
+            "Div" => node.input.first()?,
+            _ => node.input.iter().find(|v| self.scalar(v).is_none())?,
+        };
+        let layers = keepdims::strip(self, summed);
+        let (sum_id, sum) = self.op(&layers.inner, "ReduceSum")?;
+        let input = sum.input.first()?.clone();
+        let kept = attr::int(sum, "keepdims").unwrap_or(1) == 1;
+        let raw: Vec<i64> = match attr::ints(sum, "axes") {
+            Some(a) => a.to_vec(),
+            None => self
+                .g
+                .constant(sum.input.get(1).filter(|s| !s.is_empty())?)?
+                .as_ints()?
+                .to_vec(),
+        };
+        let axes = Axes::new(&raw, self.g.rank(&input))?;
+        let kept = if layers.any() {
+            if !layers.restores(self, &input, &axes, kept) {
+                return None;
+            }
+            true
+        } else {
+            kept
+        };
+        let mut nodes = vec![sum_id];
+        nodes.extend(layers.nodes);
+        nodes.push(id);
+        Some((MeanOf { nodes, input, axes }, count, kept))
+    }
+
+    /// The number of elements of a row of `x` over `axes`, when its dimensions are known.
+    pub fn row_length(&self, x: &str, axes: &Axes) -> Option<f64> {
+        let shape = self.g.shape(x)?;
+        let rank = shape.len() as i64;
+        axes.axes
+            .iter()
+            .map(|&a| {
+                let p = if a < 0 { a + rank } else { a };
+                shape.get(p as usize)?.known().map(|d| d as f64)
+            })
+            .product()
     }
 
     /// `value` (through casts) is `Sub(x, mean(x))` with the mean over `x` itself.
@@ -228,12 +312,11 @@ impl<'g, 'm> Canon<'g, 'm> {
             return None;
         }
         nodes.push(sub_id);
-        nodes.push(mean.node);
+        nodes.extend(mean.nodes);
         Some(Centred {
             x,
             axes: mean.axes,
             nodes,
-            mean_node: mean.node,
         })
     }
 

@@ -10,7 +10,7 @@ use super::decomposed::Candidate;
 use super::function_body;
 use super::stats::Stats;
 use super::{Family, Match};
-use crate::graph::{GraphIndex, NodeId};
+use crate::graph::{dims, GraphIndex, NodeId};
 
 /// Every match read at a standard-domain node of `op_type` (the anchor: `Sqrt` for decomposed
 /// forms, `BatchNormalization` for Keras 2's), in graph order, none overlapping `claimed` or an
@@ -50,11 +50,28 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
     let stats_aux: HashSet<NodeId> = s.aux.iter().copied().collect();
     let is_param = |v: &str| cand.scale.as_deref() == Some(v) || cand.bias.as_deref() == Some(v);
 
+    // Shapes the core reads that are computed from other shapes (dynamic Reshape and Expand
+    // targets): their nodes are helpers, the values are not data inputs.
+    let mut shape_values: HashSet<&str> = HashSet::new();
+    let mut shape_helpers: Vec<NodeId> = Vec::new();
+    for &id in &core {
+        for v in &g.node(id).input {
+            let outside = g.producer(v).is_some_and(|(p, _)| !core.contains(&p));
+            if outside && !c.is_constant(v) {
+                if let Some(t) = dims::contents(g, v) {
+                    shape_values.insert(v.as_str());
+                    shape_helpers.extend(t.nodes);
+                }
+            }
+        }
+    }
+
     // Where the input is read: absorb Casts in front of the match that only it reads.
     let reads: HashSet<String> = core
         .iter()
         .flat_map(|&id| g.node(id).input.iter())
         .filter(|v| !v.is_empty() && !is_param(v) && !c.is_constant(v))
+        .filter(|v| !shape_values.contains(v.as_str()))
         .filter(|v| {
             g.producer(v)
                 .is_none_or(|(p, _)| !core.contains(&p) && !stats_aux.contains(&p))
@@ -95,6 +112,7 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
         (cand.output.clone(), cand.scale.clone(), cand.bias.clone());
     let (mut mean_output, mut inv_std_output, mut lifted_axis) = (None, None, None);
     let mut aux: Vec<NodeId> = s.aux.clone();
+    aux.extend(shape_helpers);
     if let Some(l) = function_body::lift(
         c,
         s,

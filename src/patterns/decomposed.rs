@@ -163,20 +163,29 @@ fn plain(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
 /// AdaNorm as lancopku's module exports it:
 /// `y = (xc - xc * (k * (xc - mean(xc)) / sigma)) / sigma`, then `* C` (absent when C = 1).
 fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
-    for g_id in consumers_of(c, &s.den, "Div") {
+    // Sigma, and its copies with the node computing each.
+    let dens: Vec<(&String, Option<NodeId>)> = std::iter::once((&s.den, None))
+        .chain(s.den_copies.iter().map(|(v, id)| (v, Some(*id))))
+        .collect();
+    let divisions = || {
+        dens.iter().flat_map(|&(den, copy)| {
+            consumers_of(c, den, "Div")
+                .filter(move |&id| c.g.node(id).input.get(1) == Some(den))
+                .map(move |id| (id, copy))
+        })
+    };
+    for (g_id, g_copy) in divisions() {
         let g_div = c.g.node(g_id);
-        if g_div.input.get(1) != Some(&s.den) {
-            continue;
-        }
         let Some((k, mut nodes)) = k_times_centred(c, s, &g_div.input[0]) else {
             continue;
         };
         nodes.push(g_id);
+        nodes.extend(g_copy);
         let g_out = &g_div.output[0];
         // The second division: (xc - xc * g) / sigma.
-        for y_id in consumers_of(c, &s.den, "Div") {
+        for (y_id, y_copy) in divisions() {
             let y_div = c.g.node(y_id);
-            if y_id == g_id || y_div.input.get(1) != Some(&s.den) {
+            if y_id == g_id {
                 continue;
             }
             let Some((w_id, w)) = c.op(&y_div.input[0], "Sub") else {
@@ -188,13 +197,19 @@ fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
             let Some((p_id, p)) = c.op(&w.input[1], "Mul") else {
                 continue;
             };
-            let Some(other) = c.other_operand(p, g_out) else {
+            // `.detach()` may leave an Identity between the factor and its use.
+            let Some((other, detached)) = p.input.iter().enumerate().find_map(|(i, v)| {
+                let (root, crossed) = c.root(v);
+                (root == *g_out && p.input.len() == 2).then(|| (&p.input[1 - i], crossed))
+            }) else {
                 continue;
             };
             let Some(xc2_nodes) = centred_here(c, s, other) else {
                 continue;
             };
             let mut core = nodes.clone();
+            core.extend(y_copy.filter(|id| Some(*id) != g_copy));
+            core.extend(detached);
             core.extend(xc_nodes);
             core.extend(xc2_nodes);
             core.extend([w_id, p_id, y_id]);
@@ -263,7 +278,8 @@ fn k_times_centred(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<(f64, Vec<No
         return None;
     }
     nodes.extend(xc_nodes);
-    nodes.extend([sub_id, m3.node]);
+    nodes.push(sub_id);
+    nodes.extend(m3.nodes);
     Some((kv, nodes))
 }
 
@@ -362,7 +378,7 @@ fn keras(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
 /// The mean of this statistics' `x` over its axes.
 fn mean_here(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<Vec<NodeId>> {
     let m = c.mean_of(v)?;
-    (c.root(&m.input).0 == s.x && m.axes.same_as(&s.axes)).then(|| vec![m.node])
+    (c.root(&m.input).0 == s.x && m.axes.same_as(&s.axes)).then_some(m.nodes)
 }
 
 /// RMSNorm: `x / sqrt(mean(x²) + eps)` or `x * (1 / sqrt(...))`, then the gain.

@@ -15,6 +15,7 @@ pub mod decomposed;
 pub mod function_body;
 pub mod functions;
 pub mod fused;
+pub mod keepdims;
 pub mod stats;
 
 use serde::Serialize;

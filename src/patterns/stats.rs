@@ -3,7 +3,7 @@
 //! (LayerNorm family) or not (RMSNorm).
 
 use super::canon::{Axes, Canon};
-use crate::graph::dims::{self, DimRef};
+use super::keepdims;
 use crate::graph::NodeId;
 use crate::onnx::attr;
 
@@ -28,6 +28,9 @@ pub struct Stats {
     pub eps_in_sqrt: bool,
     /// The value dividing the centred input (sigma).
     pub den: String,
+    /// Copies of `den` computed again by their own node (the dynamo exporter without its
+    /// optimizer repeats `Add(sqrt, eps)` for each use): value and node.
+    pub den_copies: Vec<(String, NodeId)>,
     /// Nodes computing the statistics.
     pub core: Vec<NodeId>,
     /// Helper nodes (row-count chains) that belong to the match only if nothing else uses them.
@@ -40,6 +43,7 @@ pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
     let s_in = node.input.first()?;
     let s_out = node.output.first()?;
     let mut core = vec![sqrt];
+    let mut copies = Vec::new();
 
     // Epsilon inside the root: Sqrt(Add(var, eps)).
     let (var_value, epsilon, eps_in_sqrt, den) = if let Some((add_id, add)) = c.op(s_in, "Add") {
@@ -59,16 +63,27 @@ pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
                 after = n.output[0].clone();
             }
         }
-        let eps_add = match c.g.consumers(&after) {
-            [only] if c.g.node(*only).op_type() == "Add" => {
-                constant_and_other(c, c.g.node(*only)).map(|(eps, _)| (*only, eps))
-            }
-            _ => None,
-        };
+        // Every reader adds the same epsilon (usually there is one reader).
+        let adds: Option<Vec<(NodeId, f64)>> =
+            c.g.consumers(&after)
+                .iter()
+                .map(|&id| {
+                    let n = c.g.node(id);
+                    (n.op_type() == "Add" && n.domain().is_empty())
+                        .then(|| constant_and_other(c, n).map(|(eps, _)| (id, eps)))
+                        .flatten()
+                })
+                .collect();
+        let eps_add = adds.filter(|a| !a.is_empty() && a.iter().all(|(_, e)| *e == a[0].1));
         match eps_add {
-            Some((add_id, eps)) => {
+            Some(adds) => {
                 core.extend(crossed);
+                let (add_id, eps) = adds[0];
                 core.push(add_id);
+                copies = adds[1..]
+                    .iter()
+                    .map(|&(id, _)| (c.g.node(id).output[0].clone(), id))
+                    .collect();
                 (s_in.clone(), eps, false, c.g.node(add_id).output[0].clone())
             }
             // No epsilon at all (removed by an optimiser, or underflowed away).
@@ -81,6 +96,7 @@ pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
     stats.epsilon = epsilon;
     stats.eps_in_sqrt = eps_in_sqrt;
     stats.den = den;
+    stats.den_copies = copies;
     Some(stats)
 }
 
@@ -107,32 +123,10 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
     let mut aux = Vec::new();
 
     // The dynamo exporter reduces the variance without keepdims and gives the dimensions back
-    // before the Sqrt (a Reshape to a constant or shape-computed target, then with dynamic
-    // shapes a broadcast that changes nothing).
-    let (v, expand) = match c.op(&v, "Expand") {
-        Some((id, e)) => {
-            core.push(id);
-            (c.root(e.input.first()?).0, Some(e.input.get(1)?.clone()))
-        }
-        None => (v, None),
-    };
-    let (v, restore) = match (c.op(&v, "Reshape"), c.op(&v, "Unsqueeze")) {
-        (Some((id, r)), _) => {
-            core.push(id);
-            let input = r.input.first()?.clone();
-            let target = r.input.get(1)?.clone();
-            (c.root(&input).0, Some(Restore::Reshape { input, target }))
-        }
-        (_, Some((id, u))) => {
-            core.push(id);
-            let axes = match u.input.get(1).filter(|s| !s.is_empty()) {
-                Some(a) => c.g.constant(a)?.as_ints()?.to_vec(),
-                None => attr::ints(u, "axes")?.to_vec(),
-            };
-            (c.root(u.input.first()?).0, Some(Restore::Unsqueeze(axes)))
-        }
-        _ => (v, None),
-    };
+    // before the Sqrt (see `keepdims`).
+    let layers = keepdims::strip(c, &v);
+    core.extend(layers.nodes.iter().copied());
+    let v = layers.inner.clone();
 
     // Bessel's correction: v*N/(N-1) in any of the shapes exporters write.
     let mut unbiased = None::<RowCount>;
@@ -164,22 +158,27 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
         }
     }
 
+    // A sum of squares divided by N - 1 (hand-written unbiased variance).
+    let mut sum_minus_one = None;
+    if unbiased.is_none() {
+        if let Some((sum, d, kept)) = c.sum_divided(&v) {
+            let len = c.row_length(&sum.input, &sum.axes);
+            if len != Some(d) {
+                unbiased = Some(RowCount::Constant(d + 1.0));
+                sum_minus_one = Some((sum, kept));
+            }
+        }
+    }
+
     let (inner_root, crossed) = c.root(&inner);
     core.extend(crossed);
-    let (x, axes, form, more, kept) = biased_variance(c, &inner_root)?;
+    let (x, axes, form, more, kept) = match sum_minus_one {
+        Some((sum, kept)) => variance_of_mean(c, sum, kept)?,
+        None => biased_variance(c, &inner_root)?,
+    };
     core.extend(more);
-    match &restore {
-        // Dropped dimensions must come back exactly where they were, and only dropped ones.
-        Some(Restore::Unsqueeze(_)) if kept => return None,
-        Some(r) if !restores_keepdims(c, &x, &axes, r, &mut aux) => return None,
-        Some(_) => {}
-        None if !kept => return None,
-        None => {}
-    }
-    if let Some(target) = &expand {
-        if !broadcasts_into(c, &x, target, &mut aux) {
-            return None;
-        }
+    if !layers.restores(c, &x, &axes, kept) {
+        return None;
     }
 
     if let Some(n) = &unbiased {
@@ -195,85 +194,10 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
         epsilon: 0.0,
         eps_in_sqrt: true,
         den: String::new(),
+        den_copies: Vec::new(),
         core,
         aux,
     })
-}
-
-/// How a statistic reduced without keepdims gets its dimensions back.
-enum Restore {
-    /// `Reshape(input, target)`, the target constant or computed from shapes.
-    Reshape { input: String, target: String },
-    /// `Unsqueeze` at these axes.
-    Unsqueeze(Vec<i64>),
-}
-
-/// Whether `restore` turns the statistic of `x` reduced over `axes` (without keepdims) into its
-/// keepdims shape: the kept dimensions in order, a 1 at each reduced axis. Nodes computing a
-/// reshape target go to `aux`.
-fn restores_keepdims(
-    c: &Canon<'_, '_>,
-    x: &str,
-    axes: &Axes,
-    restore: &Restore,
-    aux: &mut Vec<NodeId>,
-) -> bool {
-    let Some(rank) = c.g.rank(x) else {
-        return false;
-    };
-    let r = rank as i64;
-    let reduced = |i: usize| axes.axes.contains(&(i as i64)) || axes.axes.contains(&(i as i64 - r));
-    match restore {
-        Restore::Unsqueeze(u) => Axes::new(u, Some(rank)).is_some_and(|u| u.same_as(axes)),
-        Restore::Reshape { input, target } => {
-            let Some(t) = dims::contents(c.g, target) else {
-                return false;
-            };
-            let x_shape = c.g.shape(x).unwrap_or_default();
-            // An entry may name the reshaped value's own axis: that value has the kept
-            // dimensions of x in order, as long as its rank says nothing was broadcast in.
-            let kept_rank = (0..rank).filter(|&i| !reduced(i)).count();
-            let own_axis = |d: &DimRef, k: usize| {
-                matches!(d, DimRef::Of { value, axis } if value == input && *axis == k)
-                    && c.g.rank(input) == Some(kept_rank)
-            };
-            let mut k = 0;
-            let ok = t.dims.len() == rank
-                && t.dims.iter().enumerate().all(|(i, d)| {
-                    if reduced(i) {
-                        return *d == DimRef::Known(1);
-                    }
-                    let same = own_axis(d, k) || x_shape.get(i).is_some_and(|xd| d.is(c.g, xd));
-                    k += 1;
-                    same
-                });
-            if ok {
-                aux.extend(t.nodes);
-            }
-            ok
-        }
-    }
-}
-
-/// Whether expanding a keepdims statistic of `x` to `target` leaves every result as it was:
-/// each entry of the target is 1 or the size of `x` on that axis.
-fn broadcasts_into(c: &Canon<'_, '_>, x: &str, target: &str, aux: &mut Vec<NodeId>) -> bool {
-    let (Some(shape), Some(t)) = (c.g.shape(x), dims::contents(c.g, target)) else {
-        return false;
-    };
-    let offset = match shape.len().checked_sub(t.dims.len()) {
-        Some(o) => o,
-        None => return false,
-    };
-    let ok = t
-        .dims
-        .iter()
-        .enumerate()
-        .all(|(i, d)| *d == DimRef::Known(1) || d.is(c.g, &shape[offset + i]));
-    if ok {
-        aux.extend(t.nodes);
-    }
-    ok
 }
 
 /// `mean(d²)` with d centred, `mean(x²) - mean(x)²`, or `mean(x²)`; with whether the outer
@@ -283,18 +207,7 @@ fn biased_variance(
     value: &str,
 ) -> Option<(String, Axes, VarianceForm, Vec<NodeId>, bool)> {
     if let Some((mean, kept)) = c.reduction(value) {
-        let (squared, sq_node) = c.square(&mean.input)?;
-        let mut nodes = vec![mean.node, sq_node];
-        if let Some(cen) = c.centred(&squared) {
-            if !cen.axes.same_as(&mean.axes) {
-                return None;
-            }
-            nodes.extend(cen.nodes);
-            return Some((cen.x, mean.axes, VarianceForm::TwoPass, nodes, kept));
-        }
-        // Casts in front of x are the caller's to judge (they may be shared).
-        let (x, _) = c.root(&squared);
-        return Some((x, mean.axes, VarianceForm::MeanSquare, nodes, kept));
+        return variance_of_mean(c, mean, kept);
     }
     // E[x²] - E[x]²
     let (sub_id, sub) = c.op(value, "Sub")?;
@@ -312,9 +225,30 @@ fn biased_variance(
         x,
         ex2.axes,
         VarianceForm::MomentDifference,
-        vec![sub_id, ex2.node, sq_node, m_sq_node, mean.node],
+        [vec![sub_id, sq_node, m_sq_node], ex2.nodes, mean.nodes].concat(),
         true,
     ))
+}
+
+/// `mean(d²)` (two-pass) or `mean(x²)` (mean square) read from the outer mean.
+fn variance_of_mean(
+    c: &Canon<'_, '_>,
+    mean: super::canon::MeanOf,
+    kept: bool,
+) -> Option<(String, Axes, VarianceForm, Vec<NodeId>, bool)> {
+    let (squared, sq_node) = c.square(&mean.input)?;
+    let mut nodes = mean.nodes;
+    nodes.push(sq_node);
+    if let Some(cen) = c.centred(&squared) {
+        if !cen.axes.same_as(&mean.axes) {
+            return None;
+        }
+        nodes.extend(cen.nodes);
+        return Some((cen.x, mean.axes, VarianceForm::TwoPass, nodes, kept));
+    }
+    // Casts in front of x are the caller's to judge (they may be shared).
+    let (x, _) = c.root(&squared);
+    Some((x, mean.axes, VarianceForm::MeanSquare, nodes, kept))
 }
 
 /// What a row-count operand is.
@@ -331,17 +265,7 @@ enum RowCount {
 impl RowCount {
     /// Whether this count is the number of elements of a row of `x` over `axes`.
     fn counts(&self, c: &Canon<'_, '_>, x: &str, axes: &Axes) -> bool {
-        let known_len = || -> Option<f64> {
-            let shape = c.g.shape(x)?;
-            let rank = shape.len() as i64;
-            axes.axes
-                .iter()
-                .map(|&a| {
-                    let p = if a < 0 { a + rank } else { a };
-                    shape.get(p as usize)?.known().map(|d| d as f64)
-                })
-                .product()
-        };
+        let known_len = || c.row_length(x, axes);
         match self {
             RowCount::Dynamic { x: sx, axes: sa } => {
                 sx == x && Axes::new(sa, c.g.rank(sx)).is_some_and(|a| a.same_as(axes))
@@ -371,7 +295,10 @@ fn row_count(c: &Canon<'_, '_>, value: &str, aux: &mut Vec<NodeId>) -> Option<Ro
         return None;
     }
     let (shape_id, shape) = c.op(gather.input.first()?, "Shape")?;
-    if attr::int(shape, "start").is_some() || attr::int(shape, "end").is_some() {
+    // The whole shape: no slice, or one from 0 to the end.
+    let whole_end = attr::int(shape, "end")
+        .is_none_or(|e| shape.input.first().and_then(|i| c.g.rank(i)) == Some(e as usize));
+    if attr::int(shape, "start").is_some_and(|s| s != 0) || !whole_end {
         return None;
     }
     let axes = c.g.constant(gather.input.get(1)?)?.as_ints()?.to_vec();

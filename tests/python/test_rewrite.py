@@ -94,12 +94,11 @@ class Rewrite(unittest.TestCase):
                 # The same normalisations are found in the fused model.
                 self.assertEqual(summary(fused), before_summary)
                 if any(n.domain == "ai.adanorm" for n in m.graph.node):
+                    # The same fuse with function bodies runs in stock onnxruntime.
                     portable = self.out(f"{name}.fused.portable.onnx")
-                    # --k/--c of the match itself: rewrite keeps AdaNorm's own c, k.
-                    cli("rewrite", fused, "-o", portable, "--portable", *(
-                        [] if before_summary["adanorm"] else ["--k", "0", "--c", "1"]), *(
-                        ["--to", "simple"] if before_summary["lnsimple"] else []))
-                    valid(self, portable)
+                    cli("fuse", src, "-o", portable, "--portable")
+                    p = valid(self, portable)
+                    self.assertTrue(any(f.domain == "ai.adanorm" for f in p.functions))
                     assert_matches_reference(self, portable, name)
 
     def test_rewrite_keep_with_k0_c1_and_fold_preserve_layernorm_models(self):
