@@ -1076,3 +1076,87 @@ fn a_gain_that_varies_across_rows_is_not_taken_into_the_reciprocal_form() {
         "{ms:#?}"
     );
 }
+
+// ---- Other ONNX normalisation ops that are a LayerNorm for some settings ----
+
+/// `MeanVarianceNormalization` of an input of rank `rank` (`axes`: the attribute, or absent),
+/// then `Mul(gamma)`, `Add(beta)` over the last axis.
+fn mvn(rank: usize, axes: Option<Vec<i64>>) -> Builder {
+    let mut b = Builder::new(13);
+    let dims: Vec<i64> = (0..rank as i64 - 1).map(|i| i + 2).chain([H]).collect();
+    let x = b.input("x", F32, &dims);
+    let attrs = axes.map(|a| vec![("axes", A::Is(a))]).unwrap_or_default();
+    let n = b.op("MeanVarianceNormalization", &[&x], attrs);
+    let gamma = b.init("gamma", &[H], &[1.5; H as usize]);
+    let beta = b.init("beta", &[H], &[0.25; H as usize]);
+    let s = b.op("Mul", &[&n, &gamma], vec![]);
+    b.node_named("shift", "Add", &[&s, &beta], &["out"], vec![]);
+    b.output("out", F32);
+    b
+}
+
+#[test]
+fn mean_variance_normalization_over_trailing_axes_is_layernorm_simple() {
+    let m = only(mvn(3, Some(vec![-1])).matches());
+    assert_eq!(m.family, Family::LnSimple);
+    assert_eq!(
+        (m.epsilon, m.unbiased, m.eps_in_sqrt, m.axis),
+        (1e-9, false, false, Some(-1))
+    );
+    assert_eq!(
+        (m.scale.as_deref(), m.bias.as_deref()),
+        (Some("gamma"), Some("beta"))
+    );
+    assert!(m.rewritable, "{:?}", m.reason);
+    // Axes [2, 3] of a rank-4 input: the two trailing ones; the [H] gain is per row element.
+    let m = only(mvn(4, Some(vec![2, 3])).matches());
+    assert_eq!(m.axis, Some(-2));
+    assert!(m.rewritable, "{:?}", m.reason);
+}
+
+#[test]
+fn mean_variance_normalization_with_default_axes_is_not_rewritable() {
+    // No attribute: axes [0, 2, 3], across the batch.
+    let m = only(mvn(4, None).matches());
+    assert_eq!(m.axes, [0, 2, 3]);
+    assert!(!m.rewritable);
+}
+
+/// `InstanceNormalization(x, scale, bias)` on `[2, 3, H]` with constant per-channel `scale` and
+/// `bias` (3 channels), then the real gain.
+fn instance_norm(scale: f32, bias: f32) -> Builder {
+    let mut b = Builder::new(13);
+    let x = b.input("x", F32, &[2, 3, H]);
+    let s = b.init("in_scale", &[3], &[scale; 3]);
+    let bi = b.init("in_bias", &[3], &[bias; 3]);
+    let n = b.op(
+        "InstanceNormalization",
+        &[&x, &s, &bi],
+        vec![("epsilon", A::F(1e-12))],
+    );
+    let gamma = b.init("gamma", &[H], &[1.5; H as usize]);
+    b.node_named("scale", "Mul", &[&n, &gamma], &["out"], vec![]);
+    b.output("out", F32);
+    b
+}
+
+#[test]
+fn instance_normalization_with_unit_scale_and_zero_bias_is_layernorm() {
+    let m = only(instance_norm(1.0, 0.0).matches());
+    assert_eq!(m.family, Family::LayerNorm);
+    assert_eq!(
+        (m.epsilon, m.unbiased, m.eps_in_sqrt, m.axis),
+        (1e-12f32 as f64, false, true, Some(-1))
+    );
+    assert_eq!(
+        (m.scale.as_deref(), m.bias.as_deref()),
+        (Some("gamma"), None)
+    );
+    assert!(m.rewritable, "{:?}", m.reason);
+}
+
+#[test]
+fn instance_normalization_with_a_real_scale_or_bias_is_not_layernorm() {
+    assert!(instance_norm(2.0, 0.0).matches().is_empty());
+    assert!(instance_norm(1.0, 0.5).matches().is_empty());
+}

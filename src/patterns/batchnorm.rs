@@ -22,6 +22,7 @@ use super::affine::tail;
 use super::canon::{Axes, Canon};
 use super::cover::scan;
 use super::decomposed::Candidate;
+use super::norm_ops::filled_with;
 use super::stats::{Stats, VarianceForm};
 use super::{Family, Match};
 use crate::graph::{GraphIndex, NodeId};
@@ -159,46 +160,6 @@ fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<(Stats, Candidate)> {
         problems: vec![],
     };
     Some((stats, cand))
-}
-
-/// `value` is a tensor of `fill` only: a constant, or `Expand` of a one-value constant to a
-/// computed shape. Returns the nodes computing it (helpers of the match).
-fn filled_with(c: &Canon<'_, '_>, value: &str, fill: f64) -> Option<Vec<NodeId>> {
-    if let Some(v) = c.g.constant(value) {
-        let all = v.floats.as_ref()?.iter().all(|&f| f == fill);
-        return all.then(Vec::new);
-    }
-    let (id, expand) = c.op(value, "Expand")?;
-    if c.scalar(expand.input.first()?)? != fill {
-        return None;
-    }
-    let mut nodes = vec![id];
-    nodes.extend(shape_arithmetic(c, expand.input.get(1)?, 0)?);
-    Some(nodes)
-}
-
-/// The nodes computing `value` from tensor shapes and constants only (`Shape`, casts, slices,
-/// products...): helpers whose result does not depend on any tensor's contents.
-fn shape_arithmetic(c: &Canon<'_, '_>, value: &str, depth: usize) -> Option<Vec<NodeId>> {
-    if c.is_constant(value) {
-        return Some(vec![]);
-    }
-    if depth > 12 {
-        return None;
-    }
-    let (id, node) = c.g.producer_node(value)?;
-    let mut nodes = vec![id];
-    match node.op_type() {
-        "Shape" => {}
-        "Cast" | "Slice" | "Gather" | "ReduceProd" | "Unsqueeze" | "Squeeze" | "Concat"
-        | "Reshape" | "Mul" => {
-            for input in node.input.iter().filter(|i| !i.is_empty()) {
-                nodes.extend(shape_arithmetic(c, input, depth + 1)?);
-            }
-        }
-        _ => return None,
-    }
-    Some(nodes)
 }
 
 /// `value` is the number of elements of `view` over `axes`: `Cast(ReduceProd(Gather(Shape(view),

@@ -16,6 +16,7 @@ pub mod function_body;
 pub mod functions;
 pub mod fused;
 pub mod keepdims;
+pub mod norm_ops;
 pub mod stats;
 
 use serde::Serialize;
@@ -103,6 +104,10 @@ pub fn find_matches(g: &GraphIndex<'_>) -> Vec<Match> {
         matches.push(m);
     }
     for m in batchnorm::find(g, &claimed) {
+        claimed.extend(m.nodes.iter().copied());
+        matches.push(m);
+    }
+    for m in norm_ops::find(g, &claimed) {
         claimed.extend(m.nodes.iter().copied());
         matches.push(m);
     }

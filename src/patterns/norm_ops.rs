@@ -1,0 +1,168 @@
+//! Other ONNX normalisation ops that are a LayerNorm for some of their settings:
+//!
+//! - `InstanceNormalization(x, 1, 0)`: with unit scale and zero bias it normalises each
+//!   `x[n, c, ...]` over axes 2.. — a LayerNorm over those axes (biased variance, epsilon inside
+//!   the root). tf2onnx's rewriter for TensorFlow's contrib `layer_norm` writes exactly this,
+//!   with `ConstantOfShape` ones and zeros, followed by the real gain and bias.
+//! - `MeanVarianceNormalization(x, axes)`: `(x - mean) / (sqrt(E[x²] - mean²) + 1e-9)`, the
+//!   ONNX function body: LayerNorm-simple with a biased variance and epsilon 1e-9 after the
+//!   root; a LayerNorm wherever its axes are the trailing ones (OpenVINO-style converters write
+//!   LayerNorm as MVN, Mul, Add).
+//!
+//! Both go through the same affine tail and whole-match checks as the decomposed forms.
+
+use std::collections::HashSet;
+
+use super::affine::tail;
+use super::canon::{Axes, Canon};
+use super::cover::scan;
+use super::decomposed::Candidate;
+use super::stats::{Stats, VarianceForm};
+use super::{Family, Match};
+use crate::graph::{GraphIndex, NodeId};
+use crate::onnx::attr;
+use crate::onnx::tensor::decode;
+
+/// The epsilon the ONNX function body of MeanVarianceNormalization adds to the deviation.
+const MVN_EPSILON: f64 = 1e-9;
+
+pub fn find(g: &GraphIndex<'_>, claimed: &HashSet<NodeId>) -> Vec<Match> {
+    let mut found = scan(g, claimed, "InstanceNormalization", instance_norm);
+    let claimed: HashSet<NodeId> = claimed
+        .iter()
+        .chain(found.iter().flat_map(|m| &m.nodes))
+        .copied()
+        .collect();
+    found.extend(scan(g, &claimed, "MeanVarianceNormalization", mvn));
+    found
+}
+
+fn instance_norm(c: &Canon<'_, '_>, id: NodeId) -> Option<(Stats, Candidate)> {
+    let n = c.g.node(id);
+    let (x, scale, bias) = (n.input.first()?, n.input.get(1)?, n.input.get(2)?);
+    let rank = c.g.rank(x)?;
+    if rank < 3 {
+        return None;
+    }
+    // Per-channel scale and bias that do nothing: only then is it a LayerNorm.
+    let mut aux = filled_with(c, scale, 1.0)?;
+    aux.extend(filled_with(c, bias, 0.0)?);
+    let axes = Axes::new(&(2..rank as i64).collect::<Vec<_>>(), Some(rank))?;
+    let epsilon = attr::float(n, "epsilon").map_or(1e-5, |e| e as f64);
+    single_node(
+        c,
+        id,
+        x,
+        axes,
+        aux,
+        (epsilon, true),
+        Family::LayerNorm,
+        "InstanceNormalization with unit scale and zero bias",
+    )
+}
+
+fn mvn(c: &Canon<'_, '_>, id: NodeId) -> Option<(Stats, Candidate)> {
+    let n = c.g.node(id);
+    let x = n.input.first()?;
+    let raw = attr::ints(n, "axes").map_or(vec![0, 2, 3], <[i64]>::to_vec);
+    let axes = Axes::new(&raw, c.g.rank(x))?;
+    single_node(
+        c,
+        id,
+        x,
+        axes,
+        vec![],
+        (MVN_EPSILON, false),
+        Family::LnSimple,
+        "MeanVarianceNormalization",
+    )
+}
+
+/// The statistics and candidate of a one-node normalisation of `x` over `axes`, with its
+/// affine tail.
+#[allow(clippy::too_many_arguments)]
+fn single_node(
+    c: &Canon<'_, '_>,
+    id: NodeId,
+    x: &str,
+    axes: Axes,
+    aux: Vec<NodeId>,
+    (epsilon, eps_in_sqrt): (f64, bool),
+    family: Family,
+    form: &str,
+) -> Option<(Stats, Candidate)> {
+    let out = c.g.node(id).output.first()?.clone();
+    let t = tail(c, &out, x, &axes, c.g.elem_type(x), true);
+    let stats = Stats {
+        x: x.to_string(),
+        axes,
+        form: VarianceForm::TwoPass,
+        unbiased: false,
+        epsilon,
+        eps_in_sqrt,
+        den: out,
+        den_copies: vec![],
+        core: vec![id],
+        aux,
+    };
+    let cand = Candidate {
+        family: Some(family),
+        form: form.into(),
+        core: t.nodes,
+        output: t.output,
+        scale: t.scale,
+        bias: t.bias,
+        c: 1.0,
+        k: 0.0,
+        problems: vec![],
+    };
+    Some((stats, cand))
+}
+
+/// `value` holds `fill` only: a constant, `ConstantOfShape` of that value, or `Expand` of a
+/// one-value constant, to any shape. Returns the nodes computing it, with the shape arithmetic
+/// behind the shape where there is some (helpers of the match).
+pub fn filled_with(c: &Canon<'_, '_>, value: &str, fill: f64) -> Option<Vec<NodeId>> {
+    if let Some(v) = c.g.constant(value) {
+        let all = v.floats.as_ref()?.iter().all(|&f| f == fill);
+        return all.then(Vec::new);
+    }
+    let (id, shape) = if let Some((id, n)) = c.op(value, "ConstantOfShape") {
+        // No `value` attribute: float zeros.
+        let held = match attr::tensor(n, "value") {
+            Some(t) => decode(c.g.model, t).ok().flatten()?.scalar_f64()?,
+            None => 0.0,
+        };
+        (held == fill).then_some((id, n.input.first()?))?
+    } else {
+        let (id, expand) = c.op(value, "Expand")?;
+        (c.scalar(expand.input.first()?)? == fill).then_some((id, expand.input.get(1)?))?
+    };
+    let mut nodes = vec![id];
+    nodes.extend(shape_arithmetic(c, shape, 0).unwrap_or_default());
+    Some(nodes)
+}
+
+/// The nodes computing `value` from tensor shapes and constants only (`Shape`, casts, slices,
+/// products...): helpers whose result does not depend on any tensor's contents.
+fn shape_arithmetic(c: &Canon<'_, '_>, value: &str, depth: usize) -> Option<Vec<NodeId>> {
+    if c.is_constant(value) {
+        return Some(vec![]);
+    }
+    if depth > 12 {
+        return None;
+    }
+    let (id, node) = c.g.producer_node(value)?;
+    let mut nodes = vec![id];
+    match node.op_type() {
+        "Shape" => {}
+        "Cast" | "Slice" | "Gather" | "ReduceProd" | "Unsqueeze" | "Squeeze" | "Concat"
+        | "Reshape" | "Mul" => {
+            for input in node.input.iter().filter(|i| !i.is_empty()) {
+                nodes.extend(shape_arithmetic(c, input, depth + 1)?);
+            }
+        }
+        _ => return None,
+    }
+    Some(nodes)
+}
