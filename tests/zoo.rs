@@ -42,7 +42,7 @@ fn every_zoo_model_matches_its_ground_truth_exactly() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 24, "all zoo models were inspected");
+    assert_eq!(checked, 25, "all zoo models were inspected");
 }
 
 fn all(ms: &[Match], pred: impl Fn(&Match) -> bool) -> bool {
@@ -149,6 +149,22 @@ fn dynamo_adanorm_modules_with_dynamic_shapes() {
         && m.unbiased
         && !m.eps_in_sqrt
         && m.scale.is_none()
+        && m.rewritable));
+}
+
+/// The TorchScript exporter in float16: the Bessel factor's `N` goes through float to float16
+/// and `N - 1` is computed in float and cast back.
+#[test]
+fn legacy_fp16_paper_modules() {
+    let ms = inspect("paper_legacy_op14_fp16");
+    let kinds: Vec<(Family, f64, f64)> = ms.iter().map(|m| (m.family, m.c, m.k)).collect();
+    let ada = (Family::AdaNorm, 2.0, 0.0999755859375);
+    let simple = (Family::LnSimple, 1.0, 0.0);
+    assert_eq!(kinds, [ada, simple, ada, simple]);
+    assert!(all(&ms, |m| m.unbiased
+        && !m.eps_in_sqrt
+        && m.dtype == Some(10)
+        && m.epsilon == 1.0013580322265625e-5
         && m.rewritable));
 }
 

@@ -285,7 +285,11 @@ fn row_count(c: &Canon<'_, '_>, value: &str, aux: &mut Vec<NodeId>) -> Option<Ro
     }
     let mut v = value.to_string();
     let mut chain = Vec::new();
-    if let Some((id, n)) = c.op(&v, "Cast").or_else(|| c.op(&v, "CastLike")) {
+    // Cast to the model's type, in fp16 models through float first.
+    for _ in 0..3 {
+        let Some((id, n)) = c.op(&v, "Cast").or_else(|| c.op(&v, "CastLike")) else {
+            break;
+        };
         chain.push(id);
         v = n.input.first()?.clone();
     }
@@ -318,7 +322,9 @@ fn n_minus_one(
     match n {
         RowCount::Constant(nv) => (c.scalar(value)? == nv - 1.0).then(Vec::new),
         RowCount::Dynamic { .. } => {
-            let (sub_id, sub) = c.op(value, "Sub")?;
+            // fp16 models subtract in float and cast the difference back.
+            let (value, crossed) = c.root(value);
+            let (sub_id, sub) = c.op(&value, "Sub")?;
             if c.scalar(sub.input.get(1)?)? != 1.0 {
                 return None;
             }
@@ -327,7 +333,7 @@ fn n_minus_one(
                 RowCount::Dynamic { x, axes } if matches!(n, RowCount::Dynamic { x: nx, axes: na } if *nx == x && *na == axes) =>
                 {
                     aux.extend(scratch);
-                    Some(vec![sub_id])
+                    Some([crossed, vec![sub_id]].concat())
                 }
                 _ => None,
             }
