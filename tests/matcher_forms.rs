@@ -1122,13 +1122,30 @@ fn mean_variance_normalization_with_default_axes_is_not_rewritable() {
     assert!(!m.rewritable);
 }
 
-/// `InstanceNormalization(x, scale, bias)` on `[2, 3, H]` with constant per-channel `scale` and
-/// `bias` (3 channels), then the real gain.
-fn instance_norm(scale: f32, bias: f32) -> Builder {
+/// `InstanceNormalization(x, scale, bias)` on `[2, 3, H]` with per-channel `scale` and `bias`
+/// filled to the channel count in the graph (`ConstantOfShape` of `Shape(x)[1:2]`, as tf2onnx
+/// writes them) or stored (`stored`, as PyTorch writes instance and group norms), then the gain.
+fn instance_norm(scale: f32, bias: f32, stored: bool) -> Builder {
     let mut b = Builder::new(13);
     let x = b.input("x", F32, &[2, 3, H]);
-    let s = b.init("in_scale", &[3], &[scale; 3]);
-    let bi = b.init("in_bias", &[3], &[bias; 3]);
+    let (s, bi) = if stored {
+        (
+            b.init("in_scale", &[3], &[scale; 3]),
+            b.init("in_bias", &[3], &[bias; 3]),
+        )
+    } else {
+        let shape = b.op("Shape", &[&x], vec![]);
+        let (one, two) = (
+            b.init_typed("one", I64, &[1], &[1.0]),
+            b.init_typed("two", I64, &[1], &[2.0]),
+        );
+        let channels = b.op("Slice", &[&shape, &one, &two], vec![]);
+        let fill = |b: &mut Builder, v: f32| {
+            let t = common::tensor_f32("", &[1], &[v]);
+            b.op("ConstantOfShape", &[&channels], vec![("value", A::T(t))])
+        };
+        (fill(&mut b, scale), fill(&mut b, bias))
+    };
     let n = b.op(
         "InstanceNormalization",
         &[&x, &s, &bi],
@@ -1142,7 +1159,7 @@ fn instance_norm(scale: f32, bias: f32) -> Builder {
 
 #[test]
 fn instance_normalization_with_unit_scale_and_zero_bias_is_layernorm() {
-    let m = only(instance_norm(1.0, 0.0).matches());
+    let m = only(instance_norm(1.0, 0.0, false).matches());
     assert_eq!(m.family, Family::LayerNorm);
     assert_eq!(
         (m.epsilon, m.unbiased, m.eps_in_sqrt, m.axis),
@@ -1153,10 +1170,18 @@ fn instance_normalization_with_unit_scale_and_zero_bias_is_layernorm() {
         (Some("gamma"), None)
     );
     assert!(m.rewritable, "{:?}", m.reason);
+    // The fills' Shape/Slice chain belongs to the match: 1 + 2 fills + 2 + the gain's Mul.
+    assert_eq!(m.nodes.len(), 6, "{:?}", m.nodes);
 }
 
 #[test]
 fn instance_normalization_with_a_real_scale_or_bias_is_not_layernorm() {
-    assert!(instance_norm(2.0, 0.0).matches().is_empty());
-    assert!(instance_norm(1.0, 0.5).matches().is_empty());
+    assert!(instance_norm(2.0, 0.0, false).matches().is_empty());
+    assert!(instance_norm(1.0, 0.5, false).matches().is_empty());
+}
+
+#[test]
+fn stored_unit_scale_and_zero_bias_are_an_instance_norm() {
+    // PyTorch's InstanceNorm (affine=False) and GroupNorm (over a [N, groups, -1] view).
+    assert!(instance_norm(1.0, 0.0, true).matches().is_empty());
 }

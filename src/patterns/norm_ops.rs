@@ -3,7 +3,8 @@
 //! - `InstanceNormalization(x, 1, 0)`: with unit scale and zero bias it normalises each
 //!   `x[n, c, ...]` over axes 2.. — a LayerNorm over those axes (biased variance, epsilon inside
 //!   the root). tf2onnx's rewriter for TensorFlow's contrib `layer_norm` writes exactly this,
-//!   with `ConstantOfShape` ones and zeros, followed by the real gain and bias.
+//!   with `ConstantOfShape` ones and zeros sized from `Shape(x)`, followed by the real gain and
+//!   bias. Only that form is taken: stored ones and zeros come from instance and group norms.
 //! - `MeanVarianceNormalization(x, axes)`: `(x - mean) / (sqrt(E[x²] - mean²) + 1e-9)`, the
 //!   ONNX function body: LayerNorm-simple with a biased variance and epsilon 1e-9 after the
 //!   root; a LayerNorm wherever its axes are the trailing ones (OpenVINO-style converters write
@@ -44,9 +45,14 @@ fn instance_norm(c: &Canon<'_, '_>, id: NodeId) -> Option<(Stats, Candidate)> {
     if rank < 3 {
         return None;
     }
-    // Per-channel scale and bias that do nothing: only then is it a LayerNorm.
+    // Per-channel scale and bias that do nothing, made to the input's channel count in the graph
+    // as tf2onnx writes them. Stored ones and zeros are what PyTorch writes for InstanceNorm and
+    // GroupNorm (over a [N, groups, -1] view): those are instance and group norms, left alone.
     let mut aux = filled_with(c, scale, 1.0)?;
     aux.extend(filled_with(c, bias, 0.0)?);
+    if c.is_constant(scale) || c.is_constant(bias) {
+        return None;
+    }
     let axes = Axes::new(&(2..rank as i64).collect::<Vec<_>>(), Some(rank))?;
     let epsilon = attr::float(n, "epsilon").map_or(1e-5, |e| e as f64);
     single_node(
