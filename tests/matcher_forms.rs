@@ -1185,3 +1185,48 @@ fn stored_unit_scale_and_zero_bias_are_an_instance_norm() {
     // PyTorch's InstanceNorm (affine=False) and GroupNorm (over a [N, groups, -1] view).
     assert!(instance_norm(1.0, 0.0, true).matches().is_empty());
 }
+
+// ---- Roots written as powers ----
+
+/// `(x - mean) * (var + eps) ** exponent` (`inverse`) or `(x - mean) / (var + eps) ** exponent`,
+/// then the gain.
+fn pow_root(exponent: f32, inverse: bool) -> Builder {
+    let mut b = Builder::new(13);
+    let x = b.input("x", F32, &[2, 3, H]);
+    let m = mean(&mut b, &x, &[-1], 13, Some(1));
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let two = b.constant(2.0);
+    let sq = b.op("Pow", &[&d, &two], vec![]);
+    let v = mean(&mut b, &sq, &[-1], 13, Some(1));
+    let eps = b.constant(1e-5);
+    let ve = b.op("Add", &[&v, &eps], vec![]);
+    let e = b.constant(exponent);
+    let root = b.op("Pow", &[&ve, &e], vec![]);
+    let y = b.op(if inverse { "Mul" } else { "Div" }, &[&d, &root], vec![]);
+    let gamma = b.init("gamma", &[H], &[1.5; H as usize]);
+    b.node_named("scale", "Mul", &[&y, &gamma], &["out"], vec![]);
+    b.output("out", F32);
+    b
+}
+
+#[test]
+fn roots_written_as_powers() {
+    for (exponent, inverse) in [(0.5, false), (-0.5, true)] {
+        let m = only(pow_root(exponent, inverse).matches());
+        assert_eq!(m.family, Family::LayerNorm, "{exponent}");
+        assert_eq!((m.epsilon, m.eps_in_sqrt), (1e-5f32 as f64, true));
+        assert_eq!(m.scale.as_deref(), Some("gamma"));
+        assert!(m.rewritable, "{:?}", m.reason);
+    }
+}
+
+#[test]
+fn other_powers_are_not_roots() {
+    // Dividing by the inverse root, multiplying by the root, or another exponent.
+    for (exponent, inverse) in [(-0.5, false), (0.5, true), (0.25, false), (-1.0, true)] {
+        assert!(
+            pow_root(exponent, inverse).matches().is_empty(),
+            "{exponent} {inverse}"
+        );
+    }
+}

@@ -145,6 +145,7 @@ fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<(Stats, Candidate)> {
         eps_in_sqrt: true,
         den: normalised.clone(),
         den_copies: Vec::new(),
+        inverse: None,
         core,
         aux,
     };

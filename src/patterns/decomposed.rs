@@ -27,11 +27,20 @@ pub struct Candidate {
 }
 
 pub fn find(g: &GraphIndex<'_>, claimed: &HashSet<NodeId>) -> Vec<Match> {
-    scan(g, claimed, "Sqrt", |c, id| {
+    let read = |c: &Canon<'_, '_>, id| {
         let stats = stats_at_sqrt(c, id)?;
         let cand = normalisation(c, &stats)?;
         Some((stats, cand))
-    })
+    };
+    let mut found = scan(g, claimed, "Sqrt", read);
+    // Roots written as powers (`** 0.5`, `** -0.5`).
+    let claimed: HashSet<NodeId> = claimed
+        .iter()
+        .chain(found.iter().flat_map(|m| &m.nodes))
+        .copied()
+        .collect();
+    found.extend(scan(g, &claimed, "Pow", read));
+    found
 }
 
 fn normalisation(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
@@ -68,12 +77,14 @@ fn consumers_of<'a>(
     })
 }
 
-/// Reciprocal(den) / Div(1, den) nodes.
-fn reciprocals(c: &Canon<'_, '_>, den: &str) -> Vec<NodeId> {
+/// The nodes computing 1/sigma: Reciprocal(den) / Div(1, den), or the inverse root itself.
+fn reciprocals(c: &Canon<'_, '_>, s: &Stats) -> Vec<NodeId> {
+    let den = s.den.as_str();
     c.g.consumers(den)
         .iter()
         .copied()
         .filter(|&id| c.reciprocal_of(c.g.node(id)) == Some(den))
+        .chain(s.inverse)
         .collect()
 }
 
@@ -128,7 +139,7 @@ fn plain(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
             }
         }
     }
-    for r in reciprocals(c, &s.den) {
+    for r in reciprocals(c, s) {
         let inv = c.g.node(r).output[0].clone();
         for id in consumers_of(c, &inv, "Mul") {
             let n = c.g.node(id);
@@ -286,7 +297,7 @@ fn k_times_centred(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<(f64, Vec<No
 /// Keras through tf2onnx: `x * s + (beta - mean * s)` with `s = gamma / sigma`
 /// (`Reciprocal`, gain optional, `Neg(mean)` or `Sub(beta, ·)`, bias optional).
 fn keras(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
-    for r in reciprocals(c, &s.den) {
+    for r in reciprocals(c, s) {
         let inv = c.g.node(r).output[0].clone();
         let mut core = vec![r];
         let mut scale = None;
@@ -392,7 +403,7 @@ fn rms(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
         }
     }
     if found.is_none() {
-        for r in reciprocals(c, &s.den) {
+        for r in reciprocals(c, s) {
             let inv = c.g.node(r).output[0].clone();
             for id in consumers_of(c, &inv, "Mul") {
                 let n = c.g.node(id);

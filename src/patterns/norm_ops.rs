@@ -108,6 +108,7 @@ fn single_node(
         eps_in_sqrt,
         den: out,
         den_copies: vec![],
+        inverse: None,
         core: vec![id],
         aux,
     };

@@ -35,11 +35,23 @@ pub struct Stats {
     pub core: Vec<NodeId>,
     /// Helper nodes (row-count chains) that belong to the match only if nothing else uses them.
     pub aux: Vec<NodeId>,
+    /// A node computing `1/sigma` itself (`Pow(var + eps, -0.5)`); `den` is then empty.
+    pub inverse: Option<NodeId>,
 }
 
-/// Reads the statistics that end in the `Sqrt` node `sqrt`.
+/// Reads the statistics that end in the root node `sqrt`: `Sqrt(v)`, `Pow(v, 0.5)` (PyTorch's
+/// `** 0.5`), or `Pow(v, -0.5)` (`** -0.5`, the inverse root itself).
 pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
     let node = c.g.node(sqrt);
+    let inverse = match node.op_type() {
+        "Sqrt" => false,
+        "Pow" => match c.scalar(node.input.get(1)?)? {
+            0.5 => false,
+            -0.5 => true,
+            _ => return None,
+        },
+        _ => return None,
+    };
     let s_in = node.input.first()?;
     let s_out = node.output.first()?;
     let mut core = vec![sqrt];
@@ -50,6 +62,9 @@ pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
         let (eps, var) = constant_and_other(c, add)?;
         core.push(add_id);
         (var.to_string(), eps, true, s_out.clone())
+    } else if inverse {
+        // Nothing can be added after an inverse root: no epsilon.
+        (s_in.clone(), 0.0, true, s_out.clone())
     } else {
         // Epsilon outside: Add(Sqrt(var), eps), possibly after a Cast back to the model's type.
         let mut after = s_out.clone();
@@ -95,8 +110,9 @@ pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
     stats.core.extend(core);
     stats.epsilon = epsilon;
     stats.eps_in_sqrt = eps_in_sqrt;
-    stats.den = den;
+    stats.den = if inverse { String::new() } else { den };
     stats.den_copies = copies;
+    stats.inverse = inverse.then_some(sqrt);
     Some(stats)
 }
 
@@ -195,6 +211,7 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
         eps_in_sqrt: true,
         den: String::new(),
         den_copies: Vec::new(),
+        inverse: None,
         core,
         aux,
     })
