@@ -1230,3 +1230,18 @@ fn other_powers_are_not_roots() {
         );
     }
 }
+
+#[test]
+fn a_crafted_shape_computation_is_given_up_on() {
+    // A reshape target built from 20 levels of Concat(t, t, t, t): reading it entry by entry
+    // would visit 4^20 values; the walk gives up instead (and the match with it).
+    let b = dynamo_adanorm_on(&["batch", "seq", &H.to_string()], |b, vu| {
+        let s = b.op("Shape", &[vu], vec![("start", A::I(0)), ("end", A::I(1))]);
+        let mut t = s;
+        for _ in 0..20 {
+            t = b.op("Concat", &[&t, &t, &t, &t], vec![("axis", A::I(0))]);
+        }
+        b.op("Reshape", &[vu, &t], vec![])
+    });
+    assert!(b.matches().is_empty());
+}

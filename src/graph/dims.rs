@@ -30,7 +30,8 @@ pub struct ShapeContents {
 /// The contents of `value`, when every entry can be named.
 pub fn contents(g: &GraphIndex<'_>, value: &str) -> Option<ShapeContents> {
     let mut nodes = Vec::new();
-    let dims = walk(g, value, &mut nodes, 0)?;
+    let mut budget = MAX_VISITS;
+    let dims = walk(g, value, &mut nodes, &mut budget)?;
     Some(ShapeContents { dims, nodes })
 }
 
@@ -57,17 +58,17 @@ impl DimRef {
     }
 }
 
-const MAX_DEPTH: usize = 16;
+/// Values looked at per question: shape chains are short, and a crafted graph of nested
+/// `Concat`s must not make the walk exponential.
+const MAX_VISITS: usize = 256;
 
 fn walk(
     g: &GraphIndex<'_>,
     value: &str,
     nodes: &mut Vec<NodeId>,
-    depth: usize,
+    budget: &mut usize,
 ) -> Option<Vec<DimRef>> {
-    if depth > MAX_DEPTH {
-        return None;
-    }
+    *budget = budget.checked_sub(1)?;
     if let Some(c) = g.constant(value) {
         return Some(c.as_ints()?.iter().map(|&v| DimRef::Known(v)).collect());
     }
@@ -92,9 +93,9 @@ fn walk(
         }
         // A one-dimensional shape tensor keeps its entries through these (a scalar and a
         // one-element vector hold the same entry).
-        "Identity" | "Squeeze" | "Unsqueeze" => walk(g, input(0)?, nodes, depth + 1)?,
+        "Identity" | "Squeeze" | "Unsqueeze" => walk(g, input(0)?, nodes, budget)?,
         "Reshape" => {
-            let inner = walk(g, input(0)?, nodes, depth + 1)?;
+            let inner = walk(g, input(0)?, nodes, budget)?;
             let target = g.constant(input(1)?)?;
             let flat = match target.as_ints()? {
                 [-1] => true,
@@ -112,7 +113,7 @@ fn walk(
             if !matches!(to, crate::onnx::dtype::INT64 | crate::onnx::dtype::INT32) {
                 return None;
             }
-            walk(g, input(0)?, nodes, depth + 1)?
+            walk(g, input(0)?, nodes, budget)?
         }
         "Concat" => {
             if attr::int(n, "axis") != Some(0) && attr::int(n, "axis") != Some(-1) {
@@ -120,7 +121,7 @@ fn walk(
             }
             let mut all = Vec::new();
             for i in n.input.iter().filter(|s| !s.is_empty()) {
-                all.extend(walk(g, i, nodes, depth + 1)?);
+                all.extend(walk(g, i, nodes, budget)?);
             }
             all
         }
@@ -128,7 +129,7 @@ fn walk(
             if attr::int(n, "axis").unwrap_or(0) != 0 {
                 return None;
             }
-            let inner = walk(g, input(0)?, nodes, depth + 1)?;
+            let inner = walk(g, input(0)?, nodes, budget)?;
             let idx = g.constant(input(1)?)?;
             let len = inner.len() as i64;
             idx.as_ints()?
@@ -140,7 +141,7 @@ fn walk(
                 .collect::<Option<Vec<_>>>()?
         }
         "Slice" => {
-            let inner = walk(g, input(0)?, nodes, depth + 1)?;
+            let inner = walk(g, input(0)?, nodes, budget)?;
             let one = |i: usize| -> Option<Option<i64>> {
                 match input(i) {
                     None => Some(None),

@@ -60,6 +60,10 @@ fn from_value_info(v: &ValueInfoProto) -> Option<ValueFacts> {
     })
 }
 
+/// Ranks above this are not believed (a crafted model could declare any length for a
+/// computed shape; no runtime runs such tensors).
+const MAX_RANK: i64 = 64;
+
 pub fn infer(g: &GraphIndex<'_>) -> HashMap<String, ValueFacts> {
     infer_with(g, HashMap::new())
 }
@@ -383,7 +387,9 @@ fn infer_node(
             });
             // A computed target shape still tells the rank, through its own length.
             let shape = shape.or_else(|| match in_shape(1).map(Vec::as_slice) {
-                Some([Dim::Known(n)]) => Some(vec![Dim::Unknown; *n as usize]),
+                Some([Dim::Known(n)]) if (0..=MAX_RANK).contains(n) => {
+                    Some(vec![Dim::Unknown; *n as usize])
+                }
                 _ => None,
             });
             with(in_type(0), shape)
