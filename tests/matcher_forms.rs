@@ -692,6 +692,35 @@ fn fused_ops_in_their_families() {
     assert!(ms[0].rewritable && ms[1].rewritable && !ms[2].rewritable);
 }
 
+#[test]
+fn fused_layernorm_with_an_impossible_axis_or_epsilon_is_not_rewritable() {
+    for (axis, eps, why) in [
+        (-(1i64 << 40), 1e-5, "axis"),
+        (3, 1e-5, "axis"),
+        (-1, f32::INFINITY, "epsilon"),
+        (-1, -1e-5, "epsilon"),
+    ] {
+        let mut b = Builder::new(17);
+        let x = b.input("x", F32, &[2, 3, H]);
+        let g = b.init("g", &[H], &[1.0; H as usize]);
+        b.node_named(
+            "ln",
+            "LayerNormalization",
+            &[&x, &g],
+            &["out"],
+            vec![("epsilon", A::F(eps)), ("axis", A::I(axis))],
+        );
+        b.output("out", F32);
+        let m = only(b.matches());
+        assert!(!m.rewritable, "{axis} {eps}");
+        assert!(
+            m.reason.as_deref().unwrap_or("").contains(why),
+            "{:?}",
+            m.reason
+        );
+    }
+}
+
 /// The dynamo exporter's AdaNorm (opset 18): axes as initializer inputs, positive axis in the
 /// std decomposition, the variance reduced without keepdims and reshaped back, N/(N-1) folded
 /// to constants, and no trailing Mul when C = 1.

@@ -43,6 +43,9 @@ fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<(Stats, Candidate)> {
         return None;
     }
     let epsilon = attr::float(bn, "epsilon").map_or(1e-5, |e| e as f64);
+    if !(epsilon.is_finite() && epsilon >= 0.0) {
+        return None;
+    }
     let [view, scale, bias, mean, var] = [0, 1, 2, 3, 4].map(|i| bn.input[i].as_str());
     let mut core = vec![bn_id];
     let mut aux = Vec::new();

@@ -23,17 +23,26 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
     let eps_attr = |default: f32| attr::float(n, "epsilon").unwrap_or(default) as f64;
     let axis_attr = attr::int(n, "axis").unwrap_or(-1);
     let base = |family, form: &str, epsilon, axis: i64| {
-        let axes = match rank {
+        // The axis as the file has it may be anything: only an axis inside the rank (or, with
+        // the rank unknown, a small negative one) names axes.
+        let axes: Vec<i64> = match rank {
             Some(r) => {
-                let a = if axis < 0 { axis + r as i64 } else { axis };
-                (a..r as i64).collect()
+                let r = r as i64;
+                let a = if axis < 0 { axis + r } else { axis };
+                if (0..r).contains(&a) {
+                    (a..r).collect()
+                } else {
+                    vec![]
+                }
             }
-            None => (axis..0).collect(),
+            None if (-64..0).contains(&axis) => (axis..0).collect(),
+            None => vec![],
         };
+        let valid = !axes.is_empty();
         let axis = Axes::new(&[axis], rank)
             .map(|a| a.negative()[0])
             .or(Some(axis));
-        Match {
+        let mut m = Match {
             family,
             form: form.to_string(),
             nodes: vec![id],
@@ -54,7 +63,17 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
             dtype: g.elem_type(&x),
             rewritable: true,
             reason: None,
+        };
+        if !valid {
+            m.not_rewritable(format!(
+                "its axis {} is outside the input's rank",
+                axis.unwrap_or(0)
+            ));
         }
+        if !(epsilon.is_finite() && epsilon >= 0.0) {
+            m.not_rewritable(format!("its epsilon {epsilon} is not a finite number >= 0"));
+        }
+        m
     };
     let m = match (domain, n.op_type()) {
         ("" | "com.microsoft", "LayerNormalization") => {

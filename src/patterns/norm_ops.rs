@@ -55,6 +55,9 @@ fn instance_norm(c: &Canon<'_, '_>, id: NodeId) -> Option<(Stats, Candidate)> {
     }
     let axes = Axes::new(&(2..rank as i64).collect::<Vec<_>>(), Some(rank))?;
     let epsilon = attr::float(n, "epsilon").map_or(1e-5, |e| e as f64);
+    if !(epsilon.is_finite() && epsilon >= 0.0) {
+        return None;
+    }
     single_node(
         c,
         id,
