@@ -3,7 +3,17 @@
 
 use clap::Parser;
 
+thread_local! {
+    /// The last panic's message and place, for the one-line report below.
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
 fn main() {
+    // Panics are caught (below, and around tract in `run`/`verify`) and reported as one error
+    // line; the default hook would print them first, as if the process had crashed.
+    std::panic::set_hook(Box::new(|info| {
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(info.to_string()));
+    }));
     let cli = match adanorm_onnx::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -24,8 +34,11 @@ fn main() {
             2
         }
         Err(_) => {
+            let what = LAST_PANIC
+                .with(|p| p.borrow_mut().take())
+                .unwrap_or_default();
             eprintln!(
-                "error: internal error (a bug in adanorm-onnx; please report it with the model)"
+                "error: internal error (a bug in adanorm-onnx; please report it with the model): {what}"
             );
             2
         }

@@ -14,6 +14,9 @@ use crate::onnx::{dtype, load_model};
 /// Size given to a dynamic dimension nobody named with `--dim`.
 pub const DEFAULT_DYNAMIC_DIM: usize = 2;
 
+/// The most elements `verify` draws for one input (1 GiB of float32).
+pub const MAX_RANDOM_ELEMENTS: usize = 1 << 28;
+
 pub fn run(path: &Path, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
     adanorm_tract::run_model(path, inputs).map_err(|e| Error::msg(format!("{e:#}")).in_file(path))
 }
@@ -65,12 +68,25 @@ pub fn random_inputs(
             })?
             .iter()
             .map(|d| match d {
-                Dim::Known(v) => *v as usize,
-                Dim::Named(n) => dims.get(n).copied().unwrap_or(DEFAULT_DYNAMIC_DIM),
-                Dim::Unknown => DEFAULT_DYNAMIC_DIM,
+                Dim::Known(v) => usize::try_from(*v).map_err(|_| {
+                    Error::msg(format!("input '{name}' declares the dimension {v}")).in_file(path)
+                }),
+                Dim::Named(n) => Ok(dims.get(n).copied().unwrap_or(DEFAULT_DYNAMIC_DIM)),
+                Dim::Unknown => Ok(DEFAULT_DYNAMIC_DIM),
             })
-            .collect();
-        let n: usize = shape.iter().product();
+            .collect::<Result<_>>()?;
+        // Zero-sized dimensions aside: ndarray refuses shapes whose other sizes overflow.
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d.max(1)))
+            .filter(|&n| n <= MAX_RANDOM_ELEMENTS)
+            .ok_or_else(|| {
+                Error::msg(format!(
+                    "input '{name}' of shape {shape:?} is too large to draw at random \
+                     (more than {MAX_RANDOM_ELEMENTS} elements); pass --inputs or smaller --dim values"
+                ))
+                .in_file(path)
+            })?;
         let ix = IxDyn(&shape);
         let t = match facts.elem_type.unwrap_or(0) {
             dtype::FLOAT => Tensor::from(ArrayD::from_shape_fn(ix, |_| rng.normal() as f32)),

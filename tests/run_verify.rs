@@ -362,3 +362,54 @@ fn verify_draws_dynamic_dimensions_from_dim() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// tract panics on some malformed models (a `Flatten` axis past the rank): `run` and `verify`
+/// report that as an error naming the file, exit 2, one line, no "internal error". (tract
+/// 0.23.9 panics here; should a newer tract return an error instead, pick another such model.)
+#[test]
+fn a_model_tract_panics_on_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Builder::new(13);
+    let x = b.input("x", F32, &[2, 3]);
+    b.node_named(
+        "flat",
+        "Flatten",
+        &[&x],
+        &["y"],
+        vec![("axis", common::A::I(9))],
+    );
+    b.output("y", F32);
+    let path = b.save(dir.path(), "bad_axis");
+    let inputs = vec![(
+        "x".to_string(),
+        Tensor::from(ArrayD::<f32>::zeros(IxDyn(&[2, 3]))),
+    )];
+    let err = adanorm_onnx::runner::run(&path, inputs)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tract failed") && err.contains("bad_axis"),
+        "{err}"
+    );
+    let out = bin().arg("verify").arg(&path).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("tract failed"), "{stderr}");
+    assert!(!stderr.contains("internal error"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+/// Declared dimensions too large to draw random inputs for are refused before any allocation.
+#[test]
+fn verify_refuses_inputs_too_large_to_draw() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Builder::new(13);
+    let x = b.input("x", F32, &[0, 1 << 40, 1 << 40]);
+    b.node_named("id", "Identity", &[&x], &["y"], vec![]);
+    b.output("y", F32);
+    let path = b.save(dir.path(), "huge");
+    let out = bin().arg("verify").arg(&path).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("too large to draw"), "{stderr}");
+}

@@ -88,13 +88,61 @@ pub fn model_for_path(path: &Path) -> TractResult<InferenceModel> {
     Ok(parsed.model)
 }
 
+/// The largest tensor a run may make (16 GiB): a model whose shapes, once the inputs are known,
+/// ask for more is refused before anything is allocated, rather than aborting the process.
+pub const MAX_TENSOR_BYTES: usize = 16 << 30;
+
 /// Runs the model at `path` once on `inputs` (by graph input name) and returns every graph
 /// output, by name, in its own element type.
 ///
 /// Each input's type and shape are taken from its tensor, so symbolic dimensions resolve and
 /// tract optimises for exactly these shapes. An input that is missing, unknown or given twice is
-/// an error naming it.
+/// an error naming it, as is a value larger than [`MAX_TENSOR_BYTES`]. A panic inside tract (it
+/// has some on malformed models) comes back as an error too.
 pub fn run_model(path: &Path, inputs: Vec<(String, Tensor)>) -> TractResult<Vec<(String, Tensor)>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_model_unguarded(path, inputs)
+    }))
+    .unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        // The first line: a panic on an unwrapped error carries its whole backtrace.
+        let first = msg.lines().next().unwrap_or_default();
+        bail!("tract failed on this model (it panicked: {first})")
+    })
+}
+
+/// Refuses a typed model with a value larger than [`MAX_TENSOR_BYTES`].
+fn check_tensor_sizes(model: &TypedModel, path: &Path) -> TractResult<()> {
+    for node in model.nodes() {
+        for out in &node.outputs {
+            let Some(shape) = out.fact.shape.as_concrete() else {
+                continue;
+            };
+            let bytes = shape
+                .iter()
+                .try_fold(out.fact.datum_type.size_of(), |acc, &d| acc.checked_mul(d));
+            ensure!(
+                bytes.is_some_and(|b| b <= MAX_TENSOR_BYTES),
+                "{}: node {:?} would make a tensor of shape {:?} ({}), more than the {} GiB a run may use",
+                path.display(),
+                node.name,
+                shape,
+                bytes.map_or("beyond the address space".into(), |b| format!("{b} bytes")),
+                MAX_TENSOR_BYTES >> 30
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_model_unguarded(
+    path: &Path,
+    inputs: Vec<(String, Tensor)>,
+) -> TractResult<Vec<(String, Tensor)>> {
     let mut model = model_for_path(path)?;
     let input_names: Vec<String> = model
         .input_outlets()?
@@ -134,7 +182,11 @@ pub fn run_model(path: &Path, inputs: Vec<(String, Tensor)>) -> TractResult<Vec<
                 .unwrap_or_else(|| model.node(o.node).name.clone())
         })
         .collect();
-    let plan = model
+    let typed = model
+        .into_typed()
+        .with_context(|| format!("Analysing {}", path.display()))?;
+    check_tensor_sizes(&typed, path)?;
+    let plan = typed
         .into_optimized()
         .with_context(|| format!("Optimising {}", path.display()))?
         .into_runnable()?;
