@@ -413,3 +413,24 @@ fn verify_refuses_inputs_too_large_to_draw() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("too large to draw"), "{stderr}");
 }
+
+/// A Transpose whose perm repeats an axis: tract would allocate without bound; refused first.
+#[test]
+fn a_transpose_that_is_not_a_permutation_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Builder::new(13);
+    let x = b.input("x", F32, &[2, 3, 4]);
+    b.node_named(
+        "t",
+        "Transpose",
+        &[&x],
+        &["y"],
+        vec![("perm", common::A::Is(vec![0, 1, 1]))],
+    );
+    b.output("y", F32);
+    let path = b.save(dir.path(), "bad_perm");
+    let out = bin().arg("verify").arg(&path).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not a permutation"), "{stderr}");
+}

@@ -1,6 +1,7 @@
 //! Whole-model checks on the proto, before tract parses it, for mistakes tract would either miss
-//! (it ignores node domains, so `ai.adanorm.Relu` would silently become tract's `Relu`) or
-//! report without naming our node (a bfloat16 `X`, which tract cannot represent).
+//! (it ignores node domains, so `ai.adanorm.Relu` would silently become tract's `Relu`),
+//! report without naming our node (a bfloat16 `X`, which tract cannot represent), or run into
+//! without bound (a `Transpose` perm that repeats an axis).
 
 use std::collections::HashSet;
 
@@ -41,11 +42,36 @@ fn check_graph(graph: &GraphProto) -> TractResult<()> {
                 );
             }
         }
+        check_transpose(node)?;
         for attribute in &node.attribute {
             for g in attribute.g.iter().chain(&attribute.graphs) {
                 check_graph(g)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// A `Transpose` whose `perm` is not a permutation: tract 0.23 does not refuse it, and may
+/// then allocate without bound.
+fn check_transpose(node: &NodeProto) -> TractResult<()> {
+    let is_default_domain = node.domain.is_empty() || node.domain == "ai.onnx";
+    if !is_default_domain || node.op_type != "Transpose" {
+        return Ok(());
+    }
+    if let Some(perm) = node.attribute.iter().find(|a| a.name == "perm") {
+        let n = perm.ints.len() as i64;
+        let mut seen = vec![false; perm.ints.len()];
+        let valid = perm
+            .ints
+            .iter()
+            .all(|&p| (0..n).contains(&p) && !std::mem::replace(&mut seen[p as usize], true));
+        ensure!(
+            valid,
+            "{}: Transpose perm {:?} is not a permutation of 0..{n}",
+            node_label(node),
+            perm.ints
+        );
     }
     Ok(())
 }
