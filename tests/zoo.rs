@@ -42,7 +42,7 @@ fn every_zoo_model_matches_its_ground_truth_exactly() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 29, "all zoo models were inspected");
+    assert_eq!(checked, 31, "all zoo models were inspected");
 }
 
 fn all(ms: &[Match], pred: impl Fn(&Match) -> bool) -> bool {
@@ -166,6 +166,20 @@ fn legacy_fp16_paper_modules() {
         && m.dtype == Some(10)
         && m.epsilon == 1.0013580322265625e-5
         && m.rewritable));
+}
+
+/// Keras 3 mixed precision: the LayerNorm runs in float32 between a cast of its float16 input
+/// and a cast back after the float32 affine. The match starts after the first cast, so the
+/// op runs in float32 with the float32 gain and bias, exactly as before.
+#[test]
+fn keras_mixed_precision_layernorm_runs_in_float32() {
+    let ms = inspect("keras3_mixed_fp16_tf2onnx_op13");
+    assert!(all(&ms, |m| m.family == Family::LayerNorm
+        && m.dtype == Some(1)
+        && m.scale.is_some()
+        && m.bias.is_some()
+        && m.rewritable));
+    assert!(ms.iter().all(|m| m.input.ends_with("/Cast:0")), "{ms:#?}");
 }
 
 #[test]

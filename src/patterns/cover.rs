@@ -79,8 +79,11 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
         .cloned()
         .collect();
     let mut inputs = HashSet::new();
+    // Each read's chain of absorbed casts: (the value a cast made, that cast).
+    let mut chains: Vec<Vec<(String, NodeId)>> = Vec::new();
     for r in reads {
         let mut v = r;
+        let mut chain = Vec::new();
         while v != s.x {
             let Some((id, node)) = g.producer_node(&v) else {
                 break;
@@ -92,8 +95,10 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
                 break;
             }
             core.insert(id);
+            chain.push((v.clone(), id));
             v = node.input[0].clone();
         }
+        chains.push(chain);
         inputs.insert(v);
     }
     let mut input = match inputs.len() {
@@ -106,6 +111,22 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
             s.x.clone()
         }
     };
+    // A normalisation computed in a wider type from a cast of its input, whose result stays in
+    // that type (Keras mixed precision: float32 statistics, gain and bias; the cast back comes
+    // after the affine): the match starts after the cast, where its own type begins.
+    if let ([chain], Some(out_type)) = (chains.as_slice(), g.elem_type(&cand.output)) {
+        if g.elem_type(&input) != Some(out_type) {
+            if let Some(at) = chain
+                .iter()
+                .position(|(v, _)| g.elem_type(v) == Some(out_type))
+            {
+                for (_, id) in &chain[at..] {
+                    core.remove(id);
+                }
+                input = chain[at].0.clone();
+            }
+        }
+    }
 
     // The ONNX function-body form works on a flattened view: lift it back to X.
     let (mut output, mut scale, mut bias) =
