@@ -144,12 +144,6 @@ fn dynamo_adanorm_modules_with_dynamic_shapes() {
             "{name}: {ms:#?}"
         );
     }
-    let ms = inspect("lnsimple_dynamo_op18");
-    assert!(all(&ms, |m| m.family == Family::LnSimple
-        && m.unbiased
-        && !m.eps_in_sqrt
-        && m.scale.is_none()
-        && m.rewritable));
 }
 
 /// The TorchScript exporter in float16: the Bessel factor's `N` goes through float to float16
@@ -213,12 +207,17 @@ fn dynamo_layernorm_variants() {
 
 #[test]
 fn lnsimple_module_parameters() {
-    let ms = inspect("lnsimple_legacy_op14");
-    assert!(all(&ms, |m| m.family == Family::LnSimple
-        && m.unbiased
-        && !m.eps_in_sqrt
-        && m.scale.is_none()
-        && m.rewritable));
+    for name in ["lnsimple_legacy_op14", "lnsimple_dynamo_op18"] {
+        let ms = inspect(name);
+        assert!(
+            all(&ms, |m| m.family == Family::LnSimple
+                && m.unbiased
+                && !m.eps_in_sqrt
+                && m.scale.is_none()
+                && m.rewritable),
+            "{name}"
+        );
+    }
 }
 
 #[test]

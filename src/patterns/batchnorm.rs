@@ -29,7 +29,7 @@ use crate::graph::{GraphIndex, NodeId};
 use crate::onnx::attr;
 
 pub fn find(g: &GraphIndex<'_>, claimed: &HashSet<NodeId>) -> Vec<Match> {
-    scan(g, claimed, "BatchNormalization", read)
+    scan(g, claimed, &["BatchNormalization"], read)
 }
 
 fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<(Stats, Candidate)> {
@@ -152,17 +152,12 @@ fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<(Stats, Candidate)> {
         core,
         aux,
     };
-    let cand = Candidate {
-        family: Some(Family::LayerNorm),
-        form: "Keras fused (tf2onnx BatchNormalization)".into(),
-        core: t.nodes,
-        output: t.output,
-        scale: t.scale,
-        bias: t.bias,
-        c: 1.0,
-        k: 0.0,
-        problems: vec![],
-    };
+    let cand = Candidate::with_tail(
+        Family::LayerNorm,
+        "Keras fused (tf2onnx BatchNormalization)",
+        vec![],
+        t,
+    );
     Some((stats, cand))
 }
 

@@ -12,13 +12,13 @@ use super::stats::Stats;
 use super::{Family, Match};
 use crate::graph::{dims, GraphIndex, NodeId};
 
-/// Every match read at a standard-domain node of `op_type` (the anchor: `Sqrt` for decomposed
-/// forms, `BatchNormalization` for Keras 2's), in graph order, none overlapping `claimed` or an
-/// earlier one.
+/// Every match read at a standard-domain node of one of `op_types` (the anchors: the root for
+/// decomposed forms, `BatchNormalization` for Keras 2's), in graph order, none overlapping
+/// `claimed` or an earlier one.
 pub fn scan(
     g: &GraphIndex<'_>,
     claimed: &HashSet<NodeId>,
-    op_type: &str,
+    op_types: &[&str],
     read: impl Fn(&Canon<'_, '_>, NodeId) -> Option<(Stats, Candidate)>,
 ) -> Vec<Match> {
     let c = Canon::new(g);
@@ -27,7 +27,7 @@ pub fn scan(
     for &id in g.topological() {
         let n = g.node(id);
         let std_domain = n.domain().is_empty() || n.domain() == "ai.onnx";
-        if !std_domain || n.op_type() != op_type || used.contains(&id) {
+        if !std_domain || !op_types.contains(&n.op_type()) || used.contains(&id) {
             continue;
         }
         let Some((stats, cand)) = read(&c, id) else {

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::affine::{is_row_parameter, tail};
+use super::affine::{is_row_parameter, tail, Tail};
 use super::canon::Canon;
 use super::cover::scan;
 use super::stats::{stats_at_sqrt, Stats, VarianceForm};
@@ -26,21 +26,33 @@ pub struct Candidate {
     pub problems: Vec<String>,
 }
 
+impl Candidate {
+    /// A candidate that is neither AdaNorm nor scaled (c = 1, k = 0): `core`, then the affine
+    /// tail `t`, whose output, gain and bias it takes.
+    pub fn with_tail(family: Family, form: &str, mut core: Vec<NodeId>, t: Tail) -> Candidate {
+        core.extend(t.nodes);
+        Candidate {
+            family: Some(family),
+            form: form.into(),
+            core,
+            output: t.output,
+            scale: t.scale,
+            bias: t.bias,
+            c: 1.0,
+            k: 0.0,
+            problems: vec![],
+        }
+    }
+}
+
 pub fn find(g: &GraphIndex<'_>, claimed: &HashSet<NodeId>) -> Vec<Match> {
     let read = |c: &Canon<'_, '_>, id| {
         let stats = stats_at_sqrt(c, id)?;
         let cand = normalisation(c, &stats)?;
         Some((stats, cand))
     };
-    let mut found = scan(g, claimed, "Sqrt", read);
-    // Roots written as powers (`** 0.5`, `** -0.5`).
-    let claimed: HashSet<NodeId> = claimed
-        .iter()
-        .chain(found.iter().flat_map(|m| &m.nodes))
-        .copied()
-        .collect();
-    found.extend(scan(g, &claimed, "Pow", read));
-    found
+    // Roots as `Sqrt`, or written as powers (`** 0.5`, `** -0.5`).
+    scan(g, claimed, &["Sqrt", "Pow"], read)
 }
 
 fn normalisation(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
@@ -93,23 +105,14 @@ fn plain(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
     let x_type = c.g.elem_type(&s.x);
     let finish_tail = |core: Vec<NodeId>, y: String, scale: Option<String>| {
         let t = tail(c, &y, &s.x, &s.axes, x_type, scale.is_none());
-        let mut core = core;
-        core.extend(t.nodes);
-        Candidate {
-            family: Some(family_of(s)),
-            form: if s.form == VarianceForm::MomentDifference {
-                "decomposed, E[x²]−E[x]²".into()
-            } else {
-                "decomposed".into()
-            },
-            core,
-            output: t.output,
-            scale: scale.or(t.scale),
-            bias: t.bias,
-            c: 1.0,
-            k: 0.0,
-            problems: vec![],
-        }
+        let form = if s.form == VarianceForm::MomentDifference {
+            "decomposed, E[x²]−E[x]²"
+        } else {
+            "decomposed"
+        };
+        let mut cand = Candidate::with_tail(family_of(s), form, core, t);
+        cand.scale = scale.or(cand.scale);
+        cand
     };
     for id in consumers_of(c, &s.den, "Div") {
         let n = c.g.node(id);
@@ -413,18 +416,12 @@ fn rms(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
             }
         }
     }
-    let (mut core, y) = found?;
+    let (core, y) = found?;
     let t = tail(c, &y, &s.x, &s.axes, x_type, true);
-    core.extend(t.nodes);
-    Some(Candidate {
-        family: Some(Family::RmsNorm),
-        form: "decomposed RMSNorm".into(),
+    Some(Candidate::with_tail(
+        Family::RmsNorm,
+        "decomposed RMSNorm",
         core,
-        output: t.output,
-        scale: t.scale,
-        bias: t.bias,
-        c: 1.0,
-        k: 0.0,
-        problems: vec![],
-    })
+        t,
+    ))
 }

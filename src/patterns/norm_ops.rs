@@ -28,14 +28,15 @@ use crate::onnx::tensor::decode;
 const MVN_EPSILON: f64 = 1e-9;
 
 pub fn find(g: &GraphIndex<'_>, claimed: &HashSet<NodeId>) -> Vec<Match> {
-    let mut found = scan(g, claimed, "InstanceNormalization", instance_norm);
-    let claimed: HashSet<NodeId> = claimed
-        .iter()
-        .chain(found.iter().flat_map(|m| &m.nodes))
-        .copied()
-        .collect();
-    found.extend(scan(g, &claimed, "MeanVarianceNormalization", mvn));
-    found
+    scan(
+        g,
+        claimed,
+        &["InstanceNormalization", "MeanVarianceNormalization"],
+        |c, id| match c.g.node(id).op_type() {
+            "InstanceNormalization" => instance_norm(c, id),
+            _ => mvn(c, id),
+        },
+    )
 }
 
 fn instance_norm(c: &Canon<'_, '_>, id: NodeId) -> Option<(Stats, Candidate)> {
@@ -115,18 +116,7 @@ fn single_node(
         core: vec![id],
         aux,
     };
-    let cand = Candidate {
-        family: Some(family),
-        form: form.into(),
-        core: t.nodes,
-        output: t.output,
-        scale: t.scale,
-        bias: t.bias,
-        c: 1.0,
-        k: 0.0,
-        problems: vec![],
-    };
-    Some((stats, cand))
+    Some((stats, Candidate::with_tail(family, form, vec![], t)))
 }
 
 /// `value` holds `fill` only: a constant, `ConstantOfShape` of that value, or `Expand` of a
