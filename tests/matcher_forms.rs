@@ -940,6 +940,28 @@ fn sums_divided_by_the_row_length_are_means() {
 }
 
 #[test]
+fn a_sum_times_the_float32_reciprocal_of_the_row_length_is_a_mean() {
+    // 1/768 is not exact in float32: its reciprocal is 767.99994.
+    let mut b = Builder::new(13);
+    let x = b.input("x", F32, &[2, 768]);
+    let axes = b.init_typed("axes", I64, &[1], &[-1.0]);
+    let s = b.op("ReduceSum", &[&x, &axes], vec![("keepdims", A::I(1))]);
+    let inv = b.init("inv_n", &[], &[1.0 / 768.0]);
+    let m = b.op("Mul", &[&inv, &s], vec![]);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let sq = b.op("Mul", &[&d, &d], vec![]);
+    let v = mean(&mut b, &sq, &[-1], 13, Some(1));
+    let eps = b.init("eps", &[], &[1e-5]);
+    let ve = b.op("Add", &[&v, &eps], vec![]);
+    let sd = b.op("Sqrt", &[&ve], vec![]);
+    b.node_named("y", "Div", &[&d, &sd], &["out"], vec![]);
+    b.output("out", F32);
+    let m = only(b.matches());
+    assert_eq!(m.family, Family::LayerNorm);
+    assert!(m.rewritable, "{:?}", m.reason);
+}
+
+#[test]
 fn sums_divided_by_another_count_are_not_means() {
     // Not centred by its mean: at most an RMSNorm of `x - m`, never a LayerNorm.
     let ms = sums(H as f32 - 2.0, H as f32).matches();

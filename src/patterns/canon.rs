@@ -256,6 +256,12 @@ impl<'g, 'm> Canon<'g, 'm> {
         if !(count.is_finite() && count > 0.0) {
             return None;
         }
+        // `* (1/N)` in float32 inverts to N only approximately (1/768 → 767.99994).
+        let count = if (count - count.round()).abs() <= 1e-4 * count {
+            count.round()
+        } else {
+            count
+        };
         let summed = match node.op_type() {
             "Div" => node.input.first()?,
             _ => node.input.iter().find(|v| self.scalar(v).is_none())?,
