@@ -19,10 +19,9 @@
 use std::collections::HashSet;
 
 use super::affine::tail;
-use super::canon::{Axes, Canon};
+use super::canon::{filled_with, Axes, Canon};
 use super::cover::scan;
 use super::decomposed::Candidate;
-use super::norm_ops::filled_with;
 use super::stats::{Stats, VarianceForm};
 use super::{Family, Match};
 use crate::graph::{GraphIndex, NodeId};

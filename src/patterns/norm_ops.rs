@@ -15,14 +15,13 @@
 use std::collections::HashSet;
 
 use super::affine::tail;
-use super::canon::{Axes, Canon};
+use super::canon::{filled_with, Axes, Canon};
 use super::cover::scan;
 use super::decomposed::Candidate;
 use super::stats::{Stats, VarianceForm};
 use super::{Family, Match};
 use crate::graph::{GraphIndex, NodeId};
 use crate::onnx::attr;
-use crate::onnx::tensor::decode;
 
 /// The epsilon the ONNX function body of MeanVarianceNormalization adds to the deviation.
 const MVN_EPSILON: f64 = 1e-9;
@@ -117,52 +116,4 @@ fn single_node(
         aux,
     };
     Some((stats, Candidate::with_tail(family, form, vec![], t)))
-}
-
-/// `value` holds `fill` only: a constant, `ConstantOfShape` of that value, or `Expand` of a
-/// one-value constant, to any shape. Returns the nodes computing it, with the shape arithmetic
-/// behind the shape where there is some (helpers of the match).
-pub fn filled_with(c: &Canon<'_, '_>, value: &str, fill: f64) -> Option<Vec<NodeId>> {
-    if let Some(v) = c.g.constant(value) {
-        let all = v.floats.as_ref()?.iter().all(|&f| f == fill);
-        return all.then(Vec::new);
-    }
-    let (id, shape) = if let Some((id, n)) = c.op(value, "ConstantOfShape") {
-        // No `value` attribute: float zeros.
-        let held = match attr::tensor(n, "value") {
-            Some(t) => decode(c.g.model, t).ok().flatten()?.scalar_f64()?,
-            None => 0.0,
-        };
-        (held == fill).then_some((id, n.input.first()?))?
-    } else {
-        let (id, expand) = c.op(value, "Expand")?;
-        (c.scalar(expand.input.first()?)? == fill).then_some((id, expand.input.get(1)?))?
-    };
-    let mut nodes = vec![id];
-    nodes.extend(shape_arithmetic(c, shape, 0).unwrap_or_default());
-    Some(nodes)
-}
-
-/// The nodes computing `value` from tensor shapes and constants only (`Shape`, casts, slices,
-/// products...): helpers whose result does not depend on any tensor's contents.
-fn shape_arithmetic(c: &Canon<'_, '_>, value: &str, depth: usize) -> Option<Vec<NodeId>> {
-    if c.is_constant(value) {
-        return Some(vec![]);
-    }
-    if depth > 12 {
-        return None;
-    }
-    let (id, node) = c.g.producer_node(value)?;
-    let mut nodes = vec![id];
-    match node.op_type() {
-        "Shape" => {}
-        "Cast" | "Slice" | "Gather" | "ReduceProd" | "Unsqueeze" | "Squeeze" | "Concat"
-        | "Reshape" | "Mul" => {
-            for input in node.input.iter().filter(|i| !i.is_empty()) {
-                nodes.extend(shape_arithmetic(c, input, depth + 1)?);
-            }
-        }
-        _ => return None,
-    }
-    Some(nodes)
 }
