@@ -12,6 +12,7 @@ root="$(cd "$here/../../../.." && pwd)"
 carry="$root/.carry-gpu"
 out="${OUT:-/tmp/adanorm-gpu-out}"
 site=/tmp/onnxruntime-gpu-site
+bins=/tmp/adanorm-bins
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=0
 status=0
@@ -44,6 +45,7 @@ with open(target, "wb") as f:
     f.write(lzma.decompress(data))
 print(f"onnxruntime-gpu unpacked from {len(parts)} provider part(s) into {site}")
 EOF
+    rm -rf "$bins" && mkdir -p "$bins" && tar -C "$bins" -xJf "$carry/rest/adanorm-bins.tar.xz" && ls -la "$bins"
 }
 step unpack unpack
 export PYTHONPATH="$site"
@@ -61,12 +63,12 @@ export LD_LIBRARY_PATH="$nvidia_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.__file__, o.get_available_providers())" \
     | tee -a "$out/summary.txt"
 
-lib="$carry/rest/libadanorm_ort.so"
-step kernels-gpu-tests "$carry/rest/gpu-tests" --test-threads=1
+lib="$bins/libadanorm_ort.so"
+step kernels-gpu-tests "$bins/gpu-tests" --test-threads=1
 # The compute_75 build Turing GPUs load, run on this newer GPU.
-step kernels-gpu-tests-cc75 env ADANORM_CUDA_PTX=cc75 "$carry/rest/gpu-tests" --test-threads=1
+step kernels-gpu-tests-cc75 env ADANORM_CUDA_PTX=cc75 "$bins/gpu-tests" --test-threads=1
 step ort-cuda-tests bash -c "cd '$root/crates/ort/tests/python' && ADANORM_ORT_LIB='$lib' python3 -m unittest -v test_cuda"
 step bench-ort-cuda python3 "$root/crates/ort/bench/bench_ort_cuda.py" --lib "$lib"
-step bench-kernels "$carry/rest/gpu-bandwidth"
+step bench-kernels "$bins/gpu-bandwidth"
 cat "$out/summary.txt"
 exit "$status"

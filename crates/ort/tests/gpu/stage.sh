@@ -5,8 +5,10 @@
 #   .carry-gpu/provider-NN/  onnxruntime-gpu's CUDA provider library, xz, in parts of <= 56 MiB.
 #                            Default: only sm_$KEEP_ARCH machine code kept (keep_one_gpu_arch.py),
 #                            one part; FULL=1 keeps every GPU's code (about 4 parts).
-#   .carry-gpu/rest/         the rest of the onnxruntime-gpu wheel (xz tar), libadanorm_ort.so built
-#                            with --features cuda, and adanorm-cuda's GPU test and bench binaries.
+#   .carry-gpu/rest/         the rest of the onnxruntime-gpu wheel (xz tar) and adanorm-bins.tar.xz:
+#                            libadanorm_ort.so built with --features cuda, adanorm-cuda's GPU test
+#                            and bench binaries.
+# Each call carries the working tree too (about 12 MiB): one part plus the tree must stay <= 64 MiB.
 #
 # Then carry each provider part in its own call and the rest in the last, which runs the suite;
 # the calls must follow each other closely (an idle machine goes back after ~30 s):
@@ -64,8 +66,11 @@ echo "$version" > "$out/rest/onnxruntime-gpu.version"
 say "libadanorm_ort with --features cuda, adanorm-cuda's GPU test and bench binaries"
 eval "$("$root/crates/cuda/scripts/setup-cuda-build.sh")"
 cargo build -p adanorm-ort --release --locked --features cuda --target-dir "$root/target/cuda-feature"
-# Symbols stripped from the copies: the carry limit counts every byte.
-strip --strip-unneeded -o "$out/rest/libadanorm_ort.so" "$root/target/cuda-feature/release/libadanorm_ort.so"
+# Symbols stripped from the copies, and the three packed with xz: the carry limit (64 MiB with the
+# working tree) counts every byte, and the embedded PTX text shrinks about sevenfold.
+bin_dir="$work/bins"
+rm -rf "$bin_dir" && mkdir -p "$bin_dir"
+strip --strip-unneeded -o "$bin_dir/libadanorm_ort.so" "$root/target/cuda-feature/release/libadanorm_ort.so"
 bins="$(cargo test -p adanorm-cuda --features cuda --release --locked --target-dir "$root/target/cuda-feature" \
     --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, sys
@@ -82,8 +87,9 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu_bandwidth":
         print(m["executable"])
 ' > "$work/bench.path"
-strip --strip-all -o "$out/rest/gpu-tests" "$bins"
-strip --strip-all -o "$out/rest/gpu-bandwidth" "$(cat "$work/bench.path")"
+strip --strip-all -o "$bin_dir/gpu-tests" "$bins"
+strip --strip-all -o "$bin_dir/gpu-bandwidth" "$(cat "$work/bench.path")"
+tar -C "$bin_dir" -cf - libadanorm_ort.so gpu-tests gpu-bandwidth | xz -T2 -6 > "$out/rest/adanorm-bins.tar.xz"
 
 say "staged (carry each provider-NN in its own call, rest last)"
 du -sh "$out"/*
