@@ -4,7 +4,8 @@
 #   1. adanorm-cuda's GPU tests (the kernels against the reference, no ONNX Runtime), once more
 #      with the Turing (compute_75) PTX,
 #   2. crates/ort/tests/python/test_cuda.py through onnxruntime-gpu's CUDAExecutionProvider,
-#   3. bench_ort_cuda.py (ours vs ORT's CUDA LayerNormalization) and the kernels' bandwidth bench.
+#   3. compute-sanitizer (memcheck, racecheck, synccheck) over the edge-case kernel tests,
+#   4. bench_ort_cuda.py (ours vs ORT's CUDA LayerNormalization) and the kernels' bandwidth bench.
 # Every step runs even if an earlier one failed; the exit status is the first failure's.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,11 +17,17 @@ bins=/tmp/adanorm-bins
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=0
 status=0
+# STEPS="a b": run only the named steps (unpack always runs), e.g. to rerun one in a second call.
 step() {
     local name=$1
     shift
+    if [ -n "${STEPS:-}" ] && [ "$name" != unpack ] && [[ " $STEPS " != *" $name "* ]]; then
+        return 0
+    fi
     printf '\n==> %s\n' "$name" | tee -a "$out/summary.txt"
-    "$@" 2>&1 | tee "$out/$name.log"
+    # One log for all steps: at most 8 files come back from $OUT.
+    printf '\n==> %s\n' "$name" >> "$out/steps.log"
+    "$@" 2>&1 | tee -a "$out/steps.log"
     local rc=${PIPESTATUS[0]}
     echo "$name: exit $rc" | tee -a "$out/summary.txt"
     [ "$rc" -eq 0 ] || [ "$status" -ne 0 ] || status=$rc
@@ -46,6 +53,9 @@ with open(target, "wb") as f:
 print(f"onnxruntime-gpu unpacked from {len(parts)} provider part(s) into {site}")
 EOF
     rm -rf "$bins" && mkdir -p "$bins" && tar -C "$bins" -xJf "$carry/rest/adanorm-bins.tar.xz" && ls -la "$bins"
+    # The rewritten zoo (scripts/build-ort-fixtures), where test_cuda.py looks for it.
+    rm -rf "$root/target/ort-fixtures" && mkdir -p "$root/target" &&
+        tar -C "$root/target" -xJf "$carry/rest/ort-fixtures.tar.xz" && ls "$root/target/ort-fixtures" | wc -l
 }
 step unpack unpack
 export PYTHONPATH="$site"
@@ -68,6 +78,15 @@ step kernels-gpu-tests "$bins/gpu-tests" --test-threads=1
 # The compute_75 build Turing GPUs load, run on this newer GPU.
 step kernels-gpu-tests-cc75 env ADANORM_CUDA_PTX=cc75 "$bins/gpu-tests" --test-threads=1
 step ort-cuda-tests bash -c "cd '$root/crates/ort/tests/python' && ADANORM_ORT_LIB='$lib' python3 -m unittest -v test_cuda"
+# compute-sanitizer over the kernel tests that cover edges, options and bad arguments (the
+# full-size ones would take too long under it): out-of-bounds or misaligned accesses, shared
+# memory races, barrier misuse. A timeout shows as exit 124.
+sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || echo compute-sanitizer)"
+sanitized=(degenerate_sizes in_place bad_arguments every_option_combination constant_rows)
+for tool in memcheck racecheck synccheck; do
+    step "sanitizer-$tool" timeout 120 "$sanitizer" --tool "$tool" --error-exitcode 1 \
+        "$bins/gpu-tests" --test-threads=1 "${sanitized[@]}"
+done
 step bench-ort-cuda python3 "$root/crates/ort/bench/bench_ort_cuda.py" --lib "$lib"
 step bench-kernels "$bins/gpu-bandwidth"
 cat "$out/summary.txt"

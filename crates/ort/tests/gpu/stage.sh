@@ -7,7 +7,7 @@
 #                            one part; FULL=1 keeps every GPU's code (about 4 parts).
 #   .carry-gpu/rest/         the rest of the onnxruntime-gpu wheel (xz tar) and adanorm-bins.tar.xz:
 #                            libadanorm_ort.so built with --features cuda, adanorm-cuda's GPU test
-#                            and bench binaries.
+#                            and bench binaries; ort-fixtures.tar.xz: the zoo after fuse/rewrite.
 # Each call carries the working tree too (about 12 MiB): one part plus the tree must stay <= 64 MiB.
 #
 # Then carry each provider part in its own call and the rest in the last, which runs the suite;
@@ -90,6 +90,11 @@ for line in sys.stdin:
 strip --strip-all -o "$bin_dir/gpu-tests" "$bins"
 strip --strip-all -o "$bin_dir/gpu-bandwidth" "$(cat "$work/bench.path")"
 tar -C "$bin_dir" -cf - libadanorm_ort.so gpu-tests gpu-bandwidth | xz -T2 -6 > "$out/rest/adanorm-bins.tar.xz"
+
+say "the zoo after fuse and rewrite (scripts/build-ort-fixtures), for test_cuda.py's whole-model test"
+cargo build --locked --bin adanorm-onnx
+"$root/scripts/build-ort-fixtures" "$root/target/debug/adanorm-onnx" >/dev/null
+tar -C "$root/target" -cf - ort-fixtures | xz -T2 -6 > "$out/rest/ort-fixtures.tar.xz"
 
 say "staged (carry each provider-NN in its own call, rest last)"
 du -sh "$out"/*

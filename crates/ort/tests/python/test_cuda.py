@@ -10,6 +10,7 @@ registers the CUDA records even without a GPU, CPU sessions must still load and 
 """
 
 import ctypes
+import glob
 import itertools
 import json
 import os
@@ -20,10 +21,12 @@ import threading
 import unittest
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
 import adanorm_testlib as lib
+import test_fixtures
 from adanorm_testlib import run_case
 
 CUDA = ("CUDAExecutionProvider",)
@@ -239,6 +242,68 @@ class OnTheGpu(unittest.TestCase):
             sess.run_with_iobinding(binding)
             want, _, _ = lib.reference(x, g, b)
             lib.assert_close(self, y_dev.numpy(), want, lib.TOL["float32"], f"replay {step}")
+
+
+def fixture_cases():
+    """test_fixtures' cases (ADANORM_ORT_FIXTURES), else every case under target/ort-fixtures
+    (written by scripts/build-ort-fixtures: the zoo after fuse and rewrite)."""
+    if not os.environ.get("ADANORM_ORT_FIXTURES"):
+        built = sorted(glob.glob(os.path.join(lib.ROOT, "target", "ort-fixtures", "*", "")))
+        return [c for c in (test_fixtures.case_of(d) for d in built) if c is not None]
+    return test_fixtures.cases()
+
+
+def our_nodes(graph):
+    """How many ai.adanorm nodes `graph` holds, subgraphs (If/Loop/Scan bodies) included."""
+    count = 0
+    for node in graph.node:
+        count += node.domain == lib.DOMAIN
+        for attr in node.attribute:
+            for g in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
+                count += our_nodes(g)
+    return count
+
+
+@unittest.skipIf(gpu_skip_reason(), gpu_skip_reason())
+class RewrittenModelsOnTheGpu(unittest.TestCase):
+    def test_every_rewritten_model_on_cuda(self):
+        # Whole exported models after `fuse`/`rewrite`, run on CUDAExecutionProvider: the outputs
+        # must match the exporter's reference as on the CPU, and every ai.adanorm node that ran
+        # must have run on the GPU. Shape arithmetic may stay on the CPU (onnxruntime puts it
+        # there on purpose), so CPU fallback is allowed and the profile is the judge. TF32 is off:
+        # the references are float32 PyTorch/TensorFlow on the CPU.
+        cases = fixture_cases()
+        if not cases:
+            self.skipTest("no rewritten models: run scripts/build-ort-fixtures (or set ADANORM_ORT_FIXTURES)")
+        providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+        report = []
+        for name, model_path, inputs, ref, tol in cases:
+            with self.subTest(case=name):
+                model = onnx.load(model_path)
+                so = cuda_options(fallback=True)
+                so.enable_profiling = True
+                so.profile_file_prefix = os.path.join(tempfile.mkdtemp(), name)
+                sess = lib.make_session(model, so=so, providers=providers)
+                with np.load(inputs) as i, np.load(ref) as r:
+                    feeds, want = dict(i), dict(r)
+                names = list(want)
+                got = dict(zip(names, sess.run(names, feeds)))
+                with open(sess.end_profiling()) as f:
+                    events = json.load(f)
+                ran = [e["args"]["provider"] for e in events if e.get("cat") == "Node"
+                       and e.get("args", {}).get("op_name") in ("AdaNorm", "LayerNormSimple")]
+                err = max(float(np.max(np.abs(got[n].astype(np.float64) - want[n].astype(np.float64))
+                                       / np.maximum(1.0, np.abs(want[n].astype(np.float64))), initial=0.0))
+                          for n in names)
+                report.append(f"{name}: {our_nodes(model.graph)} ai.adanorm nodes, {len(ran)} ran "
+                              f"on {sorted(set(ran)) or '-'}, max scaled error {err:.2e} (tol {tol})")
+                self.assertEqual(set(ran) - {"CUDAExecutionProvider"}, set(), f"{name}: ran on {ran}")
+                # (Nodes only inside If branches may legitimately not run: the branch not taken.)
+                if any(n.domain == lib.DOMAIN for n in model.graph.node):
+                    self.assertTrue(ran, f"{name}: no ai.adanorm node in the profile")
+                for n in names:
+                    lib.assert_close(self, got[n], want[n], tol, f"{name}: {n}")
+        print("\n" + "\n".join(report), file=sys.stderr)
 
 
 def layer_normalization_model(dtype):
