@@ -5,7 +5,8 @@
 #      with the Turing (compute_75) PTX,
 #   2. crates/ort/tests/python/test_cuda.py through onnxruntime-gpu's CUDAExecutionProvider,
 #   3. compute-sanitizer (memcheck, racecheck, synccheck) over the edge-case kernel tests,
-#   4. bench_ort_cuda.py (ours vs ORT's CUDA LayerNormalization) and the kernels' bandwidth bench.
+#   4. bench_ort_cuda.py (ours vs ORT's CUDA LayerNormalization), the kernels' bandwidth bench and
+#      bench_model_cuda.py (BERT-base and GPT-2 before and after fuse).
 # Every step runs even if an earlier one failed; the exit status is the first failure's.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -89,5 +90,8 @@ for tool in memcheck racecheck synccheck; do
 done
 step bench-ort-cuda python3 "$root/crates/ort/bench/bench_ort_cuda.py" --lib "$lib"
 step bench-kernels "$bins/gpu-bandwidth"
+# Whole BERT-base and GPT-2 (exported here with the image's torch + transformers) before and
+# after fuse.
+step bench-model python3 "$root/crates/ort/bench/bench_model_cuda.py" --lib "$lib" --cli "$bins/adanorm-onnx"
 cat "$out/summary.txt"
 exit "$status"

@@ -7,7 +7,7 @@
 #                            one part; FULL=1 keeps every GPU's code (about 4 parts).
 #   .carry-gpu/rest/         the rest of the onnxruntime-gpu wheel (xz tar) and adanorm-bins.tar.xz:
 #                            libadanorm_ort.so built with --features cuda, adanorm-cuda's GPU test
-#                            and bench binaries; ort-fixtures.tar.xz: the zoo after fuse/rewrite.
+#                            and bench binaries, the release CLI; ort-fixtures.tar.xz: the zoo after fuse/rewrite.
 # Each call carries the working tree too (about 12 MiB): one part plus the tree must stay <= 64 MiB.
 #
 # Then carry each provider part in its own call and the rest in the last, which runs the suite;
@@ -89,7 +89,10 @@ for line in sys.stdin:
 ' > "$work/bench.path"
 strip --strip-all -o "$bin_dir/gpu-tests" "$bins"
 strip --strip-all -o "$bin_dir/gpu-bandwidth" "$(cat "$work/bench.path")"
-tar -C "$bin_dir" -cf - libadanorm_ort.so gpu-tests gpu-bandwidth | xz -T2 -6 > "$out/rest/adanorm-bins.tar.xz"
+# The CLI, for bench_model_cuda.py's fuse of models exported on the device.
+cargo build --release --locked --bin adanorm-onnx
+strip --strip-all -o "$bin_dir/adanorm-onnx" "$root/target/release/adanorm-onnx"
+tar -C "$bin_dir" -cf - libadanorm_ort.so gpu-tests gpu-bandwidth adanorm-onnx | xz -T2 -6 > "$out/rest/adanorm-bins.tar.xz"
 
 say "the zoo after fuse and rewrite (scripts/build-ort-fixtures), for test_cuda.py's whole-model test"
 cargo build --locked --bin adanorm-onnx
