@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::graph::GraphIndex;
 use crate::onnx::{load_model, save_model};
 
+use crate::patterns::Family;
 use crate::report;
 use crate::rewrite::{self, weights::WeightsFile, Affine, Options, Outcome, Target};
 
@@ -46,6 +47,10 @@ pub enum Command {
         /// Add model-local function bodies so runtimes without our library run the model.
         #[arg(long)]
         portable: bool,
+        /// Change only matches of these families (as `inspect` names them), e.g.
+        /// `--only adanorm,lnsimple` to leave plain LayerNorms to the runtime's own fusions.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<Family>,
     },
     /// Replace every LayerNorm-family match (fused or not) by AdaNorm or LayerNorm-simple.
     Rewrite {
@@ -73,6 +78,9 @@ pub enum Command {
         /// Add model-local function bodies so runtimes without our library run the model.
         #[arg(long)]
         portable: bool,
+        /// Change only matches of these families (as `inspect` names them), e.g. `--only layernorm`.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<Family>,
     },
     /// Run a model in tract (with the ai.adanorm ops) and write its outputs.
     Run {
@@ -265,6 +273,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             output,
             force,
             portable,
+            only,
         } => {
             let (loaded, inlined) = load_for_matching(&model)?;
             let g = GraphIndex::build(&loaded)?;
@@ -275,6 +284,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 affine: Affine::Keep,
                 portable,
                 include_fused: false,
+                only,
             };
             let o = rewrite::plan::plan_model(&g, &opts).map_err(|e| e.in_file(&model))?;
             let out = output.unwrap_or_else(|| beside(&model, ".fused.onnx"));
@@ -293,6 +303,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             affine,
             weights_out,
             portable,
+            only,
         } => {
             let (loaded, inlined) = load_for_matching(&model)?;
             let g = GraphIndex::build(&loaded)?;
@@ -312,6 +323,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 affine,
                 portable,
                 include_fused: true,
+                only,
             };
             let o = rewrite::plan::plan_model(&g, &opts).map_err(|e| e.in_file(&model))?;
             let out = output.unwrap_or_else(|| beside(&model, ".adanorm.onnx"));

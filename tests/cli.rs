@@ -230,3 +230,105 @@ fn fuse_keeps_external_data_references_and_stays_beside_them() {
                 && n.input.get(1).map(String::as_str) == Some("gamma"))
     );
 }
+
+/// ai.adanorm op types in a model's main graph.
+fn adanorm_ops(path: &Path) -> Vec<String> {
+    let m = adanorm_onnx::onnx::load_model(path).unwrap();
+    let mut ops: Vec<String> = m
+        .graph()
+        .node
+        .iter()
+        .filter(|n| n.domain() == "ai.adanorm")
+        .map(|n| n.op_type().to_string())
+        .collect();
+    ops.sort();
+    ops
+}
+
+/// `--only` changes the named families and reports the others as left alone; the result still
+/// computes the original function (checked in tract by `verify`).
+#[test]
+fn only_changes_the_selected_families() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two AdaNorm and two LayerNorm-simple modules, as the dynamo exporter writes them.
+    let src = zoo_model("paper_dynamo_op18_noopt");
+    let inputs = src.with_file_name("inputs.npz");
+
+    let fused = dir.path().join("only-adanorm.onnx");
+    let out = bin()
+        .args(["fuse", "--only", "adanorm"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&fused)
+        .output()
+        .unwrap();
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    assert_eq!(adanorm_ops(&fused), ["AdaNorm", "AdaNorm"]);
+    assert_eq!(
+        report.matches("lnsimple is not selected by --only").count(),
+        2,
+        "{report}"
+    );
+    let verify = bin()
+        .arg("verify")
+        .arg(&src)
+        .arg(&fused)
+        .arg("--inputs")
+        .arg(&inputs)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // Both families, as a list.
+    let both = dir.path().join("both.onnx");
+    let out = bin()
+        .args(["fuse", "--only", "lnsimple,adanorm"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&both)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        adanorm_ops(&both),
+        ["AdaNorm", "AdaNorm", "LayerNormSimple", "LayerNormSimple"]
+    );
+
+    // rewrite honours it too: only the LayerNorm-simple modules change.
+    let rewritten = dir.path().join("rewritten.onnx");
+    let out = bin()
+        .args(["rewrite", "--only", "lnsimple", "--to", "simple"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&rewritten)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        adanorm_ops(&rewritten),
+        ["LayerNormSimple", "LayerNormSimple"]
+    );
+
+    // A family that does not exist is a usage error naming the choices; nothing is written.
+    let bad = dir.path().join("bad.onnx");
+    let out = bin()
+        .args(["fuse", "--only", "batchnorm"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("layernorm, lnsimple, adanorm"));
+    assert!(!bad.exists());
+}

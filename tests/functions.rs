@@ -70,6 +70,7 @@ fn rewrites_compute_what_pytorch_computed_and_revert() {
                 affine: Affine::Keep,
                 portable: false,
                 include_fused: true,
+                only: Vec::new(),
             },
         )
         .unwrap();

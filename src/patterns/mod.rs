@@ -24,12 +24,18 @@ use serde::Serialize;
 use crate::graph::{GraphIndex, NodeId};
 use crate::onnx::dtype;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The names are `inspect`'s and the CLI's (`--only lnsimple,adanorm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
+    #[value(name = "layernorm")]
     LayerNorm,
+    #[value(name = "lnsimple")]
     LnSimple,
+    #[value(name = "adanorm")]
     AdaNorm,
+    /// Reported, never rewritten: not offered to `--only`.
+    #[value(skip)]
     RmsNorm,
 }
 

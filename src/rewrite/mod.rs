@@ -40,6 +40,8 @@ pub struct Options {
     pub portable: bool,
     /// `fuse` leaves single-node normalisations (fused LayerNormalization, ai.adanorm) alone.
     pub include_fused: bool,
+    /// Only matches of these families change (`--only`); empty: every family.
+    pub only: Vec<crate::patterns::Family>,
 }
 
 /// One line of the printed report.

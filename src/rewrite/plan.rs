@@ -107,6 +107,13 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         if is_single_op(m) && !opts.include_fused {
             continue; // fuse leaves fused ops as they are
         }
+        if !opts.only.is_empty() && !opts.only.contains(&m.family) {
+            skipped.push((
+                what,
+                format!("{} is not selected by --only", m.family.name()),
+            ));
+            continue;
+        }
         if !m.rewritable {
             skipped.push((what, m.reason.clone().unwrap_or_default()));
             continue;
