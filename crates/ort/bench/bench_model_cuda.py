@@ -9,7 +9,9 @@ ops in each optimised graph and checks that both give the same output.
 
 Models: the ONNX files given, else exported here with torch + transformers (random weights, no
 download; the legacy exporter at opset 14, whose LayerNorms are decomposed): BERT-base and GPT-2
-(12 layers, hidden 768), batch 8 x 128 tokens, float32 and float16 (`model.half()`).
+(12 layers, hidden 768), and BERT-base with each LayerNorm replaced by the paper's AdaNorm (the
+reference code's module: unbiased std, eps added to it, C = 1, k = 1/10, the detached factor), at
+batch 8 x 128 tokens, float32 and float16 (`model.half()`).
 
     python crates/ort/bench/bench_model_cuda.py --lib libadanorm_ort.so --cli adanorm-onnx [model.onnx ...]
 
@@ -35,7 +37,7 @@ NORM_OPS = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNorm
             "SkipSimplifiedLayerNormalization", "AdaNorm", "LayerNormSimple")
 
 
-def export_models(out_dir, batch, seq, small):
+def export_models(out_dir, batch, seq, small, which):
     """(name, path) of BERT-base and GPT-2 exports in float32 and float16."""
     import torch
     import transformers as T
@@ -48,14 +50,32 @@ def export_models(out_dir, batch, seq, small):
         def forward(self, input_ids, attention_mask):
             return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
+    class AdaNorm(torch.nn.Module):
+        # The reference code's mode 'adanorm' (lancopku/AdaNorm, fairseq/modules/layer_norm.py).
+        def forward(self, x):
+            mean = x.mean(-1, keepdim=True)
+            std = x.std(-1, keepdim=True)
+            x = x - mean
+            mean = x.mean(-1, keepdim=True)
+            gra = (0.1 * (x - mean) / (std + 1e-5)).detach()
+            return (x - x * gra) / (std + 1e-5)
+
+    def with_adanorm(model):
+        for name, module in list(model.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, torch.nn.LayerNorm):
+                    setattr(module, child_name, AdaNorm())
+        return model
+
     size = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=128) if small else {}
     gpt_size = dict(n_layer=2, n_embd=64, n_head=2) if small else {}
     builders = {
         "bert-base": lambda: T.BertModel(T.BertConfig(attn_implementation="eager", **size)),
         "gpt2": lambda: T.GPT2Model(T.GPT2Config(attn_implementation="eager", use_cache=False, **gpt_size)),
+        "bert-base-adanorm": lambda: with_adanorm(T.BertModel(T.BertConfig(attn_implementation="eager", **size))),
     }
     made = []
-    for name, build in builders.items():
+    for name, build in ((n, b) for n, b in builders.items() if not which or n in which):
         for dtype in ("float32", "float16"):
             torch.manual_seed(0)
             model = Hidden(build().eval())
@@ -130,11 +150,12 @@ def main():
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--which", nargs="+", default=[], help="exports to make (default: all)")
     p.add_argument("--small", action="store_true", help="tiny exports (2 layers, hidden 64), for a dry run")
     a = p.parse_args()
 
     work = tempfile.mkdtemp(prefix="adanorm-model-bench-")
-    models = [(os.path.basename(m), m) for m in a.models] or export_models(work, a.batch, a.seq, a.small)
+    models = [(os.path.basename(m), m) for m in a.models] or export_models(work, a.batch, a.seq, a.small, a.which)
     if a.provider == "cuda":
         providers, device = [("CUDAExecutionProvider", {"use_tf32": "0"})], "cuda"
         dll = ctypes.CDLL(a.lib)
@@ -145,7 +166,7 @@ def main():
     print(f"onnxruntime {ort.__version__}, {a.provider}; libadanorm_ort: {status}")
     print(f"batch {a.batch} x {a.seq} tokens, {a.rounds} interleaved rounds after {a.warmup} warm-up, "
           "median ms per run; TF32 off\n")
-    print("| model | LayerNorms fused | original ms | fused ms | fused/original | max scaled diff | "
+    print("| model | norms fused | original ms | fused ms | fused/original | max scaled diff | "
           "norm ops onnxruntime runs: original | fused |")
     print("|---|---:|---:|---:|---:|---:|---|---|")
     failed = False
