@@ -37,6 +37,11 @@ fn main() {
             let what = LAST_PANIC
                 .with(|p| p.borrow_mut().take())
                 .unwrap_or_default();
+            // `adanorm-onnx inspect m.onnx | head`: the reader went away. Not a bug; end quietly
+            // with the status a shell gives a process killed by SIGPIPE.
+            if what.contains("failed printing to stdout") && what.contains("Broken pipe") {
+                std::process::exit(141);
+            }
             eprintln!(
                 "error: internal error (a bug in adanorm-onnx; please report it with the model): {what}"
             );

@@ -332,3 +332,21 @@ fn only_changes_the_selected_families() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("layernorm, lnsimple, adanorm"));
     assert!(!bad.exists());
 }
+
+/// `inspect ... | head`: a reader that goes away is not an internal error.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let mut child = bin()
+        .arg("inspect")
+        .arg(zoo_model("bert_legacy_op14"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the child has loaded the model and written anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "stderr: {stderr}");
+    assert!(!stderr.contains("internal error"), "{stderr}");
+}
