@@ -245,6 +245,17 @@ fn adanorm_ops(path: &Path) -> Vec<String> {
     ops
 }
 
+/// Runs `adanorm-onnx ARGS SRC -o OUT`.
+fn cli_to(args: &[&str], src: &Path, out: &Path) -> Output {
+    bin()
+        .args(args)
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 /// `--only` changes the named families and reports the others as left alone; the result still
 /// computes the original function (checked in tract by `verify`).
 #[test]
@@ -252,49 +263,40 @@ fn only_changes_the_selected_families() {
     let dir = tempfile::tempdir().unwrap();
     // Two AdaNorm and two LayerNorm-simple modules, as the dynamo exporter writes them.
     let src = zoo_model("paper_dynamo_op18_noopt");
-    let inputs = src.with_file_name("inputs.npz");
+    let succeeded = |out: &Output| {
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        text
+    };
 
     let fused = dir.path().join("only-adanorm.onnx");
-    let out = bin()
-        .args(["fuse", "--only", "adanorm"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&fused)
-        .output()
-        .unwrap();
-    let report =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{report}");
+    let report = succeeded(&cli_to(&["fuse", "--only", "adanorm"], &src, &fused));
     assert_eq!(adanorm_ops(&fused), ["AdaNorm", "AdaNorm"]);
     assert_eq!(
         report.matches("lnsimple is not selected by --only").count(),
         2,
         "{report}"
     );
-    let verify = bin()
-        .arg("verify")
-        .arg(&src)
-        .arg(&fused)
-        .arg("--inputs")
-        .arg(&inputs)
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
+    let inputs = src.with_file_name("inputs.npz");
+    succeeded(
+        &bin()
+            .arg("verify")
+            .arg(&src)
+            .arg(&fused)
+            .arg("--inputs")
+            .arg(&inputs)
+            .output()
+            .unwrap(),
     );
 
     // Both families, as a list.
     let both = dir.path().join("both.onnx");
-    let out = bin()
-        .args(["fuse", "--only", "lnsimple,adanorm"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&both)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    succeeded(&cli_to(
+        &["fuse", "--only", "lnsimple,adanorm"],
+        &src,
+        &both,
+    ));
     assert_eq!(
         adanorm_ops(&both),
         ["AdaNorm", "AdaNorm", "LayerNormSimple", "LayerNormSimple"]
@@ -302,18 +304,11 @@ fn only_changes_the_selected_families() {
 
     // rewrite honours it too: only the LayerNorm-simple modules change.
     let rewritten = dir.path().join("rewritten.onnx");
-    let out = bin()
-        .args(["rewrite", "--only", "lnsimple", "--to", "simple"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&rewritten)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&cli_to(
+        &["rewrite", "--only", "lnsimple", "--to", "simple"],
+        &src,
+        &rewritten,
+    ));
     assert_eq!(
         adanorm_ops(&rewritten),
         ["LayerNormSimple", "LayerNormSimple"]
@@ -321,13 +316,7 @@ fn only_changes_the_selected_families() {
 
     // A family that does not exist is a usage error naming the choices; nothing is written.
     let bad = dir.path().join("bad.onnx");
-    let out = bin()
-        .args(["fuse", "--only", "batchnorm"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = cli_to(&["fuse", "--only", "batchnorm"], &src, &bad);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("layernorm, lnsimple, adanorm"));
     assert!(!bad.exists());
