@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use adanorm_onnx::graph::GraphIndex;
+use adanorm_onnx::graph::{GraphIndex, NodeId};
 use adanorm_onnx::onnx::load_model;
 use adanorm_onnx::patterns::{find_matches, summary, Family, Match};
 
@@ -42,7 +42,7 @@ fn every_zoo_model_matches_its_ground_truth_exactly() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 31, "all zoo models were inspected");
+    assert_eq!(checked, 36, "all zoo models were inspected");
 }
 
 fn all(ms: &[Match], pred: impl Fn(&Match) -> bool) -> bool {
@@ -257,4 +257,60 @@ fn t5_rmsnorm_is_never_layernorm() {
     assert!(all(&ms, |m| m.family == Family::RmsNorm
         && m.scale.is_some()
         && !m.rewritable));
+}
+
+/// JAX through jax2onnx: the guards and the folded divisors are read, each norm's parameters
+/// come out as the source wrote them, and every node of the guard belongs to the match.
+#[test]
+fn jax2onnx_norms_and_their_parameters() {
+    // Flax's fast variance clamps E[x²]−E[x]² at zero; the slow one sums squares itself.
+    for (name, form) in [
+        ("flax_linen_fastvar_jax2onnx_op18", "E[x²]−E[x]²"),
+        ("flax_linen_slowvar_jax2onnx_op18", "decomposed"),
+        ("flax_nnx_fp16_jax2onnx_op18", "E[x²]−E[x]²"),
+    ] {
+        let ms = inspect(name);
+        assert!(
+            all(&ms, |m| m.family == Family::LayerNorm
+                && m.form.contains(form)
+                && !m.unbiased
+                && m.eps_in_sqrt
+                && m.epsilon == 1e-6f32 as f64
+                && m.scale.is_some()
+                && m.bias.is_some()
+                && m.rewritable),
+            "{name}: {ms:#?}"
+        );
+    }
+    // jnp.var (ddof 0), jnp.std (ddof 1) and the paper's AdaNorm, each behind
+    // Where(Greater(N - ddof, 0), var, NaN).
+    let ms = inspect("paper_jnp_jax2onnx_op18");
+    let found: Vec<(Family, bool, bool)> = ms
+        .iter()
+        .map(|m| (m.family, m.unbiased, m.eps_in_sqrt))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (Family::LayerNorm, false, true),
+            (Family::LnSimple, true, false),
+            (Family::AdaNorm, true, false)
+        ],
+        "{ms:#?}"
+    );
+    let ada = &ms[2];
+    assert!(
+        ada.c == 2.0 && ada.k == 0.1f32 as f64 && ada.rewritable,
+        "{ada:#?}"
+    );
+    // The model holds one Where per norm; each is inside its match.
+    let m = load_model(&zoo().join("paper_jnp_jax2onnx_op18/model.onnx")).unwrap();
+    let g = GraphIndex::build(&m).unwrap();
+    let wheres: Vec<NodeId> = (0..m.graph().node.len())
+        .filter(|&i| g.node(i).op_type() == "Where")
+        .collect();
+    assert_eq!(wheres.len(), 3);
+    assert!(wheres
+        .iter()
+        .all(|w| ms.iter().any(|m| m.nodes.contains(w))));
 }

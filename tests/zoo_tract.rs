@@ -99,9 +99,10 @@ fn fuse_output_matches_the_reference_in_tract() {
 #[test]
 fn layernorm_rewrites_that_keep_the_function_match_in_tract() {
     let tmp = tempfile::tempdir().unwrap();
+    // (A model that also holds AdaNorms has no single k, C that keeps them all.)
     for case in zoo()
         .into_iter()
-        .filter(|c| count(c, Family::LayerNorm) > 0)
+        .filter(|c| count(c, Family::LayerNorm) > 0 && count(c, Family::AdaNorm) == 0)
     {
         let (a, _, _) = rewritten(
             &case,

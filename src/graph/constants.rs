@@ -1,5 +1,7 @@
 //! Constant values: initializers (unless a graph input of the same name can override them),
-//! `Constant` nodes, and `Identity`/`Cast`/`CastLike`/`Reshape`/`Squeeze`/`Unsqueeze` of a constant.
+//! `Constant` nodes, `Identity`/`Cast`/`CastLike`/`Reshape`/`Squeeze`/`Unsqueeze` of a constant,
+//! and arithmetic and comparisons of one-element constants (jax2onnx writes a variance's divisor
+//! as `Sub(32.0, Cast(ddof))` and guards it with `Greater(divisor, 0)`).
 //! Values are decoded lazily and cached; only small tensors are decoded (weights are referred
 //! to by name, never read).
 
@@ -10,7 +12,7 @@ use std::rc::Rc;
 use half::{bf16, f16};
 
 use super::GraphIndex;
-use crate::onnx::dtype::{self, BFLOAT16, FLOAT, FLOAT16, INT32, INT64};
+use crate::onnx::dtype::{self, BFLOAT16, BOOL, FLOAT, FLOAT16, INT32, INT64};
 use crate::onnx::proto::NodeProto;
 use crate::onnx::tensor::{decode, ConstValue};
 use crate::onnx::{attr, Model};
@@ -68,6 +70,8 @@ impl<'m> Constants<'m> {
                     .filter(|i| !i.is_empty())
                     .all(|i| self.is_constant(g, i))
             }
+            // Scalar arithmetic: constant exactly when it folds (see `compute`).
+            Some((_, n)) if is_scalar_arithmetic(n) => self.value(g, name).is_some(),
             _ => false,
         }
     }
@@ -104,6 +108,11 @@ impl<'m> Constants<'m> {
                 let mut v = self.value_of_input(g, node, 0, depth)?;
                 v.dims = vec![v.numel() as i64];
                 Some(v)
+            }
+            _ if is_scalar_arithmetic(node) => {
+                let a = self.value_of_input(g, node, 0, depth)?;
+                let b = self.value_of_input(g, node, 1, depth)?;
+                scalar_arithmetic(node.op_type(), &a, &b)
             }
             _ => None,
         }
@@ -161,6 +170,77 @@ fn constant_node_value(model: &Model, node: &NodeProto) -> Option<ConstValue> {
             ints: Some(a.ints.clone()),
         })
     }
+}
+
+fn is_scalar_arithmetic(node: &NodeProto) -> bool {
+    (node.domain().is_empty() || node.domain() == "ai.onnx")
+        && node.input.len() == 2
+        && matches!(
+            node.op_type(),
+            "Add"
+                | "Sub"
+                | "Mul"
+                | "Div"
+                | "Greater"
+                | "Less"
+                | "GreaterOrEqual"
+                | "LessOrEqual"
+                | "Equal"
+        )
+}
+
+/// `op(a, b)` for one-element constants (any rank; the result has the larger rank, all ones),
+/// rounded to the operands' type as the runtime would; comparisons give a bool. Integer
+/// division only where it is exact (ONNX leaves the rounding of the rest to the runtime).
+fn scalar_arithmetic(op: &str, a: &ConstValue, b: &ConstValue) -> Option<ConstValue> {
+    let (x, y) = (a.scalar_f64()?, b.scalar_f64()?);
+    let dims = vec![1; a.dims.len().max(b.dims.len())];
+    let compared = match op {
+        "Greater" => Some(x > y),
+        "Less" => Some(x < y),
+        "GreaterOrEqual" => Some(x >= y),
+        "LessOrEqual" => Some(x <= y),
+        "Equal" => Some(x == y),
+        _ => None,
+    };
+    if let Some(c) = compared {
+        return Some(ConstValue {
+            elem_type: BOOL,
+            dims,
+            floats: None,
+            ints: Some(vec![c as i64]),
+        });
+    }
+    if a.elem_type != b.elem_type {
+        return None; // not valid ONNX: leave it to the runtime to refuse
+    }
+    let value = if a.is_float() {
+        match op {
+            "Add" => x + y,
+            "Sub" => x - y,
+            "Mul" => x * y,
+            _ => x / y,
+        }
+    } else {
+        let (i, j) = (a.ints.as_ref()?[0], b.ints.as_ref()?[0]);
+        (match op {
+            "Add" => i.checked_add(j),
+            "Sub" => i.checked_sub(j),
+            "Mul" => i.checked_mul(j),
+            _ => (j != 0 && i % j == 0).then(|| i / j),
+        })? as f64
+    };
+    let mut out = cast(
+        ConstValue {
+            elem_type: dtype::DOUBLE,
+            dims: vec![],
+            floats: Some(vec![value]),
+            ints: None,
+        },
+        a.elem_type,
+    )?;
+    out.dims = dims;
+    Some(out)
 }
 
 /// Applies a Cast to a constant, rounding floats to the target precision as the runtime would.

@@ -4,7 +4,7 @@
 //! expanding the output.
 
 use super::canon::{Axes, Canon};
-use crate::graph::{Dim, NodeId};
+use crate::graph::{dims, Dim, NodeId};
 use crate::onnx::attr;
 
 /// Whether `param`'s shape is a valid Scale/B for a normalisation of `x` over `axes`. It need not
@@ -88,31 +88,51 @@ pub fn tail(
             t.output = n.output[0].clone();
         }
     }
-    if want_scale {
-        if let Some(id) = single(&t.output) {
-            let n = c.g.node(id);
-            if n.op_type() == "Mul" {
-                if let Some(p) = c.other_operand(n, &t.output) {
-                    if is_row_parameter(c, p, x, axes) {
-                        t.scale = Some(p.to_string());
-                        t.nodes.push(id);
-                        t.output = n.output[0].clone();
-                    }
-                }
-            }
-        }
-    }
-    if let Some(id) = single(&t.output) {
+    for (op, wanted) in [("Mul", want_scale), ("Add", true)] {
+        let Some(id) = single(&t.output).filter(|_| wanted) else {
+            continue;
+        };
         let n = c.g.node(id);
-        if n.op_type() == "Add" {
-            if let Some(p) = c.other_operand(n, &t.output) {
-                if is_row_parameter(c, p, x, axes) {
-                    t.bias = Some(p.to_string());
-                    t.nodes.push(id);
-                    t.output = n.output[0].clone();
-                }
-            }
+        if n.op_type() != op {
+            continue;
+        }
+        let Some(p) = c.other_operand(n, &t.output) else {
+            continue;
+        };
+        let (param, expand) = match unexpanded(c, p, &t.output) {
+            Some((q, e)) => (q, Some(e)),
+            None => (p.to_string(), None),
+        };
+        if is_row_parameter(c, &param, x, axes) {
+            *(if op == "Mul" {
+                &mut t.scale
+            } else {
+                &mut t.bias
+            }) = Some(param);
+            t.nodes.extend(expand);
+            t.nodes.push(id);
+            t.output = n.output[0].clone();
         }
     }
     t
+}
+
+/// A parameter spelled out to the full shape, `Expand(q, s)` read by nothing else, where `s`
+/// only repeats dimensions `y` already has (jax2onnx writes the bias so): `q` and the Expand.
+/// Adding or multiplying by `q` broadcasts to the same values.
+fn unexpanded(c: &Canon<'_, '_>, p: &str, y: &str) -> Option<(String, NodeId)> {
+    let (id, n) = c.op(p, "Expand")?;
+    if c.g.consumers(p).len() != 1 || c.g.is_graph_output(p) {
+        return None;
+    }
+    let target = dims::contents(c.g, n.input.get(1)?)?;
+    let y_shape = c.g.shape(y)?;
+    let off = y_shape.len().checked_sub(target.dims.len())?;
+    let fits = target
+        .dims
+        .iter()
+        .enumerate()
+        .all(|(i, d)| d.is(c.g, &y_shape[off + i]) || d.is(c.g, &Dim::Known(1)));
+    let q = n.input.first().filter(|q| !q.is_empty())?;
+    fits.then(|| (q.clone(), id))
 }

@@ -83,6 +83,8 @@ pub struct MeanOf {
     pub nodes: Vec<NodeId>,
     pub input: String,
     pub axes: Axes,
+    /// The reduction squares its input itself (`ReduceSumSquare(d) / N`): a mean of `input²`.
+    pub squared: bool,
 }
 
 /// `x - mean(x)`: the centring layer.
@@ -167,7 +169,7 @@ impl<'g, 'm> Canon<'g, 'm> {
     /// `ReduceMean(x, axes, keepdims=1)` or `GlobalAveragePool(x)` (axes 2.. of a known rank).
     pub fn mean_of(&self, value: &str) -> Option<MeanOf> {
         self.reduction(value)
-            .filter(|(_, kept)| *kept)
+            .filter(|(m, kept)| *kept && !m.squared)
             .map(|(m, _)| m)
     }
 
@@ -215,6 +217,7 @@ impl<'g, 'm> Canon<'g, 'm> {
                     nodes: vec![id],
                     input,
                     axes,
+                    squared: false,
                 },
                 kept,
             ));
@@ -231,6 +234,7 @@ impl<'g, 'm> Canon<'g, 'm> {
                     nodes: vec![id],
                     input,
                     axes,
+                    squared: false,
                 },
                 true,
             ));
@@ -238,7 +242,8 @@ impl<'g, 'm> Canon<'g, 'm> {
         None
     }
 
-    /// `ReduceSum(x, axes) / d` or `ReduceSum(x, axes) * (1/d)` for a constant `d`, the sum's
+    /// `ReduceSum(x, axes) / d` or `ReduceSum(x, axes) * (1/d)` for a constant `d` (or
+    /// `ReduceSumSquare`, flagged `squared`), the sum's
     /// dropped dimensions possibly given back in between (`torch.std_mean`/`var_mean` through
     /// the dynamo exporter): the sum as a mean over `axes`, `d`, and whether it keeps the
     /// reduced dimensions. Callers check `d` (the row length, or one less for an unbiased
@@ -268,7 +273,14 @@ impl<'g, 'm> Canon<'g, 'm> {
             _ => node.input.iter().find(|v| self.scalar(v).is_none())?,
         };
         let layers = keepdims::strip(self, summed);
-        let (sum_id, sum) = self.op(&layers.inner, "ReduceSum")?;
+        // `ReduceSumSquare` (jax2onnx's `jnp.var`, Flax's slow variance) sums the squares itself.
+        let (sum_id, sum, squared) = match self.op(&layers.inner, "ReduceSum") {
+            Some((id, n)) => (id, n, false),
+            None => {
+                let (id, n) = self.op(&layers.inner, "ReduceSumSquare")?;
+                (id, n, true)
+            }
+        };
         let input = sum.input.first()?.clone();
         let kept = attr::int(sum, "keepdims").unwrap_or(1) == 1;
         let raw: Vec<i64> = match attr::ints(sum, "axes") {
@@ -291,7 +303,16 @@ impl<'g, 'm> Canon<'g, 'm> {
         let mut nodes = vec![sum_id];
         nodes.extend(layers.nodes);
         nodes.push(id);
-        Some((MeanOf { nodes, input, axes }, count, kept))
+        Some((
+            MeanOf {
+                nodes,
+                input,
+                axes,
+                squared,
+            },
+            count,
+            kept,
+        ))
     }
 
     /// The number of elements of a row of `x` over `axes`, when its dimensions are known.

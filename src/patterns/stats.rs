@@ -1,6 +1,6 @@
 //! The statistics layers, read backwards from a `Sqrt`: the denominator (where epsilon goes),
-//! the variance (biased, unbiased by `N/(N-1)`, or `E[x²]−E[x]²`), and whether it is centred
-//! (LayerNorm family) or not (RMSNorm).
+//! the variance (biased, unbiased by `N/(N-1)`, or `E[x²]−E[x]²`, behind guards that cannot
+//! change a variance), and whether it is centred (LayerNorm family) or not (RMSNorm).
 
 use super::canon::{Axes, Canon};
 use super::keepdims;
@@ -136,6 +136,8 @@ fn constant_and_other<'a>(
 /// The variance layer: `[unbiased correction] (mean(d²) | mean(x²) - mean(x)² | mean(x²))`.
 fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
     let (v, mut core) = c.root(value);
+    let (v, guards) = strip_guards(c, &v);
+    core.extend(guards);
     let mut aux = Vec::new();
 
     // The dynamo exporter reduces the variance without keepdims and gives the dimensions back
@@ -217,6 +219,61 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
     })
 }
 
+/// Looks through guards that leave a variance (never negative, or NaN) as it is: `Max(v, c)`
+/// and `Clip(v, c)` with a constant `c <= 0` (Flax clamps `E[x²]−E[x]²` at 0), `Relu(v)`, and
+/// `Where(cond, v, other)` with a constant, all-true `cond` (jax2onnx's `jnp.var` guards a
+/// divisor `N - ddof > 0`). Returns the guarded value and the guards, casts between them
+/// included. The op's own variance is computed non-negative, so the clamp is implied; a clamp
+/// at a positive floor (`Max(v, eps)`) changes the function and is not looked through.
+fn strip_guards(c: &Canon<'_, '_>, value: &str) -> (String, Vec<NodeId>) {
+    let mut v = value.to_string();
+    let mut nodes = Vec::new();
+    for _ in 0..4 {
+        let Some((id, node)) = c.g.producer_node(&v) else {
+            break;
+        };
+        let std_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
+        let not_positive = |name: &str| c.scalar(name).is_some_and(|f| f <= 0.0);
+        let guarded = match node.op_type() {
+            _ if !std_domain => None,
+            "Relu" => node.input.first(),
+            "Max" if node.input.len() == 2 => (0..2)
+                .find(|&i| not_positive(&node.input[i]))
+                .map(|i| &node.input[1 - i]),
+            "Clip" => {
+                let max_absent = node.input.get(2).is_none_or(|m| m.is_empty())
+                    && attr::float(node, "max").is_none_or(|m| m == f32::INFINITY);
+                let min_ok = match node.input.get(1).filter(|m| !m.is_empty()) {
+                    Some(min) => not_positive(min),
+                    None => attr::float(node, "min").is_some_and(|m| m <= 0.0),
+                };
+                (max_absent && min_ok).then(|| node.input.first()).flatten()
+            }
+            "Where" => {
+                let cond = node.input.first().and_then(|k| c.g.constant(k));
+                let all_true = cond.and_then(|k| {
+                    k.ints
+                        .as_ref()
+                        .map(|i| !i.is_empty() && i.iter().all(|&b| b != 0))
+                });
+                all_true
+                    .unwrap_or(false)
+                    .then(|| node.input.get(1))
+                    .flatten()
+            }
+            _ => None,
+        };
+        let Some(inner) = guarded else {
+            break;
+        };
+        nodes.push(id);
+        let (root, crossed) = c.root(inner);
+        nodes.extend(crossed);
+        v = root;
+    }
+    (v, nodes)
+}
+
 /// `mean(d²)` with d centred, `mean(x²) - mean(x)²`, or `mean(x²)`; with whether the outer
 /// mean keeps its dimensions.
 fn biased_variance(
@@ -228,8 +285,11 @@ fn biased_variance(
     }
     // E[x²] - E[x]²
     let (sub_id, sub) = c.op(value, "Sub")?;
-    let ex2 = c.mean_of(sub.input.first()?)?;
-    let (sq_in, sq_node) = c.square(&ex2.input)?;
+    let (ex2, kept) = c.reduction(sub.input.first()?)?;
+    if !kept {
+        return None;
+    }
+    let (sq_in, sq_node) = squared_operand(c, &ex2)?;
     let (x, _) = c.root(&sq_in);
     let (m_in, m_sq_node) = c.square(sub.input.get(1)?)?;
     let (m_root, _) = c.root(&m_in);
@@ -242,7 +302,13 @@ fn biased_variance(
         x,
         ex2.axes,
         VarianceForm::MomentDifference,
-        [vec![sub_id, sq_node, m_sq_node], ex2.nodes, mean.nodes].concat(),
+        [
+            vec![sub_id, m_sq_node],
+            sq_node.into_iter().collect(),
+            ex2.nodes,
+            mean.nodes,
+        ]
+        .concat(),
         true,
     ))
 }
@@ -253,9 +319,9 @@ fn variance_of_mean(
     mean: super::canon::MeanOf,
     kept: bool,
 ) -> Option<(String, Axes, VarianceForm, Vec<NodeId>, bool)> {
-    let (squared, sq_node) = c.square(&mean.input)?;
+    let (squared, sq_node) = squared_operand(c, &mean)?;
     let mut nodes = mean.nodes;
-    nodes.push(sq_node);
+    nodes.extend(sq_node);
     if let Some(cen) = c.centred(&squared) {
         if !cen.axes.same_as(&mean.axes) {
             return None;
@@ -266,6 +332,19 @@ fn variance_of_mean(
     // Casts in front of x are the caller's to judge (they may be shared).
     let (x, _) = c.root(&squared);
     Some((x, mean.axes, VarianceForm::MeanSquare, nodes, kept))
+}
+
+/// What a mean of squares squares: its input (`ReduceSumSquare`) or the operand of the
+/// `Mul(d, d)`/`Pow(d, 2)` it reads, with that node.
+fn squared_operand(
+    c: &Canon<'_, '_>,
+    mean: &super::canon::MeanOf,
+) -> Option<(String, Option<NodeId>)> {
+    if mean.squared {
+        return Some((mean.input.clone(), None));
+    }
+    let (operand, id) = c.square(&mean.input)?;
+    Some((operand, Some(id)))
 }
 
 /// What a row-count operand is.

@@ -104,7 +104,9 @@ class Rewrite(unittest.TestCase):
     def test_rewrite_keep_with_k0_c1_and_fold_preserve_layernorm_models(self):
         for name in MODELS:
             src = os.path.join(ZOO, name, "model.onnx")
-            if summary(src)["layernorm"] == 0:
+            counts = summary(src)
+            # (A model that also holds AdaNorms has no single k, C that keeps them all.)
+            if counts["layernorm"] == 0 or counts["adanorm"] > 0:
                 continue
             with self.subTest(name):
                 a = self.out(f"{name}.k0.onnx")
