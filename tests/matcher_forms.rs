@@ -1296,3 +1296,163 @@ fn a_crafted_shape_computation_is_given_up_on() {
     });
     assert!(b.matches().is_empty());
 }
+
+// ---- guards around the variance, folded divisors, ReduceSumSquare (Flax / jax2onnx) ----
+
+/// `E[x²]−E[x]²`, then `guard(var)`, eps, Sqrt, Div: how Flax's fast variance is exported.
+fn guarded_moment_difference(
+    guard: impl Fn(&mut Builder, &str) -> String,
+) -> (Vec<Match>, Vec<String>) {
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[2, H]);
+    let m = mean(&mut b, &x, &[-1], 14, None);
+    let x2 = b.op("Mul", &[&x, &x], vec![]);
+    let ex2 = mean(&mut b, &x2, &[-1], 14, None);
+    let m2 = b.op("Mul", &[&m, &m], vec![]);
+    let var = b.op("Sub", &[&ex2, &m2], vec![]);
+    let guarded = guard(&mut b, &var);
+    let e = b.constant(1e-6);
+    let ve = b.op("Add", &[&guarded, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let n = b.op("Div", &[&d, &s], vec![]);
+    b.node_named("c", "Identity", &[&n], &["out"], vec![]);
+    b.output("out", F32);
+    let model = b.model();
+    let ops = model
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type().to_string())
+        .collect();
+    (b.matches(), ops)
+}
+
+#[test]
+fn variance_clamped_at_zero_is_the_variance() {
+    let zero_max = |b: &mut Builder, v: &str| {
+        let z = b.constant(0.0);
+        b.op("Max", &[&z, v], vec![])
+    };
+    let relu = |b: &mut Builder, v: &str| b.op("Relu", &[v], vec![]);
+    let clip = |b: &mut Builder, v: &str| {
+        let z = b.constant(0.0);
+        b.op("Clip", &[v, &z], vec![])
+    };
+    for (guard, (ms, ops)) in [
+        ("Max", guarded_moment_difference(zero_max)),
+        ("Relu", guarded_moment_difference(relu)),
+        ("Clip", guarded_moment_difference(clip)),
+    ] {
+        let m = only(ms);
+        assert_eq!(m.family, Family::LayerNorm, "{guard}");
+        assert!(
+            m.rewritable && m.epsilon == 1e-6f32 as f64,
+            "{guard}: {m:?}"
+        );
+        // The guard is part of the match (it is removed with it).
+        assert!(
+            m.nodes.iter().any(|&i| ops[i] == guard),
+            "{guard}: {:?}",
+            m.nodes
+        );
+    }
+    // A positive floor changes the function (a clamp-style epsilon): not looked through.
+    let floor = |b: &mut Builder, v: &str| {
+        let f = b.constant(1e-5);
+        b.op("Max", &[v, &f], vec![])
+    };
+    assert!(guarded_moment_difference(floor).0.is_empty());
+    // Nor is a Clip with an upper bound.
+    let capped = |b: &mut Builder, v: &str| {
+        let z = b.constant(0.0);
+        let top = b.constant(10.0);
+        b.op("Clip", &[v, &z, &top], vec![])
+    };
+    assert!(guarded_moment_difference(capped).0.is_empty());
+}
+
+/// jax.numpy's variance: `ReduceSumSquare(x - mean) / (N - ddof)` with the divisor
+/// `Sub(N, Cast(ddof))` and the guard `Where(Greater(divisor, 0), var, NaN)`.
+fn jnp_variance(ddof: i64, n: f32, cond_from_input: bool) -> Vec<Match> {
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[2, H]);
+    let m = mean(&mut b, &x, &[-1], 14, None);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let ss = b.op("ReduceSumSquare", &[&d], vec![("axes", A::Is(vec![-1]))]);
+    let ddof = b.constant_typed(I64, &[], &[ddof as f64]);
+    let ddof_f = b.op("Cast", &[&ddof], vec![("to", A::I(F32 as i64))]);
+    let count = b.constant(n);
+    let divisor = b.op("Sub", &[&count, &ddof_f], vec![]);
+    let var = b.op("Div", &[&ss, &divisor], vec![]);
+    let cond = if cond_from_input {
+        let t = b.input("t", F32, &[]);
+        b.op("Greater", &[&t, &divisor], vec![])
+    } else {
+        let zero = b.constant(0.0);
+        b.op("Greater", &[&divisor, &zero], vec![])
+    };
+    let nan = b.init("nan", &[2, 1], &[f32::NAN; 2]);
+    let guarded = b.op("Where", &[&cond, &var, &nan], vec![]);
+    let e = b.constant(1e-5);
+    let ve = b.op("Add", &[&guarded, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let y = b.op("Div", &[&d, &s], vec![]);
+    b.node_named("c", "Identity", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    b.matches()
+}
+
+#[test]
+fn jnp_var_and_std_through_reduce_sum_square() {
+    let biased = only(jnp_variance(0, H as f32, false));
+    assert_eq!((biased.family, biased.unbiased), (Family::LayerNorm, false));
+    assert!(biased.rewritable, "{:?}", biased.reason);
+    // Sub, Cast, Greater and Where belong to the match: nothing is left reading a removed value.
+    // Every node but the consumer at the end (index 15).
+    assert_eq!(biased.nodes, (0..15).collect::<Vec<_>>(), "{biased:?}");
+    let unbiased = only(jnp_variance(1, H as f32, false));
+    // (Unbiased and no affine: the LayerNorm-simple family.)
+    assert_eq!(
+        (unbiased.family, unbiased.unbiased),
+        (Family::LnSimple, true)
+    );
+    // A divisor that is neither N nor N - 1 is not a variance.
+    assert!(jnp_variance(2, H as f32, false).is_empty());
+    assert!(jnp_variance(0, (H + 1) as f32, false).is_empty());
+    // A guard whose condition depends on an input is a real choice, not a guard.
+    assert!(jnp_variance(0, H as f32, true).is_empty());
+}
+
+/// A bias spelled out to the full shape by `Expand` is the bias when the expansion repeats
+/// only dimensions the output has; an Expand that grows the output is not absorbed.
+#[test]
+fn expanded_bias_is_the_bias_when_it_only_repeats() {
+    for (target, absorbed) in [(vec![2i64, 3, H], true), (vec![4, 2, 3, H], false)] {
+        let mut b = Builder::new(14);
+        let x = b.input("x", F32, &[2, 3, H]);
+        let m = mean(&mut b, &x, &[-1], 14, None);
+        let d = b.op("Sub", &[&x, &m], vec![]);
+        let sq = b.op("Mul", &[&d, &d], vec![]);
+        let v = mean(&mut b, &sq, &[-1], 14, None);
+        let e = b.constant(1e-5);
+        let ve = b.op("Add", &[&v, &e], vec![]);
+        let s = b.op("Sqrt", &[&ve], vec![]);
+        let n = b.op("Div", &[&d, &s], vec![]);
+        let beta = b.init("beta", &[H], &[0.5; H as usize]);
+        let shape = b.constant_typed(
+            I64,
+            &[target.len() as i64],
+            &target.iter().map(|&t| t as f64).collect::<Vec<_>>(),
+        );
+        let wide = b.op("Expand", &[&beta, &shape], vec![]);
+        let y = b.op("Add", &[&n, &wide], vec![]);
+        b.node_named("c", "Identity", &[&y], &["out"], vec![]);
+        b.output("out", F32);
+        let m = only(b.matches());
+        assert_eq!(m.bias.is_some(), absorbed, "target {target:?}: {m:?}");
+        assert!(m.rewritable);
+    }
+}
