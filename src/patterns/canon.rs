@@ -177,16 +177,22 @@ impl<'g, 'm> Canon<'g, 'm> {
     /// `ReduceMean`, a `GlobalAveragePool`, or a `ReduceSum` divided by the row length; one
     /// that dropped them and got them back (`keepdims`) keeps them.
     pub fn reduction(&self, value: &str) -> Option<(MeanOf, bool)> {
-        let layers = keepdims::strip(self, value);
-        if !layers.any() {
-            return self.bare_reduction(value);
-        }
-        let (mut mean, kept) = self.bare_reduction(&layers.inner)?;
-        if !layers.restores(self, &mean.input, &mean.axes, kept) {
-            return None;
-        }
-        mean.nodes.extend(layers.nodes);
-        Some((mean, true))
+        // Precision casts around the reduction (paddle2onnx's float16 converter computes each
+        // ReduceMean in float32 between Casts) are looked through, as everywhere.
+        let (value, crossed) = self.root(value);
+        let layers = keepdims::strip(self, &value);
+        let (mut mean, kept) = if !layers.any() {
+            self.bare_reduction(&value)?
+        } else {
+            let (mut mean, kept) = self.bare_reduction(&layers.inner)?;
+            if !layers.restores(self, &mean.input, &mean.axes, kept) {
+                return None;
+            }
+            mean.nodes.extend(layers.nodes);
+            (mean, true)
+        };
+        mean.nodes.extend(crossed);
+        Some((mean, kept))
     }
 
     fn bare_reduction(&self, value: &str) -> Option<(MeanOf, bool)> {
@@ -348,20 +354,23 @@ impl<'g, 'm> Canon<'g, 'm> {
         })
     }
 
-    /// `Pow(a, 2)` or `Mul(a, b)` with `a` and `b` the same value or equivalent centred values:
-    /// returns the squared operand and the node.
-    pub fn square(&self, value: &str) -> Option<(String, NodeId)> {
-        if let Some((id, node)) = self.op(value, "Pow") {
+    /// `Pow(a, 2)` or `Mul(a, b)` with `a` and `b` the same value or equivalent centred values,
+    /// behind precision casts: returns the squared operand and the nodes (the square, the casts).
+    pub fn square(&self, value: &str) -> Option<(String, Vec<NodeId>)> {
+        let (value, mut nodes) = self.root(value);
+        if let Some((id, node)) = self.op(&value, "Pow") {
             let e = self.scalar(node.input.get(1)?)?;
-            return (e == 2.0).then(|| (node.input[0].clone(), id));
+            nodes.push(id);
+            return (e == 2.0).then(|| (node.input[0].clone(), nodes));
         }
-        let (id, node) = self.op(value, "Mul")?;
+        let (id, node) = self.op(&value, "Mul")?;
+        nodes.push(id);
         let (a, b) = (node.input.first()?, node.input.get(1)?);
         if a == b {
-            return Some((a.clone(), id));
+            return Some((a.clone(), nodes));
         }
         let (ca, cb) = (self.centred(a)?, self.centred(b)?);
-        (ca.x == cb.x && ca.axes.same_as(&cb.axes)).then(|| (a.clone(), id))
+        (ca.x == cb.x && ca.axes.same_as(&cb.axes)).then(|| (a.clone(), nodes))
     }
 
     /// `Reciprocal(d)` or `Div(1, d)`: returns `d`.

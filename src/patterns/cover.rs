@@ -81,25 +81,35 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
     let mut inputs = HashSet::new();
     // Each read's chain of absorbed casts: (the value a cast made, that cast).
     let mut chains: Vec<Vec<(String, NodeId)>> = Vec::new();
-    for r in reads {
-        let mut v = r;
-        let mut chain = Vec::new();
-        while v != s.x {
-            let Some((id, node)) = g.producer_node(&v) else {
-                break;
-            };
-            let is_cast = matches!(node.op_type(), "Cast" | "Identity");
-            let only_us =
-                g.consumers(&v).iter().all(|n| core.contains(n)) && !g.is_graph_output(&v);
-            if !is_cast || !only_us {
-                break;
+    // Until nothing changes: a cast read by two reads' chains is the match's only once both
+    // chains reached it, whichever is walked first.
+    loop {
+        let before = core.len();
+        inputs.clear();
+        chains.clear();
+        for r in &reads {
+            let mut v = r.clone();
+            let mut chain = Vec::new();
+            while v != s.x {
+                let Some((id, node)) = g.producer_node(&v) else {
+                    break;
+                };
+                let is_cast = matches!(node.op_type(), "Cast" | "Identity");
+                let only_us =
+                    g.consumers(&v).iter().all(|n| core.contains(n)) && !g.is_graph_output(&v);
+                if !is_cast || !only_us {
+                    break;
+                }
+                core.insert(id);
+                chain.push((v.clone(), id));
+                v = node.input[0].clone();
             }
-            core.insert(id);
-            chain.push((v.clone(), id));
-            v = node.input[0].clone();
+            chains.push(chain);
+            inputs.insert(v);
         }
-        chains.push(chain);
-        inputs.insert(v);
+        if core.len() == before {
+            break;
+        }
     }
     let mut input = match inputs.len() {
         1 => inputs.into_iter().next().expect("one input"),

@@ -302,13 +302,7 @@ fn biased_variance(
         x,
         ex2.axes,
         VarianceForm::MomentDifference,
-        [
-            vec![sub_id, m_sq_node],
-            sq_node.into_iter().collect(),
-            ex2.nodes,
-            mean.nodes,
-        ]
-        .concat(),
+        [vec![sub_id], m_sq_node, sq_node, ex2.nodes, mean.nodes].concat(),
         true,
     ))
 }
@@ -335,16 +329,15 @@ fn variance_of_mean(
 }
 
 /// What a mean of squares squares: its input (`ReduceSumSquare`) or the operand of the
-/// `Mul(d, d)`/`Pow(d, 2)` it reads, with that node.
+/// `Mul(d, d)`/`Pow(d, 2)` it reads, with those nodes.
 fn squared_operand(
     c: &Canon<'_, '_>,
     mean: &super::canon::MeanOf,
-) -> Option<(String, Option<NodeId>)> {
+) -> Option<(String, Vec<NodeId>)> {
     if mean.squared {
-        return Some((mean.input.clone(), None));
+        return Some((mean.input.clone(), Vec::new()));
     }
-    let (operand, id) = c.square(&mean.input)?;
-    Some((operand, Some(id)))
+    c.square(&mean.input)
 }
 
 /// What a row-count operand is.
