@@ -1456,3 +1456,47 @@ fn expanded_bias_is_the_bias_when_it_only_repeats() {
         assert!(m.rewritable);
     }
 }
+
+/// paddle2onnx's float16 converter: a float16 LayerNorm whose means run in float32 between
+/// Casts, its input behind an Identity. The casts and the Identity belong to the match, found
+/// whichever read is followed first; a float32 copy also read outside the match keeps it from
+/// being rewritten (it could not be removed), with the reason.
+fn fp16_with_float32_means(cast_read_outside: bool) -> Vec<Match> {
+    let mut b = Builder::new(13);
+    let x = b.input("x", F16, &[2, H]);
+    let v = b.op("Identity", &[&x], vec![]);
+    let f32_mean = |b: &mut Builder, t: &str| {
+        let up = b.op("Cast", &[t], vec![("to", A::I(F32 as i64))]);
+        let m = mean(b, &up, &[-1], 13, None);
+        (b.op("Cast", &[&m], vec![("to", A::I(F16 as i64))]), up)
+    };
+    let (m, up) = f32_mean(&mut b, &v);
+    let d = b.op("Sub", &[&v, &m], vec![]);
+    let two = b.constant_typed(F16, &[], &[2.0]);
+    let sq = b.op("Pow", &[&d, &two], vec![]);
+    let (var, _) = f32_mean(&mut b, &sq);
+    let e = b.constant_typed(F16, &[], &[1e-5]);
+    let ve = b.op("Add", &[&var, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let y = b.op("Div", &[&d, &s], vec![]);
+    b.node_named("c", "Identity", &[&y], &["out"], vec![]);
+    b.output("out", F16);
+    if cast_read_outside {
+        b.node_named("other", "Identity", &[&up], &["other_out"], vec![]);
+        b.output("other_out", F32);
+    }
+    b.matches()
+}
+
+#[test]
+fn float32_means_between_casts_in_a_float16_layernorm() {
+    let m = only(fp16_with_float32_means(false));
+    assert_eq!(
+        (m.family, m.dtype, m.input.as_str()),
+        (Family::LayerNorm, Some(F16), "x")
+    );
+    assert!(m.rewritable, "{:?}", m.reason);
+    let shared = only(fp16_with_float32_means(true));
+    assert!(!shared.rewritable);
+    assert!(shared.reason.unwrap().contains("several different casts"));
+}

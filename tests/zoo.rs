@@ -42,7 +42,7 @@ fn every_zoo_model_matches_its_ground_truth_exactly() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 36, "all zoo models were inspected");
+    assert_eq!(checked, 38, "all zoo models were inspected");
 }
 
 fn all(ms: &[Match], pred: impl Fn(&Match) -> bool) -> bool {
@@ -313,4 +313,27 @@ fn jax2onnx_norms_and_their_parameters() {
     assert!(wheres
         .iter()
         .all(|w| ms.iter().any(|m| m.nodes.contains(w))));
+}
+
+/// paddle2onnx: Identity after almost every op (fp32), and its float16 converter computing each
+/// ReduceMean in float32 between Casts: the casts belong to the match, whose input is the
+/// float16 activation.
+#[test]
+fn paddle2onnx_layernorms() {
+    for (name, dtype) in [
+        ("paddle_preln_paddle2onnx_op13", 1),
+        ("paddle_postln_fp16_paddle2onnx_op13", 10),
+    ] {
+        let ms = inspect(name);
+        assert!(
+            all(&ms, |m| m.family == Family::LayerNorm
+                && !m.unbiased
+                && m.eps_in_sqrt
+                && m.scale.is_some()
+                && m.bias.is_some()
+                && m.dtype == Some(dtype)
+                && m.rewritable),
+            "{name}: {ms:#?}"
+        );
+    }
 }
