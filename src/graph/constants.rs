@@ -227,7 +227,10 @@ fn scalar_arithmetic(op: &str, a: &ConstValue, b: &ConstValue) -> Option<ConstVa
             "Add" => i.checked_add(j),
             "Sub" => i.checked_sub(j),
             "Mul" => i.checked_mul(j),
-            _ => (j != 0 && i % j == 0).then(|| i / j),
+            // (checked: i64::MIN / -1 overflows)
+            _ => (i.checked_rem(j) == Some(0))
+                .then(|| i.checked_div(j))
+                .flatten(),
         })? as f64
     };
     let mut out = cast(
@@ -279,4 +282,65 @@ fn cast(v: ConstValue, to: i32) -> Option<ConstValue> {
         },
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32s(v: f64, dims: &[i64]) -> ConstValue {
+        ConstValue {
+            elem_type: FLOAT,
+            dims: dims.to_vec(),
+            floats: Some(vec![v]),
+            ints: None,
+        }
+    }
+
+    fn i64s(v: i64) -> ConstValue {
+        ConstValue {
+            elem_type: INT64,
+            dims: vec![],
+            floats: None,
+            ints: Some(vec![v]),
+        }
+    }
+
+    #[test]
+    fn scalar_arithmetic_rounds_to_the_operand_type() {
+        let n = scalar_arithmetic("Sub", &f32s(32.0, &[]), &f32s(1.0, &[1])).unwrap();
+        assert_eq!(
+            (n.scalar_f64(), n.dims.as_slice()),
+            (Some(31.0), &[1i64][..])
+        );
+        // 1/3 in float32, as the runtime computes it.
+        let third = scalar_arithmetic("Div", &f32s(1.0, &[]), &f32s(3.0, &[])).unwrap();
+        assert_eq!(third.scalar_f64(), Some((1.0f32 / 3.0) as f64));
+        let gt = scalar_arithmetic("Greater", &f32s(31.0, &[]), &f32s(0.0, &[])).unwrap();
+        assert_eq!((gt.elem_type, gt.ints), (BOOL, Some(vec![1])));
+    }
+
+    #[test]
+    fn integer_division_only_where_exact_and_never_overflowing() {
+        assert_eq!(
+            scalar_arithmetic("Div", &i64s(12), &i64s(4)).and_then(|v| v.scalar_f64()),
+            Some(3.0)
+        );
+        assert!(scalar_arithmetic("Div", &i64s(7), &i64s(2)).is_none());
+        assert!(scalar_arithmetic("Div", &i64s(7), &i64s(0)).is_none());
+        assert!(scalar_arithmetic("Div", &i64s(i64::MIN), &i64s(-1)).is_none());
+        assert!(scalar_arithmetic("Mul", &i64s(i64::MAX), &i64s(2)).is_none());
+    }
+
+    #[test]
+    fn mixed_types_and_tensors_are_not_folded() {
+        assert!(scalar_arithmetic("Add", &f32s(1.0, &[]), &i64s(1)).is_none());
+        let pair = ConstValue {
+            elem_type: FLOAT,
+            dims: vec![2],
+            floats: Some(vec![1.0, 2.0]),
+            ints: None,
+        };
+        assert!(scalar_arithmetic("Add", &pair, &f32s(1.0, &[])).is_none());
+    }
 }
