@@ -27,7 +27,8 @@ SOURCES = sorted(
 )
 OPS = ["Sqrt", "Pow", "Reshape", "Expand", "Concat", "Shape", "ReduceSum", "ReduceMean",
        "Unsqueeze", "InstanceNormalization", "MeanVarianceNormalization", "BatchNormalization",
-       "LayerNormalization", "Div", "Sub", "Gather", "Slice", "Cast", "CastLike", "Identity", "If"]
+       "LayerNormalization", "Div", "Sub", "Gather", "Slice", "Cast", "CastLike", "Identity", "If",
+       "Max", "Clip", "Relu", "Where", "Greater", "ReduceSumSquare"]
 EXTREME_INTS = [-1, 0, 1, 2, 5, -7, 1 << 40, -(1 << 40)]
 EXTREME_FLOATS = [0.0, -1.0, float("nan"), float("inf"), 1e30]
 
