@@ -71,13 +71,16 @@ impl<'m> Constants<'m> {
                     .all(|i| self.is_constant(g, i))
             }
             // Scalar arithmetic: constant exactly when it folds (see `compute`).
-            Some((_, n)) if is_scalar_arithmetic(n) => self.value(g, name).is_some(),
+            Some((_, n)) if is_scalar_arithmetic(n) || n.op_type() == "Size" => {
+                self.value(g, name).is_some()
+            }
             _ => false,
         }
     }
 
     fn compute(&self, g: &GraphIndex<'m>, name: &str, depth: usize) -> Option<ConstValue> {
-        if depth > 8 {
+        // (Deep enough for paddle2onnx's row counts: Size, Casts, Div, Identity after each.)
+        if depth > 24 {
             return None;
         }
         if let Some(t) = g.initializer(name) {
@@ -108,6 +111,19 @@ impl<'m> Constants<'m> {
                 let mut v = self.value_of_input(g, node, 0, depth)?;
                 v.dims = vec![v.numel() as i64];
                 Some(v)
+            }
+            // The element count of a value whose dimensions are all known.
+            "Size" => {
+                let shape = g.shape(node.input.first()?)?;
+                let count = shape
+                    .iter()
+                    .try_fold(1i64, |n, d| n.checked_mul(d.known()?))?;
+                Some(ConstValue {
+                    elem_type: INT64,
+                    dims: vec![],
+                    floats: None,
+                    ints: Some(vec![count]),
+                })
             }
             _ if is_scalar_arithmetic(node) => {
                 let a = self.value_of_input(g, node, 0, depth)?;
@@ -181,6 +197,8 @@ fn is_scalar_arithmetic(node: &NodeProto) -> bool {
                 | "Sub"
                 | "Mul"
                 | "Div"
+                | "Max"
+                | "Min"
                 | "Greater"
                 | "Less"
                 | "GreaterOrEqual"
@@ -219,6 +237,8 @@ fn scalar_arithmetic(op: &str, a: &ConstValue, b: &ConstValue) -> Option<ConstVa
             "Add" => x + y,
             "Sub" => x - y,
             "Mul" => x * y,
+            "Max" => x.max(y),
+            "Min" => x.min(y),
             _ => x / y,
         }
     } else {
@@ -227,6 +247,8 @@ fn scalar_arithmetic(op: &str, a: &ConstValue, b: &ConstValue) -> Option<ConstVa
             "Add" => i.checked_add(j),
             "Sub" => i.checked_sub(j),
             "Mul" => i.checked_mul(j),
+            "Max" => Some(i.max(j)),
+            "Min" => Some(i.min(j)),
             // (checked: i64::MIN / -1 overflows)
             _ => (i.checked_rem(j) == Some(0))
                 .then(|| i.checked_div(j))

@@ -79,6 +79,18 @@ pub fn tail(
             _ => None,
         }
     };
+    // Identity nodes after a step are crossed (paddle2onnx writes one after almost every op).
+    let skip_identities = |t: &mut Tail| {
+        while let Some(id) = single(&t.output) {
+            let n = c.g.node(id);
+            if n.op_type() != "Identity" || !n.domain().is_empty() {
+                break;
+            }
+            t.nodes.push(id);
+            t.output = n.output[0].clone();
+        }
+    };
+    skip_identities(&mut t);
     // A Cast back to the input's type closes a higher-precision island
     if let (Some(id), Some(want)) = (single(&t.output), out_type) {
         let n = c.g.node(id);
@@ -112,6 +124,7 @@ pub fn tail(
             t.nodes.extend(expand);
             t.nodes.push(id);
             t.output = n.output[0].clone();
+            skip_identities(&mut t);
         }
     }
     t

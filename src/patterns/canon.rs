@@ -107,14 +107,30 @@ impl<'g, 'm> Canon<'g, 'm> {
     }
 
     /// The producer of `value` when it is a standard-domain node with this op type.
+    /// `Identity` nodes in between are looked through (paddle2onnx writes one after almost every
+    /// op); `cover` takes those inside a match into it.
     pub fn op(&self, value: &str, op_type: &str) -> Option<(NodeId, &'m NodeProto)> {
-        let (id, node) = self.g.producer_node(value)?;
-        let std_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
-        (std_domain && node.op_type() == op_type).then_some((id, node))
+        let mut v = value;
+        for _ in 0..8 {
+            let (id, node) = self.g.producer_node(v)?;
+            let std_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
+            if !std_domain {
+                return None;
+            }
+            if node.op_type() == op_type {
+                return Some((id, node));
+            }
+            if node.op_type() != "Identity" {
+                return None;
+            }
+            v = node.input.first()?;
+        }
+        None
     }
 
-    /// Looks through Identity and Casts between float types, returning the root value and the
-    /// nodes crossed.
+    /// Looks through Identity, Casts between float types and the exact no-ops `Mul(v, 1)` and
+    /// `Add(v, 0)` (paddle2onnx's `scale` op with its defaults), returning the root value and
+    /// the nodes crossed.
     pub fn root(&self, value: &str) -> (String, Vec<NodeId>) {
         let mut v = value.to_string();
         let mut crossed = Vec::new();
@@ -123,23 +139,39 @@ impl<'g, 'm> Canon<'g, 'm> {
                 break;
             };
             let std_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
-            let pass = std_domain
-                && match node.op_type() {
-                    "Identity" => true,
-                    "Cast" => {
-                        let to = attr::int(node, "to").unwrap_or(0) as i32;
-                        let from = node.input.first().and_then(|i| self.g.elem_type(i));
-                        dtype::is_float(to) && from.is_none_or(dtype::is_float)
-                    }
-                    _ => false,
-                };
-            if !pass || node.input.first().is_none_or(|i| i.is_empty()) {
+            let next = match node.op_type() {
+                _ if !std_domain => None,
+                "Identity" => node.input.first(),
+                "Cast" => {
+                    let to = attr::int(node, "to").unwrap_or(0) as i32;
+                    let from = node.input.first().and_then(|i| self.g.elem_type(i));
+                    (dtype::is_float(to) && from.is_none_or(dtype::is_float))
+                        .then(|| node.input.first())
+                        .flatten()
+                }
+                "Mul" => self.operand_beside_neutral(node, 1.0),
+                "Add" => self.operand_beside_neutral(node, 0.0),
+                _ => None,
+            };
+            let Some(next) = next.filter(|i| !i.is_empty()) else {
                 break;
-            }
+            };
             crossed.push(id);
-            v = node.input[0].clone();
+            v = next.clone();
         }
         (v, crossed)
+    }
+
+    /// For `Mul`/`Add`, the operand beside a one-element constant equal to `neutral` (1 or 0)
+    /// that cannot broadcast the result to a higher rank.
+    fn operand_beside_neutral(&self, node: &'m NodeProto, neutral: f64) -> Option<&'m String> {
+        if node.input.len() != 2 {
+            return None;
+        }
+        let at = (0..2).find(|&i| self.scalar(&node.input[i]) == Some(neutral))?;
+        let other = &node.input[1 - at];
+        let k_rank = self.g.constant(&node.input[at])?.dims.len();
+        (k_rank == 0 || self.g.rank(other).is_some_and(|r| r >= k_rank)).then_some(other)
     }
 
     /// The numeric value of a one-element float or integer constant.

@@ -50,6 +50,41 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
     let stats_aux: HashSet<NodeId> = s.aux.iter().copied().collect();
     let is_param = |v: &str| cand.scale.as_deref() == Some(v) || cand.bias.as_deref() == Some(v);
 
+    // Chains of Identity nodes between two nodes of the match (`Canon::op` looks through them)
+    // are the match's when nothing else reads them.
+    loop {
+        let mut interior: Vec<NodeId> = Vec::new();
+        for &id in &core {
+            for v in &g.node(id).input {
+                let mut chain: Vec<NodeId> = Vec::new();
+                let mut w = v.as_str();
+                while let Some((p, n)) = g.producer_node(w) {
+                    if core.contains(&p) || n.op_type() != "Identity" || !n.domain().is_empty() {
+                        break;
+                    }
+                    chain.push(p);
+                    w = &n.input[0];
+                }
+                let from_core = g.producer(w).is_some_and(|(p, _)| core.contains(&p));
+                let only_read_here = chain.iter().all(|&i| {
+                    let out = &g.node(i).output[0];
+                    !g.is_graph_output(out)
+                        && g.consumers(out)
+                            .iter()
+                            .all(|c| core.contains(c) || chain.contains(c))
+                });
+                if from_core && !chain.is_empty() && only_read_here {
+                    interior.extend(chain);
+                }
+            }
+        }
+        interior.retain(|i| !core.contains(i));
+        if interior.is_empty() {
+            break;
+        }
+        core.extend(interior);
+    }
+
     // Shapes the core reads that are computed from other shapes (dynamic Reshape and Expand
     // targets): their nodes are helpers, the values are not data inputs.
     let mut shape_values: HashSet<&str> = HashSet::new();

@@ -178,8 +178,8 @@ fn plain(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
 /// `y = (xc - xc * (k * (xc - mean(xc)) / sigma)) / sigma`, then `* C` (absent when C = 1).
 fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
     // Sigma, and its copies with the node computing each.
-    let dens: Vec<(&String, Option<NodeId>)> = std::iter::once((&s.den, None))
-        .chain(s.den_copies.iter().map(|(v, id)| (v, Some(*id))))
+    let dens: Vec<(&String, Option<&Vec<NodeId>>)> = std::iter::once((&s.den, None))
+        .chain(s.den_copies.iter().map(|(v, ids)| (v, Some(ids))))
         .collect();
     let divisions = || {
         dens.iter().flat_map(|&(den, copy)| {
@@ -194,7 +194,7 @@ fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
             continue;
         };
         nodes.push(g_id);
-        nodes.extend(g_copy);
+        nodes.extend(g_copy.into_iter().flatten());
         let g_out = &g_div.output[0];
         // The second division: (xc - xc * g) / sigma.
         for (y_id, y_copy) in divisions() {
@@ -222,12 +222,25 @@ fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
                 continue;
             };
             let mut core = nodes.clone();
-            core.extend(y_copy.filter(|id| Some(*id) != g_copy));
+            core.extend(
+                y_copy
+                    .filter(|ids| Some(*ids) != g_copy)
+                    .into_iter()
+                    .flatten(),
+            );
             core.extend(detached);
             core.extend(xc_nodes);
             core.extend(xc2_nodes);
             core.extend([w_id, p_id, y_id]);
             let mut out = y_div.output[0].clone();
+            while let [only] = c.g.consumers(&out) {
+                let n = c.g.node(*only);
+                if n.op_type() != "Identity" || c.g.is_graph_output(&out) {
+                    break;
+                }
+                core.push(*only);
+                out = n.output[0].clone();
+            }
             let mut big_c = 1.0;
             if let [only] = c.g.consumers(&out) {
                 let n = c.g.node(*only);
@@ -259,6 +272,13 @@ fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
 
 /// `k * (xc - mean(xc))` or `k * xc` (either operand order), or the same divided by `1/k`.
 fn k_times_centred(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<(f64, Vec<NodeId>)> {
+    // (`Add(·, 0)` and Identity after it: paddle2onnx's scale op.)
+    let (v, noops) = if c.op(v, "Mul").is_some() || c.op(v, "Div").is_some() {
+        (v.to_string(), Vec::new())
+    } else {
+        c.root(v)
+    };
+    let v = v.as_str();
     let (id, node, k_from) = if let Some((id, n)) = c.op(v, "Mul") {
         (id, n, 0)
     } else {
@@ -280,6 +300,7 @@ fn k_times_centred(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<(f64, Vec<No
         return None;
     }
     let mut nodes = vec![id];
+    nodes.extend(noops);
     if let Some(cn) = centred_here(c, s, u) {
         nodes.extend(cn);
         return Some((kv, nodes));

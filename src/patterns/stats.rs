@@ -28,9 +28,9 @@ pub struct Stats {
     pub eps_in_sqrt: bool,
     /// The value dividing the centred input (sigma).
     pub den: String,
-    /// Copies of `den` computed again by their own node (the dynamo exporter without its
-    /// optimizer repeats `Add(sqrt, eps)` for each use): value and node.
-    pub den_copies: Vec<(String, NodeId)>,
+    /// Copies of `den` computed again by their own nodes (the dynamo exporter without its
+    /// optimizer repeats `Add(sqrt, eps)` for each use): value and nodes.
+    pub den_copies: Vec<(String, Vec<NodeId>)>,
     /// Nodes computing the statistics.
     pub core: Vec<NodeId>,
     /// Helper nodes (row-count chains) that belong to the match only if nothing else uses them.
@@ -79,27 +79,19 @@ pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
             }
         }
         // Every reader adds the same epsilon (usually there is one reader).
-        let adds: Option<Vec<(NodeId, f64)>> =
+        let adds: Option<Vec<EpsAdd>> =
             c.g.consumers(&after)
                 .iter()
-                .map(|&id| {
-                    let n = c.g.node(id);
-                    (n.op_type() == "Add" && n.domain().is_empty())
-                        .then(|| constant_and_other(c, n).map(|(eps, _)| (id, eps)))
-                        .flatten()
-                })
+                .map(|&id| eps_add_from(c, &after, id))
                 .collect();
-        let eps_add = adds.filter(|a| !a.is_empty() && a.iter().all(|(_, e)| *e == a[0].1));
+        let eps_add = adds.filter(|a| !a.is_empty() && a.iter().all(|e| e.eps == a[0].eps));
         match eps_add {
-            Some(adds) => {
+            Some(mut adds) => {
                 core.extend(crossed);
-                let (add_id, eps) = adds[0];
-                core.push(add_id);
-                copies = adds[1..]
-                    .iter()
-                    .map(|&(id, _)| (c.g.node(id).output[0].clone(), id))
-                    .collect();
-                (s_in.clone(), eps, false, c.g.node(add_id).output[0].clone())
+                let first = adds.remove(0);
+                core.extend(first.nodes);
+                copies = adds.into_iter().map(|e| (e.den, e.nodes)).collect();
+                (s_in.clone(), first.eps, false, first.den)
             }
             // No epsilon at all (removed by an optimiser, or underflowed away).
             None => (s_in.clone(), 0.0, true, s_out.clone()),
@@ -114,6 +106,58 @@ pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
     stats.den_copies = copies;
     stats.inverse = inverse.then_some(sqrt);
     Some(stats)
+}
+
+/// `sigma + eps` read forward from `sigma`, starting at its reader `first`: exact no-ops before the
+/// `Add` (`Identity`, `Mul(·, 1)`: paddle2onnx's scale op) and `Identity` nodes after it are
+/// crossed.
+struct EpsAdd {
+    eps: f64,
+    /// The value dividing the centred input.
+    den: String,
+    nodes: Vec<NodeId>,
+}
+
+fn eps_add_from(c: &Canon<'_, '_>, sigma: &str, first: NodeId) -> Option<EpsAdd> {
+    let mut nodes = Vec::new();
+    let mut v = sigma.to_string();
+    let mut id = first;
+    for _ in 0..8 {
+        let n = c.g.node(id);
+        if !n.domain().is_empty() {
+            return None;
+        }
+        let noop = match n.op_type() {
+            "Identity" => true,
+            "Mul" => c.other_operand(n, &v).and_then(|k| c.scalar(k)) == Some(1.0),
+            _ => false,
+        };
+        if noop {
+            nodes.push(id);
+            v = n.output[0].clone();
+            id = match c.g.consumers(&v) {
+                [only] if !c.g.is_graph_output(&v) => *only,
+                _ => return None,
+            };
+            continue;
+        }
+        if n.op_type() != "Add" {
+            return None;
+        }
+        let (eps, _) = constant_and_other(c, n)?;
+        nodes.push(id);
+        let mut den = n.output[0].clone();
+        while let [only] = c.g.consumers(&den) {
+            let after = c.g.node(*only);
+            if after.op_type() != "Identity" || c.g.is_graph_output(&den) {
+                break;
+            }
+            nodes.push(*only);
+            den = after.output[0].clone();
+        }
+        return Some(EpsAdd { eps, den, nodes });
+    }
+    None
 }
 
 /// A constant, finite, non-negative scalar operand of a two-input node, and the other operand.
