@@ -1487,3 +1487,51 @@ fn float32_means_between_casts_in_a_float16_layernorm() {
     assert!(!shared.rewritable);
     assert!(shared.reason.unwrap().contains("several different casts"));
 }
+
+/// paddle2onnx's style: an Identity after every op and the variance scaled by its `scale` op
+/// (`Mul(var, s)` then `Add(., eps)`). With `s = 1` it is a LayerNorm and every Identity belongs
+/// to the match; `s = 2` changes the variance; an inner Identity read outside keeps the match
+/// from being rewritten.
+fn identity_laden(scale: f32, identity_read_outside: bool) -> Vec<Match> {
+    let mut b = Builder::new(13);
+    let x = b.input("x", F32, &[2, H]);
+    let id = |b: &mut Builder, v: &str| b.op("Identity", &[v], vec![]);
+    let m = mean(&mut b, &x, &[-1], 13, None);
+    let m = id(&mut b, &m);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let d = id(&mut b, &d);
+    let sq = b.op("Mul", &[&d, &d], vec![]);
+    let sq = id(&mut b, &sq);
+    let v = mean(&mut b, &sq, &[-1], 13, None);
+    let v = id(&mut b, &v);
+    let s = b.constant(scale);
+    let scaled = b.op("Mul", &[&v, &s], vec![]);
+    let e = b.constant(1e-5);
+    let ve = b.op("Add", &[&scaled, &e], vec![]);
+    let ve = id(&mut b, &ve);
+    let root = b.op("Sqrt", &[&ve], vec![]);
+    let root = id(&mut b, &root);
+    let y = b.op("Div", &[&d, &root], vec![]);
+    let y = id(&mut b, &y);
+    b.node_named("c", "Relu", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    if identity_read_outside {
+        b.node_named("peek", "Identity", &[&v], &["peek_out"], vec![]);
+        b.output("peek_out", F32);
+    }
+    b.matches()
+}
+
+#[test]
+fn identities_inside_the_chain_and_a_neutral_scale() {
+    let m = only(identity_laden(1.0, false));
+    assert_eq!((m.family, m.input.as_str()), (Family::LayerNorm, "x"));
+    assert!(m.rewritable, "{:?}", m.reason);
+    // Every node but the Relu reading the result (the last of 18).
+    assert_eq!(m.nodes, (0..17).collect::<Vec<_>>(), "{m:?}");
+    // A variance times 2 is not a variance.
+    assert!(identity_laden(2.0, false).is_empty());
+    // The variance read outside the match: found, not rewritable.
+    let shared = only(identity_laden(1.0, true));
+    assert!(!shared.rewritable, "{shared:?}");
+}

@@ -42,7 +42,7 @@ fn every_zoo_model_matches_its_ground_truth_exactly() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 38, "all zoo models were inspected");
+    assert_eq!(checked, 39, "all zoo models were inspected");
 }
 
 fn all(ms: &[Match], pred: impl Fn(&Match) -> bool) -> bool {
@@ -336,4 +336,30 @@ fn paddle2onnx_layernorms() {
             "{name}: {ms:#?}"
         );
     }
+    // Hand-written: the scale op's neutral Mul(., 1)/Add(., 0) are no parameters, C and k are
+    // the module's, N = Size(x)/Size(sum) and Max(N - 1, 0) fold with the static shape.
+    let ms = inspect("paper_paddle_paddle2onnx_op13");
+    let found: Vec<_> = ms
+        .iter()
+        .map(|m| {
+            (
+                m.family,
+                m.unbiased,
+                m.scale.is_some(),
+                m.bias.is_some(),
+                m.c,
+                m.rewritable,
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (Family::AdaNorm, true, false, false, 2.0, true),
+            (Family::LnSimple, true, false, false, 1.0, true),
+            (Family::LayerNorm, false, true, true, 1.0, true)
+        ],
+        "{ms:#?}"
+    );
+    assert_eq!(ms[0].k, 0.1f32 as f64);
 }

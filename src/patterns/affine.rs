@@ -111,6 +111,18 @@ pub fn tail(
         let Some(p) = c.other_operand(n, &t.output) else {
             continue;
         };
+        // A neutral constant (paddle2onnx's scale op with its defaults) is no parameter at all.
+        let neutral = if op == "Mul" { 1.0 } else { 0.0 };
+        if c.scalar(p) == Some(neutral)
+            && c.g
+                .constant(p)
+                .is_some_and(|k| k.dims.len() <= axes.axes.len())
+        {
+            t.nodes.push(id);
+            t.output = n.output[0].clone();
+            skip_identities(&mut t);
+            continue;
+        }
         let (param, expand) = match unexpanded(c, p, &t.output) {
             Some((q, e)) => (q, Some(e)),
             None => (p.to_string(), None),

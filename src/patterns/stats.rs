@@ -98,6 +98,18 @@ pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
         }
     };
 
+    // Identity nodes after sigma (paddle2onnx) are crossed: the division reads what they make.
+    let mut den = den;
+    if !inverse {
+        while let [only] = c.g.consumers(&den) {
+            let n = c.g.node(*only);
+            if n.op_type() != "Identity" || !n.domain().is_empty() || c.g.is_graph_output(&den) {
+                break;
+            }
+            core.push(*only);
+            den = n.output[0].clone();
+        }
+    }
     let mut stats = variance(c, &var_value)?;
     stats.core.extend(core);
     stats.epsilon = epsilon;
