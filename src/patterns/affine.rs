@@ -81,14 +81,9 @@ pub fn tail(
     };
     // Identity nodes after a step are crossed (paddle2onnx writes one after almost every op).
     let skip_identities = |t: &mut Tail| {
-        while let Some(id) = single(&t.output) {
-            let n = c.g.node(id);
-            if n.op_type() != "Identity" || !n.domain().is_empty() {
-                break;
-            }
-            t.nodes.push(id);
-            t.output = n.output[0].clone();
-        }
+        let (past, identities) = c.past_identities(&t.output);
+        t.nodes.extend(identities);
+        t.output = past;
     };
     skip_identities(&mut t);
     // A Cast back to the input's type closes a higher-precision island

@@ -174,6 +174,22 @@ impl<'g, 'm> Canon<'g, 'm> {
         (k_rank == 0 || self.g.rank(other).is_some_and(|r| r >= k_rank)).then_some(other)
     }
 
+    /// Forward through `Identity` nodes that are `value`'s only reader, one after another (not
+    /// past a graph output): the value they end in and the nodes crossed.
+    pub fn past_identities(&self, value: &str) -> (String, Vec<NodeId>) {
+        let mut v = value.to_string();
+        let mut crossed = Vec::new();
+        while let [only] = self.g.consumers(&v) {
+            let n = self.g.node(*only);
+            if n.op_type() != "Identity" || !n.domain().is_empty() || self.g.is_graph_output(&v) {
+                break;
+            }
+            crossed.push(*only);
+            v = n.output[0].clone();
+        }
+        (v, crossed)
+    }
+
     /// The numeric value of a one-element float or integer constant.
     pub fn scalar(&self, value: &str) -> Option<f64> {
         self.g.constant(value)?.scalar_f64()

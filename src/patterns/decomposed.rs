@@ -232,15 +232,8 @@ fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
             core.extend(xc_nodes);
             core.extend(xc2_nodes);
             core.extend([w_id, p_id, y_id]);
-            let mut out = y_div.output[0].clone();
-            while let [only] = c.g.consumers(&out) {
-                let n = c.g.node(*only);
-                if n.op_type() != "Identity" || c.g.is_graph_output(&out) {
-                    break;
-                }
-                core.push(*only);
-                out = n.output[0].clone();
-            }
+            let (mut out, identities) = c.past_identities(&y_div.output[0]);
+            core.extend(identities);
             let mut big_c = 1.0;
             if let [only] = c.g.consumers(&out) {
                 let n = c.g.node(*only);

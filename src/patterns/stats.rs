@@ -99,17 +99,13 @@ pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
     };
 
     // Identity nodes after sigma (paddle2onnx) are crossed: the division reads what they make.
-    let mut den = den;
-    if !inverse {
-        while let [only] = c.g.consumers(&den) {
-            let n = c.g.node(*only);
-            if n.op_type() != "Identity" || !n.domain().is_empty() || c.g.is_graph_output(&den) {
-                break;
-            }
-            core.push(*only);
-            den = n.output[0].clone();
-        }
-    }
+    let den = if inverse {
+        den
+    } else {
+        let (past, identities) = c.past_identities(&den);
+        core.extend(identities);
+        past
+    };
     let mut stats = variance(c, &var_value)?;
     stats.core.extend(core);
     stats.epsilon = epsilon;
@@ -158,15 +154,8 @@ fn eps_add_from(c: &Canon<'_, '_>, sigma: &str, first: NodeId) -> Option<EpsAdd>
         }
         let (eps, _) = constant_and_other(c, n)?;
         nodes.push(id);
-        let mut den = n.output[0].clone();
-        while let [only] = c.g.consumers(&den) {
-            let after = c.g.node(*only);
-            if after.op_type() != "Identity" || c.g.is_graph_output(&den) {
-                break;
-            }
-            nodes.push(*only);
-            den = after.output[0].clone();
-        }
+        let (den, identities) = c.past_identities(&n.output[0]);
+        nodes.extend(identities);
         return Some(EpsAdd { eps, den, nodes });
     }
     None
