@@ -174,6 +174,16 @@ impl<'g, 'm> Canon<'g, 'm> {
         (k_rank == 0 || self.g.rank(other).is_some_and(|r| r >= k_rank)).then_some(other)
     }
 
+    /// The float Cast making `value` when only one node reads it (paddle2onnx's float16
+    /// converter casts each ReduceMean's input to float32): it belongs with that reader.
+    fn widening_cast(&self, value: &str) -> Option<NodeId> {
+        let (id, n) = self.op(value, "Cast")?;
+        let to = attr::int(n, "to")? as i32;
+        let from = n.input.first().and_then(|i| self.g.elem_type(i));
+        let sole = self.g.consumers(value).len() == 1 && !self.g.is_graph_output(value);
+        (sole && dtype::is_float(to) && from.is_none_or(dtype::is_float)).then_some(id)
+    }
+
     /// Forward through `Identity` nodes that are `value`'s only reader, one after another (not
     /// past a graph output): the value they end in and the nodes crossed.
     pub fn past_identities(&self, value: &str) -> (String, Vec<NodeId>) {
@@ -266,9 +276,11 @@ impl<'g, 'm> Canon<'g, 'm> {
                 },
             };
             let axes = Axes::new(&raw, self.g.rank(&input))?;
+            let mut nodes = vec![id];
+            nodes.extend(self.widening_cast(&input));
             return Some((
                 MeanOf {
-                    nodes: vec![id],
+                    nodes,
                     input,
                     axes,
                     squared: false,

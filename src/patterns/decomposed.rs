@@ -302,7 +302,7 @@ fn k_times_centred(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<(f64, Vec<No
     let (sub_id, sub) = c.op(u, "Sub")?;
     let xc_nodes = centred_here(c, s, &sub.input[0])?;
     let m3 = c.mean_of(&sub.input[1])?;
-    if m3.input != sub.input[0] || !m3.axes.same_as(&s.axes) {
+    if c.root(&m3.input).0 != c.root(&sub.input[0]).0 || !m3.axes.same_as(&s.axes) {
         return None;
     }
     nodes.extend(xc_nodes);
