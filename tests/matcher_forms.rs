@@ -1535,3 +1535,53 @@ fn identities_inside_the_chain_and_a_neutral_scale() {
     let shared = only(identity_laden(1.0, true));
     assert!(!shared.rewritable, "{shared:?}");
 }
+
+/// paddle2onnx's row count with dynamic dimensions: `N = Size(x) / Size(sum)`, the unbiased
+/// divisor `Max(N - 1, 0)`. Counting the elements of another tensor (`Size(other)`) is not
+/// the row length; `N + 1` is no variance divisor.
+fn size_ratio_variance(numerator_of_x: bool, minus: f32) -> Vec<Match> {
+    let mut b = Builder::new(13);
+    let x = b.input_named("x", F32, &["batch", "seq", "8"]);
+    let other = b.input_named("other", F32, &["batch", "seq", "16"]);
+    let m = mean(&mut b, &x, &[-1], 13, None);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let sq = b.op("Mul", &[&d, &d], vec![]);
+    let sum = b.op(
+        "ReduceSum",
+        &[&sq],
+        vec![("axes", A::Is(vec![-1])), ("keepdims", A::I(1))],
+    );
+    let size = |b: &mut Builder, t: &str| {
+        let n = b.op("Size", &[t], vec![]);
+        b.op("Cast", &[&n], vec![("to", A::I(F32 as i64))])
+    };
+    let all = size(&mut b, if numerator_of_x { &x } else { &other });
+    let rows = size(&mut b, &sum);
+    let n = b.op("Div", &[&all, &rows], vec![]);
+    let one = b.constant(1.0);
+    let n = b.op("Mul", &[&n, &one], vec![]);
+    let k = b.constant(minus);
+    let n1 = b.op("Add", &[&n, &k], vec![]);
+    let zero = b.init("zero", &[1], &[0.0]);
+    let n1 = b.op("Max", &[&n1, &zero], vec![]);
+    let var = b.op("Div", &[&sum, &n1], vec![]);
+    let s = b.op("Sqrt", &[&var], vec![]);
+    let e = b.constant(1e-5);
+    let den = b.op("Add", &[&s, &e], vec![]);
+    let y = b.op("Div", &[&d, &den], vec![]);
+    b.node_named("c", "Relu", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    b.matches()
+}
+
+#[test]
+fn dynamic_row_count_from_element_counts() {
+    let m = only(size_ratio_variance(true, -1.0));
+    assert_eq!(
+        (m.family, m.unbiased, m.eps_in_sqrt),
+        (Family::LnSimple, true, false)
+    );
+    assert!(m.rewritable, "{:?}", m.reason);
+    assert!(size_ratio_variance(false, -1.0).is_empty());
+    assert!(size_ratio_variance(true, 1.0).is_empty());
+}

@@ -6,7 +6,7 @@
 //! the same thing.
 
 use super::keepdims;
-use crate::graph::{GraphIndex, NodeId};
+use crate::graph::{Dim, GraphIndex, NodeId};
 use crate::onnx::attr;
 use crate::onnx::dtype;
 use crate::onnx::proto::NodeProto;
@@ -85,6 +85,17 @@ pub struct MeanOf {
     pub axes: Axes,
     /// The reduction squares its input itself (`ReduceSumSquare(d) / N`): a mean of `input²`.
     pub squared: bool,
+}
+
+/// What a sum is divided by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Divisor {
+    /// A constant (the caller checks it against the row length).
+    Number(f64),
+    /// `Size(x) / Size(sum)` (paddle2onnx): the row length whatever the dimensions.
+    RowLength,
+    /// The same less one (`Max(N - 1, 0)`): an unbiased variance's divisor.
+    RowLengthMinusOne,
 }
 
 /// `x - mean(x)`: the centring layer.
@@ -255,8 +266,12 @@ impl<'g, 'm> Canon<'g, 'm> {
 
     fn bare_reduction(&self, value: &str) -> Option<(MeanOf, bool)> {
         if let Some((mean, count, kept)) = self.sum_divided(value) {
-            return (self.row_length(&mean.input, &mean.axes) == Some(count))
-                .then_some((mean, kept));
+            let is_mean = match count {
+                Divisor::Number(n) => self.row_length(&mean.input, &mean.axes) == Some(n),
+                Divisor::RowLength => true,
+                Divisor::RowLengthMinusOne => false,
+            };
+            return is_mean.then_some((mean, kept));
         }
         if let Some((id, node)) = self.op(value, "ReduceMean") {
             let input = node.input.first()?.clone();
@@ -314,9 +329,18 @@ impl<'g, 'm> Canon<'g, 'm> {
     /// the dynamo exporter): the sum as a mean over `axes`, `d`, and whether it keeps the
     /// reduced dimensions. Callers check `d` (the row length, or one less for an unbiased
     /// variance).
-    pub fn sum_divided(&self, value: &str) -> Option<(MeanOf, f64, bool)> {
+    pub fn sum_divided(&self, value: &str) -> Option<(MeanOf, Divisor, bool)> {
+        // A divisor computed from element counts is read once the sum is known.
+        let mut counted: Option<&str> = None;
         let (id, node, count) = if let Some((id, n)) = self.op(value, "Div") {
-            (id, n, self.scalar(n.input.get(1)?)?)
+            let d = n.input.get(1)?;
+            match self.scalar(d) {
+                Some(v) => (id, n, v),
+                None => {
+                    counted = Some(d);
+                    (id, n, 1.0)
+                }
+            }
         } else {
             let (id, n) = self.op(value, "Mul")?;
             if n.input.len() != 2 {
@@ -369,6 +393,14 @@ impl<'g, 'm> Canon<'g, 'm> {
         let mut nodes = vec![sum_id];
         nodes.extend(layers.nodes);
         nodes.push(id);
+        let count = match counted {
+            None => Divisor::Number(count),
+            Some(d) => {
+                let (divisor, chain) = self.row_length_divisor(d, &sum.output[0], &input)?;
+                nodes.extend(chain);
+                divisor
+            }
+        };
         Some((
             MeanOf {
                 nodes,
@@ -379,6 +411,86 @@ impl<'g, 'm> Canon<'g, 'm> {
             count,
             kept,
         ))
+    }
+
+    /// `Size(a) / Size(sum)` with `a` shaped as the sum's input (each size through Casts and
+    /// Identity), optionally less one and clamped at zero (`Max(N - 1, 0)`): paddle2onnx's row
+    /// count, exact whatever the dimensions. Returns it with the nodes computing it.
+    fn row_length_divisor(
+        &self,
+        value: &str,
+        sum_out: &str,
+        sum_input: &str,
+    ) -> Option<(Divisor, Vec<NodeId>)> {
+        // The count is one number: the rank a neutral `Mul(·, [1])` would add does not matter.
+        let root = |v: &str| -> (String, Vec<NodeId>) {
+            let (mut v, mut crossed) = self.root(v);
+            while let Some((id, n)) = self.op(&v, "Mul").filter(|(_, n)| n.input.len() == 2) {
+                let Some(at) = (0..2).find(|&i| self.scalar(&n.input[i]) == Some(1.0)) else {
+                    break;
+                };
+                let (inner, more) = self.root(&n.input[1 - at]);
+                crossed.push(id);
+                crossed.extend(more);
+                v = inner;
+            }
+            (v, crossed)
+        };
+        let (mut v, mut nodes) = root(value);
+        if let Some((id, n)) = self.op(&v, "Max").filter(|(_, n)| n.input.len() == 2) {
+            let at = (0..2).find(|&i| self.scalar(&n.input[i]).is_some_and(|c| c <= 0.0))?;
+            let (inner, crossed) = root(&n.input[1 - at]);
+            nodes.push(id);
+            nodes.extend(crossed);
+            v = inner;
+        }
+        let mut minus_one = false;
+        if let Some((id, n)) = self.op(&v, "Add").filter(|(_, n)| n.input.len() == 2) {
+            let at = (0..2).find(|&i| self.scalar(&n.input[i]) == Some(-1.0))?;
+            let (inner, crossed) = root(&n.input[1 - at]);
+            nodes.push(id);
+            nodes.extend(crossed);
+            v = inner;
+            minus_one = true;
+        }
+        let (div_id, div) = self.op(&v, "Div")?;
+        nodes.push(div_id);
+        // Size(t) through Casts and Identity nodes: t and the nodes.
+        let size_of = |s: &str, nodes: &mut Vec<NodeId>| -> Option<String> {
+            let mut s = s.to_string();
+            for _ in 0..8 {
+                let (id, n) = self.g.producer_node(&s)?;
+                nodes.push(id);
+                match n.op_type() {
+                    "Cast" | "Identity" => s = n.input.first()?.clone(),
+                    "Size" => return n.input.first().cloned(),
+                    _ => return None,
+                }
+            }
+            None
+        };
+        let all = size_of(div.input.first()?, &mut nodes)?;
+        let rows = size_of(div.input.get(1)?, &mut nodes)?;
+        if self.root(&rows).0 != sum_out {
+            return None;
+        }
+        let same_dims = |a: &[Dim], b: &[Dim]| {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(x, y)| match (x, y) {
+                    (Dim::Known(p), Dim::Known(q)) => p == q,
+                    (Dim::Named(p), Dim::Named(q)) => p == q,
+                    _ => false,
+                })
+        };
+        if !same_dims(self.g.shape(&all)?, self.g.shape(sum_input)?) {
+            return None;
+        }
+        let divisor = if minus_one {
+            Divisor::RowLengthMinusOne
+        } else {
+            Divisor::RowLength
+        };
+        Some((divisor, nodes))
     }
 
     /// The number of elements of a row of `x` over `axes`, when its dimensions are known.

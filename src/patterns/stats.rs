@@ -2,7 +2,7 @@
 //! the variance (biased, unbiased by `N/(N-1)`, or `E[x²]−E[x]²`, behind guards that cannot
 //! change a variance), and whether it is centred (LayerNorm family) or not (RMSNorm).
 
-use super::canon::{Axes, Canon};
+use super::canon::{Axes, Canon, Divisor};
 use super::keepdims;
 use crate::graph::NodeId;
 use crate::onnx::attr;
@@ -224,12 +224,18 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
     // A sum of squares divided by N - 1 (hand-written unbiased variance).
     let mut sum_minus_one = None;
     if unbiased.is_none() {
-        if let Some((sum, d, kept)) = c.sum_divided(&v) {
-            let len = c.row_length(&sum.input, &sum.axes);
-            if len != Some(d) {
-                unbiased = Some(RowCount::Constant(d + 1.0));
+        match c.sum_divided(&v) {
+            Some((sum, Divisor::Number(d), kept)) => {
+                if c.row_length(&sum.input, &sum.axes) != Some(d) {
+                    unbiased = Some(RowCount::Constant(d + 1.0));
+                    sum_minus_one = Some((sum, kept));
+                }
+            }
+            Some((sum, Divisor::RowLengthMinusOne, kept)) => {
+                unbiased = Some(RowCount::RowLength);
                 sum_minus_one = Some((sum, kept));
             }
+            _ => {}
         }
     }
 
@@ -394,6 +400,8 @@ enum RowCount {
     Dynamic { x: String, axes: Vec<i64> },
     /// A folded `N/(N-1)`.
     Factor(f64),
+    /// Computed from element counts as the row length itself (`Divisor::RowLength*`).
+    RowLength,
 }
 
 impl RowCount {
@@ -409,6 +417,8 @@ impl RowCount {
             RowCount::Constant(n) => known_len().is_some_and(|len| len == *n),
             RowCount::Factor(f) => known_len()
                 .is_some_and(|len| len > 1.0 && ((len / (len - 1.0)) - f).abs() <= 1e-6 * f.abs()),
+            // Checked where it was read (`Canon::sum_divided`) against that sum's own input.
+            RowCount::RowLength => true,
         }
     }
 }
@@ -472,6 +482,6 @@ fn n_minus_one(
                 _ => None,
             }
         }
-        RowCount::Factor(_) => None,
+        RowCount::Factor(_) | RowCount::RowLength => None,
     }
 }
