@@ -225,11 +225,11 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
     let mut sum_minus_one = None;
     if unbiased.is_none() {
         match c.sum_divided(&v) {
-            Some((sum, Divisor::Number(d), kept)) => {
-                if c.row_length(&sum.input, &sum.axes) != Some(d) {
-                    unbiased = Some(RowCount::Constant(d + 1.0));
-                    sum_minus_one = Some((sum, kept));
-                }
+            Some((sum, Divisor::Number(d), kept))
+                if c.row_length(&sum.input, &sum.axes) != Some(d) =>
+            {
+                unbiased = Some(RowCount::Constant(d + 1.0));
+                sum_minus_one = Some((sum, kept));
             }
             Some((sum, Divisor::RowLengthMinusOne, kept)) => {
                 unbiased = Some(RowCount::RowLength);
