@@ -145,6 +145,20 @@ fn a_node_reading_an_undefined_value() {
     );
 }
 
+/// A standard op with no outputs (the matcher would find a LayerNorm's output read by it).
+#[test]
+fn a_node_without_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = tiny();
+    let x = "x".to_string();
+    b.node_named("sink", "Relu", &[&x], &[], vec![]);
+    let path = b.save(dir.path(), "sink.onnx");
+    assert_error(
+        &inspect(&path),
+        &["sink.onnx", "node 'sink'", "Relu node has no outputs"],
+    );
+}
+
 #[test]
 fn a_cycle() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 //! and the element types and shapes known or inferred for each value.
 //!
 //! Building the index validates the graph: a node reading an undefined value, a value produced
-//! twice, or a cycle is an error naming the node.
+//! twice, a standard op without outputs, or a cycle is an error naming the node.
 
 pub mod constants;
 pub mod dims;
@@ -188,6 +188,14 @@ impl<'m> GraphIndex<'m> {
 
         let mut producer = HashMap::new();
         for (id, node) in graph.node.iter().enumerate() {
+            // Every standard ONNX op has at least one output; one without is a broken model
+            // (and would leave the matcher a node whose result it cannot name).
+            if node.output.is_empty() && (node.domain().is_empty() || node.domain() == "ai.onnx") {
+                return Err(located(
+                    Error::msg(format!("{} node has no outputs", node.op_type()))
+                        .at_node(node_label(node, id)),
+                ));
+            }
             for (slot, out) in node.output.iter().enumerate() {
                 if out.is_empty() {
                     continue;

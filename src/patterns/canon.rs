@@ -205,8 +205,9 @@ impl<'g, 'm> Canon<'g, 'm> {
             if n.op_type() != "Identity" || !n.domain().is_empty() || self.g.is_graph_output(&v) {
                 break;
             }
+            let Some(out) = n.output.first() else { break };
             crossed.push(*only);
-            v = n.output[0].clone();
+            v = out.clone();
         }
         (v, crossed)
     }

@@ -62,12 +62,15 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
                     if core.contains(&p) || n.op_type() != "Identity" || !n.domain().is_empty() {
                         break;
                     }
+                    let Some(input) = n.input.first() else { break };
                     chain.push(p);
-                    w = &n.input[0];
+                    w = input;
                 }
                 let from_core = g.producer(w).is_some_and(|(p, _)| core.contains(&p));
                 let only_read_here = chain.iter().all(|&i| {
-                    let out = &g.node(i).output[0];
+                    let Some(out) = g.node(i).output.first() else {
+                        return false;
+                    };
                     !g.is_graph_output(out)
                         && g.consumers(out)
                             .iter()

@@ -1,6 +1,7 @@
 """Mutation fuzzing of the CLI on real models: each case is a fixture model with a few random
 edits (inputs rewired, attributes and small constants set to extreme values, op types swapped,
-nodes deleted or made to read their own output, declared dimensions changed). `inspect`,
+nodes deleted, made to read their own output or stripped of their outputs, readers without a
+result added, declared dimensions changed). `inspect`,
 `fuse`, `rewrite` and `revert` of the result must each end with exit code 0, 1 or 2, never a
 signal, an abort or a panic; a failing command writes no output file and leaves its input as it
 was. Seeded, so a failure reproduces: the offending model is kept and its path printed.
@@ -37,7 +38,7 @@ def mutate(m, rng):
     g = m.graph
     values = [o for n in g.node for o in n.output] + [t.name for t in g.initializer]
     for _ in range(rng.randint(1, 4)):
-        kind = rng.randrange(8)
+        kind = rng.randrange(10)
         node = rng.choice(g.node) if g.node else None
         if node is None:
             return
@@ -76,6 +77,12 @@ def mutate(m, rng):
             node.input.append(node.output[0])
         elif kind == 7 and node.op_type == "Shape":
             node.attribute.append(helper.make_attribute("start", rng.choice([-100, 3, 1 << 40])))
+        elif kind == 8 and node.output:
+            # A reader with no result (or an omitted one) of some value.
+            g.node.append(helper.make_node(rng.choice(["Mul", "Add", "Identity", "Cast"]),
+                                           [rng.choice(values)] * 2, rng.choice([[], [""]])))
+        elif kind == 9:
+            del node.output[:]
 
 
 def sha(path):
