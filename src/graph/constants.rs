@@ -90,7 +90,7 @@ impl<'m> Constants<'m> {
             return decode(self.model, t).ok().flatten();
         }
         let (_, node) = g.producer_node(name)?;
-        if !node.domain().is_empty() && node.domain() != "ai.onnx" {
+        if !crate::onnx::is_standard(node) {
             return None;
         }
         match node.op_type() {
@@ -189,7 +189,7 @@ fn constant_node_value(model: &Model, node: &NodeProto) -> Option<ConstValue> {
 }
 
 fn is_scalar_arithmetic(node: &NodeProto) -> bool {
-    (node.domain().is_empty() || node.domain() == "ai.onnx")
+    crate::onnx::is_standard(node)
         && node.input.len() == 2
         && matches!(
             node.op_type(),

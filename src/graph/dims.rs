@@ -73,7 +73,7 @@ fn walk(
         return Some(c.as_ints()?.iter().map(|&v| DimRef::Known(v)).collect());
     }
     let (id, n) = g.producer_node(value)?;
-    if !(n.domain().is_empty() || n.domain() == "ai.onnx") {
+    if !crate::onnx::is_standard(n) {
         return None;
     }
     let input = |i: usize| n.input.get(i).filter(|s| !s.is_empty());

@@ -190,7 +190,7 @@ impl<'m> GraphIndex<'m> {
         for (id, node) in graph.node.iter().enumerate() {
             // Every standard ONNX op has at least one output; one without is a broken model
             // (and would leave the matcher a node whose result it cannot name).
-            if node.output.is_empty() && (node.domain().is_empty() || node.domain() == "ai.onnx") {
+            if node.output.is_empty() && crate::onnx::is_standard(node) {
                 return Err(located(
                     Error::msg(format!("{} node has no outputs", node.op_type()))
                         .at_node(node_label(node, id)),

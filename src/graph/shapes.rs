@@ -181,7 +181,7 @@ fn infer_node(
     let same = |i: usize| vec![input(i).cloned().unwrap_or_default()];
     let with =
         |elem_type: Option<i32>, shape: Option<Vec<Dim>>| vec![ValueFacts { elem_type, shape }];
-    if !node.domain().is_empty() && node.domain() != "ai.onnx" {
+    if !crate::onnx::is_standard(node) {
         return match node.op_type() {
             // ai.adanorm ops and the com.microsoft normalisations keep X's type and shape.
             "AdaNorm"

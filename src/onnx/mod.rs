@@ -15,4 +15,10 @@ pub mod proto {
 }
 
 pub use load::{load_model, Model};
+
+/// Whether a node is a standard ONNX op (the default domain, spelled "" or "ai.onnx"): only
+/// those have the meaning the matcher and the shape rules give their op types.
+pub fn is_standard(node: &proto::NodeProto) -> bool {
+    node.domain().is_empty() || node.domain() == "ai.onnx"
+}
 pub use save::save_model;

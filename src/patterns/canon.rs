@@ -124,7 +124,7 @@ impl<'g, 'm> Canon<'g, 'm> {
         let mut v = value;
         for _ in 0..8 {
             let (id, node) = self.g.producer_node(v)?;
-            let std_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
+            let std_domain = crate::onnx::is_standard(node);
             if !std_domain {
                 return None;
             }
@@ -149,7 +149,7 @@ impl<'g, 'm> Canon<'g, 'm> {
             let Some((id, node)) = self.g.producer_node(&v) else {
                 break;
             };
-            let std_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
+            let std_domain = crate::onnx::is_standard(node);
             let next = match node.op_type() {
                 _ if !std_domain => None,
                 "Identity" => node.input.first(),
@@ -548,7 +548,7 @@ impl<'g, 'm> Canon<'g, 'm> {
 
     /// `Reciprocal(d)` or `Div(1, d)`: returns `d`.
     pub fn reciprocal_of(&self, node: &'m NodeProto) -> Option<&'m str> {
-        let std_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
+        let std_domain = crate::onnx::is_standard(node);
         if !std_domain {
             return None;
         }

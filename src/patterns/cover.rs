@@ -26,7 +26,7 @@ pub fn scan(
     let mut out = Vec::new();
     for &id in g.topological() {
         let n = g.node(id);
-        let std_domain = n.domain().is_empty() || n.domain() == "ai.onnx";
+        let std_domain = crate::onnx::is_standard(n);
         if !std_domain || !op_types.contains(&n.op_type()) || used.contains(&id) {
             continue;
         }

@@ -85,7 +85,7 @@ fn consumers_of<'a>(
 ) -> impl Iterator<Item = NodeId> + 'a {
     c.g.consumers(v).to_vec().into_iter().filter(move |&id| {
         let n = c.g.node(id);
-        (n.domain().is_empty() || n.domain() == "ai.onnx") && n.op_type() == op
+        crate::onnx::is_standard(n) && n.op_type() == op
     })
 }
 

@@ -283,7 +283,7 @@ fn strip_guards(c: &Canon<'_, '_>, value: &str) -> (String, Vec<NodeId>) {
         let Some((id, node)) = c.g.producer_node(&v) else {
             break;
         };
-        let std_domain = node.domain().is_empty() || node.domain() == "ai.onnx";
+        let std_domain = crate::onnx::is_standard(node);
         let not_positive = |name: &str| c.scalar(name).is_some_and(|f| f <= 0.0);
         let guarded = match node.op_type() {
             _ if !std_domain => None,
