@@ -1493,9 +1493,14 @@ fn float32_means_between_casts_in_a_float16_layernorm() {
 /// to the match; `s = 2` changes the variance; an inner Identity read outside keeps the match
 /// from being rewritten.
 fn identity_laden(scale: f32, identity_read_outside: bool) -> Vec<Match> {
+    identity_laden_in("", scale, identity_read_outside)
+}
+
+/// The same with the Identity nodes in `domain` ("" or its other spelling "ai.onnx").
+fn identity_laden_in(domain: &str, scale: f32, identity_read_outside: bool) -> Vec<Match> {
     let mut b = Builder::new(13);
     let x = b.input("x", F32, &[2, H]);
-    let id = |b: &mut Builder, v: &str| b.op("Identity", &[v], vec![]);
+    let id = |b: &mut Builder, v: &str| b.domain_op(domain, "Identity", &[v], vec![]);
     let m = mean(&mut b, &x, &[-1], 13, None);
     let m = id(&mut b, &m);
     let d = b.op("Sub", &[&x, &m], vec![]);
@@ -1529,6 +1534,9 @@ fn identities_inside_the_chain_and_a_neutral_scale() {
     assert!(m.rewritable, "{:?}", m.reason);
     // Every node but the Relu reading the result (the last of 18).
     assert_eq!(m.nodes, (0..17).collect::<Vec<_>>(), "{m:?}");
+    // "ai.onnx" is the default domain too.
+    let spelled = only(identity_laden_in("ai.onnx", 1.0, false));
+    assert_eq!((spelled.nodes, spelled.rewritable), (m.nodes.clone(), true));
     // A variance times 2 is not a variance.
     assert!(identity_laden(2.0, false).is_empty());
     // The variance read outside the match: found, not rewritable.

@@ -53,17 +53,17 @@ impl<'m> Constants<'m> {
             return true;
         }
         match g.producer_node(name) {
-            Some((_, n)) if n.op_type() == "Constant" && n.domain().is_empty() => true,
+            Some((_, n)) if n.op_type() == "Constant" && crate::onnx::is_standard(n) => true,
             Some((_, n))
                 if matches!(n.op_type(), "Identity" | "Cast" | "CastLike")
-                    && n.domain().is_empty() =>
+                    && crate::onnx::is_standard(n) =>
             {
                 n.input.first().is_some_and(|i| self.is_constant(g, i))
             }
             // A constant viewed in another shape (axes lists built by Reshape of a Constant).
             Some((_, n))
                 if matches!(n.op_type(), "Reshape" | "Squeeze" | "Unsqueeze" | "Flatten")
-                    && n.domain().is_empty() =>
+                    && crate::onnx::is_standard(n) =>
             {
                 n.input
                     .iter()

@@ -202,7 +202,10 @@ impl<'g, 'm> Canon<'g, 'm> {
         let mut crossed = Vec::new();
         while let [only] = self.g.consumers(&v) {
             let n = self.g.node(*only);
-            if n.op_type() != "Identity" || !n.domain().is_empty() || self.g.is_graph_output(&v) {
+            if n.op_type() != "Identity"
+                || !crate::onnx::is_standard(n)
+                || self.g.is_graph_output(&v)
+            {
                 break;
             }
             let Some(out) = n.output.first() else { break };

@@ -59,7 +59,10 @@ pub fn finish(c: &Canon<'_, '_>, s: &Stats, cand: Candidate) -> Match {
                 let mut chain: Vec<NodeId> = Vec::new();
                 let mut w = v.as_str();
                 while let Some((p, n)) = g.producer_node(w) {
-                    if core.contains(&p) || n.op_type() != "Identity" || !n.domain().is_empty() {
+                    if core.contains(&p)
+                        || n.op_type() != "Identity"
+                        || !crate::onnx::is_standard(n)
+                    {
                         break;
                     }
                     let Some(input) = n.input.first() else { break };

@@ -132,7 +132,7 @@ fn eps_add_from(c: &Canon<'_, '_>, sigma: &str, first: NodeId) -> Option<EpsAdd>
     let mut id = first;
     for _ in 0..8 {
         let n = c.g.node(id);
-        if !n.domain().is_empty() {
+        if !crate::onnx::is_standard(n) {
             return None;
         }
         let noop = match n.op_type() {
