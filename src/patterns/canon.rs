@@ -143,28 +143,45 @@ impl<'g, 'm> Canon<'g, 'm> {
     /// `Add(v, 0)` (paddle2onnx's `scale` op with its defaults), returning the root value and
     /// the nodes crossed.
     pub fn root(&self, value: &str) -> (String, Vec<NodeId>) {
+        self.walk_back(value, 8, |node| self.root_step(node))
+    }
+
+    /// The input `root` follows through `node`, if it passes it.
+    pub fn root_step(&self, node: &'m NodeProto) -> Option<&'m String> {
+        match node.op_type() {
+            "Identity" => node.input.first(),
+            "Cast" => {
+                let to = attr::int(node, "to").unwrap_or(0) as i32;
+                let from = node.input.first().and_then(|i| self.g.elem_type(i));
+                (dtype::is_float(to) && from.is_none_or(dtype::is_float))
+                    .then(|| node.input.first())
+                    .flatten()
+            }
+            "Mul" => self.operand_beside_neutral(node, 1.0),
+            "Add" => self.operand_beside_neutral(node, 0.0),
+            _ => None,
+        }
+    }
+
+    /// Walks back from `value` through the producers of standard ops for which `step` names
+    /// the input to follow, at most `limit` of them: the value reached and the nodes crossed.
+    pub fn walk_back(
+        &self,
+        value: &str,
+        limit: usize,
+        step: impl Fn(&'m NodeProto) -> Option<&'m String>,
+    ) -> (String, Vec<NodeId>) {
         let mut v = value.to_string();
         let mut crossed = Vec::new();
-        for _ in 0..8 {
+        for _ in 0..limit {
             let Some((id, node)) = self.g.producer_node(&v) else {
                 break;
             };
-            let std_domain = crate::onnx::is_standard(node);
-            let next = match node.op_type() {
-                _ if !std_domain => None,
-                "Identity" => node.input.first(),
-                "Cast" => {
-                    let to = attr::int(node, "to").unwrap_or(0) as i32;
-                    let from = node.input.first().and_then(|i| self.g.elem_type(i));
-                    (dtype::is_float(to) && from.is_none_or(dtype::is_float))
-                        .then(|| node.input.first())
-                        .flatten()
-                }
-                "Mul" => self.operand_beside_neutral(node, 1.0),
-                "Add" => self.operand_beside_neutral(node, 0.0),
-                _ => None,
-            };
-            let Some(next) = next.filter(|i| !i.is_empty()) else {
+            let next = crate::onnx::is_standard(node)
+                .then(|| step(node))
+                .flatten()
+                .filter(|i| !i.is_empty());
+            let Some(next) = next else {
                 break;
             };
             crossed.push(id);
@@ -427,18 +444,14 @@ impl<'g, 'm> Canon<'g, 'm> {
         sum_input: &str,
     ) -> Option<(Divisor, Vec<NodeId>)> {
         // The count is one number: the rank a neutral `Mul(·, [1])` would add does not matter.
-        let root = |v: &str| -> (String, Vec<NodeId>) {
-            let (mut v, mut crossed) = self.root(v);
-            while let Some((id, n)) = self.op(&v, "Mul").filter(|(_, n)| n.input.len() == 2) {
-                let Some(at) = (0..2).find(|&i| self.scalar(&n.input[i]) == Some(1.0)) else {
-                    break;
-                };
-                let (inner, more) = self.root(&n.input[1 - at]);
-                crossed.push(id);
-                crossed.extend(more);
-                v = inner;
-            }
-            (v, crossed)
+        let root = |v: &str| {
+            self.walk_back(v, 16, |n| {
+                let neutral_mul = (n.op_type() == "Mul" && n.input.len() == 2)
+                    .then(|| (0..2).find(|&i| self.scalar(&n.input[i]) == Some(1.0)))
+                    .flatten()
+                    .map(|at| &n.input[1 - at]);
+                self.root_step(n).or(neutral_mul)
+            })
         };
         let (mut v, mut nodes) = root(value);
         if let Some((id, n)) = self.op(&v, "Max").filter(|(_, n)| n.input.len() == 2) {

@@ -6,6 +6,7 @@ use super::canon::{Axes, Canon, Divisor};
 use super::keepdims;
 use crate::graph::NodeId;
 use crate::onnx::attr;
+use crate::onnx::proto::NodeProto;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VarianceForm {
@@ -277,52 +278,43 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
 /// included. The op's own variance is computed non-negative, so the clamp is implied; a clamp
 /// at a positive floor (`Max(v, eps)`) changes the function and is not looked through.
 fn strip_guards(c: &Canon<'_, '_>, value: &str) -> (String, Vec<NodeId>) {
-    let mut v = value.to_string();
-    let mut nodes = Vec::new();
-    for _ in 0..4 {
-        let Some((id, node)) = c.g.producer_node(&v) else {
-            break;
-        };
-        let std_domain = crate::onnx::is_standard(node);
-        let not_positive = |name: &str| c.scalar(name).is_some_and(|f| f <= 0.0);
-        let guarded = match node.op_type() {
-            _ if !std_domain => None,
-            "Relu" => node.input.first(),
-            "Max" if node.input.len() == 2 => (0..2)
-                .find(|&i| not_positive(&node.input[i]))
-                .map(|i| &node.input[1 - i]),
-            "Clip" => {
-                let max_absent = node.input.get(2).is_none_or(|m| m.is_empty())
-                    && attr::float(node, "max").is_none_or(|m| m == f32::INFINITY);
-                let min_ok = match node.input.get(1).filter(|m| !m.is_empty()) {
-                    Some(min) => not_positive(min),
-                    None => attr::float(node, "min").is_some_and(|m| m <= 0.0),
-                };
-                (max_absent && min_ok).then(|| node.input.first()).flatten()
-            }
-            "Where" => {
-                let cond = node.input.first().and_then(|k| c.g.constant(k));
-                let all_true = cond.and_then(|k| {
-                    k.ints
-                        .as_ref()
-                        .map(|i| !i.is_empty() && i.iter().all(|&b| b != 0))
-                });
-                all_true
-                    .unwrap_or(false)
-                    .then(|| node.input.get(1))
-                    .flatten()
-            }
-            _ => None,
-        };
-        let Some(inner) = guarded else {
-            break;
-        };
-        nodes.push(id);
-        let (root, crossed) = c.root(inner);
-        nodes.extend(crossed);
-        v = root;
+    // Guards, and what `root` looks through between them.
+    c.walk_back(value, 16, |node| {
+        guarded(c, node).or_else(|| c.root_step(node))
+    })
+}
+
+/// The value a guard (see `strip_guards`) passes on unchanged.
+fn guarded<'m>(c: &Canon<'_, 'm>, node: &'m NodeProto) -> Option<&'m String> {
+    let not_positive = |name: &str| c.scalar(name).is_some_and(|f| f <= 0.0);
+    match node.op_type() {
+        "Relu" => node.input.first(),
+        "Max" if node.input.len() == 2 => (0..2)
+            .find(|&i| not_positive(&node.input[i]))
+            .map(|i| &node.input[1 - i]),
+        "Clip" => {
+            let max_absent = node.input.get(2).is_none_or(|m| m.is_empty())
+                && attr::float(node, "max").is_none_or(|m| m == f32::INFINITY);
+            let min_ok = match node.input.get(1).filter(|m| !m.is_empty()) {
+                Some(min) => not_positive(min),
+                None => attr::float(node, "min").is_some_and(|m| m <= 0.0),
+            };
+            (max_absent && min_ok).then(|| node.input.first()).flatten()
+        }
+        "Where" => {
+            let cond = node.input.first().and_then(|k| c.g.constant(k));
+            let all_true = cond.and_then(|k| {
+                k.ints
+                    .as_ref()
+                    .map(|i| !i.is_empty() && i.iter().all(|&b| b != 0))
+            });
+            all_true
+                .unwrap_or(false)
+                .then(|| node.input.get(1))
+                .flatten()
+        }
+        _ => None,
     }
-    (v, nodes)
 }
 
 /// `mean(d²)` with d centred, `mean(x²) - mean(x)²`, or `mean(x²)`; with whether the outer
