@@ -1,0 +1,491 @@
+//! The grammar of normalisations: every LayerNorm form the matcher claims (README,
+//! "What it recognises"; built as `tests/matcher_forms.rs` builds them) and the near-misses one
+//! check away from a form, which must be left alone or reported not rewritable. A near-miss needs
+//! no expected answer of its own: if the matcher takes it for a LayerNorm, a rewrite that claims
+//! the same function computes something else, and the differential check sees it.
+
+use super::graph::{Dim, A, F16, F32, G, I64};
+use super::rng::Rng;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// `LayerNormalization` (any opset, as ONNX Runtime saves it below 17 too).
+    Fused,
+    /// PyTorch's decomposed LayerNorm and its variants (square, root, reciprocal, γ placement).
+    Decomposed,
+    /// LayerNorm-simple / Annotated Transformer: unbiased std, ε after the root.
+    Simple,
+    /// lancopku's AdaNorm.
+    AdaNorm,
+    /// RMSNorm: never a LayerNorm, never rewritten.
+    RmsNorm,
+}
+
+/// One check the matcher relies on, broken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Miss {
+    None,
+    /// The variance's mean over other axes than the centring mean.
+    VarAxes,
+    /// The variance reduced with `keepdims = 0` and used without giving its dimension back.
+    KeepdimsNoRestore,
+    Pow3,
+    /// ε a graph input.
+    EpsInput,
+    /// A one-element ε of higher rank than X (`[1,1,1,1]` on a rank-3 input): broadcasting it
+    /// changes the output's shape.
+    EpsHighRank,
+    /// A one-element γ of higher rank than X.
+    GammaHighRank,
+    /// γ along another axis (`[S, 1]`).
+    ParamOtherAxis,
+    /// γ varying across rows (`[B, 1, H]`, `[S, H]` for a last-axis norm).
+    ParamNotPerRow,
+    /// The mean also read outside the subgraph.
+    MeanEscapes,
+    /// The centred value also read outside.
+    CentredEscapes,
+    /// The variance clamped at a positive floor (`Max(var, 0.1)`, `Clip(var, 0.01)`).
+    PositiveFloor,
+    /// `float32 → float16 → float32` on the centred value.
+    NarrowingCast,
+    /// A Bessel factor for another row length (LayerNorm-simple).
+    WrongBessel,
+}
+
+pub const DECOMPOSED_MISSES: &[Miss] = &[
+    Miss::VarAxes,
+    Miss::KeepdimsNoRestore,
+    Miss::Pow3,
+    Miss::EpsInput,
+    Miss::EpsHighRank,
+    Miss::GammaHighRank,
+    Miss::ParamOtherAxis,
+    Miss::ParamNotPerRow,
+    Miss::MeanEscapes,
+    Miss::CentredEscapes,
+    Miss::PositiveFloor,
+    Miss::NarrowingCast,
+];
+
+/// Where a norm is emitted and what the surroundings decided for it.
+pub struct Env {
+    /// Element type of X (and of the parameters).
+    pub t: i32,
+    pub opset: i64,
+    /// X's dimensions at run time (symbolic ones are 2, as `runner::random_inputs` draws them).
+    pub shape: Vec<i64>,
+    /// Tensors the surroundings tie to this norm: γ, β, the opset-18 axes constant.
+    pub gamma: Option<String>,
+    pub beta: Option<String>,
+    pub axes_const: Option<String>,
+    /// Whether a graph input may be added (not inside an If branch or a function body).
+    pub may_add_inputs: bool,
+}
+
+/// What was emitted.
+pub struct Norm {
+    pub y: String,
+    /// Inner values the surroundings must also read (escapes).
+    pub escapes: Vec<String>,
+    pub gamma: Option<String>,
+    pub label: String,
+}
+
+impl Env {
+    fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    fn h(&self) -> i64 {
+        *self.shape.last().unwrap()
+    }
+}
+
+/// The normalised axes, in one of their spellings (negative or positive).
+fn axes(rng: &mut Rng, rank: usize, n: usize) -> Vec<i64> {
+    let neg = rng.chance(0.5);
+    (rank - n..rank)
+        .map(|a| if neg { a as i64 - rank as i64 } else { a as i64 })
+        .collect()
+}
+
+fn mean(g: &mut G, env: &Env, x: &str, axes: &[i64], keepdims: Option<i64>) -> String {
+    let mut attrs = vec![];
+    if let Some(k) = keepdims {
+        attrs.push(("keepdims", A::I(k)));
+    }
+    if env.opset >= 18 {
+        let a = match &env.axes_const {
+            Some(shared) => shared.clone(),
+            None => g.constant(I64, &[axes.len() as i64], &axes.iter().map(|&v| v as f64).collect::<Vec<_>>()),
+        };
+        g.op("ReduceMean", &[x, &a], attrs)
+    } else {
+        attrs.push(("axes", A::Is(axes.to_vec())));
+        g.op("ReduceMean", &[x], attrs)
+    }
+}
+
+/// A float constant, as a `Constant` node or an initializer (exporters write both).
+fn number(g: &mut G, rng: &mut Rng, t: i32, dims: &[i64], v: f64) -> String {
+    if g.consts_only || rng.chance(0.7) {
+        g.constant(t, dims, &[v])
+    } else {
+        g.init("c", t, dims, &[v])
+    }
+}
+
+/// A parameter tensor of `dims` (γ around 1, β around 0).
+fn param(g: &mut G, rng: &mut Rng, env: &Env, stem: &str, dims: &[i64], around: f64) -> String {
+    let n: i64 = dims.iter().product();
+    let vals: Vec<f64> = rng.values(n as usize, -0.5, 0.5).iter().map(|v| around + v).collect();
+    g.init(stem, env.t, dims, &vals)
+}
+
+/// The per-row parameter shape, or the near-miss's.
+fn param_dims(rng: &mut Rng, env: &Env, n_axes: usize, miss: Miss, is_gamma: bool) -> Vec<i64> {
+    let s = &env.shape;
+    let r = s.len();
+    match miss {
+        Miss::GammaHighRank if is_gamma => vec![1; r + 1],
+        Miss::ParamOtherAxis if is_gamma && r >= 2 => vec![s[r - 2], 1],
+        Miss::ParamNotPerRow if is_gamma && r >= 2 => {
+            if r == 3 && rng.chance(0.5) {
+                vec![s[0], 1, s[2]]
+            } else if n_axes == 1 {
+                vec![s[r - 2], s[r - 1]]
+            } else {
+                vec![s[0], s[1], s[2]]
+            }
+        }
+        _ => {
+            let mut d = s[r - n_axes..].to_vec();
+            // A leading 1 broadcasts like the plain shape.
+            if rng.chance(0.15) {
+                d.insert(0, 1);
+            }
+            d
+        }
+    }
+}
+
+/// γ and β for a norm: the tied ones, or new ones (each present with some probability).
+fn affine(g: &mut G, rng: &mut Rng, env: &Env, n_axes: usize, miss: Miss, need_gamma: bool) -> (Option<String>, Option<String>) {
+    let gamma = match &env.gamma {
+        Some(t) => Some(t.clone()),
+        None if need_gamma || rng.chance(0.8) => {
+            let d = param_dims(rng, env, n_axes, miss, true);
+            Some(param(g, rng, env, "gamma", &d, 1.0))
+        }
+        None => None,
+    };
+    let beta = match &env.beta {
+        Some(t) => Some(t.clone()),
+        None if rng.chance(0.7) => {
+            let d = param_dims(rng, env, n_axes, miss, false);
+            Some(param(g, rng, env, "beta", &d, 0.0))
+        }
+        None => None,
+    };
+    (gamma, beta)
+}
+
+fn apply_affine(g: &mut G, rng: &mut Rng, n: String, gamma: Option<&str>, beta: Option<&str>) -> String {
+    let mut y = n;
+    if let Some(gm) = gamma {
+        y = if rng.chance(0.5) { g.op("Mul", &[&y, gm], vec![]) } else { g.op("Mul", &[gm, &y], vec![]) };
+    }
+    if let Some(b) = beta {
+        y = if rng.chance(0.5) { g.op("Add", &[&y, b], vec![]) } else { g.op("Add", &[b, &y], vec![]) };
+    }
+    y
+}
+
+/// Picks a form and a near-miss that fit `env`.
+pub fn draw(rng: &mut Rng, env: &Env) -> (Form, Miss) {
+    let form = *rng.pick(&[
+        Form::Fused,
+        Form::Decomposed,
+        Form::Decomposed,
+        Form::Decomposed,
+        Form::Simple,
+        Form::AdaNorm,
+        Form::RmsNorm,
+    ]);
+    let miss = match form {
+        Form::Decomposed if rng.chance(0.4) => *rng.pick(DECOMPOSED_MISSES),
+        Form::Simple if rng.chance(0.2) => Miss::WrongBessel,
+        _ => Miss::None,
+    };
+    let miss = match miss {
+        Miss::EpsInput if !env.may_add_inputs => Miss::None,
+        Miss::NarrowingCast if env.t != F32 => Miss::None,
+        // Needs a square rank-2 input; the surroundings choose the shape for it (see `needs_square`).
+        Miss::KeepdimsNoRestore if !(env.rank() == 2 && env.shape[0] == env.shape[1]) => Miss::None,
+        Miss::VarAxes | Miss::ParamOtherAxis | Miss::ParamNotPerRow if env.rank() < 2 => Miss::None,
+        m => m,
+    };
+    (form, miss)
+}
+
+pub fn emit(g: &mut G, rng: &mut Rng, env: &Env, x: &str, form: Form, miss: Miss) -> Norm {
+    match form {
+        Form::Fused => fused(g, rng, env, x),
+        Form::Decomposed => decomposed(g, rng, env, x, miss),
+        Form::Simple => simple(g, rng, env, x, miss),
+        Form::AdaNorm => adanorm(g, rng, env, x),
+        Form::RmsNorm => rmsnorm(g, rng, env, x),
+    }
+}
+
+fn epsilon(rng: &mut Rng) -> f64 {
+    *rng.pick(&[1e-5, 1e-6, 1e-12, 1e-3])
+}
+
+fn fused(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
+    let n_axes = if env.rank() == 3 && rng.chance(0.2) { 2 } else { 1 };
+    let (gamma, beta) = affine(g, rng, env, n_axes, Miss::None, true);
+    // LayerNormalization wants Scale of exactly the normalised shape.
+    let gamma = gamma.unwrap();
+    let eps = epsilon(rng);
+    let mut ins = vec![x, gamma.as_str()];
+    if let Some(b) = &beta {
+        ins.push(b);
+    }
+    let axis = if rng.chance(0.5) { -(n_axes as i64) } else { (env.rank() - n_axes) as i64 };
+    let y = g.op("LayerNormalization", &ins, vec![("axis", A::I(axis)), ("epsilon", A::F(eps as f32))]);
+    Norm { y, escapes: vec![], gamma: Some(gamma), label: format!("fused axis={axis}") }
+}
+
+fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm {
+    let rank = env.rank();
+    let n_axes = if rank == 3 && miss != Miss::VarAxes && rng.chance(0.15) { 2 } else { 1 };
+    let ax = axes(rng, rank, n_axes);
+    let keepdims = if rng.chance(0.5) { None } else { Some(1) };
+    let mut label = format!("decomposed axes={ax:?}");
+    // PyTorch's float16 export at opset <= 16: the statistics in float between Casts.
+    let stats_in_float = env.t == F16 && rng.chance(0.4);
+    let t = if stats_in_float { F32 } else { env.t };
+    let x = if stats_in_float {
+        label += " stats-in-float";
+        g.op("Cast", &[x0], vec![("to", A::I(F32 as i64))])
+    } else {
+        x0.to_string()
+    };
+    let m = mean(g, env, &x, &ax, keepdims);
+    let d = g.op("Sub", &[&x, &m], vec![]);
+    let d2 = if rng.chance(0.15) { g.op("Sub", &[&x, &m], vec![]) } else { d.clone() };
+    let dq = if miss == Miss::NarrowingCast {
+        let h = g.op("Cast", &[&d], vec![("to", A::I(F16 as i64))]);
+        g.op("Cast", &[&h], vec![("to", A::I(F32 as i64))])
+    } else {
+        d.clone()
+    };
+    let sq = if rng.chance(0.6) || miss == Miss::Pow3 {
+        let e = if miss == Miss::Pow3 { 3.0 } else { 2.0 };
+        let two = number(g, rng, t, &[], e);
+        g.op("Pow", &[&dq, &two], vec![])
+    } else {
+        g.op("Mul", &[&dq, &dq], vec![])
+    };
+    let var_axes = if miss == Miss::VarAxes {
+        // Another axis of a rank >= 2 input: the one before the last.
+        vec![ax[0] - 1]
+    } else {
+        ax.clone()
+    };
+    let var_keep = if miss == Miss::KeepdimsNoRestore { Some(0) } else { keepdims };
+    let mut v = mean(g, env, &sq, &var_axes, var_keep);
+    match miss {
+        Miss::PositiveFloor => {
+            let floor = number(g, rng, t, &[], 0.1);
+            v = if rng.chance(0.5) { g.op("Max", &[&v, &floor], vec![]) } else { g.op("Clip", &[&v, &floor], vec![]) };
+            label += " floor";
+        }
+        _ if rng.chance(0.1) => {
+            // A guard that cannot change a variance (jax2onnx's Max(var, 0)).
+            let zero = number(g, rng, t, &[], 0.0);
+            v = g.op("Max", &[&v, &zero], vec![]);
+        }
+        _ => {}
+    }
+    let eps = if rng.chance(0.1) { None } else { Some(epsilon(rng)) };
+    let ve = match (eps, miss) {
+        (_, Miss::EpsInput) => {
+            let e = g.input("eps", t, &[]);
+            g.op("Add", &[&v, &e], vec![])
+        }
+        (_, Miss::EpsHighRank) => {
+            let e = number(g, rng, t, &vec![1; rank + 1], 1e-5);
+            g.op("Add", &[&v, &e], vec![])
+        }
+        (Some(e), _) => {
+            let dims: &[i64] = if rng.chance(0.2) { &[1] } else { &[] };
+            let e = number(g, rng, t, dims, e);
+            g.op("Add", &[&v, &e], vec![])
+        }
+        (None, _) => v,
+    };
+    // γ is made in the norm's own type: with statistics in float it is applied after the Cast back.
+    let (gamma, beta) = affine(g, rng, env, n_axes, miss, false);
+    let gamma_before_div = gamma.is_some() && !stats_in_float && rng.chance(0.2);
+    let num = if gamma_before_div {
+        let gm = gamma.as_deref().unwrap();
+        if rng.chance(0.5) { g.op("Mul", &[gm, &d2], vec![]) } else { g.op("Mul", &[&d2, gm], vec![]) }
+    } else {
+        d2.clone()
+    };
+    let root = |g: &mut G, rng: &mut Rng, ve: &str| -> String {
+        if rng.chance(0.8) {
+            g.op("Sqrt", &[ve], vec![])
+        } else {
+            let half = number(g, rng, t, &[], 0.5);
+            g.op("Pow", &[ve, &half], vec![])
+        }
+    };
+    let n = match rng.below(4) {
+        0 | 1 => {
+            let s = root(g, rng, &ve);
+            g.op("Div", &[&num, &s], vec![])
+        }
+        2 => {
+            let s = root(g, rng, &ve);
+            let r = if rng.chance(0.5) {
+                g.op("Reciprocal", &[&s], vec![])
+            } else {
+                let one = number(g, rng, t, &[], 1.0);
+                g.op("Div", &[&one, &s], vec![])
+            };
+            if rng.chance(0.5) { g.op("Mul", &[&r, &num], vec![]) } else { g.op("Mul", &[&num, &r], vec![]) }
+        }
+        _ => {
+            let mhalf = number(g, rng, t, &[], -0.5);
+            let r = g.op("Pow", &[&ve, &mhalf], vec![]);
+            g.op("Mul", &[&num, &r], vec![])
+        }
+    };
+    let n = if stats_in_float { g.op("Cast", &[&n], vec![("to", A::I(F16 as i64))]) } else { n };
+    let y = apply_affine(g, rng, n, if gamma_before_div { None } else { gamma.as_deref() }, beta.as_deref());
+    let mut escapes = vec![];
+    match miss {
+        Miss::MeanEscapes => escapes.push(m),
+        Miss::CentredEscapes => escapes.push(d),
+        _ => {}
+    }
+    if miss != Miss::None {
+        label += &format!(" miss={miss:?}");
+    }
+    Norm { y, escapes, gamma, label }
+}
+
+/// `N/(N−1)` (folded, or through Shape/Gather/ReduceProd/Cast) times the variance, its root, ε
+/// after the root; returns (centred value, denominator). As `tests/matcher_forms.rs` has it.
+fn unbiased_std(g: &mut G, rng: &mut Rng, env: &Env, x: &str, miss: Miss) -> (String, String) {
+    let t = env.t;
+    let ax = axes(rng, env.rank(), 1);
+    let m1 = mean(g, env, x, &ax, Some(1));
+    let m2 = if rng.chance(0.5) { mean(g, env, x, &ax, Some(1)) } else { m1.clone() };
+    let s2 = g.op("Sub", &[x, &m2], vec![]);
+    let sq = g.op("Mul", &[&s2, &s2], vec![]);
+    let v = mean(g, env, &sq, &ax, Some(1));
+    let h = env.h() as f64;
+    let vu = if rng.chance(0.5) || miss == Miss::WrongBessel {
+        let nn = if miss == Miss::WrongBessel { 64.0 } else { h };
+        let n = g.scalar(t, nn);
+        let n1 = g.scalar(t, nn - 1.0);
+        let vn = g.op("Mul", &[&v, &n], vec![]);
+        g.op("Div", &[&vn, &n1], vec![])
+    } else {
+        let shape = g.op("Shape", &[x], vec![]);
+        let idx = g.constant(I64, &[1], &[-1.0]);
+        let gat = g.op("Gather", &[&shape, &idx], vec![("axis", A::I(0))]);
+        let prod = g.op("ReduceProd", &[&gat], vec![("keepdims", A::I(0))]);
+        let n = g.op("Cast", &[&prod], vec![("to", A::I(t as i64))]);
+        let vn = g.op("Mul", &[&v, &n], vec![]);
+        let one = g.scalar(t, 1.0);
+        let n1 = g.op("Sub", &[&n, &one], vec![]);
+        g.op("Div", &[&vn, &n1], vec![])
+    };
+    let sd = g.op("Sqrt", &[&vu], vec![]);
+    let e = g.scalar(t, *rng.pick(&[1e-6, 1e-5]));
+    let den = g.op("Add", &[&sd, &e], vec![]);
+    let xc = g.op("Sub", &[x, &m1], vec![]);
+    (xc, den)
+}
+
+fn simple(g: &mut G, rng: &mut Rng, env: &Env, x: &str, miss: Miss) -> Norm {
+    let (xc, den) = unbiased_std(g, rng, env, x, miss);
+    let (gamma, beta) = affine(g, rng, env, 1, Miss::None, false);
+    let n = match &gamma {
+        Some(gm) if rng.chance(0.6) => {
+            let gx = g.op("Mul", &[gm, &xc], vec![]);
+            let n = g.op("Div", &[&gx, &den], vec![]);
+            apply_affine(g, rng, n, None, beta.as_deref())
+        }
+        _ => {
+            let n = g.op("Div", &[&xc, &den], vec![]);
+            apply_affine(g, rng, n, gamma.as_deref(), beta.as_deref())
+        }
+    };
+    Norm { y: n, escapes: vec![], gamma, label: format!("simple miss={miss:?}") }
+}
+
+fn adanorm(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
+    let t = env.t;
+    let (xc, den) = unbiased_std(g, rng, env, x, Miss::None);
+    let ax = axes(rng, env.rank(), 1);
+    let m3 = mean(g, env, &xc, &ax, Some(1));
+    let xcc = g.op("Sub", &[&xc, &m3], vec![]);
+    let k = *rng.pick(&[0.1, 0.2, 0.5]);
+    let kc = g.scalar(t, k);
+    let tk = g.op("Mul", &[&xcc, &kc], vec![]);
+    let gra = g.op("Div", &[&tk, &den], vec![]);
+    let p = g.op("Mul", &[&xc, &gra], vec![]);
+    let w = g.op("Sub", &[&xc, &p], vec![]);
+    let mut y = g.op("Div", &[&w, &den], vec![]);
+    let c = if rng.chance(0.6) { Some(*rng.pick(&[1.0, 2.0, 0.5])) } else { None };
+    if let Some(c) = c {
+        let cc = g.scalar(t, c);
+        y = g.op("Mul", &[&y, &cc], vec![]);
+    }
+    Norm { y, escapes: vec![], gamma: None, label: format!("adanorm k={k} c={c:?}") }
+}
+
+fn rmsnorm(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
+    let t = env.t;
+    let two = g.scalar(t, 2.0);
+    let p = g.op("Pow", &[x, &two], vec![]);
+    let ax = axes(rng, env.rank(), 1);
+    let ms = mean(g, env, &p, &ax, Some(1));
+    let e = g.scalar(t, 1e-6);
+    let ve = g.op("Add", &[&ms, &e], vec![]);
+    let s = g.op("Sqrt", &[&ve], vec![]);
+    let r = g.op("Reciprocal", &[&s], vec![]);
+    let n = g.op("Mul", &[x, &r], vec![]);
+    let gamma = match &env.gamma {
+        Some(gm) => gm.clone(),
+        None => {
+            let d = vec![env.h()];
+            param(g, rng, env, "rms_w", &d, 1.0)
+        }
+    };
+    let y = g.op("Mul", &[&gamma, &n], vec![]);
+    Norm { y, escapes: vec![], gamma: Some(gamma), label: "rmsnorm".into() }
+}
+
+/// Dimensions as declared for an input whose run-time dimensions are `shape`: the leading ones
+/// symbolic when asked (they are then 2 at run time).
+pub fn declared(shape: &[i64], symbolic: bool) -> Vec<Dim> {
+    let names = ["batch", "seq"];
+    shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            if symbolic && i + 1 < shape.len() && i < 2 {
+                Dim::Named(names[i])
+            } else {
+                Dim::Known(d)
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,13 @@
+//! The differential fuzzer's parts, one concept per module (driver: `tests/fuzz_rewrites.rs`).
+
+pub mod commands;
+pub mod grammar;
+pub mod graph;
+pub mod rng;
+pub mod structure;
+pub mod surround;
+
+thread_local! {
+    /// The last panic's place and message (set by the driver's hook), for the failure report.
+    pub static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}

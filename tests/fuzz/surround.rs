@@ -1,0 +1,441 @@
+//! Surroundings: a whole model around one or two normalisations from the grammar. What comes
+//! before X (a Linear, a Transpose, an embedding Gather, a float16 Cast island), who reads the
+//! output (Linear with and without bias, q/k/v with one shared bias, Gemm, residual Add, Relu,
+//! Transpose, a second norm, the graph output), tensors shared and tied between them, and where
+//! the norm lives (the main graph, an If branch reading outer values, a model-local function).
+
+use super::grammar::{self, declared, Env, Form};
+use super::graph::{self, Dim, A, BOOL, F16, F32, G, I64};
+use super::rng::Rng;
+use adanorm_onnx::onnx::proto::{attribute_proto::AttributeType, ModelProto};
+
+pub struct Case {
+    pub model: ModelProto,
+    /// What was generated, for the failure report.
+    pub desc: Vec<String>,
+    /// A node lost inputs (the missing-inputs mutation): only "no panic" is asked of it.
+    pub mutated: bool,
+    /// float16 arithmetic somewhere (a float16 model or island).
+    pub half: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Place {
+    Main,
+    Branch,
+    Function,
+}
+
+struct Ctx {
+    rng: Rng,
+    desc: Vec<String>,
+    t: i32,
+    opset: i64,
+    shape: Vec<i64>,
+    /// Float16 island: the graph's inputs and outputs are float32, the middle float16.
+    island: bool,
+    /// Graph outputs (name, element type).
+    outs: Vec<(String, i32)>,
+}
+
+impl Ctx {
+    fn h(&self) -> i64 {
+        *self.shape.last().unwrap()
+    }
+    fn weight(&mut self, g: &mut G, stem: &str, t: i32) -> String {
+        let h = self.h() as usize;
+        let vals = self.rng.values(h * h, -0.5, 0.5);
+        g.init(stem, t, &[h as i64, h as i64], &vals)
+    }
+    fn vector(&mut self, g: &mut G, stem: &str, t: i32, around: f64) -> String {
+        let h = self.h() as usize;
+        let vals: Vec<f64> = self.rng.values(h, -0.5, 0.5).iter().map(|v| v + around).collect();
+        g.init(stem, t, &[h as i64], &vals)
+    }
+}
+
+pub fn generate(seed: u64) -> Case {
+    let mut c = Ctx {
+        rng: Rng::new(seed),
+        desc: vec![],
+        t: F32,
+        opset: 14,
+        shape: vec![],
+        island: false,
+        outs: vec![],
+    };
+    let rng = &mut c.rng;
+    c.opset = *rng.pick(&[13, 14, 17, 18, 18]);
+    c.t = if rng.chance(0.3) { F16 } else { F32 };
+    c.island = c.t == F16 && rng.chance(0.4);
+    let symbolic = rng.chance(0.3);
+    let h = *rng.pick(&[4i64, 8, 16]);
+    let (b, s) = if symbolic { (2, 2) } else { (*rng.pick(&[1i64, 2]), *rng.pick(&[3i64, 5])) };
+    let shape_kind = rng.below(10);
+    c.shape = match shape_kind {
+        0 if !symbolic => vec![h, h],
+        1 | 2 => vec![s, h],
+        _ => vec![b, s, h],
+    };
+    let place = match rng.below(20) {
+        0..=13 => Place::Main,
+        14..=16 => Place::Branch,
+        _ => Place::Function,
+    };
+    c.desc.push(format!(
+        "opset {} {} shape {:?}{}{} in {:?}",
+        c.opset,
+        if c.t == F16 { "f16" } else { "f32" },
+        c.shape,
+        if symbolic { " symbolic" } else { "" },
+        if c.island { " f16-island" } else { "" },
+        place
+    ));
+
+    let mut main = G::new();
+    let x = prefix(&mut c, &mut main, symbolic);
+    let tied_weight = x.1.clone();
+    let x = x.0;
+    let mut functions = vec![];
+    let mut extra_opsets: Vec<(&str, i64)> = vec![];
+
+    // Ties decided up front, so the norm and its readers can share tensors.
+    let t = c.t;
+    let tie_beta_bias = c.rng.chance(0.25).then(|| c.vector(&mut main, "shared_bias", t, 0.0));
+    let shared_axes = (c.opset >= 18 && c.rng.chance(0.3)).then(|| main.constant(I64, &[1], &[-1.0]));
+    if tie_beta_bias.is_some() {
+        c.desc.push("β = a Linear's bias".into());
+    }
+    if shared_axes.is_some() {
+        c.desc.push("one axes Constant for every mean".into());
+    }
+
+    let y = match place {
+        Place::Main => {
+            let env = Env {
+                t,
+                opset: c.opset,
+                shape: c.shape.clone(),
+                gamma: None,
+                beta: tie_beta_bias.clone(),
+                axes_const: shared_axes.clone(),
+                may_add_inputs: true,
+            };
+            let (form, miss) = grammar::draw(&mut c.rng, &env);
+            if c.rng.chance(0.05) {
+                // ONNX Runtime's fusion with its residual Add, in the com.microsoft domain.
+                extra_opsets.push(("com.microsoft", 1));
+                let gm = c.vector(&mut main, "skip_gamma", t, 1.0);
+                let be = c.vector(&mut main, "skip_beta", t, 0.0);
+                let y = main.dop("com.microsoft", "SkipLayerNormalization", &[&x, &x, &gm, &be], vec![("epsilon", A::F(1e-5))]);
+                c.desc.push("SkipLayerNormalization".into());
+                (y, None, Form::Fused)
+            } else {
+                let n = grammar::emit(&mut main, &mut c.rng, &env, &x, form, miss);
+                c.desc.push(n.label.clone());
+                let y = escapes(&mut c, &mut main, n.y.clone(), &n.escapes);
+                (y, n.gamma, form)
+            }
+        }
+        Place::Branch => {
+            let gm = c.vector(&mut main, "outer_gamma", t, 1.0);
+            let be = tie_beta_bias.clone().unwrap_or_else(|| c.vector(&mut main, "outer_beta", t, 0.0));
+            let w_outer = c.weight(&mut main, "outer_w", t);
+            let cond = main.input("cond", BOOL, &[]);
+            let mut branches = vec![];
+            for side in ["then", "else"] {
+                let mut br = main.sub(&format!("/{side}"));
+                let out = if side == "else" && c.rng.chance(0.4) {
+                    br.op("Relu", &[&x], vec![])
+                } else {
+                    let env = Env {
+                        t,
+                        opset: c.opset,
+                        shape: c.shape.clone(),
+                        gamma: Some(gm.clone()),
+                        beta: Some(be.clone()),
+                        axes_const: shared_axes.clone(),
+                        may_add_inputs: false,
+                    };
+                    let (form, miss) = grammar::draw(&mut c.rng, &env);
+                    let n = grammar::emit(&mut br, &mut c.rng, &env, &x, form, miss);
+                    c.desc.push(format!("{side}: {}", n.label));
+                    let y = escapes(&mut c, &mut br, n.y.clone(), &n.escapes);
+                    // A Linear inside the branch on an outer weight that the main graph reads too.
+                    if c.rng.chance(0.5) {
+                        br.op("MatMul", &[&y, &w_outer], vec![])
+                    } else {
+                        y
+                    }
+                };
+                br.output(&out, t);
+                branches.push(br.graph(side));
+            }
+            let else_g = branches.pop().unwrap();
+            let then_g = branches.pop().unwrap();
+            let y = main.op("If", &[&cond], vec![("then_branch", A::G(then_g)), ("else_branch", A::G(else_g))]);
+            let z = main.op("MatMul", &[&y, &w_outer], vec![]);
+            c.outs.push((z, t));
+            (y, Some(gm), Form::Decomposed)
+        }
+        Place::Function => {
+            let domain = "fuzz.local";
+            extra_opsets.push((domain, 1));
+            let mut body = main.sub("/fn");
+            body.consts_only = true;
+            let fused = c.rng.chance(0.3);
+            if fused {
+                // The epsilon is the call's attribute.
+                body.node("", "LayerNormalization", &["X", "W", "B"], &["Y"], vec![("axis", A::I(-1)), ("epsilon", A::Ref("eps", AttributeType::Float))]);
+                c.desc.push("function: LayerNormalization, eps by attribute".into());
+            } else {
+                let env = Env {
+                    t,
+                    opset: c.opset,
+                    shape: c.shape.clone(),
+                    gamma: Some("W".into()),
+                    beta: Some("B".into()),
+                    axes_const: None,
+                    may_add_inputs: false,
+                };
+                let (form, miss) = grammar::draw(&mut c.rng, &env);
+                let n = grammar::emit(&mut body, &mut c.rng, &env, "X", form, miss);
+                c.desc.push(format!("function: {}", n.label));
+                let y = escapes_inside(&mut body, n.y, &n.escapes);
+                body.node("", "Identity", &[&y], &["Y"], vec![]);
+            }
+            let attrs: &[&str] = if fused { &["eps"] } else { &[] };
+            functions.push(body.function(domain, "Norm", &["X", "W", "B"], &["Y"], attrs, c.opset));
+            let calls = 1 + c.rng.below(2);
+            let mut v = x.clone();
+            let gm = c.vector(&mut main, "fn_gamma", t, 1.0);
+            for i in 0..calls {
+                let be = tie_beta_bias.clone().unwrap_or_else(|| c.vector(&mut main, "fn_beta", t, 0.0));
+                let attrs = if fused { vec![("eps", A::F(if i == 0 { 1e-5 } else { 1e-6 }))] } else { vec![] };
+                let out = main.dop(domain, "Norm", &[&v, &gm, &be], attrs);
+                if i + 1 < calls {
+                    c.outs.push((out.clone(), t));
+                    v = main.op("Add", &[&x, &out], vec![]);
+                } else {
+                    v = out;
+                }
+            }
+            (v, Some(gm), Form::Decomposed)
+        }
+    };
+    let (y, gamma, _form) = y;
+    readers(&mut c, &mut main, &x, &y, gamma, tie_beta_bias, shared_axes, tied_weight);
+
+    let mutated = c.rng.chance(0.07);
+    if mutated {
+        mutate(&mut c, &mut main, &x, &mut extra_opsets);
+    }
+    // Outputs, cast back to float32 on an island.
+    let outs = std::mem::take(&mut c.outs);
+    for (name, t) in outs {
+        if c.island && t == F16 {
+            let o = main.op("Cast", &[&name], vec![("to", A::I(F32 as i64))]);
+            main.output(&o, F32);
+        } else {
+            main.output(&name, t);
+        }
+    }
+    let mut opsets = vec![("", c.opset)];
+    opsets.extend(extra_opsets);
+    let model = graph::model(main.graph("fuzz"), &opsets, functions);
+    Case { model, desc: c.desc, mutated, half: c.t == F16 }
+}
+
+/// X: a graph input, possibly through a Linear, a Transpose, an embedding Gather and a Cast to
+/// float16. Also returns a weight the readers may tie to (the Linear's, the embedding table).
+fn prefix(c: &mut Ctx, main: &mut G, symbolic: bool) -> (String, Option<String>) {
+    let t_in = if c.island { F32 } else { c.t };
+    let shape = c.shape.clone();
+    let h = c.h();
+    let kind = c.rng.below(6);
+    let (x, tied) = match kind {
+        1 => {
+            let x_in = main.input("x", t_in, &declared(&shape, symbolic));
+            let w = c.weight(main, "pre_w", t_in);
+            let mut x = main.op("MatMul", &[&x_in, &w], vec![]);
+            if c.rng.chance(0.5) {
+                let b = c.vector(main, "pre_b", t_in, 0.0);
+                x = main.op("Add", &[&x, &b], vec![]);
+            }
+            c.desc.push("pre: Linear".into());
+            (x, Some(w))
+        }
+        2 if shape.len() == 3 => {
+            let mut d = declared(&shape, symbolic);
+            d.swap(1, 2);
+            let x_in = main.input("x", t_in, &d);
+            c.desc.push("pre: Transpose".into());
+            (main.op("Transpose", &[&x_in], vec![("perm", A::Is(vec![0, 2, 1]))]), None)
+        }
+        3 if shape.len() >= 2 => {
+            // Token ids from {0, 1} (runner::random_inputs) into an [H, H] table, so the table can
+            // also be the weight of a MatMul after the norm.
+            let d = declared(&shape[..shape.len() - 1], symbolic);
+            let d: Vec<Dim> = if shape.len() == 2 { vec![d[0].clone()] } else { d };
+            let ids = main.input("ids", I64, &d);
+            let table = c.weight(main, "embedding", t_in);
+            c.desc.push("pre: Gather".into());
+            let _ = h;
+            (main.op("Gather", &[&table, &ids], vec![("axis", A::I(0))]), Some(table))
+        }
+        _ => (main.input("x", t_in, &declared(&shape, symbolic)), None),
+    };
+    if c.island {
+        (main.op("Cast", &[&x], vec![("to", A::I(F16 as i64))]), None)
+    } else {
+        (x, tied)
+    }
+}
+
+/// Inner values that escape: a graph output, or read by an Add into the output.
+fn escapes(c: &mut Ctx, g: &mut G, y: String, esc: &[String]) -> String {
+    let mut y = y;
+    for e in esc {
+        if g.is_main && c.rng.chance(0.5) {
+            c.outs.push((e.clone(), c.t));
+        } else {
+            y = g.op("Add", &[&y, e], vec![]);
+        }
+    }
+    y
+}
+
+fn escapes_inside(g: &mut G, y: String, esc: &[String]) -> String {
+    esc.iter().fold(y, |y, e| g.op("Add", &[&y, e], vec![]))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn readers(
+    c: &mut Ctx,
+    main: &mut G,
+    x: &str,
+    y: &str,
+    gamma: Option<String>,
+    tie_beta_bias: Option<String>,
+    shared_axes: Option<String>,
+    tied_weight: Option<String>,
+) {
+    let t = c.t;
+    let rank = c.shape.len();
+    let n = 1 + c.rng.below(3);
+    let mut any_output = false;
+    for _ in 0..n {
+        match c.rng.below(9) {
+            0 | 1 => {
+                let w = match &tied_weight {
+                    Some(w) if c.rng.chance(0.6) => {
+                        c.desc.push("a weight read before and after the norm".into());
+                        w.clone()
+                    }
+                    _ => c.weight(main, "w", t),
+                };
+                let mut z = main.op("MatMul", &[y, &w], vec![]);
+                match (&tie_beta_bias, c.rng.below(3)) {
+                    (Some(b), 0 | 1) => z = main.op("Add", &[&z, b], vec![]),
+                    (_, 0) => {
+                        let b = c.vector(main, "bias", t, 0.0);
+                        z = main.op("Add", &[&b, &z], vec![]);
+                    }
+                    _ => {}
+                }
+                c.outs.push((z, t));
+            }
+            2 => {
+                let b = tie_beta_bias.clone().unwrap_or_else(|| c.vector(main, "qkv_bias", t, 0.0));
+                c.desc.push("q/k/v with one bias".into());
+                for _ in 0..3 {
+                    let w = c.weight(main, "w_qkv", t);
+                    let z = main.op("MatMul", &[y, &w], vec![]);
+                    let z = main.op("Add", &[&z, &b], vec![]);
+                    c.outs.push((z, t));
+                }
+            }
+            3 if rank == 2 => {
+                let w = c.weight(main, "gemm_w", t);
+                let mut ins = vec![y.to_string(), w];
+                if c.rng.chance(0.6) {
+                    ins.push(tie_beta_bias.clone().unwrap_or_else(|| c.vector(main, "gemm_b", t, 0.0)));
+                }
+                let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
+                let tb = c.rng.below(2) as i64;
+                let z = main.op("Gemm", &ins, vec![("transB", A::I(tb))]);
+                c.outs.push((z, t));
+            }
+            4 => {
+                let z = main.op("Add", &[x, y], vec![]);
+                c.outs.push((z, t));
+            }
+            5 => {
+                let z = main.op("Relu", &[y], vec![]);
+                c.outs.push((z, t));
+            }
+            6 if rank == 3 => {
+                let z = main.op("Transpose", &[y], vec![("perm", A::Is(vec![0, 2, 1]))]);
+                c.outs.push((z, t));
+            }
+            7 => {
+                // A second norm: on the residual sum, γ possibly the first norm's.
+                let x2 = if c.rng.chance(0.5) { main.op("Add", &[x, y], vec![]) } else { y.to_string() };
+                let tie_gamma = gamma.clone().filter(|_| c.rng.chance(0.5));
+                if tie_gamma.is_some() {
+                    c.desc.push("one γ read by two norms".into());
+                }
+                let env = Env {
+                    t,
+                    opset: c.opset,
+                    shape: c.shape.clone(),
+                    gamma: tie_gamma,
+                    beta: tie_beta_bias.clone().filter(|_| c.rng.chance(0.5)),
+                    axes_const: shared_axes.clone(),
+                    may_add_inputs: true,
+                };
+                let (form, miss) = grammar::draw(&mut c.rng, &env);
+                let n2 = grammar::emit(main, &mut c.rng, &env, &x2, form, miss);
+                c.desc.push(format!("second: {}", n2.label));
+                let z = escapes(c, main, n2.y.clone(), &n2.escapes);
+                if c.rng.chance(0.5) {
+                    let w = c.weight(main, "w2", t);
+                    let z = main.op("MatMul", &[&z, &w], vec![]);
+                    c.outs.push((z, t));
+                } else {
+                    c.outs.push((z, t));
+                }
+            }
+            _ => {
+                any_output = true;
+            }
+        }
+    }
+    if any_output || c.outs.is_empty() {
+        c.outs.push((y.to_string(), t));
+    }
+}
+
+/// The missing-inputs mutation: a binary op of the chain loses its second input, or a
+/// com.microsoft SkipLayerNormalization gets only one.
+fn mutate(c: &mut Ctx, main: &mut G, x: &str, extra_opsets: &mut Vec<(&'static str, i64)>) {
+    let binary: Vec<usize> = main
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.op_type(), "Mul" | "Div" | "Add" | "Sub" | "Pow") && n.input.len() == 2)
+        .map(|(i, _)| i)
+        .collect();
+    if !binary.is_empty() && c.rng.chance(0.6) {
+        let i = binary[c.rng.below(binary.len())];
+        main.nodes[i].input.truncate(1);
+        c.desc.push(format!("mutation: {} '{}' has one input", main.nodes[i].op_type(), main.nodes[i].name()));
+    } else {
+        if !extra_opsets.iter().any(|(d, _)| *d == "com.microsoft") {
+            extra_opsets.push(("com.microsoft", 1));
+        }
+        let z = main.dop("com.microsoft", "SkipLayerNormalization", &[x], vec![]);
+        c.outs.push((z, c.t));
+        c.desc.push("mutation: one-input SkipLayerNormalization".into());
+    }
+}

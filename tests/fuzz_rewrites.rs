@@ -1,0 +1,170 @@
+//! The differential fuzzer: seeded random graphs (LayerNorm forms, their near-misses, in random
+//! surroundings with shared and tied tensors, If branches, model-local functions, float16) through
+//! every command. Each claimed-exact output runs in tract against the original, each revert must
+//! give the original's outputs back, every written model must be structurally sound and load
+//! again, and nothing may panic. Every 20th case also goes through the binary.
+//!
+//! - CI: seeds 0..2000 (`cargo test --test fuzz_rewrites`).
+//! - Long: `ADANORM_FUZZ_CASES=N [ADANORM_FUZZ_START=S]`; one case: `ADANORM_FUZZ_SEED=n`.
+//!
+//! A failing case's model is written to `target/fuzz-failures/<seed>.onnx`; the test fails
+//! listing every failure by class.
+
+#[path = "fuzz/mod.rs"]
+mod fuzz;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use adanorm_onnx::onnx::save_model;
+use adanorm_onnx::runner::{random_inputs, run};
+use fuzz::commands::{self, Record, Reference};
+
+/// Every this many cases also run through the binary.
+const CLI_EVERY: u64 = 20;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v} is not a number")))
+}
+
+fn failures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-failures")
+}
+
+struct CaseResult {
+    seed: u64,
+    desc: String,
+    rec: Record,
+}
+
+fn run_case(seed: u64) -> CaseResult {
+    let case = fuzz::surround::generate(seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.onnx");
+    save_model(&case.model, &path, true).unwrap();
+    let mut rec = Record::default();
+    // float16 anywhere (a float16 model or a float16 island): the ops-spec's float16 tolerance.
+    let half = case.half;
+    // The original: it must load and be indexed unless mutated (else the generator is wrong).
+    let indexed = commands::guarded(|| {
+        let m = adanorm_onnx::onnx::load_model(&path)?;
+        adanorm_onnx::graph::GraphIndex::build(&m)?.subgraphs().map(|_| ())
+    });
+    match &indexed {
+        Err(p) => rec.fail("panic", "load + index (original)", p.clone()),
+        Ok(Err(e)) if !case.mutated => rec.fail("generator: the model is refused", "load", e.clone()),
+        _ => {}
+    }
+    let inputs = random_inputs(&path, &Default::default(), seed).unwrap_or_default();
+    let outputs = if case.mutated { None } else { run(&path, inputs.clone()).ok() };
+    let loads = !case.mutated
+        && std::panic::catch_unwind(|| adanorm_tract::model_for_path(&path)).is_ok_and(|r| r.is_ok());
+    let reference = Reference {
+        inputs,
+        outputs,
+        loads,
+        tolerance: if half { 3e-2 } else { 1e-4 },
+        adanorm_nodes: fuzz::structure::count_adanorm(&case.model),
+    };
+    let mut sub = Record::default();
+    let lib_ok = commands::in_process(&mut sub, &path, tmp.path(), &reference);
+    if case.mutated {
+        // Only "an error or a result, never a panic" is asked of a model with missing inputs.
+        sub.failures.retain(|(class, _, _)| class.contains("panic"));
+    }
+    rec.failures.append(&mut sub.failures);
+    rec.exact_checked += sub.exact_checked;
+    rec.reverts_checked += sub.reverts_checked;
+    rec.changes += sub.changes;
+    rec.errors += sub.errors;
+    if seed % CLI_EVERY == 0 || std::env::var("ADANORM_FUZZ_SEED").is_ok() {
+        let mut cli = Record::default();
+        commands::through_cli(&mut cli, &path, &lib_ok);
+        rec.failures.append(&mut cli.failures);
+    }
+    if !rec.failures.is_empty() {
+        let _ = std::fs::create_dir_all(failures_dir());
+        let _ = save_model(&case.model, &failures_dir().join(format!("{seed}.onnx")), true);
+    }
+    let mut desc = case.desc.join("; ");
+    if case.mutated {
+        desc += " [mutated]";
+    }
+    CaseResult { seed, desc, rec }
+}
+
+#[test]
+fn fuzz_rewrites() {
+    // Panics are caught per command and reported with the case; keep their place, print nothing.
+    std::panic::set_hook(Box::new(|info| {
+        fuzz::LAST_PANIC.with(|p| *p.borrow_mut() = Some(info.to_string().replace('\n', " ")));
+    }));
+    let (start, count) = match env_u64("ADANORM_FUZZ_SEED") {
+        Some(seed) => (seed, 1),
+        None => (env_u64("ADANORM_FUZZ_START").unwrap_or(0), env_u64("ADANORM_FUZZ_CASES").unwrap_or(2000)),
+    };
+    let began = std::time::Instant::now();
+    let next = AtomicU64::new(start);
+    let results: Mutex<Vec<CaseResult>> = Mutex::new(vec![]);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= start + count {
+                    break;
+                }
+                let r = std::panic::catch_unwind(|| run_case(seed)).unwrap_or_else(|p| {
+                    let mut rec = Record::default();
+                    rec.fail("panic", "the fuzzer itself", commands::panic_text(p));
+                    CaseResult { seed, desc: String::new(), rec }
+                });
+                results.lock().unwrap().push(r);
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|r| r.seed);
+
+    let mut by_class: BTreeMap<String, Vec<(u64, String, String)>> = BTreeMap::new();
+    let (mut exact, mut reverts, mut changes, mut errors) = (0, 0, 0, 0);
+    for r in &results {
+        exact += r.rec.exact_checked;
+        reverts += r.rec.reverts_checked;
+        changes += r.rec.changes;
+        errors += r.rec.errors;
+        for (class, cmd, reason) in &r.rec.failures {
+            by_class.entry(class.clone()).or_default().push((r.seed, cmd.clone(), reason.clone()));
+        }
+    }
+    let failed_cases = results.iter().filter(|r| !r.rec.failures.is_empty()).count();
+    println!(
+        "fuzz: {} graphs (seeds {start}..{}) in {:.1}s on {threads} threads: {changes} changes, {exact} claimed-exact outputs \
+         and {reverts} reverts checked in tract, {errors} command errors; {failed_cases} failing cases",
+        results.len(),
+        start + count,
+        began.elapsed().as_secs_f64()
+    );
+    let verbose = count == 1;
+    for (class, list) in &by_class {
+        let mut seeds: Vec<u64> = list.iter().map(|x| x.0).collect();
+        seeds.dedup();
+        println!("\n== {class}: {} failures in {} cases", list.len(), seeds.len());
+        let show = if verbose { list.len() } else { 3 };
+        for (seed, cmd, reason) in list.iter().take(show) {
+            let desc = &results.iter().find(|r| r.seed == *seed).unwrap().desc;
+            let reason: String = reason.chars().take(if verbose { 4000 } else { 400 }).collect();
+            println!("  seed {seed} [{desc}]\n    {cmd}: {reason}");
+        }
+        println!("  seeds: {:?}{}", &seeds[..seeds.len().min(30)], if seeds.len() > 30 { " …" } else { "" });
+    }
+    if !by_class.is_empty() {
+        println!(
+            "\nmodels: {}/<seed>.onnx; rerun one: ADANORM_FUZZ_SEED=<seed> cargo test --test fuzz_rewrites -- --nocapture",
+            failures_dir().display()
+        );
+    }
+    assert!(by_class.is_empty(), "{failed_cases} fuzz cases failed in {} classes (see above)", by_class.len());
+}
