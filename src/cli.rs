@@ -72,7 +72,7 @@ pub enum Command {
         /// What happens to gain and bias.
         #[arg(long, value_enum, default_value = "keep")]
         affine: Affine,
-        /// Where dropped or folded weights go (default: <stem>.adanorm.weights.safetensors).
+        /// Where dropped or folded weights go (default: beside the output, <output stem>.weights.safetensors).
         #[arg(long)]
         weights_out: Option<PathBuf>,
         /// Add model-local function bodies so runtimes without our library run the model.
@@ -222,12 +222,24 @@ fn write_outcome(
             .in_file(out));
         }
     }
-    if let Some(w) = &o.weights {
-        let path = weights_out.unwrap_or_else(|| beside(out, ".weights.safetensors"));
-        w.save(&path, force)?;
-        println!("weights removed from the model -> {}", path.display());
+    let Some(w) = &o.weights else {
+        return save_model(&o.model, out, force);
+    };
+    let path = weights_out.unwrap_or_else(|| beside(out, ".weights.safetensors"));
+    if same_file(input, &path) || same_file(out, &path) || path == out {
+        return Err(Error::msg("the weights file would replace a model; choose another --weights-out").in_file(&path));
     }
-    save_model(&o.model, out, force)
+    let existed = path.exists();
+    w.save(&path, force)?;
+    if let Err(e) = save_model(&o.model, out, force) {
+        // A weights file without its model is half an output: take back what we created.
+        if !existed {
+            let _ = std::fs::remove_file(&path);
+        }
+        return Err(e);
+    }
+    println!("weights removed from the model -> {}", path.display());
+    Ok(())
 }
 
 /// Loads a model for `inspect`/`fuse`/`rewrite`, with the calls of model-local functions that
@@ -327,8 +339,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             let o = rewrite::plan::plan_model(&g, &opts).map_err(|e| e.in_file(&model))?;
             let out = output.unwrap_or_else(|| beside(&model, ".adanorm.onnx"));
-            let weights_out =
-                weights_out.or_else(|| Some(beside(&model, ".adanorm.weights.safetensors")));
+            // Beside the output (never the input's folder unless the output is there too).
             write_outcome(&model, &out, force, weights_out, &o)?;
             print_outcome("rewrote", &model, &out, &o);
             print_inlined(&inlined);

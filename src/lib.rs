@@ -1,6 +1,7 @@
 //! adanorm-onnx: find every LayerNorm-family subgraph in an ONNX model and rewrite it into the
 //! `ai.adanorm` ops (AdaNorm, LayerNorm-simple). See ARCHITECTURE.md for the map.
 
+pub mod atomic_file;
 pub mod cli;
 pub mod error;
 pub mod graph;

@@ -94,31 +94,16 @@ fn read_one(npz: &mut NpzReader<File>, name: &str) -> Option<Tensor> {
     None
 }
 
-/// Writes tensors to an `.npz` atomically (temp file, then rename).
+/// Writes tensors to an `.npz` atomically ([`crate::atomic_file`]), replacing an existing file.
 pub fn write_npz(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<()> {
-        let file =
-            File::create(&tmp).map_err(|e| Error::with_source("cannot create the output", e))?;
+    crate::atomic_file::write_atomically(path, true, |file| {
         let mut npz = NpzWriter::new(file);
         for (name, t) in tensors {
             add(&mut npz, name, t).map_err(|e| Error::msg(format!("output '{name}': {e}")))?;
         }
         npz.finish()
-            .map_err(|e| Error::msg(format!("cannot finish the .npz: {e}")))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| Error::with_source("cannot move the output into place", e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|e| e.in_file(path))
+            .map_err(|e| Error::msg(format!("cannot finish the .npz: {e}")))
+    })
 }
 
 fn add(npz: &mut NpzWriter<File>, name: &str, t: &Tensor) -> std::result::Result<(), String> {

@@ -196,6 +196,16 @@ impl<'m> GraphIndex<'m> {
                         .at_node(node_label(node, id)),
                 ));
             }
+            // Nor does it run without its required inputs (a one-input `Div`).
+            if let Some(slot) = crate::onnx::arity::missing_input(node) {
+                return Err(located(
+                    Error::msg(format!(
+                        "{} node lacks its required input {slot}",
+                        node.op_type()
+                    ))
+                    .at_node(node_label(node, id)),
+                ));
+            }
             for (slot, out) in node.output.iter().enumerate() {
                 if out.is_empty() {
                     continue;
@@ -223,6 +233,26 @@ impl<'m> GraphIndex<'m> {
                     ));
                 }
                 let list = consumers.entry(input.as_str()).or_default();
+                if list.last() != Some(&id) {
+                    list.push(id);
+                }
+            }
+            // A value read inside a subgraph (If branch, Loop/Scan body, at any depth) is read
+            // by the node holding it: an implicit input, as real as an explicit one.
+            let mut below = Vec::new();
+            for a in &node.attribute {
+                for sub in a.g.iter().chain(a.graphs.iter()) {
+                    names_read_below(sub, &mut below);
+                }
+            }
+            for name in below {
+                let here = producer.contains_key(name)
+                    || initializers.contains_key(name)
+                    || graph_inputs.contains(name);
+                if !here {
+                    continue; // defined inside the subgraph, or further out
+                }
+                let list = consumers.entry(name).or_default();
                 if list.last() != Some(&id) {
                     list.push(id);
                 }

@@ -11,6 +11,14 @@ use crate::onnx::dtype::{BOOL, INT64};
 use crate::onnx::proto::{type_proto, NodeProto, ValueInfoProto};
 
 /// One dimension.
+
+/// The product of dimensions, `None` when one is unknown or the product overflows `i64`
+/// (a model may declare any sizes; an overflow is "unknown", never a wrapped number).
+pub fn checked_product(dims: impl IntoIterator<Item = Option<i64>>) -> Option<i64> {
+    dims.into_iter()
+        .try_fold(1i64, |acc, d| acc.checked_mul(d?))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dim {
     Known(i64),
@@ -341,10 +349,7 @@ fn infer_node(
                 let a = attr::int(node, "axis").unwrap_or(1);
                 let a = if a < 0 { a + r } else { a }.clamp(0, r) as usize;
                 let prod = |d: &[Dim]| {
-                    d.iter()
-                        .map(Dim::known)
-                        .product::<Option<i64>>()
-                        .map_or(Dim::Unknown, Dim::Known)
+                    checked_product(d.iter().map(Dim::known)).map_or(Dim::Unknown, Dim::Known)
                 };
                 vec![prod(&s[..a]), prod(&s[a..])]
             });
@@ -370,13 +375,13 @@ fn infer_node(
                     .collect();
                 // Infer a single -1 when every other size is known.
                 if let (Some(pos), Some(s)) = (dims.iter().position(|&d| d == -1), src) {
-                    let total: Option<i64> = s.iter().map(Dim::known).product();
-                    let rest: Option<i64> = out
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| *i != pos)
-                        .map(|(_, d)| d.known())
-                        .product();
+                    let total = checked_product(s.iter().map(Dim::known));
+                    let rest = checked_product(
+                        out.iter()
+                            .enumerate()
+                            .filter(|(i, _)| *i != pos)
+                            .map(|(_, d)| d.known()),
+                    );
                     if let (Some(t), Some(r)) = (total, rest) {
                         if r > 0 && t % r == 0 {
                             out[pos] = Dim::Known(t / r);

@@ -1,6 +1,7 @@
 //! ONNX model I/O: the generated protobuf types, loading (memory-mapped, zero-copy tensor
 //! payloads, external data), atomic saving, and typed access to attributes and constant tensors.
 
+pub mod arity;
 pub mod attr;
 pub mod dtype;
 pub mod external;

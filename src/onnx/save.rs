@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::buf::UninitSlice;
 use bytes::BufMut;
@@ -13,42 +13,17 @@ use prost::Message;
 use super::proto::ModelProto;
 use crate::error::{Error, Result};
 
-/// Writes `model` to `dest`. Refuses to replace an existing file unless `overwrite`.
+/// Writes `model` to `dest` (atomically, see [`crate::atomic_file`]). Refuses to replace an
+/// existing file unless `overwrite`.
 pub fn save_model(model: &ModelProto, dest: &Path, overwrite: bool) -> Result<()> {
-    if dest.exists() && !overwrite {
-        return Err(Error::msg("the output file exists (use --force to replace it)").in_file(dest));
-    }
-    let tmp = temp_path(dest);
-    let result = write_then_rename(model, &tmp, dest);
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|e| e.in_file(dest))
-}
-
-fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-fn write_then_rename(model: &ModelProto, tmp: &Path, dest: &Path) -> Result<()> {
-    let file = File::create(tmp)
-        .map_err(|e| Error::with_source("cannot create a temporary file beside the output", e))?;
-    let mut sink = FileSink::new(file);
-    model
-        .encode(&mut sink)
-        .map_err(|e| Error::with_source("protobuf encoding failed", e))?;
-    let file = sink
-        .finish()
-        .map_err(|e| Error::with_source("cannot write the output", e))?;
-    file.sync_all()
-        .map_err(|e| Error::with_source("cannot sync the output", e))?;
-    drop(file);
-    std::fs::rename(tmp, dest)
-        .map_err(|e| Error::with_source("cannot move the output into place", e))
+    crate::atomic_file::write_atomically(dest, overwrite, |file| {
+        let mut sink = FileSink::new(file);
+        model
+            .encode(&mut sink)
+            .map_err(|e| Error::with_source("protobuf encoding failed", e))?;
+        sink.finish()
+            .map_err(|e| Error::with_source("cannot write the output", e))
+    })
 }
 
 const SINK_CAPACITY: usize = 1 << 20;

@@ -16,6 +16,7 @@
 //! statistics reduce every other axis of that view, the count is the row length, the scale and
 //! bias are exactly 1 and 0, and the result is reshaped back to `x`'s own shape.
 
+use crate::graph::shapes::checked_product;
 use std::collections::HashSet;
 
 use super::affine::tail;
@@ -58,22 +59,15 @@ fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<(Stats, Candidate)> {
     if target.len() < 3 || target[0] != 1 || g.rank(view) != Some(target.len()) {
         return None;
     }
-    let row_len: i64 = target[2..]
-        .iter()
-        .map(|&d| (d > 0).then_some(d))
-        .product::<Option<i64>>()?;
+    let row_len = checked_product(target[2..].iter().map(|&d| (d > 0).then_some(d)))?;
     let x_shape = g.shape(&x)?;
     let r = x_shape.len();
     // The fewest trailing axes of x holding exactly the row's values.
     let k = (1..=r).find(|&k| {
-        x_shape[r - k..]
-            .iter()
-            .map(|d| d.known())
-            .product::<Option<i64>>()
-            == Some(row_len)
+        checked_product(x_shape[r - k..].iter().map(|d| d.known())) == Some(row_len)
     })?;
     if target[1] > 0 {
-        let rows: Option<i64> = x_shape[..r - k].iter().map(|d| d.known()).product();
+        let rows = checked_product(x_shape[..r - k].iter().map(|d| d.known()));
         if rows != Some(target[1]) {
             return None;
         }

@@ -28,7 +28,7 @@ pub struct Replacement {
     /// Names of every inserted node, so `revert` removes them all.
     pub inserted_names: Vec<String>,
     /// Initializers the replacement moves out of the model (dropped weights, kept in a
-    /// safetensors file instead of the record).
+    /// safetensors file instead of the record). One that something else still reads stays.
     pub drop_initializers: Vec<String>,
 }
 
@@ -98,7 +98,9 @@ pub fn apply_to(model: &mut ModelProto, g: &GraphIndex<'_>, patch: Patch) {
     }
     graph.node = nodes;
 
-    // Initializers: those only removed nodes read, or moved out, go.
+    // Initializers go when nothing reads them any more (at any depth, graph outputs included)
+    // and the patch is why: removed nodes read them, or they were moved out or replaced. A
+    // tensor anything else reads is never removed, whatever the patch asked.
     let referenced = referenced_names(graph);
     let dropped: HashSet<&str> = patch
         .replacements
@@ -113,10 +115,10 @@ pub fn apply_to(model: &mut ModelProto, g: &GraphIndex<'_>, patch: Patch) {
     graph.initializer.retain(|t| {
         let name = t.name();
         let unread = !referenced.contains(name) && !g.is_graph_input(name);
-        let goes = dropped.contains(name)
-            || (unread
-                && (was_read_by_removed.contains(name)
-                    || patch.maybe_unused.iter().any(|m| m == name)));
+        let goes = unread
+            && (dropped.contains(name)
+                || was_read_by_removed.contains(name)
+                || patch.maybe_unused.iter().any(|m| m == name));
         if goes {
             removed_inits.insert(name.to_string(), t.clone());
         }

@@ -6,9 +6,15 @@
 //!
 //! The originals are written to the weights file and the mapping to the model's metadata
 //! (`adanorm.fold:<node>`), so `revert` restores them exactly.
+//!
+//! Copy-on-write: a folded weight or bias is a new tensor under a fresh name for each consumer
+//! input it feeds; the original stays untouched for every other reader (exporters deduplicate
+//! equal tensors: q, k and v often read one zero bias, a tied embedding is also the LM head) and
+//! leaves the model only when nothing reads it any more.
 
 use serde::{Deserialize, Serialize};
 
+use super::names::Names;
 use super::weights::WeightTensor;
 use crate::graph::{GraphIndex, NodeId};
 use crate::onnx::proto::TensorProto;
@@ -158,7 +164,12 @@ fn keeps_last_axis(
     }
 }
 
-pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, String> {
+pub fn plan(
+    g: &GraphIndex<'_>,
+    m: &Match,
+    node_name: &str,
+    names: &mut Names,
+) -> Result<FoldPlan, String> {
     if m.scale.is_none() && m.bias.is_none() {
         return Ok(FoldPlan::default());
     }
@@ -209,6 +220,10 @@ pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, 
         } else {
             (dims[0] as usize, dims[1] as usize)
         };
+        // The payload must hold exactly the declared elements (a malformed file may not).
+        if h.checked_mul(o) != Some(w.len()) || dims.iter().any(|&d| d < 0) {
+            return Err(format!("weight '{w_name}' of consumer '{label}' holds {} values, not its declared {dims:?}", w.len()));
+        }
         let at = |i: usize, j: usize| if trans_b { j * h + i } else { i * o + j };
         let gamma = row_vector(g, &m.scale, h)?;
         let beta = row_vector(g, &m.bias, h)?;
@@ -223,7 +238,7 @@ pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, 
                     w2[at(i, j)] *= gamma[i];
                 }
             }
-            let new_name = format!("{w_name}.folded:{node_name}");
+            let new_name = names.fresh(&format!("{w_name}.folded:{}", c.name()));
             plan.new_initializers.push(
                 WeightTensor {
                     elem_type: elem,
@@ -281,7 +296,7 @@ pub fn plan(g: &GraphIndex<'_>, m: &Match, node_name: &str) -> Result<FoldPlan, 
             }
             let b2: Vec<f64> = b.iter().zip(&bw).map(|(x, y)| x + y).collect();
             let b_t = initializer(g, &b_name).expect("checked");
-            let new_name = format!("{b_name}.folded:{node_name}");
+            let new_name = names.fresh(&format!("{b_name}.folded:{}", g.node(bias_node).name()));
             plan.new_initializers.push(
                 WeightTensor {
                     elem_type: b_t.data_type(),

@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod fold;
 pub mod function;
+pub mod names;
 pub mod node;
 pub mod plan;
 pub mod revert;

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::apply::{self, Patch, Replacement};
 use super::fold;
+use super::names::Names;
 use super::node::{self, OpKind, OpParams};
 use super::weights::{WeightTensor, WeightsFile};
 use super::{function, Affine, Change, Options, Outcome, Target};
@@ -42,8 +43,8 @@ struct Collected {
     changes: Vec<Change>,
     skipped: Vec<(String, String)>,
     weights: WeightsFile,
-    /// Node names in use anywhere, so new nodes get unique ones.
-    names: HashSet<String>,
+    /// Every name in use anywhere in the model: what the plan adds gets a fresh one.
+    names: Names,
     /// Element types of values the plan creates (not in any index), for `--portable`.
     new_types: HashMap<String, i32>,
 }
@@ -54,11 +55,10 @@ struct Collected {
 pub fn plan_scopes(scopes: &[(&GraphIndex<'_>, &[Match])], opts: &Options) -> Result<Outcome> {
     let main = scopes.first().expect("the main graph comes first").0;
     debug_assert!(main.scope.is_main());
-    let mut all = Collected::default();
-    for (g, _) in scopes {
-        all.names
-            .extend(g.graph.node.iter().map(|n| n.name().to_string()));
-    }
+    let mut all = Collected {
+        names: Names::of_model(&main.model.proto),
+        ..Default::default()
+    };
     let mut patches = Vec::new();
     for &(g, matches) in scopes {
         patches.push((g, plan_scope(g, matches, opts, &mut all)));
@@ -148,6 +148,28 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         };
         let single = g.node(m.nodes[0]);
         let skip_ln = is_single_op(m) && single.op_type() == "SkipLayerNormalization";
+        // Checked before anything is staged for this match (weights, folded copies).
+        if skip_ln && (0..2).any(|i| single.input.get(i).is_none_or(|s| s.is_empty())) {
+            skipped.push((what, "it lacks its input or its skip input".into()));
+            continue;
+        }
+        let has_stat_outputs = m.mean_output.is_some() || m.inv_std_output.is_some();
+        let param_types = |ps: [&Option<String>; 2]| -> Vec<i32> {
+            ps.into_iter()
+                .flatten()
+                .filter_map(|p| g.elem_type(p))
+                .collect()
+        };
+        if has_stat_outputs
+            && common_type(g.elem_type(&m.input), &param_types([&m.scale, &m.bias])).is_some()
+        {
+            skipped.push((
+                what,
+                "its parameters' type differs from its input's and it has Mean/InvStdDev outputs"
+                    .into(),
+            ));
+            continue;
+        }
 
         let adanorm = m.family == Family::AdaNorm;
         let (kind, c, k) = match opts.target {
@@ -170,8 +192,8 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             k,
         };
         let node_names: Vec<&str> = m.nodes.iter().map(|&id| g.node(id).name()).collect();
-        let name = node::derive_name(&node_names, &m.output, kind, &|n| names.contains(n));
-        names.insert(name.clone());
+        let name = node::derive_name(&node_names, &m.output, kind, &|n| names.is_taken(n));
+        names.reserve(&name);
 
         // Gain and bias.
         let mut scale = m.scale.clone();
@@ -201,7 +223,7 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             Affine::Fold if !g.scope.is_main() => {
                 note = Some("affine kept: not folded inside a subgraph".into());
             }
-            Affine::Fold => match fold::plan(g, m, &name) {
+            Affine::Fold => match fold::plan(g, m, &name, names) {
                 Ok(f) => {
                     scale = None;
                     bias = None;
@@ -232,8 +254,8 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         // ([C, 1, 1] of a channels-first gain becomes [C]).
         for p in [&mut scale, &mut bias].into_iter().flatten() {
             let fitted = match channels_first_rank {
-                Some(_) => Some(channel_param(g, p, &name, &mut patch, &mut insert)),
-                None => fit_param(g, p, axis, &name, &mut patch, &mut insert),
+                Some(_) => Some(channel_param(g, p, &name, names, &mut patch, &mut insert)),
+                None => fit_param(g, p, axis, &name, names, &mut patch, &mut insert),
             };
             if let Some(fitted) = fitted {
                 *p = fitted;
@@ -241,24 +263,67 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         }
         let mut x = m.input.clone();
         if skip_ln {
-            x = split_skip_add(single, &name, &mut insert, names);
+            match split_skip_add(single, &name, &mut insert, names) {
+                Ok(sum) => x = sum,
+                Err(why) => {
+                    skipped.push((what, why));
+                    continue;
+                }
+            }
         }
-        let mut y = m.output.clone();
+        // One element type for X, Scale and B (ops-spec): where the parameters are wider than
+        // the input (a float16 model whose gain lives in a float32 island), the node computes
+        // in the wider type between Casts, as the island did; narrower parameters are widened
+        // (exactly).
+        let out_type = g.elem_type(&m.output).or(g.elem_type(&m.input));
+        let compute = common_type(g.elem_type(&m.input), &param_types([&m.scale, &m.bias]))
+            .filter(|_| scale.is_some() || bias.is_some());
+        let mut final_out = m.output.clone();
+        if let Some(t) = compute {
+            if g.elem_type(&m.input) != Some(t) {
+                let cast_in = names.fresh(&format!("{name}/ToComputeType"));
+                let widened = names.fresh(&format!("{name}/input_widened"));
+                insert.push(cast(&cast_in, &x, &widened, t));
+                new_types.insert(widened.clone(), t);
+                x = widened;
+            }
+            if out_type != Some(t) {
+                final_out = names.fresh(&format!("{name}/computed"));
+                new_types.insert(final_out.clone(), t);
+            }
+            let originals = [&m.scale, &m.bias];
+            for (p, original) in [&mut scale, &mut bias].into_iter().zip(originals) {
+                let Some(p) = p else { continue };
+                if original.as_ref().and_then(|o| g.elem_type(o)) != Some(t) {
+                    let cast_name = names.fresh(&format!("{p}:{name}/Widen"));
+                    let widened = names.fresh(&format!("{p}:{name}/widened"));
+                    insert.push(cast(&cast_name, p, &widened, t));
+                    new_types.insert(widened.clone(), t);
+                    *p = widened;
+                }
+            }
+            note.get_or_insert_with(|| {
+                format!(
+                    "computes in {} between Casts: its input and parameters differ in type",
+                    crate::onnx::dtype::name(t)
+                )
+            });
+        }
+        let mut y = final_out.clone();
         if let Some(rank) = channels_first_rank {
             let (to_last, _) = channels_last_perms(rank);
             let (x_last, y_last) = (
-                format!("{name}/channels_last"),
-                format!("{name}/channels_last_out"),
+                names.fresh(&format!("{name}/channels_last")),
+                names.fresh(&format!("{name}/channels_last_out")),
             );
-            let into = format!("{name}/ToChannelsLast");
+            let into = names.fresh(&format!("{name}/ToChannelsLast"));
             insert.push(transpose(&into, &x, &x_last, &to_last));
-            names.insert(into);
             x = x_last;
             y = y_last;
         }
         // Values this plan creates, typed for `--portable` (they are not in the original graph).
-        if let Some(t) = g.elem_type(&m.input) {
-            new_types.insert(x.clone(), t);
+        if let Some(t) = compute.or(g.elem_type(&m.input)) {
+            new_types.entry(x.clone()).or_insert(t);
         }
         let doc = format!("adanorm-onnx: replaces {}", what);
         insert.push(node::build(
@@ -274,9 +339,13 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         ));
         if let Some(rank) = channels_first_rank {
             let (_, to_first) = channels_last_perms(rank);
-            let back = format!("{name}/ToChannelsFirst");
-            insert.push(transpose(&back, &y, &m.output, &to_first));
-            names.insert(back);
+            let back = names.fresh(&format!("{name}/ToChannelsFirst"));
+            insert.push(transpose(&back, &y, &final_out, &to_first));
+        }
+        if final_out != m.output {
+            let back = names.fresh(&format!("{name}/ToOutputType"));
+            let t = out_type.expect("a cast back is planned only to a known type");
+            insert.push(cast(&back, &final_out, &m.output, t));
         }
         if remove.iter().any(|id| removed_nodes.contains(id)) {
             skipped.push((what, "it overlaps another match".into()));
@@ -327,6 +396,7 @@ fn fit_param(
     p: &str,
     axis: i64,
     node_name: &str,
+    names: &mut Names,
     patch: &mut Patch,
     insert: &mut Vec<NodeProto>,
 ) -> Option<String> {
@@ -344,6 +414,7 @@ fn fit_param(
         g,
         p,
         node_name,
+        names,
         Some(dims.clone()),
         &dims,
         patch,
@@ -358,12 +429,14 @@ fn reshaped_param(
     g: &GraphIndex<'_>,
     p: &str,
     node_name: &str,
+    names: &mut Names,
     view: Option<Vec<i64>>,
     target: &[i64],
     patch: &mut Patch,
     insert: &mut Vec<NodeProto>,
 ) -> String {
-    let fitted = format!("{p}:{node_name}");
+    // A new tensor under a new name: `p` itself may be read elsewhere with its own shape.
+    let fitted = names.fresh(&format!("{p}:{node_name}"));
     match (g.initializer(p).filter(|_| !g.is_graph_input(p)), view) {
         (Some(t), Some(dims)) => {
             let mut t = t.clone(); // payload bytes are shared, not copied
@@ -372,7 +445,7 @@ fn reshaped_param(
             patch.add_initializers.push(t);
         }
         _ => {
-            let shape_name = format!("{fitted}/shape");
+            let shape_name = names.fresh(&format!("{fitted}/shape"));
             let values: Vec<u8> = target.iter().flat_map(|d| d.to_le_bytes()).collect();
             patch.add_initializers.push(TensorProto {
                 name: Some(shape_name.clone()),
@@ -382,7 +455,7 @@ fn reshaped_param(
                 ..Default::default()
             });
             insert.push(NodeProto {
-                name: Some(format!("{fitted}/Reshape")),
+                name: Some(names.fresh(&format!("{fitted}/Reshape"))),
                 op_type: Some("Reshape".into()),
                 input: vec![p.to_string(), shape_name],
                 output: vec![fitted.clone()],
@@ -405,6 +478,44 @@ fn channels_last_perms(rank: usize) -> (Vec<i64>, Vec<i64>) {
     (to_last, to_first)
 }
 
+/// The widest floating type among the input's and the parameters' when they differ (`None`
+/// when they agree or a type is unknown): float16 and bfloat16 meet in float.
+fn common_type(x: Option<i32>, params: &[i32]) -> Option<i32> {
+    use crate::onnx::dtype::{BFLOAT16, DOUBLE, FLOAT, FLOAT16};
+    let x = x?;
+    if params.iter().all(|&p| p == x) {
+        return None;
+    }
+    let rank = |t: i32| match t {
+        FLOAT16 | BFLOAT16 => Some(1),
+        FLOAT => Some(2),
+        DOUBLE => Some(3),
+        _ => None,
+    };
+    let top = std::iter::once(x)
+        .chain(params.iter().copied())
+        .map(rank)
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .max()?;
+    Some(match top {
+        1 => FLOAT, // float16 with bfloat16: neither holds the other
+        2 => FLOAT,
+        _ => DOUBLE,
+    })
+}
+
+fn cast(name: &str, input: &str, output: &str, to: i32) -> NodeProto {
+    NodeProto {
+        name: Some(name.to_string()),
+        op_type: Some("Cast".into()),
+        input: vec![input.to_string()],
+        output: vec![output.to_string()],
+        attribute: vec![node::int_attr("to", to as i64)],
+        ..Default::default()
+    }
+}
+
 fn transpose(name: &str, input: &str, output: &str, perm: &[i64]) -> NodeProto {
     NodeProto {
         name: Some(name.to_string()),
@@ -424,16 +535,18 @@ fn channel_param(
     g: &GraphIndex<'_>,
     p: &str,
     node_name: &str,
+    names: &mut Names,
     patch: &mut Patch,
     insert: &mut Vec<NodeProto>,
 ) -> String {
     let count = g
         .shape(p)
-        .and_then(|s| s.iter().map(|d| d.known()).product::<Option<i64>>());
+        .and_then(|s| crate::graph::shapes::checked_product(s.iter().map(|d| d.known())));
     reshaped_param(
         g,
         p,
         node_name,
+        names,
         count.map(|c| vec![c]),
         &[-1],
         patch,
@@ -442,15 +555,20 @@ fn channel_param(
 }
 
 /// `SkipLayerNormalization(input, skip, gamma, beta, bias)`: the residual sum becomes an `Add`
-/// (plus the bias), named as the op's 4th output when something reads it.
+/// (plus the bias), named as the op's 4th output when something reads it. A node without both
+/// of its required inputs is refused (it is a broken model, not a residual sum).
 fn split_skip_add(
     n: &NodeProto,
     name: &str,
     insert: &mut Vec<NodeProto>,
-    names: &mut HashSet<String>,
-) -> String {
+    names: &mut Names,
+) -> std::result::Result<String, String> {
+    let present = |i: usize| n.input.get(i).filter(|s| !s.is_empty()).cloned();
+    let (Some(input), Some(skip)) = (present(0), present(1)) else {
+        return Err("it lacks its input or its skip input".into());
+    };
     let sum_out = n.output.get(3).filter(|s| !s.is_empty()).cloned();
-    let with_bias = n.input.get(4).filter(|s| !s.is_empty()).cloned();
+    let with_bias = present(4);
     let add = |node_name: String, a: &str, b: &str, out: String| NodeProto {
         name: Some(node_name),
         op_type: Some("Add".into()),
@@ -460,24 +578,19 @@ fn split_skip_add(
     };
     let first_out = match (&with_bias, &sum_out) {
         (None, Some(s)) => s.clone(),
-        _ => format!("{name}/skip_sum"),
+        _ => names.fresh(&format!("{name}/skip_sum")),
     };
-    names.insert(format!("{name}/SkipAdd"));
-    insert.push(add(
-        format!("{name}/SkipAdd"),
-        &n.input[0],
-        &n.input[1],
-        first_out.clone(),
-    ));
-    match with_bias {
+    let skip_add = names.fresh(&format!("{name}/SkipAdd"));
+    insert.push(add(skip_add, &input, &skip, first_out.clone()));
+    Ok(match with_bias {
         Some(b) => {
-            let out = sum_out.unwrap_or_else(|| format!("{name}/skip_bias_sum"));
-            names.insert(format!("{name}/BiasAdd"));
-            insert.push(add(format!("{name}/BiasAdd"), &first_out, &b, out.clone()));
+            let out = sum_out.unwrap_or_else(|| names.fresh(&format!("{name}/skip_bias_sum")));
+            let bias_add = names.fresh(&format!("{name}/BiasAdd"));
+            insert.push(add(bias_add, &first_out, &b, out.clone()));
             out
         }
         None => first_out,
-    }
+    })
 }
 
 /// Takes the constant gain and bias out of the model into the weights file; returns the
@@ -502,7 +615,7 @@ fn drop_params(
         {
             let t = attr::tensor(n, "value")
                 .ok_or_else(|| format!("{role} '{p}' is not a tensor constant"))?;
-            if g.consumers(p).iter().all(|c| m.nodes.contains(c)) {
+            if !g.is_graph_output(p) && g.consumers(p).iter().all(|c| m.nodes.contains(c)) {
                 nodes.push(id);
             }
             t.clone()

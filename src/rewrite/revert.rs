@@ -4,7 +4,7 @@
 //! record becomes `LayerNormalization` where the opset (>= 17) and its semantics allow, or the
 //! standard-op body of [`super::function`] otherwise.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use base64::Engine;
 use prost::Message;
@@ -30,9 +30,23 @@ pub fn revert(g: &GraphIndex<'_>, weights: Option<&WeightsFile>) -> Result<Outco
     // Every graph: ai.adanorm nodes inside If branches and Loop bodies go back too; subgraphs
     // are patched before the graphs holding them.
     let subgraphs = g.subgraphs()?;
-    let mut patches = Vec::new();
+    let mut patches: Vec<(&GraphIndex<'_>, Patch)> = Vec::new();
+    // Enclosing graphs come first: what they restore, a subgraph may read (an ε shared by the
+    // main graph and an If branch is recorded once, by the graph that held it).
     for scope in std::iter::once(g).chain(&subgraphs) {
-        let patch = revert_scope(scope, weights, &meta, &mut changes, &mut used_keys)?;
+        let restored_around: HashSet<String> = patches
+            .iter()
+            .filter(|(outer, _)| scope.scope.0.starts_with(&outer.scope.0))
+            .flat_map(|(_, p)| p.add_initializers.iter().map(|t| t.name().to_string()))
+            .collect();
+        let patch = revert_scope(
+            scope,
+            weights,
+            &meta,
+            &restored_around,
+            &mut changes,
+            &mut used_keys,
+        )?;
         patches.push((scope, patch));
     }
     patches.sort_by_key(|(scope, _)| std::cmp::Reverse(scope.scope.0.len()));
@@ -74,6 +88,7 @@ fn revert_scope(
     g: &GraphIndex<'_>,
     weights: Option<&WeightsFile>,
     meta: &HashMap<&str, &str>,
+    restored_around: &HashSet<String>,
     changes: &mut Vec<Change>,
     used_keys: &mut Vec<String>,
 ) -> Result<Patch> {
@@ -106,9 +121,25 @@ fn revert_scope(
                     .filter(|s| s.as_str() != n.name())
                     .filter_map(|s| by_name.get(s.as_str()).copied()),
             );
-            patch
-                .add_initializers
-                .extend(record.initializer.iter().cloned());
+            // What is still in the model is not re-created: a node or tensor the rewrite kept
+            // because something else reads it would otherwise exist twice.
+            let mut record = record;
+            let kept = |o: &String| {
+                g.producer(o)
+                    .is_some_and(|(producer, _)| !remove.contains(&producer))
+            };
+            record.node.retain(|r| !r.output.iter().any(kept));
+            patch.add_initializers.extend(
+                record
+                    .initializer
+                    .iter()
+                    .filter(|t| {
+                        g.initializer(t.name()).is_none()
+                            && g.producer(t.name()).is_none()
+                            && !restored_around.contains(t.name())
+                    })
+                    .cloned(),
+            );
             // Dropped gain/bias come back from the weights file.
             let prefix = format!("{}/", n.name());
             let ours: Vec<_> = weights
@@ -125,6 +156,7 @@ fn revert_scope(
                 if needs.contains(&original.as_str())
                     && g.initializer(original).is_none()
                     && !g.is_outer_value(original)
+                    && !restored_around.contains(original.as_str())
                 {
                     patch.add_initializers.push(t.to_proto(original));
                 }
@@ -138,6 +170,7 @@ fn revert_scope(
                         && g.initializer(v).is_none()
                         && !g.is_graph_input(v)
                         && !g.is_outer_value(v)
+                        && !restored_around.contains(*v)
                         && !record.node.iter().any(|r| r.output.iter().any(|o| o == v))
                         && !record.initializer.iter().any(|t| t.name() == *v)
                         && !ours.iter().any(|(_, (o, _))| o == v)

@@ -108,7 +108,7 @@ impl WeightsFile {
         self.tensors.is_empty()
     }
 
-    /// Writes atomically (temp file beside it, then rename); an existing file needs `overwrite`.
+    /// Writes atomically ([`crate::atomic_file`]); an existing file needs `overwrite`.
     pub fn save(&self, path: &Path, overwrite: bool) -> Result<()> {
         if path.exists() && !overwrite {
             return Err(
@@ -132,19 +132,12 @@ impl WeightsFile {
         }
         let bytes = safetensors::serialize(views, Some(metadata))
             .map_err(|e| Error::msg(format!("safetensors: {e}")).in_file(path))?;
-        let tmp = path.with_file_name(format!(
-            ".{}.tmp-{}",
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        let write = std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, path));
-        if let Err(e) = write {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::with_source("cannot write the weights file", e).in_file(path));
-        }
-        Ok(())
+        crate::atomic_file::write_atomically(path, overwrite, |mut file| {
+            use std::io::Write;
+            file.write_all(&bytes)
+                .map_err(|e| Error::with_source("cannot write the weights file", e))?;
+            Ok(file)
+        })
     }
 
     pub fn load(path: &Path) -> Result<WeightsFile> {

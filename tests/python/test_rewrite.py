@@ -259,6 +259,77 @@ class Subgraphs(unittest.TestCase):
                     self.assertEqual(sha(src), before)
 
 
+SHARING = os.path.join(ROOT, "fixtures", "sharing")
+SHARED_MODELS = sorted(d for d in os.listdir(SHARING) if os.path.exists(os.path.join(SHARING, d, "model.onnx")))
+
+
+def unique_names(test, path):
+    """One tensor per name, one producer per value, in every graph (ORT only warns about a
+    duplicate initializer and then computes with the last one)."""
+    m = onnx.load(path)
+
+    def walk(g, outer):
+        names = [t.name for t in g.initializer] + [o for n in g.node for o in n.output if o]
+        test.assertEqual(len(names), len(set(names)), f"{path}: a name is defined twice in {g.name}")
+        test.assertFalse(outer & set(names), f"{path}: a subgraph redefines {outer & set(names)}")
+        for n in g.node:
+            for a in n.attribute:
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(sub, outer | set(names) | {i.name for i in g.input})
+
+    walk(m.graph, set())
+
+
+class Sharing(unittest.TestCase):
+    """Real dynamo exports run through the onnxscript optimizer (equal initializers deduplicated:
+    one zero bias for q, k, v and the norms, one gain for every norm, a tied embedding) and legacy
+    exports with shared constants (fixtures/sharing/make*.py): every rewrite is valid, claimed-
+    exact ones compute what the original computes in ONNX Runtime, reverts restore it."""
+
+    def test_every_rewrite_of_a_deduplicated_model_is_exact_and_reverts(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in SHARED_MODELS:
+                with self.subTest(model=name):
+                    folder = os.path.join(SHARING, name)
+                    src = os.path.join(folder, "model.onnx")
+                    before, listing = sha(src), sorted(os.listdir(folder))
+                    feeds = dict(np.load(os.path.join(folder, "inputs.npz")))
+                    ref = ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+                    def same(path, tol):
+                        got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)
+                        for want, out in zip(ref, got):
+                            w = want.astype(np.float64)
+                            err = np.max(np.abs(out.astype(np.float64) - w) / np.maximum(1.0, np.abs(w)))
+                            self.assertLessEqual(err, tol, f"{path}: max scaled error {err}")
+
+                    runs = [("fuse", ["fuse", "--portable"], True),
+                            ("k0", ["rewrite", "--k", "0", "--c", "1", "--portable"], True),
+                            ("fold", ["rewrite", "--k", "0", "--c", "1", "--affine", "fold", "--portable"], True),
+                            ("simplefold", ["rewrite", "--to", "simple", "--affine", "fold", "--portable"], False),
+                            ("drop", ["rewrite", "--affine", "drop"], False)]
+                    for tag, args, exact in runs:
+                        out = os.path.join(tmp, f"{name}.{tag}.onnx")
+                        p = cli(args[0], src, "-o", out, *args[1:])
+                        valid(self, out)
+                        unique_names(self, out)
+                        if exact:
+                            self.assertIn("computes the same function as before", p.stdout)
+                            same(out, 1e-4)
+                        # The weights file, if any, lands beside the output.
+                        weights = os.path.join(tmp, f"{name}.{tag}.weights.safetensors")
+                        back = os.path.join(tmp, f"{name}.{tag}.reverted.onnx")
+                        if os.path.exists(weights):
+                            cli("revert", out, "-o", back, "--weights", weights)
+                        else:
+                            cli("revert", out, "-o", back)
+                        valid(self, back)
+                        unique_names(self, back)
+                        same(back, 0.0)
+                    self.assertEqual(sha(src), before, "the input is never modified")
+                    self.assertEqual(sorted(os.listdir(folder)), listing, "nothing is written beside the input")
+
+
 FUNCTIONS = os.path.join(ROOT, "fixtures", "functions", "torch_modules_as_functions_op15")
 
 

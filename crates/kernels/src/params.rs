@@ -17,12 +17,14 @@ pub mod attr {
     pub const C: &str = "c";
     pub const K: &str = "k";
 
+    // Float attributes are ONNX float32 values (ops-spec): an absent one is the float32
+    // default, which a double computation widens (`k` is `0.1f32`, not the double 0.1).
     pub const DEFAULT_AXIS: i64 = -1;
-    pub const DEFAULT_EPSILON: f64 = 1e-5;
+    pub const DEFAULT_EPSILON: f32 = 1e-5;
     pub const DEFAULT_UNBIASED: i64 = 0;
     pub const DEFAULT_EPS_IN_SQRT: i64 = 1;
-    pub const DEFAULT_C: f64 = 1.0;
-    pub const DEFAULT_K: f64 = 0.1;
+    pub const DEFAULT_C: f32 = 1.0;
+    pub const DEFAULT_K: f32 = 0.1;
 }
 
 /// The rules of the spec's "Errors" section, as the text a [`SpecError`] starts with.
@@ -91,8 +93,8 @@ impl Variant {
     /// AdaNorm with the spec's default `c` and `k`.
     pub fn ada_norm_default() -> Variant {
         Variant::AdaNorm {
-            c: attr::DEFAULT_C,
-            k: attr::DEFAULT_K,
+            c: f64::from(attr::DEFAULT_C),
+            k: f64::from(attr::DEFAULT_K),
         }
     }
 }
@@ -113,7 +115,7 @@ impl Params {
     pub fn new(variant: Variant) -> Params {
         Params {
             variant,
-            epsilon: attr::DEFAULT_EPSILON,
+            epsilon: f64::from(attr::DEFAULT_EPSILON),
             unbiased: attr::DEFAULT_UNBIASED != 0,
             eps_in_sqrt: attr::DEFAULT_EPS_IN_SQRT != 0,
         }
@@ -180,8 +182,16 @@ mod tests {
     #[test]
     fn defaults_match_spec() {
         let p = Params::new(Variant::ada_norm_default());
-        assert_eq!(p.variant, Variant::AdaNorm { c: 1.0, k: 0.1 });
-        assert_eq!(p.epsilon, 1e-5);
+        // The float32 values, widened: what an ONNX float attribute can hold.
+        assert_eq!(
+            p.variant,
+            Variant::AdaNorm {
+                c: 1.0,
+                k: f64::from(0.1f32)
+            }
+        );
+        assert_ne!(f64::from(0.1f32), 0.1);
+        assert_eq!(p.epsilon, f64::from(1e-5f32));
         assert!(!p.unbiased);
         assert!(p.eps_in_sqrt);
         assert_eq!(p.variant.op_type(), "AdaNorm");

@@ -43,13 +43,13 @@ impl Kernel {
             let hooks = Hooks::from_node(&node);
             hooks.at_create();
             let axis = node.int(attr::AXIS, attr::DEFAULT_AXIS)?;
-            let epsilon = node.float(attr::EPSILON, attr::DEFAULT_EPSILON as f32)?;
+            let epsilon = node.float(attr::EPSILON, attr::DEFAULT_EPSILON)?;
             let unbiased = node.int(attr::UNBIASED, attr::DEFAULT_UNBIASED)?;
             let eps_in_sqrt = node.int(attr::EPS_IN_SQRT, attr::DEFAULT_EPS_IN_SQRT)?;
             let variant = match op.kind {
                 OpKind::AdaNorm => Variant::AdaNorm {
-                    c: node.float(attr::C, attr::DEFAULT_C as f32)? as f64,
-                    k: node.float(attr::K, attr::DEFAULT_K as f32)? as f64,
+                    c: node.float(attr::C, attr::DEFAULT_C)? as f64,
+                    k: node.float(attr::K, attr::DEFAULT_K)? as f64,
                 },
                 OpKind::LayerNormSimple => Variant::LayerNormSimple,
             };

@@ -119,9 +119,7 @@ fn build(
 }
 
 /// A float attribute, widened to f64 (ONNX float attributes are f32).
-fn float_attr(node: &NodeProto, name: &str, default: f64) -> TractResult<f64> {
-    Ok(node
-        .get_attr_opt::<f32>(name)?
-        .map(f64::from)
-        .unwrap_or(default))
+/// A float attribute: an ONNX float32, present or defaulted, widened to f64 afterwards.
+fn float_attr(node: &NodeProto, name: &str, default: f32) -> TractResult<f64> {
+    Ok(f64::from(node.get_attr_opt::<f32>(name)?.unwrap_or(default)))
 }
