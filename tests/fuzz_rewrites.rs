@@ -59,6 +59,12 @@ fn run_case(seed: u64) -> CaseResult {
     }
     let inputs = random_inputs(&path, &Default::default(), seed).unwrap_or_default();
     let outputs = if case.mutated { None } else { run(&path, inputs.clone()).ok() };
+    if outputs.is_none() && !case.mutated {
+        rec.count("original not run in tract");
+    }
+    if case.mutated {
+        rec.count("mutated (missing inputs)");
+    }
     let loads = !case.mutated
         && std::panic::catch_unwind(|| adanorm_tract::model_for_path(&path)).is_ok_and(|r| r.is_ok());
     let reference = Reference {
@@ -79,6 +85,9 @@ fn run_case(seed: u64) -> CaseResult {
     rec.reverts_checked += sub.reverts_checked;
     rec.changes += sub.changes;
     rec.errors += sub.errors;
+    for (k, v) in sub.counts {
+        *rec.counts.entry(k).or_default() += v;
+    }
     if seed % CLI_EVERY == 0 || std::env::var("ADANORM_FUZZ_SEED").is_ok() {
         let mut cli = Record::default();
         commands::through_cli(&mut cli, &path, &lib_ok);
@@ -130,7 +139,11 @@ fn fuzz_rewrites() {
 
     let mut by_class: BTreeMap<String, Vec<(u64, String, String)>> = BTreeMap::new();
     let (mut exact, mut reverts, mut changes, mut errors) = (0, 0, 0, 0);
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for r in &results {
+        for (k, v) in &r.rec.counts {
+            *counts.entry(k.clone()).or_default() += v;
+        }
         exact += r.rec.exact_checked;
         reverts += r.rec.reverts_checked;
         changes += r.rec.changes;
@@ -147,6 +160,21 @@ fn fuzz_rewrites() {
         start + count,
         began.elapsed().as_secs_f64()
     );
+    for (k, v) in &counts {
+        println!("  {v:>6}  {k}");
+    }
+    // Every failure, in full, for whoever triages them.
+    let mut full = String::new();
+    for (class, list) in &by_class {
+        for (seed, cmd, reason) in list {
+            let desc = &results.iter().find(|r| r.seed == *seed).unwrap().desc;
+            full += &format!("{class}\tseed {seed}\t{cmd}\t{desc}\t{reason}\n");
+        }
+    }
+    if !full.is_empty() {
+        let _ = std::fs::create_dir_all(failures_dir());
+        let _ = std::fs::write(failures_dir().join(format!("report-{start}-{}.tsv", start + count)), full);
+    }
     let verbose = count == 1;
     for (class, list) in &by_class {
         let mut seeds: Vec<u64> = list.iter().map(|x| x.0).collect();

@@ -40,6 +40,12 @@ pub fn commands() -> Vec<Cmd> {
             opts: opts(Target::Simple, Affine::Fold, None, false, true),
         },
         Cmd { name: "rewrite --affine drop", args: &["rewrite", "--affine", "drop"], opts: opts(Target::AdaNorm, Affine::Drop, None, false, true) },
+        // Not in the list: the one fold into AdaNorm that claims to be exact.
+        Cmd {
+            name: "rewrite --k 0 --c 1 --affine fold",
+            args: &["rewrite", "--k", "0", "--c", "1", "--affine", "fold"],
+            opts: opts(Target::AdaNorm, Affine::Fold, Some((1.0, 0.0)), false, true),
+        },
     ]
 }
 
@@ -71,6 +77,12 @@ pub fn load_for_matching(path: &Path) -> adanorm_onnx::Result<Model> {
     Ok(inline_functions_with_matches(load_model(path)?)?.0)
 }
 
+/// An error's text without file names and numbers, to count errors by kind.
+fn short(e: &str) -> String {
+    let e = e.rsplit(": ").next().unwrap_or(e);
+    e.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).take(70).collect()
+}
+
 /// What a case records: failures as (class, command, reason), and counts.
 #[derive(Default)]
 pub struct Record {
@@ -79,9 +91,15 @@ pub struct Record {
     pub reverts_checked: usize,
     pub changes: usize,
     pub errors: usize,
+    /// Counts for the summary: matches by family and rewritability, command errors by text.
+    pub counts: std::collections::BTreeMap<String, usize>,
 }
 
 impl Record {
+    pub fn count(&mut self, what: impl Into<String>) {
+        *self.counts.entry(what.into()).or_default() += 1;
+    }
+
     pub fn fail(&mut self, class: impl Into<String>, cmd: &str, reason: impl Into<String>) {
         self.failures.push((class.into(), cmd.to_string(), reason.into()));
     }
@@ -224,16 +242,21 @@ pub fn check_revert(rec: &mut Record, cmd: &str, w: &Written, dir: &Path, tag: &
 /// Every command in-process on the model at `path`.
 pub fn in_process(rec: &mut Record, path: &Path, dir: &Path, r: &Reference) -> Vec<Option<bool>> {
     // inspect
-    if let Err(p) = guarded(|| {
+    match guarded(|| {
         let m = load_for_matching(path)?;
         let g = GraphIndex::build(&m)?;
         let subs = g.subgraphs()?;
         let found = find_matches_everywhere(&g, &subs);
         let _ = adanorm_onnx::report::inspect_json("m", &found);
         let _ = adanorm_onnx::report::inspect_table("m", &found);
-        Ok(())
+        Ok(found
+            .iter()
+            .flat_map(|(_, ms)| ms.iter().map(|m| format!("match: {} {}", m.family.name(), if m.rewritable { "rewritable" } else { "not rewritable" })))
+            .collect::<Vec<_>>())
     }) {
-        rec.fail("panic", "inspect", p);
+        Err(p) => rec.fail("panic", "inspect", p),
+        Ok(Ok(found)) => found.into_iter().for_each(|f| rec.count(f)),
+        Ok(Err(e)) => rec.count(format!("error: inspect: {}", short(&e))),
     }
     let mut ok = vec![];
     for (i, c) in commands().iter().enumerate() {
@@ -248,8 +271,9 @@ pub fn in_process(rec: &mut Record, path: &Path, dir: &Path, r: &Reference) -> V
                 ok.push(None);
                 continue;
             }
-            Ok(Err(_)) => {
+            Ok(Err(e)) => {
                 rec.errors += 1;
+                rec.count(format!("command error: {}", short(&e)));
                 ok.push(Some(false));
                 continue;
             }
