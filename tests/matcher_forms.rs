@@ -1593,3 +1593,62 @@ fn dynamic_row_count_from_element_counts() {
     assert!(size_ratio_variance(false, -1.0).is_empty());
     assert!(size_ratio_variance(true, 1.0).is_empty());
 }
+
+// ---- found by tests/fuzz_rewrites.rs ----
+
+/// The PyTorch chain on a rank-3 input with ε made by `eps(b)` and the centred value passed
+/// through `centred(b, d)` before it is squared.
+fn ln_with(
+    eps: impl Fn(&mut Builder) -> String,
+    centred: impl Fn(&mut Builder, &str) -> String,
+) -> Vec<Match> {
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[2, 3, H]);
+    let m = mean(&mut b, &x, &[-1], 14, None);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let dq = centred(&mut b, &d);
+    let two = b.constant(2.0);
+    let sq = b.op("Pow", &[&dq, &two], vec![]);
+    let v = mean(&mut b, &sq, &[-1], 14, None);
+    let e = eps(&mut b);
+    let ve = b.op("Add", &[&v, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let y = b.op("Div", &[&d, &s], vec![]);
+    b.node_named("consumer", "Relu", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    b.matches()
+}
+
+#[test]
+fn a_one_element_epsilon_of_higher_rank_than_x_is_not_a_scalar() {
+    // [1, 1, 1, 1] on a rank-3 input: the output is [1, 2, 3, H], no normalisation of X.
+    let ms = ln_with(|b| b.constant_typed(F32, &[1, 1, 1, 1], &[1e-5]), |_, d| d.to_string());
+    assert!(ms.iter().all(|m| !m.rewritable), "{ms:#?}");
+    // Of X's rank or lower it only broadcasts like a scalar.
+    for dims in [&[1, 1, 1][..], &[1], &[]] {
+        let m = only(ln_with(|b| b.constant_typed(F32, dims, &[1e-5]), |_, d| d.to_string()));
+        assert!(m.rewritable && m.family == Family::LayerNorm, "{dims:?}: {m:?}");
+    }
+}
+
+#[test]
+fn a_round_trip_through_float16_inside_the_chain_is_not_a_precision_cast() {
+    // float32 → float16 → float32 on the centred value rounds it: not the LayerNorm of x.
+    let ms = ln_with(
+        |b| b.constant(1e-5),
+        |b, d| {
+            let h = b.op("Cast", &[d], vec![("to", A::I(F16 as i64))]);
+            b.op("Cast", &[&h], vec![("to", A::I(F32 as i64))])
+        },
+    );
+    assert!(ms.iter().all(|m| !m.rewritable), "{ms:#?}");
+    // Widening and back (float32 → float64 → float32) is exact and still a LayerNorm.
+    let m = only(ln_with(
+        |b| b.constant(1e-5),
+        |b, d| {
+            let w = b.op("Cast", &[d], vec![("to", A::I(F64 as i64))]);
+            b.op("Cast", &[&w], vec![("to", A::I(F32 as i64))])
+        },
+    ));
+    assert!(m.rewritable, "{m:?}");
+}

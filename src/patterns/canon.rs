@@ -108,6 +108,23 @@ pub struct Centred {
     pub nodes: Vec<NodeId>,
 }
 
+/// Whether every value of float type `from` is exactly a value of float type `to` (mantissa
+/// and exponent range both at least as wide).
+fn holds_exactly(to: i32, from: i32) -> bool {
+    // (mantissa bits, exponent bits)
+    let bits = |t: i32| match t {
+        dtype::FLOAT16 => Some((10, 5)),
+        dtype::BFLOAT16 => Some((7, 8)),
+        dtype::FLOAT => Some((23, 8)),
+        dtype::DOUBLE => Some((52, 11)),
+        _ => None,
+    };
+    match (bits(to), bits(from)) {
+        (Some((mt, et)), Some((mf, ef))) => mt >= mf && et >= ef,
+        _ => false,
+    }
+}
+
 pub struct Canon<'g, 'm> {
     pub g: &'g GraphIndex<'m>,
 }
@@ -152,15 +169,29 @@ impl<'g, 'm> Canon<'g, 'm> {
             "Identity" => node.input.first(),
             "Cast" => {
                 let to = attr::int(node, "to").unwrap_or(0) as i32;
-                let from = node.input.first().and_then(|i| self.g.elem_type(i));
-                (dtype::is_float(to) && from.is_none_or(dtype::is_float))
-                    .then(|| node.input.first())
-                    .flatten()
+                let input = node.input.first()?;
+                let from = self.g.elem_type(input);
+                (dtype::is_float(to)
+                    && from.is_none_or(dtype::is_float)
+                    && !self.rounded_on_the_way(input))
+                .then_some(input)
             }
             "Mul" => self.operand_beside_neutral(node, 1.0),
             "Add" => self.operand_beside_neutral(node, 0.0),
             _ => None,
         }
+    }
+
+    /// Whether `value` is a float Cast to a type that cannot hold its input exactly (float32 →
+    /// float16): casting it back up is then no precision cast, the round trip rounded the value
+    /// (a LayerNorm of it is not the LayerNorm of the wider value).
+    fn rounded_on_the_way(&self, value: &str) -> bool {
+        let Some((_, n)) = self.op(value, "Cast") else {
+            return false;
+        };
+        let narrow = attr::int(n, "to").unwrap_or(0) as i32;
+        let wide = n.input.first().and_then(|i| self.g.elem_type(i));
+        wide.is_some_and(|w| !holds_exactly(narrow, w))
     }
 
     /// Walks back from `value` through the producers of standard ops for which `step` names

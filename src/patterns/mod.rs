@@ -105,7 +105,10 @@ pub fn find_matches(g: &GraphIndex<'_>) -> Vec<Match> {
         .iter()
         .flat_map(|m| m.nodes.iter().copied())
         .collect();
-    for m in decomposed::find(g, &claimed) {
+    for m in decomposed::find(g, &claimed)
+        .into_iter()
+        .filter(|m| keeps_rank(g, m))
+    {
         claimed.extend(m.nodes.iter().copied());
         matches.push(m);
     }
@@ -123,6 +126,17 @@ pub fn find_matches(g: &GraphIndex<'_>) -> Vec<Match> {
             .unwrap_or(usize::MAX)
     });
     matches
+}
+
+/// Whether the match's output has its input's rank (where both are known). A one-element
+/// constant of higher rank than X (ε stored as `[1, 1, 1, 1]` on a rank-3 input) broadcasts the
+/// output up to its rank: read as a scalar, it would make a normalisation of X out of a subgraph
+/// whose output has another shape.
+fn keeps_rank(g: &GraphIndex<'_>, m: &Match) -> bool {
+    match (g.rank(&m.input), g.rank(&m.output)) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
 }
 
 /// The matches of the main graph `g`, then of each of its `subgraphs` (`GraphIndex::subgraphs`:
