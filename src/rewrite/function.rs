@@ -11,16 +11,22 @@
 
 use std::collections::HashMap;
 
-use super::node::{float_attr, int_attr, OpKind, OpParams, DOMAIN};
+use super::names::Names;
+use super::node::{float_attr, int_attr, ints_attr, OpKind, OpParams, DOMAIN};
 use crate::error::{Error, Result};
 use crate::onnx::proto::{
     attribute_proto::AttributeType, AttributeProto, FunctionProto, GraphProto, ModelProto,
     NodeProto, OperatorSetIdProto, TensorProto,
 };
 
-/// The lowest default-domain opset the bodies are written for (Unsqueeze takes its axes as an
-/// input from 13; ReduceMean from 18, below which the attribute form is used).
-pub const MIN_OPSET: i64 = 13;
+/// The lowest default-domain opset a function body can be written for: the body reads the
+/// call's attributes through `Constant`'s `value_int`/`value_float`, which exist from opset 12.
+/// (Unsqueeze and ReduceMean take their axes as attributes below 13 and 18.)
+pub const MIN_OPSET: i64 = 12;
+
+/// The lowest opset an inlined body (attributes substituted as tensors) can be written for:
+/// `Slice` with inputs and `Mod` exist from opset 10.
+pub const MIN_INLINE_OPSET: i64 = 10;
 
 struct Body {
     nodes: Vec<NodeProto>,
@@ -66,6 +72,16 @@ impl Body {
             ..Default::default()
         };
         self.const_tensor(out, t)
+    }
+
+    /// `x` with a new leading axis.
+    fn unsqueeze0(&mut self, x: &str, out: &str) -> String {
+        if self.opset >= 13 {
+            let axes = self.const_i64s(&format!("{out}_axes"), &[0]);
+            self.node("Unsqueeze", &[x, &axes], out, vec![])
+        } else {
+            self.node("Unsqueeze", &[x], out, vec![ints_attr("axes", &[0])])
+        }
     }
 
     fn mean_rows(&mut self, x: &str, out: &str) -> String {
@@ -213,11 +229,10 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
     let a_r = b.node("Add", &[&a, &rank], "AxisPlusRank", vec![]);
     let a_norm = b.node("Mod", &[&a_r, &rank], "AxisNorm", vec![]);
     let zero = b.const_i64s("Zero1D", &[0]);
-    let zero_axis = b.const_i64s("UnsqueezeAxes", &[0]);
-    let a1 = b.node("Unsqueeze", &[&a_norm, &zero_axis], "Axis1D", vec![]);
+    let a1 = b.unsqueeze0(&a_norm, "Axis1D");
     let prefix = b.node("Slice", &[&xshape, &zero, &a1], "Prefix", vec![]);
     let count = b.node("Sub", &[&rank, &a_norm], "Count", vec![]);
-    let count1 = b.node("Unsqueeze", &[&count, &zero_axis], "Count1D", vec![]);
+    let count1 = b.unsqueeze0(&count, "Count1D");
     let ones = TensorProto {
         dims: vec![1],
         data_type: Some(7),
@@ -388,13 +403,16 @@ fn filled(name: &str, elem_type: i32, v: f32) -> TensorProto {
     }
 }
 
-/// Expands one `ai.adanorm` node into the body's standard ops, attributes substituted and
-/// internal names prefixed by the node's name (revert's fallback for nodes without a record).
+/// Expands one `ai.adanorm` node into the body's standard ops (revert's fallback for nodes
+/// without a record): attributes substituted as constant tensors (so the body needs no opset-12
+/// `value_int`), internal names fresh ones (`names`) prefixed by the node's name.
+/// `opset` must be at least [`MIN_INLINE_OPSET`].
 pub fn inline(
     n: &NodeProto,
     p: &OpParams,
     opset: i64,
     elem_type: i32,
+    names: &mut Names,
 ) -> (Vec<NodeProto>, Vec<TensorProto>) {
     let f = function_proto(p.kind, opset, Some(elem_type));
     let prefix = if n.name().is_empty() {
@@ -407,7 +425,7 @@ pub fn inline(
     for (i, formal) in f.input.iter().enumerate() {
         let given = n.input.get(i).filter(|s| !s.is_empty()).cloned();
         let value = given.unwrap_or_else(|| {
-            let name = format!("{prefix}/{formal}_default");
+            let name = names.fresh(&format!("{prefix}/{formal}_default"));
             inits.push(filled(&name, elem_type, if i == 1 { 1.0 } else { 0.0 }));
             name
         });
@@ -419,17 +437,18 @@ pub fn inline(
             .get(i)
             .filter(|s| !s.is_empty())
             .cloned()
-            .unwrap_or_else(|| format!("{prefix}/{formal}_unused"));
+            .unwrap_or_else(|| names.fresh(&format!("{prefix}/{formal}_unused")));
         actual.insert(formal.clone(), name);
     }
-    let rename = |v: &String| {
-        actual.get(v).cloned().unwrap_or_else(|| {
-            if v.is_empty() {
-                v.clone()
-            } else {
-                format!("{prefix}/{v}")
-            }
-        })
+    // Every internal value gets a fresh name, the same one wherever the body mentions it.
+    let mut rename = |v: &String, names: &mut Names| {
+        if v.is_empty() {
+            return v.clone();
+        }
+        actual
+            .entry(v.clone())
+            .or_insert_with(|| names.fresh(&format!("{prefix}/{v}")))
+            .clone()
     };
     let values: HashMap<&str, AttributeProto> = [
         ("axis", int_attr("", p.axis)),
@@ -441,24 +460,45 @@ pub fn inline(
     ]
     .into_iter()
     .collect();
-    let nodes = f
-        .node
-        .iter()
-        .enumerate()
-        .map(|(i, body)| {
-            let mut m = body.clone();
-            m.name = Some(format!("{prefix}/{}_{i}", body.op_type()));
-            m.input = body.input.iter().map(rename).collect();
-            m.output = body.output.iter().map(rename).collect();
-            for a in &mut m.attribute {
-                if let Some(r) = a.ref_attr_name.take() {
-                    let v = &values[r.as_str()];
-                    a.i = v.i;
-                    a.f = v.f;
-                }
+    let mut nodes = Vec::with_capacity(f.node.len());
+    for (i, body) in f.node.iter().enumerate() {
+        let mut m = body.clone();
+        m.name = Some(names.fresh(&format!("{prefix}/{}_{i}", body.op_type())));
+        m.input = body.input.iter().map(|v| rename(v, names)).collect();
+        m.output = body.output.iter().map(|v| rename(v, names)).collect();
+        for a in &mut m.attribute {
+            if let Some(r) = a.ref_attr_name.take() {
+                let v = &values[r.as_str()];
+                a.i = v.i;
+                a.f = v.f;
             }
-            m
-        })
-        .collect();
+            as_tensor_value(a);
+        }
+        nodes.push(m);
+    }
     (nodes, inits)
+}
+
+/// A `Constant`'s `value_int`/`value_float` (opset 12) as the scalar tensor `value` every opset
+/// knows.
+fn as_tensor_value(a: &mut AttributeProto) {
+    let t = match a.name() {
+        "value_int" => TensorProto {
+            data_type: Some(7),
+            int64_data: vec![a.i()],
+            ..Default::default()
+        },
+        "value_float" => TensorProto {
+            data_type: Some(1),
+            float_data: vec![a.f()],
+            ..Default::default()
+        },
+        _ => return,
+    };
+    *a = AttributeProto {
+        name: Some("value".into()),
+        t: Some(t),
+        r#type: Some(AttributeType::Tensor as i32),
+        ..Default::default()
+    };
 }

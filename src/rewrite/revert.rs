@@ -12,6 +12,7 @@ use prost::Message;
 use super::apply::{self, Patch, Replacement, RECORD_PREFIX};
 use super::fold::{Folded, FOLD_PREFIX};
 use super::node::{float_attr, int_attr, OpKind, OpParams, DOMAIN};
+use super::names::Names;
 use super::weights::WeightsFile;
 use super::{function, Change, Outcome};
 use crate::error::{Error, Result};
@@ -30,6 +31,7 @@ pub fn revert(g: &GraphIndex<'_>, weights: Option<&WeightsFile>) -> Result<Outco
     // Every graph: ai.adanorm nodes inside If branches and Loop bodies go back too; subgraphs
     // are patched before the graphs holding them.
     let subgraphs = g.subgraphs()?;
+    let mut names = Names::of_model(model);
     let mut patches: Vec<(&GraphIndex<'_>, Patch)> = Vec::new();
     // Enclosing graphs come first: what they restore, a subgraph may read (an ε shared by the
     // main graph and an If branch is recorded once, by the graph that held it).
@@ -44,6 +46,7 @@ pub fn revert(g: &GraphIndex<'_>, weights: Option<&WeightsFile>) -> Result<Outco
             weights,
             &meta,
             &restored_around,
+            &mut names,
             &mut changes,
             &mut used_keys,
         )?;
@@ -89,6 +92,7 @@ fn revert_scope(
     weights: Option<&WeightsFile>,
     meta: &HashMap<&str, &str>,
     restored_around: &HashSet<String>,
+    names: &mut Names,
     changes: &mut Vec<Change>,
     used_keys: &mut Vec<String>,
 ) -> Result<Patch> {
@@ -185,8 +189,16 @@ fn revert_scope(
             }
             (record.node, remove, "restored the recorded subgraph")
         } else {
+            if opset < function::MIN_INLINE_OPSET {
+                return Err(Error::msg(format!(
+                    "it has no revert record, and its standard-op form needs the model's default opset >= {} (it imports {opset})",
+                    function::MIN_INLINE_OPSET
+                ))
+                .at_node(label)
+                .in_file(&g.model.path));
+            }
             let elem = g.elem_type(&n.input[0]).unwrap_or(1);
-            let (nodes, inits, how) = standard_ops(n, &p, opset, elem);
+            let (nodes, inits, how) = standard_ops(n, &p, opset, elem, names);
             patch.add_initializers.extend(inits);
             (nodes, vec![id], how)
         };
@@ -251,6 +263,7 @@ fn standard_ops(
     p: &OpParams,
     opset: i64,
     elem: i32,
+    names: &mut Names,
 ) -> (
     Vec<NodeProto>,
     Vec<crate::onnx::proto::TensorProto>,
@@ -272,6 +285,6 @@ fn standard_ops(
         };
         return (vec![ln], vec![], "LayerNormalization");
     }
-    let (nodes, inits) = function::inline(n, p, opset.max(function::MIN_OPSET), elem);
+    let (nodes, inits) = function::inline(n, p, opset, elem, names);
     (nodes, inits, "standard ops (the ops-spec formula)")
 }

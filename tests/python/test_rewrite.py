@@ -330,6 +330,68 @@ class Sharing(unittest.TestCase):
                     self.assertEqual(sorted(os.listdir(folder)), listing, "nothing is written beside the input")
 
 
+def layer_norm_model(opset, h=16):
+    """The PyTorch decomposed LayerNorm at an old opset (ReduceMean's axes as an attribute)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(opset)
+    inits = [numpy_helper.from_array(rng.standard_normal(h).astype(np.float32), "gamma"),
+             numpy_helper.from_array(rng.standard_normal(h).astype(np.float32), "beta"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array(1e-5, np.float32), "eps")]
+    mk = helper.make_node
+    nodes = [mk("ReduceMean", ["x"], ["m"], axes=[-1], name="mean"),
+             mk("Sub", ["x", "m"], ["d"], name="sub"),
+             mk("Pow", ["d", "two"], ["dd"], name="pow"),
+             mk("ReduceMean", ["dd"], ["var"], axes=[-1], name="var"),
+             mk("Add", ["var", "eps"], ["ve"], name="add_eps"),
+             mk("Sqrt", ["ve"], ["sd"], name="sqrt"),
+             mk("Div", ["d", "sd"], ["n"], name="div"),
+             mk("Mul", ["n", "gamma"], ["g"], name="mul"),
+             mk("Add", ["g", "beta"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, h])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, h])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+
+
+class OldOpsets(unittest.TestCase):
+    """`--portable` bodies and revert's standard ops in the model's own opset: bodies from opset 12
+    (they read attributes through Constant's value_int/value_float), inlined standard ops from
+    opset 10; below, a clear error."""
+
+    def test_portable_and_revert_at_old_opsets(self):
+        feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 16)).astype(np.float32)}
+        with tempfile.TemporaryDirectory() as tmp:
+            for opset in (11, 12, 13):
+                with self.subTest(opset=opset):
+                    src = os.path.join(tmp, f"ln{opset}.onnx")
+                    onnx.save(layer_norm_model(opset), src)
+                    want = ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+                    out = os.path.join(tmp, f"ln{opset}.portable.onnx")
+                    p = cli("rewrite", src, "-o", out, "--k", "0", "--c", "1", "--portable", ok=False)
+                    if opset < 12:
+                        self.assertEqual(p.returncode, 2, p.stderr)
+                        self.assertIn("opset >= 12", p.stderr)
+                        self.assertFalse(os.path.exists(out))
+                    else:
+                        self.assertEqual(p.returncode, 0, p.stderr)
+                        valid(self, out)
+                        got = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+                        self.assertLess(float(np.max(np.abs(got - want))), 1e-4)
+                    # A node without a revert record becomes standard ops in the model's opset.
+                    plain = os.path.join(tmp, f"ln{opset}.adanorm.onnx")
+                    cli("rewrite", src, "-o", plain, "--k", "0", "--c", "1")
+                    m = onnx.load(plain)
+                    del m.metadata_props[:]
+                    bare = os.path.join(tmp, f"ln{opset}.bare.onnx")
+                    onnx.save(m, bare)
+                    back = os.path.join(tmp, f"ln{opset}.reverted.onnx")
+                    cli("revert", bare, "-o", back)
+                    valid(self, back)
+                    self.assertEqual(onnx.load(back).opset_import[0].version, opset)
+                    got = ort.InferenceSession(back, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+                    self.assertLess(float(np.max(np.abs(got - want))), 1e-4)
+
+
 FUNCTIONS = os.path.join(ROOT, "fixtures", "functions", "torch_modules_as_functions_op15")
 
 
