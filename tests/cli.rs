@@ -159,6 +159,62 @@ fn a_node_without_outputs() {
     );
 }
 
+/// A node without one of its op's required inputs (a one-input `Mul`; a
+/// `SkipLayerNormalization` without its skip) is refused at load, in every command.
+#[test]
+fn a_node_without_a_required_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = tiny();
+    b.nodes[0].input.truncate(1);
+    let p = b.save(dir.path(), "short.onnx");
+    for cmd in ["inspect", "fuse", "rewrite", "revert"] {
+        let out = bin().arg(cmd).arg(&p).output().unwrap();
+        assert_error(&out, &["short.onnx", "Mul node lacks its required input 1"]);
+    }
+    let mut b = tiny();
+    b.nodes[0] = adanorm_onnx::onnx::proto::NodeProto {
+        name: Some("skipln".into()),
+        op_type: Some("SkipLayerNormalization".into()),
+        domain: Some("com.microsoft".into()),
+        input: vec!["x".into()],
+        output: b.nodes[0].output.clone(),
+        ..Default::default()
+    };
+    let p = b.save(dir.path(), "skip.onnx");
+    let out = bin().arg("rewrite").arg(&p).output().unwrap();
+    assert_error(&out, &["node 'skipln'", "lacks its required input 1"]);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "nothing written");
+}
+
+/// `drop`'s weights file lands beside the output, not in the input's folder.
+#[test]
+fn the_weights_file_goes_beside_the_output() {
+    let input_dir = tempfile::tempdir().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let src = zoo_model("bert_legacy_op14");
+    let copy = input_dir.path().join("model.onnx");
+    std::fs::copy(&src, &copy).unwrap();
+    let out = out_dir.path().join("bert.onnx");
+    let run = bin()
+        .args(["rewrite", "--affine", "drop", "-o"])
+        .arg(&out)
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let listing = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listing(input_dir.path()), ["model.onnx"]);
+    assert_eq!(listing(out_dir.path()), ["bert.onnx", "bert.weights.safetensors"]);
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&src).unwrap());
+}
+
 #[test]
 fn a_cycle() {
     let dir = tempfile::tempdir().unwrap();
