@@ -200,6 +200,34 @@ fn infer_node(
         };
     }
     match node.op_type() {
+        // What both branches declare they give back (HF optimum's merged decoders normalise If
+        // outputs): a type or shape only where the branches agree.
+        "If" => {
+            let branch = |name: &str| {
+                node.attribute
+                    .iter()
+                    .find(|a| a.name() == name)
+                    .and_then(|a| a.g.as_ref())
+            };
+            let (Some(then_g), Some(else_g)) = (branch("then_branch"), branch("else_branch")) else {
+                return vec![];
+            };
+            then_g
+                .output
+                .iter()
+                .zip(&else_g.output)
+                .map(|(a, b)| {
+                    let (a, b) = (
+                        from_value_info(a).unwrap_or_default(),
+                        from_value_info(b).unwrap_or_default(),
+                    );
+                    ValueFacts {
+                        elem_type: a.elem_type.filter(|_| a.elem_type == b.elem_type),
+                        shape: a.shape.clone().filter(|_| a.shape == b.shape),
+                    }
+                })
+                .collect()
+        }
         "Identity"
         | "Neg"
         | "Sqrt"

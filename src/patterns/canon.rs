@@ -191,7 +191,8 @@ impl<'g, 'm> Canon<'g, 'm> {
         };
         let narrow = attr::int(n, "to").unwrap_or(0) as i32;
         let wide = n.input.first().and_then(|i| self.g.elem_type(i));
-        wide.is_some_and(|w| !holds_exactly(narrow, w))
+        // A source of unknown type may have been wider: the cast is taken to round.
+        wide.is_none_or(|w| !holds_exactly(narrow, w))
     }
 
     /// Walks back from `value` through the producers of standard ops for which `step` names
