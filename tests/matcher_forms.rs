@@ -1682,3 +1682,27 @@ fn a_round_trip_from_a_value_of_unknown_type_is_taken_to_round() {
     let m = only(ln_on(true, |b| b.constant(1e-5), |_, d| d.to_string()));
     assert!(m.rewritable, "{m:?}");
 }
+
+#[test]
+fn a_fused_layernorm_whose_scale_spans_other_axes_is_not_rewritable() {
+    // ONNX Runtime and tract broadcast a [1, S, 1] Scale over the whole input; an ai.adanorm
+    // node takes only parameters that broadcast onto X.shape[axis:].
+    let fused = |scale_dims: &[i64], bias_dims: &[i64]| {
+        let mut b = Builder::new(17);
+        let x = b.input("x", F32, &[1, 5, H]);
+        let n: i64 = scale_dims.iter().product();
+        let s = b.init("scale", scale_dims, &vec![1.5; n as usize]);
+        let n: i64 = bias_dims.iter().product();
+        let bias = b.init("bias", bias_dims, &vec![0.5; n as usize]);
+        let y = b.op("LayerNormalization", &[&x, &s, &bias], vec![("axis", A::I(-1))]);
+        b.node_named("c", "Identity", &[&y], &["out"], vec![]);
+        b.output("out", F32);
+        only(b.matches())
+    };
+    assert!(!fused(&[1, 5, 1], &[H]).rewritable);
+    assert!(!fused(&[H], &[5, 1]).rewritable);
+    for (s, bias) in [(&[H][..], &[H][..]), (&[1, H], &[1]), (&[1, 1, H], &[H])] {
+        let m = fused(s, bias);
+        assert!(m.rewritable, "{s:?} {bias:?}: {:?}", m.reason);
+    }
+}

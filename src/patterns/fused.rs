@@ -4,11 +4,41 @@
 
 use super::canon::Axes;
 use super::{Family, Match};
-use crate::graph::{GraphIndex, NodeId};
+use crate::graph::{Dim, GraphIndex, NodeId};
 use crate::onnx::attr;
 
 pub fn find(g: &GraphIndex<'_>) -> Vec<Match> {
     g.nodes().filter_map(|(id, _)| fused(g, id)).collect()
+}
+
+/// The op's Scale and B must broadcast onto the normalised dimensions alone (ops-spec: each
+/// unidirectionally broadcastable to `X.shape[axis:]`). ONNX Runtime's and tract's
+/// LayerNormalization broadcast a `[1, S, 1]` Scale over the whole input, which no ai.adanorm
+/// node can take: such a node is reported, not rewritten.
+fn row_parameters(g: &GraphIndex<'_>, m: &mut Match) {
+    let Some(xs) = g.shape(&m.input) else { return };
+    if m.axes.is_empty() || m.axes.len() > xs.len() {
+        return;
+    }
+    let first_normalised = xs.len() - m.axes.len();
+    for p in [m.scale.clone(), m.bias.clone()].into_iter().flatten() {
+        let Some(ps) = g.shape(&p) else { continue };
+        // Aligned to X's trailing dimensions: 1 before the normalised ones (a leading 1 is a
+        // view), X's size or 1 on them.
+        let off = xs.len().wrapping_sub(ps.len());
+        let fits = ps.len() <= xs.len()
+            && ps.iter().enumerate().all(|(i, d)| match (d, &xs[off + i]) {
+                (Dim::Known(1), _) => true,
+                _ if off + i < first_normalised => false,
+                (Dim::Known(a), Dim::Known(b)) => a == b,
+                _ => true,
+            });
+        if !fits {
+            m.not_rewritable(format!(
+                "its Scale/B '{p}' does not broadcast onto the normalised dimensions alone"
+            ));
+        }
+    }
 }
 
 fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
@@ -85,6 +115,7 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
             );
             m.scale = input(1);
             m.bias = input(2);
+            row_parameters(g, &mut m);
             m.mean_output = n.output.get(1).filter(|s| !s.is_empty()).cloned();
             m.inv_std_output = n.output.get(2).filter(|s| !s.is_empty()).cloned();
             m
@@ -98,6 +129,7 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
             );
             m.scale = input(2);
             m.bias = input(3);
+            row_parameters(g, &mut m);
             m
         }
         ("com.microsoft", "EmbedLayerNormalization") => {
@@ -150,6 +182,7 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
             }
             m.scale = input(1);
             m.bias = input(2);
+            row_parameters(g, &mut m);
             m.mean_output = n.output.get(1).filter(|s| !s.is_empty()).cloned();
             m.inv_std_output = n.output.get(2).filter(|s| !s.is_empty()).cloned();
             m
