@@ -19,6 +19,8 @@ pub enum Form {
     AdaNorm,
     /// RMSNorm: never a LayerNorm, never rewritten.
     RmsNorm,
+    /// A LayerNorm over axis 1 of `[N, C, L]` with `[C, 1]` parameters (ConvNeXt's LayerNorm2d).
+    ChannelsFirst,
 }
 
 /// One check the matcher relies on, broken.
@@ -51,6 +53,8 @@ pub enum Miss {
     NarrowingCast,
     /// A Bessel factor for another row length (LayerNorm-simple).
     WrongBessel,
+    /// A mean written as a sum divided by another count than the row length.
+    WrongCount,
 }
 
 pub const DECOMPOSED_MISSES: &[Miss] = &[
@@ -66,6 +70,7 @@ pub const DECOMPOSED_MISSES: &[Miss] = &[
     Miss::CentredEscapes,
     Miss::PositiveFloor,
     Miss::NarrowingCast,
+    Miss::WrongCount,
 ];
 
 /// Where a norm is emitted and what the surroundings decided for it.
@@ -123,6 +128,50 @@ fn mean(g: &mut G, env: &Env, x: &str, axes: &[i64], keepdims: Option<i64>) -> S
     } else {
         attrs.push(("axes", A::Is(axes.to_vec())));
         g.op("ReduceMean", &[x], attrs)
+    }
+}
+
+/// How a mean is written.
+#[derive(Clone, Copy, PartialEq)]
+enum MeanKind {
+    ReduceMean,
+    /// `ReduceSum(x) / N` (opset >= 13: axes as an input).
+    SumDivided,
+    /// `Unsqueeze(ReduceMean(x, keepdims = 0))`: the dimensions given back.
+    Unsqueezed,
+}
+
+fn draw_mean(rng: &mut Rng, env: &Env) -> MeanKind {
+    if env.opset < 13 || env.axes_const.is_some() {
+        return MeanKind::ReduceMean;
+    }
+    *rng.pick(&[MeanKind::ReduceMean, MeanKind::ReduceMean, MeanKind::SumDivided, MeanKind::Unsqueezed])
+}
+
+fn mean_as(g: &mut G, rng: &mut Rng, env: &Env, t: i32, x: &str, axes: &[i64], keepdims: Option<i64>, kind: MeanKind, count_off: f64) -> String {
+    let axes_t = |g: &mut G| g.constant(I64, &[axes.len() as i64], &axes.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    match kind {
+        MeanKind::ReduceMean => mean(g, env, x, axes, keepdims),
+        MeanKind::SumDivided => {
+            let a = axes_t(g);
+            let s = g.op("ReduceSum", &[x, &a], vec![("keepdims", A::I(1))]);
+            let r = env.rank() as i64;
+            let n: i64 = axes.iter().map(|&ax| env.shape[((ax + r) % r) as usize]).product();
+            let nn = number(g, rng, t, &[], n as f64 + count_off);
+            g.op("Div", &[&s, &nn], vec![])
+        }
+        MeanKind::Unsqueezed => {
+            let mut attrs = vec![("keepdims", A::I(0))];
+            let m = if env.opset >= 18 {
+                let a = axes_t(g);
+                g.op("ReduceMean", &[x, &a], attrs)
+            } else {
+                attrs.push(("axes", A::Is(axes.to_vec())));
+                g.op("ReduceMean", &[x], attrs)
+            };
+            let a = axes_t(g);
+            g.op("Unsqueeze", &[&m, &a], vec![])
+        }
     }
 }
 
@@ -211,7 +260,9 @@ pub fn draw(rng: &mut Rng, env: &Env) -> (Form, Miss) {
         Form::Simple,
         Form::AdaNorm,
         Form::RmsNorm,
+        Form::ChannelsFirst,
     ]);
+    let form = if form == Form::ChannelsFirst && env.rank() != 3 { Form::Decomposed } else { form };
     let miss = match form {
         Form::Decomposed if rng.chance(0.4) => *rng.pick(DECOMPOSED_MISSES),
         Form::Simple if rng.chance(0.2) => Miss::WrongBessel,
@@ -235,6 +286,7 @@ pub fn emit(g: &mut G, rng: &mut Rng, env: &Env, x: &str, form: Form, miss: Miss
         Form::Simple => simple(g, rng, env, x, miss),
         Form::AdaNorm => adanorm(g, rng, env, x),
         Form::RmsNorm => rmsnorm(g, rng, env, x),
+        Form::ChannelsFirst => channels_first(g, rng, env, x),
     }
 }
 
@@ -272,7 +324,15 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
     } else {
         x0.to_string()
     };
-    let m = mean(g, env, &x, &ax, keepdims);
+    let kind = draw_mean(rng, env);
+    let wrong_count = if miss == Miss::WrongCount { 1.0 } else { 0.0 };
+    let kind = if miss == Miss::WrongCount { MeanKind::SumDivided } else { kind };
+    if kind == MeanKind::SumDivided {
+        label += " sums";
+    } else if kind == MeanKind::Unsqueezed {
+        label += " unsqueezed";
+    }
+    let m = mean_as(g, rng, env, t, &x, &ax, keepdims, kind, wrong_count);
     let d = g.op("Sub", &[&x, &m], vec![]);
     let d2 = if rng.chance(0.15) { g.op("Sub", &[&x, &m], vec![]) } else { d.clone() };
     let dq = if miss == Miss::NarrowingCast {
@@ -281,7 +341,10 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
     } else {
         d.clone()
     };
-    let sq = if rng.chance(0.6) || miss == Miss::Pow3 {
+    let moments = miss == Miss::None && kind == MeanKind::ReduceMean && rng.chance(0.15);
+    let sq = if moments {
+        String::new()
+    } else if rng.chance(0.6) || miss == Miss::Pow3 {
         let e = if miss == Miss::Pow3 { 3.0 } else { 2.0 };
         let two = number(g, rng, t, &[], e);
         g.op("Pow", &[&dq, &two], vec![])
@@ -295,7 +358,18 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
         ax.clone()
     };
     let var_keep = if miss == Miss::KeepdimsNoRestore { Some(0) } else { keepdims };
-    let mut v = mean(g, env, &sq, &var_axes, var_keep);
+    let mut v = if moments {
+        // E[x²] − E[x]²
+        label += " moments";
+        let xx = g.op("Mul", &[&x, &x], vec![]);
+        let ex2 = mean(g, env, &xx, &ax, keepdims);
+        let m2 = g.op("Mul", &[&m, &m], vec![]);
+        g.op("Sub", &[&ex2, &m2], vec![])
+    } else if miss == Miss::KeepdimsNoRestore || kind == MeanKind::ReduceMean {
+        mean(g, env, &sq, &var_axes, var_keep)
+    } else {
+        mean_as(g, rng, env, t, &sq, &var_axes, keepdims, kind, 0.0)
+    };
     match miss {
         Miss::PositiveFloor => {
             let floor = number(g, rng, t, &[], 0.1);
@@ -343,6 +417,7 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
             g.op("Pow", &[ve, &half], vec![])
         }
     };
+    let gamma_in_reciprocal = std::cell::Cell::new(false);
     let n = match rng.below(4) {
         0 | 1 => {
             let s = root(g, rng, &ve);
@@ -356,6 +431,14 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
                 let one = number(g, rng, t, &[], 1.0);
                 g.op("Div", &[&one, &s], vec![])
             };
+            // tf2onnx: the gain multiplied into the reciprocal, (x − mean)·(rsqrt(var + ε)·γ).
+            let r = match gamma.as_deref() {
+                Some(gm) if !gamma_before_div && !gamma_in_reciprocal.get() && !stats_in_float && rng.chance(0.3) => {
+                    gamma_in_reciprocal.set(true);
+                    g.op("Mul", &[&r, gm], vec![])
+                }
+                _ => r,
+            };
             if rng.chance(0.5) { g.op("Mul", &[&r, &num], vec![]) } else { g.op("Mul", &[&num, &r], vec![]) }
         }
         _ => {
@@ -365,7 +448,8 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
         }
     };
     let n = if stats_in_float { g.op("Cast", &[&n], vec![("to", A::I(F16 as i64))]) } else { n };
-    let y = apply_affine(g, rng, n, if gamma_before_div { None } else { gamma.as_deref() }, beta.as_deref());
+    let gamma_after = if gamma_before_div || gamma_in_reciprocal.get() { None } else { gamma.as_deref() };
+    let y = apply_affine(g, rng, n, gamma_after, beta.as_deref());
     let mut escapes = vec![];
     match miss {
         Miss::MeanEscapes => escapes.push(m),
@@ -449,6 +533,29 @@ fn adanorm(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
         y = g.op("Mul", &[&y, &cc], vec![]);
     }
     Norm { y, escapes: vec![], gamma: None, label: format!("adanorm k={k} c={c:?}") }
+}
+
+fn channels_first(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
+    let t = env.t;
+    let c = env.shape[1];
+    let m = mean(g, env, x, &[1], Some(1));
+    let d = g.op("Sub", &[x, &m], vec![]);
+    let two = g.scalar(t, 2.0);
+    let p = g.op("Pow", &[&d, &two], vec![]);
+    let v = mean(g, env, &p, &[1], Some(1));
+    let e = g.scalar(t, 1e-6);
+    let ve = g.op("Add", &[&v, &e], vec![]);
+    let s = g.op("Sqrt", &[&ve], vec![]);
+    let n = g.op("Div", &[&d, &s], vec![]);
+    let dims: &[i64] = if rng.chance(0.5) { &[c, 1] } else { &[1, c, 1] };
+    // (A function body has no initializers: there the parameters are the function's inputs.)
+    let gamma = match &env.gamma {
+        Some(gm) if g.consts_only || rng.chance(0.3) => gm.clone(),
+        _ => param(g, rng, env, "cf_gamma", dims, 1.0),
+    };
+    let beta = if g.consts_only { env.beta.clone() } else { rng.chance(0.7).then(|| param(g, rng, env, "cf_beta", dims, 0.0)) };
+    let y = apply_affine(g, rng, n, Some(&gamma), beta.as_deref());
+    Norm { y, escapes: vec![], gamma: Some(gamma), label: format!("channels-first {dims:?}") }
 }
 
 fn rmsnorm(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {

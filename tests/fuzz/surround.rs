@@ -47,6 +47,10 @@ impl Ctx {
         let vals = self.rng.values(h * h, -0.5, 0.5);
         g.init(stem, t, &[h as i64, h as i64], &vals)
     }
+    fn matrix(&mut self, g: &mut G, stem: &str, t: i32, rows: i64, cols: i64) -> String {
+        let vals = self.rng.values((rows * cols) as usize, -0.5, 0.5);
+        g.init(stem, t, &[rows, cols], &vals)
+    }
     fn vector(&mut self, g: &mut G, stem: &str, t: i32, around: f64) -> String {
         let h = self.h() as usize;
         let vals: Vec<f64> = self.rng.values(h, -0.5, 0.5).iter().map(|v| v + around).collect();
@@ -325,7 +329,7 @@ fn readers(
     let n = 1 + c.rng.below(3);
     let mut any_output = false;
     for _ in 0..n {
-        match c.rng.below(9) {
+        match c.rng.below(15) {
             0 | 1 => {
                 let w = match &tied_weight {
                     Some(w) if c.rng.chance(0.6) => {
@@ -405,6 +409,67 @@ fn readers(
                 } else {
                     c.outs.push((z, t));
                 }
+            }
+            8 => {
+                // A Linear to another width.
+                let k = *c.rng.pick(&[3i64, 5, 16]);
+                let w = c.matrix(main, "w_wide", t, c.h(), k);
+                let z = main.op("MatMul", &[y, &w], vec![]);
+                let z = if c.rng.chance(0.5) {
+                    let vals = c.rng.values(k as usize, -0.5, 0.5);
+                    let b = main.init("b_wide", t, &[k], &vals);
+                    main.op("Add", &[&z, &b], vec![])
+                } else {
+                    z
+                };
+                c.outs.push((z, t));
+            }
+            9 => {
+                // The norm output as the right operand: nothing to fold into.
+                let rows = c.shape[rank - 2];
+                let w = c.matrix(main, "w_left", t, 3, rows);
+                let z = main.op("MatMul", &[&w, y], vec![]);
+                c.outs.push((z, t));
+                c.desc.push("MatMul(W, norm)".into());
+            }
+            10 => {
+                // A weight that is a graph input: not a constant to fold into.
+                let h = c.h();
+                let w = main.input("w_in", t, &[Dim::Known(h), Dim::Known(h)]);
+                let z = main.op("MatMul", &[y, &w], vec![]);
+                c.outs.push((z, t));
+                c.desc.push("MatMul(norm, input)".into());
+            }
+            11 => {
+                // Through a Reshape that keeps the row: [-1, H].
+                let shape = main.constant(I64, &[2], &[-1.0, c.h() as f64]);
+                let r = main.op("Reshape", &[y, &shape], vec![]);
+                let w = c.weight(main, "w_flat", t);
+                let z = main.op("MatMul", &[&r, &w], vec![]);
+                c.outs.push((z, t));
+                c.desc.push("Reshape → MatMul".into());
+            }
+            12 => {
+                // γ also read by an op outside the norm.
+                if let Some(gm) = &gamma {
+                    let z = main.op("Mul", &[x, gm], vec![]);
+                    c.outs.push((z, t));
+                    c.desc.push("γ also read outside".into());
+                }
+            }
+            13 => {
+                // The norm output read inside an If branch of the main graph.
+                let cond = main.input("cond", BOOL, &[]);
+                let w = c.weight(main, "w_branch", t);
+                let mut then_b = main.sub("/rthen");
+                let z = then_b.op("MatMul", &[y, &w], vec![]);
+                then_b.output(&z, t);
+                let mut else_b = main.sub("/relse");
+                let z2 = else_b.op("Relu", &[y], vec![]);
+                else_b.output(&z2, t);
+                let o = main.op("If", &[&cond], vec![("then_branch", A::G(then_b.graph("then"))), ("else_branch", A::G(else_b.graph("else")))]);
+                c.outs.push((o, t));
+                c.desc.push("norm output read inside an If".into());
             }
             _ => {
                 any_output = true;
