@@ -284,8 +284,14 @@ fn prefix(c: &mut Ctx, main: &mut G, symbolic: bool) -> (String, Option<String>)
             let ids = main.input("ids", I64, &d);
             let table = c.weight(main, "embedding", t_in);
             c.desc.push("pre: Gather".into());
-            let _ = h;
-            (main.op("Gather", &[&table, &ids], vec![("axis", A::I(0))]), Some(table))
+            let e = main.op("Gather", &[&table, &ids], vec![("axis", A::I(0))]);
+            // Position embeddings, as BERT adds them: ids from {0, 1} alone repeat rows, and a
+            // channels-first norm over repeated rows has a zero variance, where float16
+            // rounding, not the rewrite, decides the output.
+            let s = shape[shape.len() - 2];
+            let vals = c.rng.values((s * h) as usize, -1.0, 1.0);
+            let pos = main.init("positions", t_in, &[s, h], &vals);
+            (main.op("Add", &[&e, &pos], vec![]), Some(table))
         }
         _ => (main.input("x", t_in, &declared(&shape, symbolic)), None),
     };
