@@ -113,6 +113,9 @@ fn run_case(seed: u64) -> CaseResult {
         let mut cli = Record::default();
         commands::through_cli(&mut cli, &path, &lib_ok);
         rec.failures.append(&mut cli.failures);
+        for (k, v) in cli.counts {
+            *rec.counts.entry(k).or_default() += v;
+        }
     }
     if !rec.failures.is_empty() {
         let _ = std::fs::create_dir_all(failures_dir());

@@ -318,6 +318,7 @@ pub fn through_cli(rec: &mut Record, model: &Path, lib_ok: &[Option<bool>]) {
     let bin = env!("CARGO_BIN_EXE_adanorm-onnx");
     let mut exec = |rec: &mut Record, name: &str, args: Vec<String>, wants: &[PathBuf]| -> Option<i32> {
         let out = std::process::Command::new(bin).args(&args).output().unwrap();
+        rec.count(format!("cli: exit {}", out.status.code().map_or("signal".into(), |c| c.to_string())));
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let code = out.status.code();
         if !matches!(code, Some(0..=2)) {

@@ -305,8 +305,16 @@ fn fused(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
         ins.push(b);
     }
     let axis = if rng.chance(0.5) { -(n_axes as i64) } else { (env.rank() - n_axes) as i64 };
-    let y = g.op("LayerNormalization", &ins, vec![("axis", A::I(axis)), ("epsilon", A::F(eps as f32))]);
-    Norm { y, escapes: vec![], gamma: Some(gamma), label: format!("fused axis={axis}") }
+    let attrs = vec![("axis", A::I(axis)), ("epsilon", A::F(eps as f32))];
+    let (y, escapes) = if env.opset >= 17 && rng.chance(0.15) {
+        // The Mean output read too.
+        let (y, m) = (g.fresh("ln_y"), g.fresh("ln_mean"));
+        g.node("", "LayerNormalization", &ins, &[&y, &m], attrs);
+        (y, vec![m])
+    } else {
+        (g.op("LayerNormalization", &ins, attrs), vec![])
+    };
+    Norm { y, escapes, gamma: Some(gamma), label: format!("fused axis={axis}") }
 }
 
 fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm {

@@ -36,6 +36,9 @@ struct Ctx {
     island: bool,
     /// Graph outputs (name, element type).
     outs: Vec<(String, i32)>,
+    /// The first `[H, H]` Linear weight after a norm: later readers (the second norm's, one
+    /// inside an If branch) may read it too.
+    shared_w: Option<String>,
 }
 
 impl Ctx {
@@ -67,6 +70,7 @@ pub fn generate(seed: u64) -> Case {
         shape: vec![],
         island: false,
         outs: vec![],
+        shared_w: None,
     };
     let rng = &mut c.rng;
     c.opset = *rng.pick(&[13, 14, 17, 18, 18]);
@@ -342,7 +346,17 @@ fn readers(
                         c.desc.push("a weight read before and after the norm".into());
                         w.clone()
                     }
-                    _ => c.weight(main, "w", t),
+                    _ => match c.shared_w.clone() {
+                        Some(w) if c.rng.chance(0.5) => {
+                            c.desc.push("one W after two norms".into());
+                            w
+                        }
+                        _ => {
+                            let w = c.weight(main, "w", t);
+                            c.shared_w.get_or_insert(w.clone());
+                            w
+                        }
+                    },
                 };
                 let mut z = main.op("MatMul", &[y, &w], vec![]);
                 match (&tie_beta_bias, c.rng.below(3)) {
@@ -409,7 +423,13 @@ fn readers(
                 c.desc.push(format!("second: {}", n2.label));
                 let z = escapes(c, main, n2.y.clone(), &n2.escapes);
                 if c.rng.chance(0.5) {
-                    let w = c.weight(main, "w2", t);
+                    let w = match c.shared_w.clone() {
+                        Some(w) if c.rng.chance(0.5) => {
+                            c.desc.push("one W after two norms".into());
+                            w
+                        }
+                        _ => c.weight(main, "w2", t),
+                    };
                     let z = main.op("MatMul", &[&z, &w], vec![]);
                     c.outs.push((z, t));
                 } else {
@@ -466,12 +486,25 @@ fn readers(
             13 => {
                 // The norm output read inside an If branch of the main graph.
                 let cond = main.input("cond", BOOL, &[]);
-                let w = c.weight(main, "w_branch", t);
+                let w = match c.shared_w.clone() {
+                    Some(w) if c.rng.chance(0.6) => {
+                        c.desc.push("a W read after the norm and inside an If".into());
+                        w
+                    }
+                    _ => c.weight(main, "w_branch", t),
+                };
                 let mut then_b = main.sub("/rthen");
                 let z = then_b.op("MatMul", &[y, &w], vec![]);
                 then_b.output(&z, t);
                 let mut else_b = main.sub("/relse");
-                let z2 = else_b.op("Relu", &[y], vec![]);
+                // γ read inside the other branch (by an op that is no norm).
+                let z2 = match &gamma {
+                    Some(gm) if c.rng.chance(0.5) => {
+                        c.desc.push("γ read inside an If".into());
+                        else_b.op("Mul", &[y, gm], vec![])
+                    }
+                    _ => else_b.op("Relu", &[y], vec![]),
+                };
                 else_b.output(&z2, t);
                 let o = main.op("If", &[&cond], vec![("then_branch", A::G(then_b.graph("then"))), ("else_branch", A::G(else_b.graph("else")))]);
                 c.outs.push((o, t));
