@@ -1706,3 +1706,55 @@ fn a_fused_layernorm_whose_scale_spans_other_axes_is_not_rewritable() {
         assert!(m.rewritable, "{s:?} {bias:?}: {:?}", m.reason);
     }
 }
+
+#[test]
+fn the_centred_value_added_after_the_norm_is_no_bias() {
+    // Axes [-2, -1] on a [1, S, H] input: the centred value has a per-row shape, but it is made
+    // inside the match; as B a rewrite would read a value it removes.
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[1, 3, H]);
+    let m = mean(&mut b, &x, &[-2, -1], 14, None);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let two = b.constant(2.0);
+    let sq = b.op("Pow", &[&d, &two], vec![]);
+    let v = mean(&mut b, &sq, &[-2, -1], 14, None);
+    let e = b.constant(1e-5);
+    let ve = b.op("Add", &[&v, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let n = b.op("Div", &[&d, &s], vec![]);
+    let y = b.op("Add", &[&n, &d], vec![]);
+    b.node_named("consumer", "Relu", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    for m in b.matches() {
+        assert_ne!(m.bias.as_deref(), Some(d.as_str()), "{m:?}");
+        assert!(!m.rewritable, "the centred value escapes: {m:?}");
+    }
+}
+
+#[test]
+fn with_the_input_rank_unknown_a_gain_with_leading_ones_is_not_the_scale() {
+    // X made by a custom op: its rank is unknown, and [1, 1, 1, H] may be one axis more.
+    let gained = |dims: &[i64]| {
+        let mut b = Builder::new(14);
+        let x0 = b.input("x", F32, &[2, 3, H]);
+        b.extra_opsets.push(("custom.ops".into(), 1));
+        let x = b.domain_op("custom.ops", "Opaque", &[&x0], vec![]);
+        let m = mean(&mut b, &x, &[-1], 14, None);
+        let d = b.op("Sub", &[&x, &m], vec![]);
+        let two = b.constant(2.0);
+        let sq = b.op("Pow", &[&d, &two], vec![]);
+        let v = mean(&mut b, &sq, &[-1], 14, None);
+        let e = b.constant(1e-5);
+        let ve = b.op("Add", &[&v, &e], vec![]);
+        let s = b.op("Sqrt", &[&ve], vec![]);
+        let n = b.op("Div", &[&d, &s], vec![]);
+        let count: i64 = dims.iter().product();
+        let g = b.init("gamma", dims, &vec![1.5; count as usize]);
+        let y = b.op("Mul", &[&n, &g], vec![]);
+        b.node_named("consumer", "Relu", &[&y], &["out"], vec![]);
+        b.output("out", F32);
+        only(b.matches())
+    };
+    assert_eq!(gained(&[H]).scale.as_deref(), Some("gamma"));
+    assert_ne!(gained(&[1, 1, 1, H]).scale.as_deref(), Some("gamma"));
+}

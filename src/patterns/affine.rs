@@ -39,14 +39,10 @@ pub fn is_row_parameter(c: &Canon<'_, '_>, param: &str, x: &str, axes: &Axes) ->
                 }
             })
         }
-        // Rank unknown (negative trailing axes): the parameter must fit in the trailing axes.
-        None => {
-            let n = axes.axes.len();
-            pshape.len() <= n
-                || pshape[..pshape.len() - n]
-                    .iter()
-                    .all(|d| *d == Dim::Known(1))
-        }
+        // Rank unknown (negative trailing axes): the parameter must fit in the trailing axes. A
+        // leading 1 is refused too: it could be one axis more than X has ([1, 1, 1, H] on a
+        // rank-3 X broadcasts the output to rank 4).
+        None => pshape.len() <= axes.axes.len(),
     }
 }
 
@@ -122,7 +118,7 @@ pub fn tail(
             Some((q, e)) => (q, Some(e)),
             None => (p.to_string(), None),
         };
-        if is_row_parameter(c, &param, x, axes) {
+        if is_row_parameter(c, &param, x, axes) && !computed_from(c, &param, x) {
             *(if op == "Mul" {
                 &mut t.scale
             } else {
@@ -135,6 +131,30 @@ pub fn tail(
         }
     }
     t
+}
+
+/// Whether `value` is computed from `x` (or may be: the search gives up after a few hundred
+/// nodes). Such a value is no parameter of the normalisation of `x`: the centred value itself
+/// can have a per-row shape (`[1, S, H]` for axes `[-2, -1]`), and taking it as B would make a
+/// rewrite read a value it removes.
+fn computed_from(c: &Canon<'_, '_>, value: &str, x: &str) -> bool {
+    let mut stack = vec![value.to_string()];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(v) = stack.pop() {
+        if v == x {
+            return true;
+        }
+        if !seen.insert(v.clone()) {
+            continue;
+        }
+        if seen.len() > 256 {
+            return true;
+        }
+        if let Some((_, n)) = c.g.producer_node(&v) {
+            stack.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
+        }
+    }
+    false
 }
 
 /// A parameter spelled out to the full shape, `Expand(q, s)` read by nothing else, where `s`
