@@ -94,6 +94,7 @@ fn run_case(seed: u64) -> CaseResult {
         loads,
         tolerance: if half { 3e-2 } else { 1e-4 },
         adanorm_nodes: fuzz::structure::count_adanorm(&case.model),
+        rmsnorms: if case.mutated { None } else { commands::rmsnorms(&path) },
     };
     let mut sub = Record::default();
     let lib_ok = commands::in_process(&mut sub, &path, tmp.path(), &reference);

@@ -114,6 +114,24 @@ pub struct Reference {
     pub loads: bool,
     pub tolerance: f64,
     pub adanorm_nodes: usize,
+    /// RMSNorms the original holds: every rewrite must leave them all.
+    pub rmsnorms: Option<usize>,
+}
+
+/// RMSNorm matches in the model at `path` (functions with matches inlined, as the CLI reads it).
+pub fn rmsnorms(path: &Path) -> Option<usize> {
+    guarded(|| {
+        let m = load_for_matching(path)?;
+        let g = GraphIndex::build(&m)?;
+        let subs = g.subgraphs()?;
+        Ok(find_matches_everywhere(&g, &subs)
+            .iter()
+            .flat_map(|(_, ms)| ms.iter())
+            .filter(|m| m.family == adanorm_onnx::patterns::Family::RmsNorm)
+            .count())
+    })
+    .ok()
+    .and_then(Result::ok)
 }
 
 /// A written output: where, and its weights file.
@@ -159,6 +177,11 @@ pub fn check_outcome(rec: &mut Record, cmd: &str, o: &Outcome, dir: &Path, tag: 
         Err(p) => rec.fail("panic", &format!("{cmd} (reload)"), p),
         Ok(Err(e)) => rec.fail("written model does not load again", cmd, e),
         Ok(Ok(p)) => p.into_iter().for_each(|(c, d)| rec.fail(c, cmd, d)),
+    }
+    if let (Some(before), Some(after)) = (r.rmsnorms, rmsnorms(&path)) {
+        if after != before {
+            rec.fail("rmsnorm touched by a rewrite", cmd, format!("{before} RMSNorm(s) before, {after} after"));
+        }
     }
     let exact = o.same_function() && !o.changes.is_empty();
     rec.changes += o.changes.len();
@@ -296,7 +319,7 @@ pub fn in_process(rec: &mut Record, path: &Path, dir: &Path, r: &Reference) -> V
                 Ok(Ok(o2)) => {
                     let exact_before = w.exact || !w.changed;
                     let tag2 = format!("{tag}.again");
-                    let r2 = Reference { adanorm_nodes: r.adanorm_nodes, inputs: r.inputs.clone(), outputs: if exact_before { r.outputs.clone() } else { None }, loads: r.loads, tolerance: r.tolerance };
+                    let r2 = Reference { rmsnorms: r.rmsnorms, adanorm_nodes: r.adanorm_nodes, inputs: r.inputs.clone(), outputs: if exact_before { r.outputs.clone() } else { None }, loads: r.loads, tolerance: r.tolerance };
                     if let Some(w2) = check_outcome(rec, &again, &o2, dir, &tag2, &r2) {
                         let _ = w2;
                     }
