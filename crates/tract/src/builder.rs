@@ -123,3 +123,28 @@ fn build(
 fn float_attr(node: &NodeProto, name: &str, default: f32) -> TractResult<f64> {
     Ok(f64::from(node.get_attr_opt::<f32>(name)?.unwrap_or(default)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ONNX float attributes are float32 (ops-spec): present or defaulted, a double node
+    /// computes with the float32 value widened, as ONNX Runtime reads it.
+    #[test]
+    fn float_attributes_are_float32_present_or_absent() {
+        let mut node = NodeProto::default();
+        let k = float_attr(&node, attr::K, attr::DEFAULT_K).unwrap();
+        assert_eq!(k, f64::from(0.1f32));
+        assert_ne!(k, 0.1, "the double 0.1 is not an ONNX float attribute");
+        node.attribute.push(tract_onnx::pb::AttributeProto {
+            name: attr::K.into(),
+            r#type: tract_onnx::pb::attribute_proto::AttributeType::Float as i32,
+            f: 0.3,
+            ..Default::default()
+        });
+        assert_eq!(
+            float_attr(&node, attr::K, attr::DEFAULT_K).unwrap(),
+            f64::from(0.3f32)
+        );
+    }
+}
