@@ -227,7 +227,10 @@ fn write_outcome(
     };
     let path = weights_out.unwrap_or_else(|| beside(out, ".weights.safetensors"));
     if same_file(input, &path) || same_file(out, &path) || path == out {
-        return Err(Error::msg("the weights file would replace a model; choose another --weights-out").in_file(&path));
+        return Err(Error::msg(
+            "the weights file would replace a model; choose another --weights-out",
+        )
+        .in_file(&path));
     }
     let existed = path.exists();
     w.save(&path, force)?;

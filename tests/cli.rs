@@ -183,7 +183,11 @@ fn a_node_without_a_required_input() {
     let p = b.save(dir.path(), "skip.onnx");
     let out = bin().arg("rewrite").arg(&p).output().unwrap();
     assert_error(&out, &["node 'skipln'", "lacks its required input 1"]);
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "nothing written");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "nothing written"
+    );
 }
 
 /// `drop`'s weights file lands beside the output, not in the input's folder.
@@ -201,7 +205,11 @@ fn the_weights_file_goes_beside_the_output() {
         .arg(&copy)
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let listing = |d: &Path| {
         let mut v: Vec<String> = std::fs::read_dir(d)
             .unwrap()
@@ -211,7 +219,10 @@ fn the_weights_file_goes_beside_the_output() {
         v
     };
     assert_eq!(listing(input_dir.path()), ["model.onnx"]);
-    assert_eq!(listing(out_dir.path()), ["bert.onnx", "bert.weights.safetensors"]);
+    assert_eq!(
+        listing(out_dir.path()),
+        ["bert.onnx", "bert.weights.safetensors"]
+    );
     assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&src).unwrap());
 }
 

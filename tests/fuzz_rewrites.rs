@@ -26,7 +26,10 @@ use fuzz::commands::{self, Record, Reference};
 const CLI_EVERY: u64 = 20;
 
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v} is not a number")))
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
+    })
 }
 
 fn failures_dir() -> PathBuf {
@@ -37,7 +40,11 @@ fn has_nan(t: &adanorm_tract::tract_onnx::prelude::Tensor) -> bool {
     use adanorm_tract::tract_onnx::prelude::DatumType;
     t.cast_to_dt(DatumType::F64)
         .ok()
-        .and_then(|t| t.to_plain_array_view::<f64>().ok().map(|v| v.iter().any(|x| x.is_nan())))
+        .and_then(|t| {
+            t.to_plain_array_view::<f64>()
+                .ok()
+                .map(|v| v.iter().any(|x| x.is_nan()))
+        })
         .unwrap_or(false)
 }
 
@@ -58,25 +65,41 @@ fn run_case(seed: u64) -> CaseResult {
     // The original: it must load and be indexed unless mutated (else the generator is wrong).
     let indexed = commands::guarded(|| {
         let m = adanorm_onnx::onnx::load_model(&path)?;
-        adanorm_onnx::graph::GraphIndex::build(&m)?.subgraphs().map(|_| ())
+        adanorm_onnx::graph::GraphIndex::build(&m)?
+            .subgraphs()
+            .map(|_| ())
     });
     match &indexed {
         Err(p) => rec.fail("panic", "load + index (original)", p.clone()),
-        Ok(Err(e)) if !case.mutated => rec.fail("generator: the model is refused", "load", e.clone()),
+        Ok(Err(e)) if !case.mutated => {
+            rec.fail("generator: the model is refused", "load", e.clone())
+        }
         _ => {}
     }
     let inputs = random_inputs(&path, &Default::default(), seed).unwrap_or_default();
-    let mut outputs = if case.mutated { None } else { run(&path, inputs.clone()).ok() };
+    let mut outputs = if case.mutated {
+        None
+    } else {
+        run(&path, inputs.clone()).ok()
+    };
     // tract does not give NaN in the same places twice for one model (a Relu of a NaN is NaN or
     // 0 from run to run): an original with a NaN output is no yardstick.
     // A NaN inside (a Relu after it) can hide in one run and not the next: the original runs
     // twice and must agree with itself.
-    let again = outputs.as_ref().and_then(|_| run(&path, inputs.clone()).ok());
+    let again = outputs
+        .as_ref()
+        .and_then(|_| run(&path, inputs.clone()).ok());
     let unstable = match (&outputs, &again) {
-        (Some(a), Some(b)) => compare(a, b).iter().any(|d| d.problem.is_some() || d.max_abs != 0.0),
+        (Some(a), Some(b)) => compare(a, b)
+            .iter()
+            .any(|d| d.problem.is_some() || d.max_abs != 0.0),
         _ => false,
     };
-    if unstable || outputs.as_ref().is_some_and(|o| o.iter().any(|(_, t)| has_nan(t))) {
+    if unstable
+        || outputs
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|(_, t)| has_nan(t)))
+    {
         rec.count("original gives NaN or differs run to run (not compared)");
         outputs = None;
     }
@@ -87,14 +110,19 @@ fn run_case(seed: u64) -> CaseResult {
         rec.count("mutated (missing inputs)");
     }
     let loads = !case.mutated
-        && std::panic::catch_unwind(|| adanorm_tract::model_for_path(&path)).is_ok_and(|r| r.is_ok());
+        && std::panic::catch_unwind(|| adanorm_tract::model_for_path(&path))
+            .is_ok_and(|r| r.is_ok());
     let reference = Reference {
         inputs,
         outputs,
         loads,
         tolerance: if half { 3e-2 } else { 1e-4 },
         adanorm_nodes: fuzz::structure::count_adanorm(&case.model),
-        rmsnorms: if case.mutated { None } else { commands::rmsnorms(&path) },
+        rmsnorms: if case.mutated {
+            None
+        } else {
+            commands::rmsnorms(&path)
+        },
     };
     let mut sub = Record::default();
     let lib_ok = commands::in_process(&mut sub, &path, tmp.path(), &reference);
@@ -120,7 +148,11 @@ fn run_case(seed: u64) -> CaseResult {
     }
     if !rec.failures.is_empty() {
         let _ = std::fs::create_dir_all(failures_dir());
-        let _ = save_model(&case.model, &failures_dir().join(format!("{seed}.onnx")), true);
+        let _ = save_model(
+            &case.model,
+            &failures_dir().join(format!("{seed}.onnx")),
+            true,
+        );
     }
     let mut desc = case.desc.join("; ");
     if case.mutated {
@@ -137,12 +169,17 @@ fn fuzz_rewrites() {
     }));
     let (start, count) = match env_u64("ADANORM_FUZZ_SEED") {
         Some(seed) => (seed, 1),
-        None => (env_u64("ADANORM_FUZZ_START").unwrap_or(0), env_u64("ADANORM_FUZZ_CASES").unwrap_or(2000)),
+        None => (
+            env_u64("ADANORM_FUZZ_START").unwrap_or(0),
+            env_u64("ADANORM_FUZZ_CASES").unwrap_or(2000),
+        ),
     };
     let began = std::time::Instant::now();
     let next = AtomicU64::new(start);
     let results: Mutex<Vec<CaseResult>> = Mutex::new(vec![]);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(16);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(16);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -153,7 +190,11 @@ fn fuzz_rewrites() {
                 let r = std::panic::catch_unwind(|| run_case(seed)).unwrap_or_else(|p| {
                     let mut rec = Record::default();
                     rec.fail("panic", "the fuzzer itself", commands::panic_text(p));
-                    CaseResult { seed, desc: String::new(), rec }
+                    CaseResult {
+                        seed,
+                        desc: String::new(),
+                        rec,
+                    }
                 });
                 results.lock().unwrap().push(r);
             });
@@ -174,10 +215,16 @@ fn fuzz_rewrites() {
         changes += r.rec.changes;
         errors += r.rec.errors;
         for (class, cmd, reason) in &r.rec.failures {
-            by_class.entry(class.clone()).or_default().push((r.seed, cmd.clone(), reason.clone()));
+            by_class
+                .entry(class.clone())
+                .or_default()
+                .push((r.seed, cmd.clone(), reason.clone()));
         }
     }
-    let failed_cases = results.iter().filter(|r| !r.rec.failures.is_empty()).count();
+    let failed_cases = results
+        .iter()
+        .filter(|r| !r.rec.failures.is_empty())
+        .count();
     println!(
         "fuzz: {} graphs (seeds {start}..{}) in {:.1}s on {threads} threads: {changes} changes, {exact} claimed-exact outputs \
          and {reverts} reverts checked in tract, {errors} command errors; {failed_cases} failing cases",
@@ -198,20 +245,34 @@ fn fuzz_rewrites() {
     }
     if !full.is_empty() {
         let _ = std::fs::create_dir_all(failures_dir());
-        let _ = std::fs::write(failures_dir().join(format!("report-{start}-{}.tsv", start + count)), full);
+        let _ = std::fs::write(
+            failures_dir().join(format!("report-{start}-{}.tsv", start + count)),
+            full,
+        );
     }
     let verbose = count == 1;
     for (class, list) in &by_class {
         let mut seeds: Vec<u64> = list.iter().map(|x| x.0).collect();
         seeds.dedup();
-        println!("\n== {class}: {} failures in {} cases", list.len(), seeds.len());
+        println!(
+            "\n== {class}: {} failures in {} cases",
+            list.len(),
+            seeds.len()
+        );
         let show = if verbose { list.len() } else { 3 };
         for (seed, cmd, reason) in list.iter().take(show) {
             let desc = &results.iter().find(|r| r.seed == *seed).unwrap().desc;
-            let reason: String = reason.chars().take(if verbose { 4000 } else { 400 }).collect();
+            let reason: String = reason
+                .chars()
+                .take(if verbose { 4000 } else { 400 })
+                .collect();
             println!("  seed {seed} [{desc}]\n    {cmd}: {reason}");
         }
-        println!("  seeds: {:?}{}", &seeds[..seeds.len().min(30)], if seeds.len() > 30 { " …" } else { "" });
+        println!(
+            "  seeds: {:?}{}",
+            &seeds[..seeds.len().min(30)],
+            if seeds.len() > 30 { " …" } else { "" }
+        );
     }
     if !by_class.is_empty() {
         println!(
@@ -219,5 +280,9 @@ fn fuzz_rewrites() {
             failures_dir().display()
         );
     }
-    assert!(by_class.is_empty(), "{failed_cases} fuzz cases failed in {} classes (see above)", by_class.len());
+    assert!(
+        by_class.is_empty(),
+        "{failed_cases} fuzz cases failed in {} classes (see above)",
+        by_class.len()
+    );
 }

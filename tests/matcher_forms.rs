@@ -1635,12 +1635,21 @@ fn ln_on(
 #[test]
 fn a_one_element_epsilon_of_higher_rank_than_x_is_not_a_scalar() {
     // [1, 1, 1, 1] on a rank-3 input: the output is [1, 2, 3, H], no normalisation of X.
-    let ms = ln_with(|b| b.constant_typed(F32, &[1, 1, 1, 1], &[1e-5]), |_, d| d.to_string());
+    let ms = ln_with(
+        |b| b.constant_typed(F32, &[1, 1, 1, 1], &[1e-5]),
+        |_, d| d.to_string(),
+    );
     assert!(ms.iter().all(|m| !m.rewritable), "{ms:#?}");
     // Of X's rank or lower it only broadcasts like a scalar.
     for dims in [&[1, 1, 1][..], &[1], &[]] {
-        let m = only(ln_with(|b| b.constant_typed(F32, dims, &[1e-5]), |_, d| d.to_string()));
-        assert!(m.rewritable && m.family == Family::LayerNorm, "{dims:?}: {m:?}");
+        let m = only(ln_with(
+            |b| b.constant_typed(F32, dims, &[1e-5]),
+            |_, d| d.to_string(),
+        ));
+        assert!(
+            m.rewritable && m.family == Family::LayerNorm,
+            "{dims:?}: {m:?}"
+        );
     }
 }
 
@@ -1694,7 +1703,11 @@ fn a_fused_layernorm_whose_scale_spans_other_axes_is_not_rewritable() {
         let s = b.init("scale", scale_dims, &vec![1.5; n as usize]);
         let n: i64 = bias_dims.iter().product();
         let bias = b.init("bias", bias_dims, &vec![0.5; n as usize]);
-        let y = b.op("LayerNormalization", &[&x, &s, &bias], vec![("axis", A::I(-1))]);
+        let y = b.op(
+            "LayerNormalization",
+            &[&x, &s, &bias],
+            vec![("axis", A::I(-1))],
+        );
         b.node_named("c", "Identity", &[&y], &["out"], vec![]);
         b.output("out", F32);
         only(b.matches())

@@ -209,7 +209,8 @@ fn infer_node(
                     .find(|a| a.name() == name)
                     .and_then(|a| a.g.as_ref())
             };
-            let (Some(then_g), Some(else_g)) = (branch("then_branch"), branch("else_branch")) else {
+            let (Some(then_g), Some(else_g)) = (branch("then_branch"), branch("else_branch"))
+            else {
                 return vec![];
             };
             then_g

@@ -19,12 +19,44 @@ pub fn required_inputs(node: &NodeProto) -> &'static [usize] {
             | "LayerNormalization" | "RMSNormalization" => TWO,
             "Where" | "InstanceNormalization" | "Range" => THREE,
             "BatchNormalization" => &[0, 1, 2, 3, 4],
-            "Identity" | "Cast" | "Sqrt" | "Reciprocal" | "Relu" | "Neg" | "Shape" | "Size"
-            | "ReduceMean" | "ReduceSum" | "ReduceSumSquare" | "ReduceProd" | "ReduceMax"
-            | "ReduceMin" | "GlobalAveragePool" | "MeanVarianceNormalization" | "Flatten"
-            | "Transpose" | "Squeeze" | "Unsqueeze" | "Concat" | "Max" | "Min" | "Clip"
-            | "ConstantOfShape" | "Slice" | "If" | "Scan" | "Erf" | "Tanh" | "Sigmoid"
-            | "Softmax" | "Exp" | "Log" | "Abs" | "Not" | "Sum" | "Mean" => ONE,
+            "Identity"
+            | "Cast"
+            | "Sqrt"
+            | "Reciprocal"
+            | "Relu"
+            | "Neg"
+            | "Shape"
+            | "Size"
+            | "ReduceMean"
+            | "ReduceSum"
+            | "ReduceSumSquare"
+            | "ReduceProd"
+            | "ReduceMax"
+            | "ReduceMin"
+            | "GlobalAveragePool"
+            | "MeanVarianceNormalization"
+            | "Flatten"
+            | "Transpose"
+            | "Squeeze"
+            | "Unsqueeze"
+            | "Concat"
+            | "Max"
+            | "Min"
+            | "Clip"
+            | "ConstantOfShape"
+            | "Slice"
+            | "If"
+            | "Scan"
+            | "Erf"
+            | "Tanh"
+            | "Sigmoid"
+            | "Softmax"
+            | "Exp"
+            | "Log"
+            | "Abs"
+            | "Not"
+            | "Sum"
+            | "Mean" => ONE,
             _ => &[],
         },
         ("com.microsoft", op) => match op {
@@ -71,7 +103,10 @@ mod tests {
             Some(1)
         );
         // Optional slots may be empty; unknown ops are not judged.
-        assert_eq!(missing_input(&node("", "LayerNormalization", &["x", "s", ""])), None);
+        assert_eq!(
+            missing_input(&node("", "LayerNormalization", &["x", "s", ""])),
+            None
+        );
         assert_eq!(missing_input(&node("custom", "Mul", &[])), None);
     }
 }

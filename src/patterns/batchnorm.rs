@@ -63,9 +63,8 @@ fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<(Stats, Candidate)> {
     let x_shape = g.shape(&x)?;
     let r = x_shape.len();
     // The fewest trailing axes of x holding exactly the row's values.
-    let k = (1..=r).find(|&k| {
-        checked_product(x_shape[r - k..].iter().map(|d| d.known())) == Some(row_len)
-    })?;
+    let k = (1..=r)
+        .find(|&k| checked_product(x_shape[r - k..].iter().map(|d| d.known())) == Some(row_len))?;
     if target[1] > 0 {
         let rows = checked_product(x_shape[..r - k].iter().map(|d| d.known()));
         if rows != Some(target[1]) {

@@ -11,8 +11,8 @@ use prost::Message;
 
 use super::apply::{self, Patch, Replacement, RECORD_PREFIX};
 use super::fold::{Folded, FOLD_PREFIX};
-use super::node::{float_attr, int_attr, OpKind, OpParams, DOMAIN};
 use super::names::Names;
+use super::node::{float_attr, int_attr, OpKind, OpParams, DOMAIN};
 use super::weights::WeightsFile;
 use super::{function, Change, Outcome};
 use crate::error::{Error, Result};

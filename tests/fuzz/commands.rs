@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::onnx::{load_model, save_model, Model};
 use adanorm_onnx::patterns::{find_matches_everywhere, functions::inline_functions_with_matches};
-use adanorm_onnx::rewrite::{plan::plan_model, revert::revert, weights::WeightsFile, Affine, Options, Outcome, Target};
+use adanorm_onnx::rewrite::{
+    plan::plan_model, revert::revert, weights::WeightsFile, Affine, Options, Outcome, Target,
+};
 use adanorm_onnx::runner::{compare, run};
 use adanorm_tract::tract_onnx::prelude::Tensor;
 
@@ -20,26 +22,56 @@ pub struct Cmd {
     pub opts: Options,
 }
 
-fn opts(target: Target, affine: Affine, ck: Option<(f64, f64)>, portable: bool, include_fused: bool) -> Options {
-    Options { target, c: ck.map(|x| x.0), k: ck.map(|x| x.1), affine, portable, include_fused, only: vec![] }
+fn opts(
+    target: Target,
+    affine: Affine,
+    ck: Option<(f64, f64)>,
+    portable: bool,
+    include_fused: bool,
+) -> Options {
+    Options {
+        target,
+        c: ck.map(|x| x.0),
+        k: ck.map(|x| x.1),
+        affine,
+        portable,
+        include_fused,
+        only: vec![],
+    }
 }
 
 pub fn commands() -> Vec<Cmd> {
     vec![
-        Cmd { name: "fuse", args: &["fuse"], opts: opts(Target::Same, Affine::Keep, None, false, false) },
-        Cmd { name: "fuse --portable", args: &["fuse", "--portable"], opts: opts(Target::Same, Affine::Keep, None, true, false) },
+        Cmd {
+            name: "fuse",
+            args: &["fuse"],
+            opts: opts(Target::Same, Affine::Keep, None, false, false),
+        },
+        Cmd {
+            name: "fuse --portable",
+            args: &["fuse", "--portable"],
+            opts: opts(Target::Same, Affine::Keep, None, true, false),
+        },
         Cmd {
             name: "rewrite --k 0 --c 1 --affine keep",
             args: &["rewrite", "--k", "0", "--c", "1", "--affine", "keep"],
             opts: opts(Target::AdaNorm, Affine::Keep, Some((1.0, 0.0)), false, true),
         },
-        Cmd { name: "rewrite --affine fold", args: &["rewrite", "--affine", "fold"], opts: opts(Target::AdaNorm, Affine::Fold, None, false, true) },
+        Cmd {
+            name: "rewrite --affine fold",
+            args: &["rewrite", "--affine", "fold"],
+            opts: opts(Target::AdaNorm, Affine::Fold, None, false, true),
+        },
         Cmd {
             name: "rewrite --to simple --affine fold",
             args: &["rewrite", "--to", "simple", "--affine", "fold"],
             opts: opts(Target::Simple, Affine::Fold, None, false, true),
         },
-        Cmd { name: "rewrite --affine drop", args: &["rewrite", "--affine", "drop"], opts: opts(Target::AdaNorm, Affine::Drop, None, false, true) },
+        Cmd {
+            name: "rewrite --affine drop",
+            args: &["rewrite", "--affine", "drop"],
+            opts: opts(Target::AdaNorm, Affine::Drop, None, false, true),
+        },
         // Not in the list: the one fold into AdaNorm that claims to be exact.
         Cmd {
             name: "rewrite --k 0 --c 1 --affine fold",
@@ -60,12 +92,16 @@ pub fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".into());
-    let at = super::LAST_PANIC.with(|l| l.borrow_mut().take()).unwrap_or_default();
+    let at = super::LAST_PANIC
+        .with(|l| l.borrow_mut().take())
+        .unwrap_or_default();
     format!("{msg} [{at}]")
 }
 
 /// `f`, with a panic turned into `Err("panicked: …")`, and an error into its text.
-pub fn guarded<T>(f: impl FnOnce() -> adanorm_onnx::Result<T>) -> Result<Result<T, String>, String> {
+pub fn guarded<T>(
+    f: impl FnOnce() -> adanorm_onnx::Result<T>,
+) -> Result<Result<T, String>, String> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(Ok(v)),
         Ok(Err(e)) => Ok(Err(e.to_string())),
@@ -80,7 +116,10 @@ pub fn load_for_matching(path: &Path) -> adanorm_onnx::Result<Model> {
 /// An error's text without file names and numbers, to count errors by kind.
 fn short(e: &str) -> String {
     let e = e.rsplit(": ").next().unwrap_or(e);
-    e.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).take(70).collect()
+    e.chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .take(70)
+        .collect()
 }
 
 /// What a case records: failures as (class, command, reason), and counts.
@@ -101,7 +140,8 @@ impl Record {
     }
 
     pub fn fail(&mut self, class: impl Into<String>, cmd: &str, reason: impl Into<String>) {
-        self.failures.push((class.into(), cmd.to_string(), reason.into()));
+        self.failures
+            .push((class.into(), cmd.to_string(), reason.into()));
     }
 }
 
@@ -143,7 +183,14 @@ pub struct Written {
 }
 
 /// Saves an outcome and checks it: structure, reload, tract, and the claimed-exact comparison.
-pub fn check_outcome(rec: &mut Record, cmd: &str, o: &Outcome, dir: &Path, tag: &str, r: &Reference) -> Option<Written> {
+pub fn check_outcome(
+    rec: &mut Record,
+    cmd: &str,
+    o: &Outcome,
+    dir: &Path,
+    tag: &str,
+    r: &Reference,
+) -> Option<Written> {
     let path = dir.join(format!("{tag}.onnx"));
     if let Err(e) = save_model(&o.model, &path, true) {
         rec.fail("save fails", cmd, e.to_string());
@@ -180,27 +227,54 @@ pub fn check_outcome(rec: &mut Record, cmd: &str, o: &Outcome, dir: &Path, tag: 
     }
     if let (Some(before), Some(after)) = (r.rmsnorms, rmsnorms(&path)) {
         if after != before {
-            rec.fail("rmsnorm touched by a rewrite", cmd, format!("{before} RMSNorm(s) before, {after} after"));
+            rec.fail(
+                "rmsnorm touched by a rewrite",
+                cmd,
+                format!("{before} RMSNorm(s) before, {after} after"),
+            );
         }
     }
     let exact = o.same_function() && !o.changes.is_empty();
     rec.changes += o.changes.len();
-    in_tract(rec, cmd, &path, r, exact.then_some("claimed-exact output differs from the original"), false);
+    in_tract(
+        rec,
+        cmd,
+        &path,
+        r,
+        exact.then_some("claimed-exact output differs from the original"),
+        false,
+    );
     if exact {
         rec.exact_checked += 1;
     }
-    Some(Written { path, weights, exact, changed: !o.changes.is_empty() })
+    Some(Written {
+        path,
+        weights,
+        exact,
+        changed: !o.changes.is_empty(),
+    })
 }
 
 /// Runs `path` in tract against the original: it must load and run where the original does;
 /// with `differs` set, its outputs must equal the original's within the tolerance (bit for bit
 /// when `bitwise`).
-pub fn in_tract(rec: &mut Record, cmd: &str, path: &Path, r: &Reference, differs: Option<&str>, bitwise: bool) {
+pub fn in_tract(
+    rec: &mut Record,
+    cmd: &str,
+    path: &Path,
+    r: &Reference,
+    differs: Option<&str>,
+    bitwise: bool,
+) {
     match &r.outputs {
         Some(want) => match run(path, r.inputs.clone()) {
             Err(e) => {
                 let e = e.to_string();
-                let class = if e.contains("panicked") { "tract panics on a written model" } else { "tract cannot run a written model" };
+                let class = if e.contains("panicked") {
+                    "tract panics on a written model"
+                } else {
+                    "tract cannot run a written model"
+                };
                 rec.fail(class, cmd, e);
             }
             Ok(got) => {
@@ -216,7 +290,10 @@ pub fn in_tract(rec: &mut Record, cmd: &str, path: &Path, r: &Reference, differs
             }
         },
         None if r.loads => {
-            if let Err(e) = catch_unwind(|| adanorm_tract::model_for_path(path)).map_err(panic_text).and_then(|r| r.map_err(|e| format!("{e:#}"))) {
+            if let Err(e) = catch_unwind(|| adanorm_tract::model_for_path(path))
+                .map_err(panic_text)
+                .and_then(|r| r.map_err(|e| format!("{e:#}")))
+            {
                 rec.fail("tract cannot load a written model", cmd, e);
             }
         }
@@ -226,7 +303,14 @@ pub fn in_tract(rec: &mut Record, cmd: &str, path: &Path, r: &Reference, differs
 
 /// `revert` of a written output (with its weights): structure, no ai.adanorm left, and the
 /// original's outputs back.
-pub fn check_revert(rec: &mut Record, cmd: &str, w: &Written, dir: &Path, tag: &str, r: &Reference) {
+pub fn check_revert(
+    rec: &mut Record,
+    cmd: &str,
+    w: &Written,
+    dir: &Path,
+    tag: &str,
+    r: &Reference,
+) {
     let cmd = format!("revert ({cmd})");
     let res = guarded(|| {
         let m = load_model(&w.path)?;
@@ -256,10 +340,21 @@ pub fn check_revert(rec: &mut Record, cmd: &str, w: &Written, dir: &Path, tag: &
     }
     let left = structure::count_adanorm(&o.model);
     if left > r.adanorm_nodes {
-        rec.fail("revert leaves ai.adanorm nodes", &cmd, format!("{left} left, the original had {}", r.adanorm_nodes));
+        rec.fail(
+            "revert leaves ai.adanorm nodes",
+            &cmd,
+            format!("{left} left, the original had {}", r.adanorm_nodes),
+        );
     }
     rec.reverts_checked += 1;
-    in_tract(rec, &cmd, &path, r, Some("reverted output differs from the original"), true);
+    in_tract(
+        rec,
+        &cmd,
+        &path,
+        r,
+        Some("reverted output differs from the original"),
+        true,
+    );
 }
 
 /// Every command in-process on the model at `path`.
@@ -274,7 +369,19 @@ pub fn in_process(rec: &mut Record, path: &Path, dir: &Path, r: &Reference) -> V
         let _ = adanorm_onnx::report::inspect_table("m", &found);
         Ok(found
             .iter()
-            .flat_map(|(_, ms)| ms.iter().map(|m| format!("match: {} {}", m.family.name(), if m.rewritable { "rewritable" } else { "not rewritable" })))
+            .flat_map(|(_, ms)| {
+                ms.iter().map(|m| {
+                    format!(
+                        "match: {} {}",
+                        m.family.name(),
+                        if m.rewritable {
+                            "rewritable"
+                        } else {
+                            "not rewritable"
+                        }
+                    )
+                })
+            })
             .collect::<Vec<_>>())
     }) {
         Err(p) => rec.fail("panic", "inspect", p),
@@ -304,7 +411,9 @@ pub fn in_process(rec: &mut Record, path: &Path, dir: &Path, r: &Reference) -> V
         };
         ok.push(Some(true));
         let tag = format!("c{i}");
-        let Some(w) = check_outcome(rec, c.name, &o, dir, &tag, r) else { continue };
+        let Some(w) = check_outcome(rec, c.name, &o, dir, &tag, r) else {
+            continue;
+        };
         check_revert(rec, c.name, &w, dir, &tag, r);
         // fuse of an already fused / rewritten model
         if i == 0 || i == 2 {
@@ -319,7 +428,18 @@ pub fn in_process(rec: &mut Record, path: &Path, dir: &Path, r: &Reference) -> V
                 Ok(Ok(o2)) => {
                     let exact_before = w.exact || !w.changed;
                     let tag2 = format!("{tag}.again");
-                    let r2 = Reference { rmsnorms: r.rmsnorms, adanorm_nodes: r.adanorm_nodes, inputs: r.inputs.clone(), outputs: if exact_before { r.outputs.clone() } else { None }, loads: r.loads, tolerance: r.tolerance };
+                    let r2 = Reference {
+                        rmsnorms: r.rmsnorms,
+                        adanorm_nodes: r.adanorm_nodes,
+                        inputs: r.inputs.clone(),
+                        outputs: if exact_before {
+                            r.outputs.clone()
+                        } else {
+                            None
+                        },
+                        loads: r.loads,
+                        tolerance: r.tolerance,
+                    };
                     if let Some(w2) = check_outcome(rec, &again, &o2, dir, &tag2, &r2) {
                         let _ = w2;
                     }
@@ -339,35 +459,65 @@ pub fn through_cli(rec: &mut Record, model: &Path, lib_ok: &[Option<bool>]) {
     let before = std::fs::read(&input).unwrap();
     let mut expected: Vec<PathBuf> = vec![input.clone()];
     let bin = env!("CARGO_BIN_EXE_adanorm-onnx");
-    let mut exec = |rec: &mut Record, name: &str, args: Vec<String>, wants: &[PathBuf]| -> Option<i32> {
-        let out = std::process::Command::new(bin).args(&args).output().unwrap();
-        rec.count(format!("cli: exit {}", out.status.code().map_or("signal".into(), |c| c.to_string())));
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let code = out.status.code();
-        if !matches!(code, Some(0..=2)) {
-            rec.fail("cli: exit code", name, format!("{code:?}: {text}"));
-        }
-        if text.contains("panicked") || text.contains("internal error") {
-            rec.fail("cli: panic", name, text.lines().filter(|l| l.contains("panicked") || l.contains("internal error")).collect::<Vec<_>>().join(" | "));
-        }
-        if std::fs::read(&input).map(|b| b != before).unwrap_or(true) {
-            rec.fail("cli: input file changed", name, "");
-        }
-        if code == Some(0) {
-            expected.extend(wants.iter().filter(|p| p.exists()).cloned());
-        }
-        let mut present: Vec<PathBuf> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().path()).collect();
-        present.sort();
-        let extra: Vec<String> = present.iter().filter(|p| !expected.contains(p)).map(|p| p.display().to_string()).collect();
-        if !extra.is_empty() {
-            rec.fail("cli: unexpected file written", name, extra.join(", "));
-            expected.extend(present);
-        }
-        code
-    };
+    let mut exec =
+        |rec: &mut Record, name: &str, args: Vec<String>, wants: &[PathBuf]| -> Option<i32> {
+            let out = std::process::Command::new(bin)
+                .args(&args)
+                .output()
+                .unwrap();
+            rec.count(format!(
+                "cli: exit {}",
+                out.status.code().map_or("signal".into(), |c| c.to_string())
+            ));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let code = out.status.code();
+            if !matches!(code, Some(0..=2)) {
+                rec.fail("cli: exit code", name, format!("{code:?}: {text}"));
+            }
+            if text.contains("panicked") || text.contains("internal error") {
+                rec.fail(
+                    "cli: panic",
+                    name,
+                    text.lines()
+                        .filter(|l| l.contains("panicked") || l.contains("internal error"))
+                        .collect::<Vec<_>>()
+                        .join(" | "),
+                );
+            }
+            if std::fs::read(&input).map(|b| b != before).unwrap_or(true) {
+                rec.fail("cli: input file changed", name, "");
+            }
+            if code == Some(0) {
+                expected.extend(wants.iter().filter(|p| p.exists()).cloned());
+            }
+            let mut present: Vec<PathBuf> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            present.sort();
+            let extra: Vec<String> = present
+                .iter()
+                .filter(|p| !expected.contains(p))
+                .map(|p| p.display().to_string())
+                .collect();
+            if !extra.is_empty() {
+                rec.fail("cli: unexpected file written", name, extra.join(", "));
+                expected.extend(present);
+            }
+            code
+        };
     let s = |p: &Path| p.display().to_string();
     exec(rec, "inspect", vec!["inspect".into(), s(&input)], &[]);
-    exec(rec, "inspect --json", vec!["inspect".into(), s(&input), "--json".into()], &[]);
+    exec(
+        rec,
+        "inspect --json",
+        vec!["inspect".into(), s(&input), "--json".into()],
+        &[],
+    );
     for (i, c) in commands().iter().enumerate() {
         let out = tmp.path().join(format!("out{i}.onnx"));
         let w = tmp.path().join(format!("out{i}.safetensors"));
@@ -379,7 +529,11 @@ pub fn through_cli(rec: &mut Record, model: &Path, lib_ok: &[Option<bool>]) {
         let code = exec(rec, c.name, args, &[out.clone(), w.clone()]);
         match (lib_ok.get(i).copied().flatten(), code) {
             (Some(true), Some(0)) | (Some(false), Some(2)) | (None, _) => {}
-            (lib, code) => rec.fail("cli: exit code disagrees with the library", c.name, format!("library ok: {lib:?}, exit {code:?}")),
+            (lib, code) => rec.fail(
+                "cli: exit code disagrees with the library",
+                c.name,
+                format!("library ok: {lib:?}, exit {code:?}"),
+            ),
         }
         if code == Some(0) {
             let rev = tmp.path().join(format!("out{i}.reverted.onnx"));

@@ -110,7 +110,13 @@ impl Env {
 fn axes(rng: &mut Rng, rank: usize, n: usize) -> Vec<i64> {
     let neg = rng.chance(0.5);
     (rank - n..rank)
-        .map(|a| if neg { a as i64 - rank as i64 } else { a as i64 })
+        .map(|a| {
+            if neg {
+                a as i64 - rank as i64
+            } else {
+                a as i64
+            }
+        })
         .collect()
 }
 
@@ -122,7 +128,11 @@ fn mean(g: &mut G, env: &Env, x: &str, axes: &[i64], keepdims: Option<i64>) -> S
     if env.opset >= 18 {
         let a = match &env.axes_const {
             Some(shared) => shared.clone(),
-            None => g.constant(I64, &[axes.len() as i64], &axes.iter().map(|&v| v as f64).collect::<Vec<_>>()),
+            None => g.constant(
+                I64,
+                &[axes.len() as i64],
+                &axes.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            ),
         };
         g.op("ReduceMean", &[x, &a], attrs)
     } else {
@@ -145,18 +155,42 @@ fn draw_mean(rng: &mut Rng, env: &Env) -> MeanKind {
     if env.opset < 13 || env.axes_const.is_some() {
         return MeanKind::ReduceMean;
     }
-    *rng.pick(&[MeanKind::ReduceMean, MeanKind::ReduceMean, MeanKind::SumDivided, MeanKind::Unsqueezed])
+    *rng.pick(&[
+        MeanKind::ReduceMean,
+        MeanKind::ReduceMean,
+        MeanKind::SumDivided,
+        MeanKind::Unsqueezed,
+    ])
 }
 
-fn mean_as(g: &mut G, rng: &mut Rng, env: &Env, t: i32, x: &str, axes: &[i64], keepdims: Option<i64>, kind: MeanKind, count_off: f64) -> String {
-    let axes_t = |g: &mut G| g.constant(I64, &[axes.len() as i64], &axes.iter().map(|&v| v as f64).collect::<Vec<_>>());
+fn mean_as(
+    g: &mut G,
+    rng: &mut Rng,
+    env: &Env,
+    t: i32,
+    x: &str,
+    axes: &[i64],
+    keepdims: Option<i64>,
+    kind: MeanKind,
+    count_off: f64,
+) -> String {
+    let axes_t = |g: &mut G| {
+        g.constant(
+            I64,
+            &[axes.len() as i64],
+            &axes.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        )
+    };
     match kind {
         MeanKind::ReduceMean => mean(g, env, x, axes, keepdims),
         MeanKind::SumDivided => {
             let a = axes_t(g);
             let s = g.op("ReduceSum", &[x, &a], vec![("keepdims", A::I(1))]);
             let r = env.rank() as i64;
-            let n: i64 = axes.iter().map(|&ax| env.shape[((ax + r) % r) as usize]).product();
+            let n: i64 = axes
+                .iter()
+                .map(|&ax| env.shape[((ax + r) % r) as usize])
+                .product();
             let nn = number(g, rng, t, &[], n as f64 + count_off);
             g.op("Div", &[&s, &nn], vec![])
         }
@@ -187,7 +221,11 @@ fn number(g: &mut G, rng: &mut Rng, t: i32, dims: &[i64], v: f64) -> String {
 /// A parameter tensor of `dims` (γ around 1, β around 0).
 fn param(g: &mut G, rng: &mut Rng, env: &Env, stem: &str, dims: &[i64], around: f64) -> String {
     let n: i64 = dims.iter().product();
-    let vals: Vec<f64> = rng.values(n as usize, -0.5, 0.5).iter().map(|v| around + v).collect();
+    let vals: Vec<f64> = rng
+        .values(n as usize, -0.5, 0.5)
+        .iter()
+        .map(|v| around + v)
+        .collect();
     g.init(stem, env.t, dims, &vals)
 }
 
@@ -219,7 +257,14 @@ fn param_dims(rng: &mut Rng, env: &Env, n_axes: usize, miss: Miss, is_gamma: boo
 }
 
 /// γ and β for a norm: the tied ones, or new ones (each present with some probability).
-fn affine(g: &mut G, rng: &mut Rng, env: &Env, n_axes: usize, miss: Miss, need_gamma: bool) -> (Option<String>, Option<String>) {
+fn affine(
+    g: &mut G,
+    rng: &mut Rng,
+    env: &Env,
+    n_axes: usize,
+    miss: Miss,
+    need_gamma: bool,
+) -> (Option<String>, Option<String>) {
     let gamma = match &env.gamma {
         Some(t) => Some(t.clone()),
         None if need_gamma || rng.chance(0.8) => {
@@ -239,13 +284,27 @@ fn affine(g: &mut G, rng: &mut Rng, env: &Env, n_axes: usize, miss: Miss, need_g
     (gamma, beta)
 }
 
-fn apply_affine(g: &mut G, rng: &mut Rng, n: String, gamma: Option<&str>, beta: Option<&str>) -> String {
+fn apply_affine(
+    g: &mut G,
+    rng: &mut Rng,
+    n: String,
+    gamma: Option<&str>,
+    beta: Option<&str>,
+) -> String {
     let mut y = n;
     if let Some(gm) = gamma {
-        y = if rng.chance(0.5) { g.op("Mul", &[&y, gm], vec![]) } else { g.op("Mul", &[gm, &y], vec![]) };
+        y = if rng.chance(0.5) {
+            g.op("Mul", &[&y, gm], vec![])
+        } else {
+            g.op("Mul", &[gm, &y], vec![])
+        };
     }
     if let Some(b) = beta {
-        y = if rng.chance(0.5) { g.op("Add", &[&y, b], vec![]) } else { g.op("Add", &[b, &y], vec![]) };
+        y = if rng.chance(0.5) {
+            g.op("Add", &[&y, b], vec![])
+        } else {
+            g.op("Add", &[b, &y], vec![])
+        };
     }
     y
 }
@@ -264,7 +323,11 @@ pub fn draw(rng: &mut Rng, env: &Env) -> (Form, Miss) {
     ]);
     // Over fewer than 3 channels a float16 variance is ill-conditioned (two nearly equal values
     // leave float16 rounding, not the rewrite, to decide the output).
-    let form = if form == Form::ChannelsFirst && (env.rank() != 3 || env.shape[1] < 3) { Form::Decomposed } else { form };
+    let form = if form == Form::ChannelsFirst && (env.rank() != 3 || env.shape[1] < 3) {
+        Form::Decomposed
+    } else {
+        form
+    };
     let miss = match form {
         Form::Decomposed if rng.chance(0.4) => *rng.pick(DECOMPOSED_MISSES),
         Form::Simple if rng.chance(0.2) => Miss::WrongBessel,
@@ -297,7 +360,11 @@ fn epsilon(rng: &mut Rng) -> f64 {
 }
 
 fn fused(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
-    let n_axes = if env.rank() == 3 && rng.chance(0.2) { 2 } else { 1 };
+    let n_axes = if env.rank() == 3 && rng.chance(0.2) {
+        2
+    } else {
+        1
+    };
     let (gamma, beta) = affine(g, rng, env, n_axes, Miss::None, true);
     // LayerNormalization wants Scale of exactly the normalised shape.
     let gamma = gamma.unwrap();
@@ -306,7 +373,11 @@ fn fused(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
     if let Some(b) = &beta {
         ins.push(b);
     }
-    let axis = if rng.chance(0.5) { -(n_axes as i64) } else { (env.rank() - n_axes) as i64 };
+    let axis = if rng.chance(0.5) {
+        -(n_axes as i64)
+    } else {
+        (env.rank() - n_axes) as i64
+    };
     let attrs = vec![("axis", A::I(axis)), ("epsilon", A::F(eps as f32))];
     let (y, escapes) = if env.opset >= 17 && rng.chance(0.15) {
         // The Mean output read too.
@@ -316,12 +387,21 @@ fn fused(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
     } else {
         (g.op("LayerNormalization", &ins, attrs), vec![])
     };
-    Norm { y, escapes, gamma: Some(gamma), label: format!("fused axis={axis}") }
+    Norm {
+        y,
+        escapes,
+        gamma: Some(gamma),
+        label: format!("fused axis={axis}"),
+    }
 }
 
 fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm {
     let rank = env.rank();
-    let n_axes = if rank == 3 && miss != Miss::VarAxes && rng.chance(0.15) { 2 } else { 1 };
+    let n_axes = if rank == 3 && miss != Miss::VarAxes && rng.chance(0.15) {
+        2
+    } else {
+        1
+    };
     let ax = axes(rng, rank, n_axes);
     let keepdims = if rng.chance(0.5) { None } else { Some(1) };
     let mut label = format!("decomposed axes={ax:?}");
@@ -336,7 +416,11 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
     };
     let kind = draw_mean(rng, env);
     let wrong_count = if miss == Miss::WrongCount { 1.0 } else { 0.0 };
-    let kind = if miss == Miss::WrongCount { MeanKind::SumDivided } else { kind };
+    let kind = if miss == Miss::WrongCount {
+        MeanKind::SumDivided
+    } else {
+        kind
+    };
     if kind == MeanKind::SumDivided {
         label += " sums";
     } else if kind == MeanKind::Unsqueezed {
@@ -344,7 +428,11 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
     }
     let m = mean_as(g, rng, env, t, &x, &ax, keepdims, kind, wrong_count);
     let d = g.op("Sub", &[&x, &m], vec![]);
-    let d2 = if rng.chance(0.15) { g.op("Sub", &[&x, &m], vec![]) } else { d.clone() };
+    let d2 = if rng.chance(0.15) {
+        g.op("Sub", &[&x, &m], vec![])
+    } else {
+        d.clone()
+    };
     let dq = if miss == Miss::NarrowingCast {
         let h = g.op("Cast", &[&d], vec![("to", A::I(F16 as i64))]);
         g.op("Cast", &[&h], vec![("to", A::I(F32 as i64))])
@@ -367,7 +455,11 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
     } else {
         ax.clone()
     };
-    let var_keep = if miss == Miss::KeepdimsNoRestore { Some(0) } else { keepdims };
+    let var_keep = if miss == Miss::KeepdimsNoRestore {
+        Some(0)
+    } else {
+        keepdims
+    };
     let mut v = if moments {
         // E[x²] − E[x]²
         label += " moments";
@@ -383,7 +475,11 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
     match miss {
         Miss::PositiveFloor => {
             let floor = number(g, rng, t, &[], 0.1);
-            v = if rng.chance(0.5) { g.op("Max", &[&v, &floor], vec![]) } else { g.op("Clip", &[&v, &floor], vec![]) };
+            v = if rng.chance(0.5) {
+                g.op("Max", &[&v, &floor], vec![])
+            } else {
+                g.op("Clip", &[&v, &floor], vec![])
+            };
             label += " floor";
         }
         _ if rng.chance(0.1) => {
@@ -393,7 +489,11 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
         }
         _ => {}
     }
-    let eps = if rng.chance(0.1) { None } else { Some(epsilon(rng)) };
+    let eps = if rng.chance(0.1) {
+        None
+    } else {
+        Some(epsilon(rng))
+    };
     let ve = match (eps, miss) {
         (_, Miss::EpsInput) => {
             let e = g.input("eps", t, &[]);
@@ -415,7 +515,11 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
     let gamma_before_div = gamma.is_some() && !stats_in_float && rng.chance(0.2);
     let num = if gamma_before_div {
         let gm = gamma.as_deref().unwrap();
-        if rng.chance(0.5) { g.op("Mul", &[gm, &d2], vec![]) } else { g.op("Mul", &[&d2, gm], vec![]) }
+        if rng.chance(0.5) {
+            g.op("Mul", &[gm, &d2], vec![])
+        } else {
+            g.op("Mul", &[&d2, gm], vec![])
+        }
     } else {
         d2.clone()
     };
@@ -443,13 +547,22 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
             };
             // tf2onnx: the gain multiplied into the reciprocal, (x − mean)·(rsqrt(var + ε)·γ).
             let r = match gamma.as_deref() {
-                Some(gm) if !gamma_before_div && !gamma_in_reciprocal.get() && !stats_in_float && rng.chance(0.3) => {
+                Some(gm)
+                    if !gamma_before_div
+                        && !gamma_in_reciprocal.get()
+                        && !stats_in_float
+                        && rng.chance(0.3) =>
+                {
                     gamma_in_reciprocal.set(true);
                     g.op("Mul", &[&r, gm], vec![])
                 }
                 _ => r,
             };
-            if rng.chance(0.5) { g.op("Mul", &[&r, &num], vec![]) } else { g.op("Mul", &[&num, &r], vec![]) }
+            if rng.chance(0.5) {
+                g.op("Mul", &[&r, &num], vec![])
+            } else {
+                g.op("Mul", &[&num, &r], vec![])
+            }
         }
         _ => {
             let mhalf = number(g, rng, t, &[], -0.5);
@@ -457,8 +570,16 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
             g.op("Mul", &[&num, &r], vec![])
         }
     };
-    let n = if stats_in_float { g.op("Cast", &[&n], vec![("to", A::I(F16 as i64))]) } else { n };
-    let gamma_after = if gamma_before_div || gamma_in_reciprocal.get() { None } else { gamma.as_deref() };
+    let n = if stats_in_float {
+        g.op("Cast", &[&n], vec![("to", A::I(F16 as i64))])
+    } else {
+        n
+    };
+    let gamma_after = if gamma_before_div || gamma_in_reciprocal.get() {
+        None
+    } else {
+        gamma.as_deref()
+    };
     let y = apply_affine(g, rng, n, gamma_after, beta.as_deref());
     let mut escapes = vec![];
     match miss {
@@ -468,12 +589,20 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
     }
     // The statistics are float32 there: what escapes is read in the norm's own type.
     if stats_in_float {
-        escapes = escapes.iter().map(|e| g.op("Cast", &[e], vec![("to", A::I(F16 as i64))])).collect();
+        escapes = escapes
+            .iter()
+            .map(|e| g.op("Cast", &[e], vec![("to", A::I(F16 as i64))]))
+            .collect();
     }
     if miss != Miss::None {
         label += &format!(" miss={miss:?}");
     }
-    Norm { y, escapes, gamma, label }
+    Norm {
+        y,
+        escapes,
+        gamma,
+        label,
+    }
 }
 
 /// `N/(N−1)` (folded, or through Shape/Gather/ReduceProd/Cast) times the variance, its root, ε
@@ -482,7 +611,11 @@ fn unbiased_std(g: &mut G, rng: &mut Rng, env: &Env, x: &str, miss: Miss) -> (St
     let t = env.t;
     let ax = axes(rng, env.rank(), 1);
     let m1 = mean(g, env, x, &ax, Some(1));
-    let m2 = if rng.chance(0.5) { mean(g, env, x, &ax, Some(1)) } else { m1.clone() };
+    let m2 = if rng.chance(0.5) {
+        mean(g, env, x, &ax, Some(1))
+    } else {
+        m1.clone()
+    };
     let s2 = g.op("Sub", &[x, &m2], vec![]);
     let sq = g.op("Mul", &[&s2, &s2], vec![]);
     let v = mean(g, env, &sq, &ax, Some(1));
@@ -525,7 +658,12 @@ fn simple(g: &mut G, rng: &mut Rng, env: &Env, x: &str, miss: Miss) -> Norm {
             apply_affine(g, rng, n, gamma.as_deref(), beta.as_deref())
         }
     };
-    Norm { y: n, escapes: vec![], gamma, label: format!("simple miss={miss:?}") }
+    Norm {
+        y: n,
+        escapes: vec![],
+        gamma,
+        label: format!("simple miss={miss:?}"),
+    }
 }
 
 fn adanorm(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
@@ -541,12 +679,21 @@ fn adanorm(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
     let p = g.op("Mul", &[&xc, &gra], vec![]);
     let w = g.op("Sub", &[&xc, &p], vec![]);
     let mut y = g.op("Div", &[&w, &den], vec![]);
-    let c = if rng.chance(0.6) { Some(*rng.pick(&[1.0, 2.0, 0.5])) } else { None };
+    let c = if rng.chance(0.6) {
+        Some(*rng.pick(&[1.0, 2.0, 0.5]))
+    } else {
+        None
+    };
     if let Some(c) = c {
         let cc = g.scalar(t, c);
         y = g.op("Mul", &[&y, &cc], vec![]);
     }
-    Norm { y, escapes: vec![], gamma: None, label: format!("adanorm k={k} c={c:?}") }
+    Norm {
+        y,
+        escapes: vec![],
+        gamma: None,
+        label: format!("adanorm k={k} c={c:?}"),
+    }
 }
 
 fn channels_first(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
@@ -567,9 +714,19 @@ fn channels_first(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
         Some(gm) if g.consts_only || rng.chance(0.3) => gm.clone(),
         _ => param(g, rng, env, "cf_gamma", dims, 1.0),
     };
-    let beta = if g.consts_only { env.beta.clone() } else { rng.chance(0.7).then(|| param(g, rng, env, "cf_beta", dims, 0.0)) };
+    let beta = if g.consts_only {
+        env.beta.clone()
+    } else {
+        rng.chance(0.7)
+            .then(|| param(g, rng, env, "cf_beta", dims, 0.0))
+    };
     let y = apply_affine(g, rng, n, Some(&gamma), beta.as_deref());
-    Norm { y, escapes: vec![], gamma: Some(gamma), label: format!("channels-first {dims:?}") }
+    Norm {
+        y,
+        escapes: vec![],
+        gamma: Some(gamma),
+        label: format!("channels-first {dims:?}"),
+    }
 }
 
 fn rmsnorm(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
@@ -591,7 +748,12 @@ fn rmsnorm(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
         }
     };
     let y = g.op("Mul", &[&gamma, &n], vec![]);
-    Norm { y, escapes: vec![], gamma: Some(gamma), label: "rmsnorm".into() }
+    Norm {
+        y,
+        escapes: vec![],
+        gamma: Some(gamma),
+        label: "rmsnorm".into(),
+    }
 }
 
 /// Dimensions as declared for an input whose run-time dimensions are `shape`: the leading ones

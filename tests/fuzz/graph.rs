@@ -38,12 +38,18 @@ pub enum Dim {
 
 pub fn tensor(name: &str, elem: i32, dims: &[i64], vals: &[f64]) -> TensorProto {
     let raw: Vec<u8> = match elem {
-        F32 => vals.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
+        F32 => vals
+            .iter()
+            .flat_map(|&v| (v as f32).to_le_bytes())
+            .collect(),
         F16 => vals
             .iter()
             .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
             .collect(),
-        I64 => vals.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect(),
+        I64 => vals
+            .iter()
+            .flat_map(|&v| (v as i64).to_le_bytes())
+            .collect(),
         _ => panic!("tensor of type {elem}"),
     };
     TensorProto {
@@ -59,13 +65,15 @@ pub fn value_info(name: &str, elem: i32, dims: Option<&[Dim]>) -> ValueInfoProto
     let shape = dims.map(|dims| TensorShapeProto {
         dim: dims
             .iter()
-            .map(|d| adanorm_onnx::onnx::proto::tensor_shape_proto::Dimension {
-                value: Some(match d {
-                    Dim::Known(v) => dimension::Value::DimValue(*v),
-                    Dim::Named(n) => dimension::Value::DimParam(n.to_string()),
-                }),
-                ..Default::default()
-            })
+            .map(
+                |d| adanorm_onnx::onnx::proto::tensor_shape_proto::Dimension {
+                    value: Some(match d {
+                        Dim::Known(v) => dimension::Value::DimValue(*v),
+                        Dim::Named(n) => dimension::Value::DimParam(n.to_string()),
+                    }),
+                    ..Default::default()
+                },
+            )
             .collect(),
     });
     ValueInfoProto {
@@ -189,7 +197,13 @@ impl G {
         self.dop("", op, inputs, attrs)
     }
 
-    pub fn dop(&mut self, domain: &str, op: &str, inputs: &[&str], attrs: Vec<(&str, A)>) -> String {
+    pub fn dop(
+        &mut self,
+        domain: &str,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<(&str, A)>,
+    ) -> String {
         let out = self.fresh(&op.to_lowercase());
         self.node(domain, op, inputs, &[&out], attrs);
         out
@@ -235,7 +249,15 @@ impl G {
     }
 
     /// The nodes as a function body: `inputs`/`outputs` by name.
-    pub fn function(self, domain: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: &[&str], opset: i64) -> FunctionProto {
+    pub fn function(
+        self,
+        domain: &str,
+        name: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: &[&str],
+        opset: i64,
+    ) -> FunctionProto {
         FunctionProto {
             name: Some(name.into()),
             domain: Some(domain.into()),
@@ -252,7 +274,11 @@ impl G {
     }
 }
 
-pub fn model(graph: GraphProto, opsets: &[(&str, i64)], functions: Vec<FunctionProto>) -> ModelProto {
+pub fn model(
+    graph: GraphProto,
+    opsets: &[(&str, i64)],
+    functions: Vec<FunctionProto>,
+) -> ModelProto {
     ModelProto {
         ir_version: Some(8),
         producer_name: Some("adanorm-onnx fuzz".into()),

@@ -25,16 +25,25 @@ pub fn check(m: &ModelProto) -> Problems {
         let mut names = HashSet::new();
         for n in &f.node {
             if !n.name().is_empty() && !names.insert(n.name().to_string()) {
-                p.push(("structure: duplicate node name".into(), format!("function {}: {}", f.name(), n.name())));
+                p.push((
+                    "structure: duplicate node name".into(),
+                    format!("function {}: {}", f.name(), n.name()),
+                ));
             }
             for i in n.input.iter().filter(|i| !i.is_empty()) {
                 if !defined.contains(i) {
-                    p.push(("structure: dangling input".into(), format!("function {}: node {} reads {i}", f.name(), n.name())));
+                    p.push((
+                        "structure: dangling input".into(),
+                        format!("function {}: node {} reads {i}", f.name(), n.name()),
+                    ));
                 }
             }
             for o in n.output.iter().filter(|o| !o.is_empty()) {
                 if !defined.insert(o.clone()) {
-                    p.push(("structure: value produced twice".into(), format!("function {}: {o}", f.name())));
+                    p.push((
+                        "structure: value produced twice".into(),
+                        format!("function {}: {o}", f.name()),
+                    ));
                 }
             }
         }
@@ -62,9 +71,15 @@ fn walk(
     let mut seen_inits = HashSet::new();
     for t in &g.initializer {
         if !seen_inits.insert(t.name()) {
-            p.push(("structure: duplicate initializer".into(), format!("{path}: {}", t.name())));
+            p.push((
+                "structure: duplicate initializer".into(),
+                format!("{path}: {}", t.name()),
+            ));
         } else if let Some(prev) = produced.insert(t.name().to_string(), "initializer") {
-            p.push(("structure: initializer name used twice".into(), format!("{path}: {} (also a {prev})", t.name())));
+            p.push((
+                "structure: initializer name used twice".into(),
+                format!("{path}: {} (also a {prev})", t.name()),
+            ));
         }
         defined.insert(t.name().to_string());
     }
@@ -73,31 +88,57 @@ fn walk(
             continue;
         }
         if let Some(prev) = produced.insert(i.name().to_string(), "graph input") {
-            p.push(("structure: value produced twice".into(), format!("{path}: input {} (also a {prev})", i.name())));
+            p.push((
+                "structure: value produced twice".into(),
+                format!("{path}: input {} (also a {prev})", i.name()),
+            ));
         }
         defined.insert(i.name().to_string());
     }
-    let later: HashSet<&str> = g.node.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    let later: HashSet<&str> = g
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .collect();
     let mut names = HashSet::new();
     for n in &g.node {
         if !n.name().is_empty() && !names.insert(n.name()) {
-            p.push(("structure: duplicate node name".into(), format!("{path}: {}", n.name())));
+            p.push((
+                "structure: duplicate node name".into(),
+                format!("{path}: {}", n.name()),
+            ));
         }
         for i in n.input.iter().filter(|i| !i.is_empty()) {
             if !defined.contains(i) {
-                let class = if later.contains(i.as_str()) { "structure: not in topological order" } else { "structure: dangling input" };
+                let class = if later.contains(i.as_str()) {
+                    "structure: not in topological order"
+                } else {
+                    "structure: dangling input"
+                };
                 p.push((class.into(), format!("{path}: node {} reads {i}", n.name())));
             }
         }
         for a in &n.attribute {
             for (k, sub) in a.g.iter().chain(a.graphs.iter()).enumerate() {
-                walk(sub, &defined, produced, p, &format!("{path}/{}.{}[{k}]", n.name(), a.name()));
+                walk(
+                    sub,
+                    &defined,
+                    produced,
+                    p,
+                    &format!("{path}/{}.{}[{k}]", n.name(), a.name()),
+                );
             }
         }
         for o in n.output.iter().filter(|o| !o.is_empty()) {
             match produced.insert(o.clone(), "node output") {
-                Some("initializer") => p.push(("structure: initializer also produced by a node".into(), format!("{path}: {o} by {}", n.name()))),
-                Some(prev) => p.push(("structure: value produced twice".into(), format!("{path}: {o} by {} (also a {prev})", n.name()))),
+                Some("initializer") => p.push((
+                    "structure: initializer also produced by a node".into(),
+                    format!("{path}: {o} by {}", n.name()),
+                )),
+                Some(prev) => p.push((
+                    "structure: value produced twice".into(),
+                    format!("{path}: {o} by {} (also a {prev})", n.name()),
+                )),
                 None => {}
             }
             defined.insert(o.clone());
@@ -105,7 +146,10 @@ fn walk(
     }
     for o in &g.output {
         if !defined.contains(o.name()) {
-            p.push(("structure: undefined graph output".into(), format!("{path}: {}", o.name())));
+            p.push((
+                "structure: undefined graph output".into(),
+                format!("{path}: {}", o.name()),
+            ));
         }
     }
 }
@@ -113,10 +157,16 @@ fn walk(
 fn uses_domain(m: &ModelProto) -> bool {
     fn in_graph(g: &GraphProto) -> bool {
         g.node.iter().any(|n| {
-            n.domain() == DOMAIN || n.attribute.iter().any(|a| a.g.iter().chain(a.graphs.iter()).any(in_graph))
+            n.domain() == DOMAIN
+                || n.attribute
+                    .iter()
+                    .any(|a| a.g.iter().chain(a.graphs.iter()).any(in_graph))
         })
     }
-    m.graph.as_ref().is_some_and(in_graph) || m.functions.iter().any(|f| f.node.iter().any(|n| n.domain() == DOMAIN))
+    m.graph.as_ref().is_some_and(in_graph)
+        || m.functions
+            .iter()
+            .any(|f| f.node.iter().any(|n| n.domain() == DOMAIN))
 }
 
 /// Element types of X, Scale and B of each ai.adanorm node, from the index's type facts.
@@ -133,7 +183,10 @@ pub fn adanorm_types(g: &GraphIndex<'_>, p: &mut Problems) {
             .filter_map(|i| g.elem_type(i).map(|t| (i.clone(), t)))
             .collect();
         if types.windows(2).any(|w| w[0].1 != w[1].1) {
-            p.push(("structure: ai.adanorm with mixed element types".into(), format!("{} {}: {types:?}", g.scope.label(), n.name())));
+            p.push((
+                "structure: ai.adanorm with mixed element types".into(),
+                format!("{} {}: {types:?}", g.scope.label(), n.name()),
+            ));
         }
     }
 }
@@ -145,7 +198,11 @@ pub fn count_adanorm(m: &ModelProto) -> usize {
             .iter()
             .map(|n| {
                 (n.domain() == DOMAIN) as usize
-                    + n.attribute.iter().flat_map(|a| a.g.iter().chain(a.graphs.iter())).map(in_graph).sum::<usize>()
+                    + n.attribute
+                        .iter()
+                        .flat_map(|a| a.g.iter().chain(a.graphs.iter()))
+                        .map(in_graph)
+                        .sum::<usize>()
             })
             .sum()
     }

@@ -56,7 +56,12 @@ impl Ctx {
     }
     fn vector(&mut self, g: &mut G, stem: &str, t: i32, around: f64) -> String {
         let h = self.h() as usize;
-        let vals: Vec<f64> = self.rng.values(h, -0.5, 0.5).iter().map(|v| v + around).collect();
+        let vals: Vec<f64> = self
+            .rng
+            .values(h, -0.5, 0.5)
+            .iter()
+            .map(|v| v + around)
+            .collect();
         g.init(stem, t, &[h as i64], &vals)
     }
 }
@@ -78,7 +83,11 @@ pub fn generate(seed: u64) -> Case {
     c.island = c.t == F16 && rng.chance(0.4);
     let symbolic = rng.chance(0.3);
     let h = *rng.pick(&[4i64, 8, 16]);
-    let (b, s) = if symbolic { (2, 2) } else { (*rng.pick(&[1i64, 2]), *rng.pick(&[3i64, 5])) };
+    let (b, s) = if symbolic {
+        (2, 2)
+    } else {
+        (*rng.pick(&[1i64, 2]), *rng.pick(&[3i64, 5]))
+    };
     let shape_kind = rng.below(10);
     c.shape = match shape_kind {
         0 if !symbolic => vec![h, h],
@@ -109,8 +118,12 @@ pub fn generate(seed: u64) -> Case {
 
     // Ties decided up front, so the norm and its readers can share tensors.
     let t = c.t;
-    let tie_beta_bias = c.rng.chance(0.25).then(|| c.vector(&mut main, "shared_bias", t, 0.0));
-    let shared_axes = (c.opset >= 18 && c.rng.chance(0.3)).then(|| main.constant(I64, &[1], &[-1.0]));
+    let tie_beta_bias = c
+        .rng
+        .chance(0.25)
+        .then(|| c.vector(&mut main, "shared_bias", t, 0.0));
+    let shared_axes =
+        (c.opset >= 18 && c.rng.chance(0.3)).then(|| main.constant(I64, &[1], &[-1.0]));
     if tie_beta_bias.is_some() {
         c.desc.push("β = a Linear's bias".into());
     }
@@ -135,7 +148,12 @@ pub fn generate(seed: u64) -> Case {
                 extra_opsets.push(("com.microsoft", 1));
                 let gm = c.vector(&mut main, "skip_gamma", t, 1.0);
                 let be = c.vector(&mut main, "skip_beta", t, 0.0);
-                let y = main.dop("com.microsoft", "SkipLayerNormalization", &[&x, &x, &gm, &be], vec![("epsilon", A::F(1e-5))]);
+                let y = main.dop(
+                    "com.microsoft",
+                    "SkipLayerNormalization",
+                    &[&x, &x, &gm, &be],
+                    vec![("epsilon", A::F(1e-5))],
+                );
                 c.desc.push("SkipLayerNormalization".into());
                 (y, None, Form::Fused)
             } else {
@@ -147,7 +165,9 @@ pub fn generate(seed: u64) -> Case {
         }
         Place::Branch => {
             let gm = c.vector(&mut main, "outer_gamma", t, 1.0);
-            let be = tie_beta_bias.clone().unwrap_or_else(|| c.vector(&mut main, "outer_beta", t, 0.0));
+            let be = tie_beta_bias
+                .clone()
+                .unwrap_or_else(|| c.vector(&mut main, "outer_beta", t, 0.0));
             let w_outer = c.weight(&mut main, "outer_w", t);
             let cond = main.input("cond", BOOL, &[]);
             let mut branches = vec![];
@@ -181,7 +201,11 @@ pub fn generate(seed: u64) -> Case {
             }
             let else_g = branches.pop().unwrap();
             let then_g = branches.pop().unwrap();
-            let y = main.op("If", &[&cond], vec![("then_branch", A::G(then_g)), ("else_branch", A::G(else_g))]);
+            let y = main.op(
+                "If",
+                &[&cond],
+                vec![("then_branch", A::G(then_g)), ("else_branch", A::G(else_g))],
+            );
             let z = main.op("MatMul", &[&y, &w_outer], vec![]);
             c.outs.push((z, t));
             (y, Some(gm), Form::Decomposed)
@@ -194,8 +218,18 @@ pub fn generate(seed: u64) -> Case {
             let fused = c.rng.chance(0.3);
             if fused {
                 // The epsilon is the call's attribute.
-                body.node("", "LayerNormalization", &["X", "W", "B"], &["Y"], vec![("axis", A::I(-1)), ("epsilon", A::Ref("eps", AttributeType::Float))]);
-                c.desc.push("function: LayerNormalization, eps by attribute".into());
+                body.node(
+                    "",
+                    "LayerNormalization",
+                    &["X", "W", "B"],
+                    &["Y"],
+                    vec![
+                        ("axis", A::I(-1)),
+                        ("epsilon", A::Ref("eps", AttributeType::Float)),
+                    ],
+                );
+                c.desc
+                    .push("function: LayerNormalization, eps by attribute".into());
             } else {
                 let env = Env {
                     t,
@@ -218,8 +252,14 @@ pub fn generate(seed: u64) -> Case {
             let mut v = x.clone();
             let gm = c.vector(&mut main, "fn_gamma", t, 1.0);
             for i in 0..calls {
-                let be = tie_beta_bias.clone().unwrap_or_else(|| c.vector(&mut main, "fn_beta", t, 0.0));
-                let attrs = if fused { vec![("eps", A::F(if i == 0 { 1e-5 } else { 1e-6 }))] } else { vec![] };
+                let be = tie_beta_bias
+                    .clone()
+                    .unwrap_or_else(|| c.vector(&mut main, "fn_beta", t, 0.0));
+                let attrs = if fused {
+                    vec![("eps", A::F(if i == 0 { 1e-5 } else { 1e-6 }))]
+                } else {
+                    vec![]
+                };
                 let out = main.dop(domain, "Norm", &[&v, &gm, &be], attrs);
                 if i + 1 < calls {
                     c.outs.push((out.clone(), t));
@@ -232,7 +272,16 @@ pub fn generate(seed: u64) -> Case {
         }
     };
     let (y, gamma, _form) = y;
-    readers(&mut c, &mut main, &x, &y, gamma, tie_beta_bias, shared_axes, tied_weight);
+    readers(
+        &mut c,
+        &mut main,
+        &x,
+        &y,
+        gamma,
+        tie_beta_bias,
+        shared_axes,
+        tied_weight,
+    );
 
     let mutated = c.rng.chance(0.07);
     if mutated {
@@ -251,7 +300,12 @@ pub fn generate(seed: u64) -> Case {
     let mut opsets = vec![("", c.opset)];
     opsets.extend(extra_opsets);
     let model = graph::model(main.graph("fuzz"), &opsets, functions);
-    Case { model, desc: c.desc, mutated, half: c.t == F16 }
+    Case {
+        model,
+        desc: c.desc,
+        mutated,
+        half: c.t == F16,
+    }
 }
 
 /// X: a graph input, possibly through a Linear, a Transpose, an embedding Gather and a Cast to
@@ -278,13 +332,20 @@ fn prefix(c: &mut Ctx, main: &mut G, symbolic: bool) -> (String, Option<String>)
             d.swap(1, 2);
             let x_in = main.input("x", t_in, &d);
             c.desc.push("pre: Transpose".into());
-            (main.op("Transpose", &[&x_in], vec![("perm", A::Is(vec![0, 2, 1]))]), None)
+            (
+                main.op("Transpose", &[&x_in], vec![("perm", A::Is(vec![0, 2, 1]))]),
+                None,
+            )
         }
         3 if shape.len() >= 2 => {
             // Token ids from {0, 1} (runner::random_inputs) into an [H, H] table, so the table can
             // also be the weight of a MatMul after the norm.
             let d = declared(&shape[..shape.len() - 1], symbolic);
-            let d: Vec<Dim> = if shape.len() == 2 { vec![d[0].clone()] } else { d };
+            let d: Vec<Dim> = if shape.len() == 2 {
+                vec![d[0].clone()]
+            } else {
+                d
+            };
             let ids = main.input("ids", I64, &d);
             let table = c.weight(main, "embedding", t_in);
             c.desc.push("pre: Gather".into());
@@ -343,7 +404,8 @@ fn readers(
             0 | 1 => {
                 let w = match &tied_weight {
                     Some(w) if c.rng.chance(0.6) => {
-                        c.desc.push("a weight read before and after the norm".into());
+                        c.desc
+                            .push("a weight read before and after the norm".into());
                         w.clone()
                     }
                     _ => match c.shared_w.clone() {
@@ -370,7 +432,9 @@ fn readers(
                 c.outs.push((z, t));
             }
             2 => {
-                let b = tie_beta_bias.clone().unwrap_or_else(|| c.vector(main, "qkv_bias", t, 0.0));
+                let b = tie_beta_bias
+                    .clone()
+                    .unwrap_or_else(|| c.vector(main, "qkv_bias", t, 0.0));
                 c.desc.push("q/k/v with one bias".into());
                 for _ in 0..3 {
                     let w = c.weight(main, "w_qkv", t);
@@ -383,7 +447,11 @@ fn readers(
                 let w = c.weight(main, "gemm_w", t);
                 let mut ins = vec![y.to_string(), w];
                 if c.rng.chance(0.6) {
-                    ins.push(tie_beta_bias.clone().unwrap_or_else(|| c.vector(main, "gemm_b", t, 0.0)));
+                    ins.push(
+                        tie_beta_bias
+                            .clone()
+                            .unwrap_or_else(|| c.vector(main, "gemm_b", t, 0.0)),
+                    );
                 }
                 let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
                 let tb = c.rng.below(2) as i64;
@@ -404,7 +472,11 @@ fn readers(
             }
             7 => {
                 // A second norm: on the residual sum, γ possibly the first norm's.
-                let x2 = if c.rng.chance(0.5) { main.op("Add", &[x, y], vec![]) } else { y.to_string() };
+                let x2 = if c.rng.chance(0.5) {
+                    main.op("Add", &[x, y], vec![])
+                } else {
+                    y.to_string()
+                };
                 let tie_gamma = gamma.clone().filter(|_| c.rng.chance(0.5));
                 if tie_gamma.is_some() {
                     c.desc.push("one γ read by two norms".into());
@@ -488,7 +560,8 @@ fn readers(
                 let cond = main.input("cond", BOOL, &[]);
                 let w = match c.shared_w.clone() {
                     Some(w) if c.rng.chance(0.6) => {
-                        c.desc.push("a W read after the norm and inside an If".into());
+                        c.desc
+                            .push("a W read after the norm and inside an If".into());
                         w
                     }
                     _ => c.weight(main, "w_branch", t),
@@ -506,7 +579,14 @@ fn readers(
                     _ => else_b.op("Relu", &[y], vec![]),
                 };
                 else_b.output(&z2, t);
-                let o = main.op("If", &[&cond], vec![("then_branch", A::G(then_b.graph("then"))), ("else_branch", A::G(else_b.graph("else")))]);
+                let o = main.op(
+                    "If",
+                    &[&cond],
+                    vec![
+                        ("then_branch", A::G(then_b.graph("then"))),
+                        ("else_branch", A::G(else_b.graph("else"))),
+                    ],
+                );
                 c.outs.push((o, t));
                 c.desc.push("norm output read inside an If".into());
             }
@@ -527,19 +607,26 @@ fn mutate(c: &mut Ctx, main: &mut G, x: &str, extra_opsets: &mut Vec<(&'static s
         .nodes
         .iter()
         .enumerate()
-        .filter(|(_, n)| matches!(n.op_type(), "Mul" | "Div" | "Add" | "Sub" | "Pow") && n.input.len() == 2)
+        .filter(|(_, n)| {
+            matches!(n.op_type(), "Mul" | "Div" | "Add" | "Sub" | "Pow") && n.input.len() == 2
+        })
         .map(|(i, _)| i)
         .collect();
     if !binary.is_empty() && c.rng.chance(0.6) {
         let i = binary[c.rng.below(binary.len())];
         main.nodes[i].input.truncate(1);
-        c.desc.push(format!("mutation: {} '{}' has one input", main.nodes[i].op_type(), main.nodes[i].name()));
+        c.desc.push(format!(
+            "mutation: {} '{}' has one input",
+            main.nodes[i].op_type(),
+            main.nodes[i].name()
+        ));
     } else {
         if !extra_opsets.iter().any(|(d, _)| *d == "com.microsoft") {
             extra_opsets.push(("com.microsoft", 1));
         }
         let z = main.dop("com.microsoft", "SkipLayerNormalization", &[x], vec![]);
         c.outs.push((z, c.t));
-        c.desc.push("mutation: one-input SkipLayerNormalization".into());
+        c.desc
+            .push("mutation: one-input SkipLayerNormalization".into());
     }
 }

@@ -121,7 +121,9 @@ fn build(
 /// A float attribute, widened to f64 (ONNX float attributes are f32).
 /// A float attribute: an ONNX float32, present or defaulted, widened to f64 afterwards.
 fn float_attr(node: &NodeProto, name: &str, default: f32) -> TractResult<f64> {
-    Ok(f64::from(node.get_attr_opt::<f32>(name)?.unwrap_or(default)))
+    Ok(f64::from(
+        node.get_attr_opt::<f32>(name)?.unwrap_or(default),
+    ))
 }
 
 #[cfg(test)]
