@@ -20,6 +20,8 @@ struct Ln {
     norm: &'static str, // "div", "reciprocal", "div_one"
     eps: Option<f32>,
     eps_from_input: bool,
+    /// The epsilon constant's dimensions (one element; `[]` is a scalar).
+    eps_dims: Vec<i64>,
     gamma: Option<Vec<i64>>,
     gamma_first: bool,
     beta: bool,
@@ -39,6 +41,7 @@ impl Default for Ln {
             norm: "div",
             eps: Some(1e-5),
             eps_from_input: false,
+            eps_dims: vec![],
             gamma: Some(vec![H]),
             gamma_first: false,
             beta: true,
@@ -90,7 +93,7 @@ fn build_ln(o: &Ln) -> Builder {
             let eps = if o.eps_from_input {
                 b.input("eps", F32, &[])
             } else {
-                b.constant(e)
+                b.constant_typed(F32, &o.eps_dims, &[e as f64])
             };
             b.op("Add", &[&v, &eps], vec![])
         }
@@ -269,6 +272,40 @@ fn non_constant_eps_is_not_layernorm() {
     })
     .matches()
     .is_empty());
+}
+
+#[test]
+fn higher_rank_one_element_eps_only_beside_a_known_rank() {
+    // `var + eps` with eps of shape [1,1,1,1] is rank 4 whatever the variance's rank: the node
+    // that replaces it keeps X's rank, so such an eps is an epsilon only where X is known to have
+    // rank 4 or more (the fuzzer found it behind an If whose branches differ in rank).
+    let four = Ln {
+        eps_dims: vec![1, 1, 1, 1],
+        shape: vec![2, 2, 3, H],
+        ..Ln::default()
+    };
+    let m = ln_ok(&four);
+    assert!((m.epsilon - 1e-5).abs() < 1e-9, "{}", m.epsilon);
+
+    let mut unranked = build_ln(&four);
+    if let Some(t) = unranked.inputs[0].r#type.as_mut() {
+        if let Some(adanorm_onnx::onnx::proto::type_proto::Value::TensorType(tt)) = t.value.as_mut()
+        {
+            tt.shape = None;
+        }
+    }
+    let ms = unranked.matches();
+    assert!(
+        ms.iter().all(|m| !m.rewritable),
+        "an eps that may broadcast the rank was taken: {ms:#?}"
+    );
+
+    let three = Ln {
+        eps_dims: vec![1, 1, 1, 1],
+        ..Ln::default()
+    };
+    let ms = build_ln(&three).matches();
+    assert!(ms.iter().all(|m| !m.rewritable), "{ms:#?}");
 }
 
 #[test]

@@ -163,6 +163,9 @@ fn eps_add_from(c: &Canon<'_, '_>, sigma: &str, first: NodeId) -> Option<EpsAdd>
 }
 
 /// A constant, finite, non-negative scalar operand of a two-input node, and the other operand.
+/// A one-element constant of rank above 1 counts only beside a value known to have at least its
+/// rank: beside a lower rank it would broadcast the result up (`[1,1,1,1]` added to a rank-3
+/// variance makes it rank 4), which the written node would not do.
 fn constant_and_other<'a>(
     c: &Canon<'_, '_>,
     n: &'a crate::onnx::proto::NodeProto,
@@ -171,12 +174,15 @@ fn constant_and_other<'a>(
         return None;
     }
     let (a, b) = (&n.input[0], &n.input[1]);
-    let (eps, other) = match (c.scalar(a), c.scalar(b)) {
-        (None, Some(e)) => (e, a.as_str()),
-        (Some(e), None) => (e, b.as_str()),
+    let (eps, eps_value, other) = match (c.scalar(a), c.scalar(b)) {
+        (None, Some(e)) => (e, b.as_str(), a.as_str()),
+        (Some(e), None) => (e, a.as_str(), b.as_str()),
         _ => return None,
     };
-    (eps.is_finite() && eps >= 0.0).then_some((eps, other))
+    let eps_rank = c.g.constant(eps_value)?.dims.len();
+    // A variance is never of rank 0 (it keeps the reduced dimensions), so rank 1 is safe.
+    let no_broadcast = eps_rank <= 1 || c.g.rank(other).is_some_and(|r| r >= eps_rank);
+    (no_broadcast && eps.is_finite() && eps >= 0.0).then_some((eps, other))
 }
 
 /// The variance layer: `[unbiased correction] (mean(d²) | mean(x²) - mean(x)² | mean(x²))`.
