@@ -9,6 +9,11 @@
 //!
 //! A failing case's model is written to `target/fuzz-failures/<seed>.onnx`; the test fails
 //! listing every failure by class.
+//!
+//! `ADANORM_FUZZ_KEEP=DIR` keeps every `ADANORM_FUZZ_KEEP_EVERY`th case (default 4) in
+//! `DIR/<seed>/`: the original, every written model and a `manifest.json` saying which are
+//! claimed exact and which are reverts, for `tests/python/fuzz_check.py` (onnx.checker, strict
+//! shape inference, ONNX Runtime), which `scripts/test` runs.
 
 #[path = "fuzz/mod.rs"]
 mod fuzz;
@@ -46,6 +51,37 @@ fn has_nan(t: &adanorm_tract::tract_onnx::prelude::Tensor) -> bool {
                 .map(|v| v.iter().any(|x| x.is_nan()))
         })
         .unwrap_or(false)
+}
+
+/// Copies a case's models into `ADANORM_FUZZ_KEEP/<seed>/` with its manifest (every
+/// `ADANORM_FUZZ_KEEP_EVERY`th seed). Failing to write there fails the test: a stage that
+/// silently checks nothing would pass.
+fn keep_for_python(seed: u64, half: bool, original: &Path, written: &[commands::Kept]) {
+    let Some(root) = std::env::var_os("ADANORM_FUZZ_KEEP") else {
+        return;
+    };
+    let every = env_u64("ADANORM_FUZZ_KEEP_EVERY").unwrap_or(4).max(1);
+    if seed % every != 0 {
+        return;
+    }
+    let dir = Path::new(&root).join(seed.to_string());
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let copy = |from: &Path, name: &str| {
+        std::fs::copy(from, dir.join(name))
+            .unwrap_or_else(|e| panic!("keep {} in {}: {e}", from.display(), dir.display()));
+    };
+    copy(original, "original.onnx");
+    let mut models = vec![];
+    for (i, w) in written.iter().enumerate() {
+        let file = format!("m{i}.onnx");
+        copy(&w.path, &file);
+        models.push(serde_json::json!({
+            "file": file, "command": w.command, "exact": w.exact, "revert": w.revert,
+        }));
+    }
+    let manifest = serde_json::json!({ "seed": seed, "half": half, "models": models });
+    std::fs::write(dir.join("manifest.json"), manifest.to_string())
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
 }
 
 struct CaseResult {
@@ -135,6 +171,9 @@ fn run_case(seed: u64) -> CaseResult {
     rec.reverts_checked += sub.reverts_checked;
     rec.changes += sub.changes;
     rec.errors += sub.errors;
+    if !case.mutated {
+        keep_for_python(seed, half, &path, &sub.written);
+    }
     for (k, v) in sub.counts {
         *rec.counts.entry(k).or_default() += v;
     }

@@ -132,6 +132,18 @@ pub struct Record {
     pub errors: usize,
     /// Counts for the summary: matches by family and rewritability, command errors by text.
     pub counts: std::collections::BTreeMap<String, usize>,
+    /// Every model the case wrote, for the Python stage (`ADANORM_FUZZ_KEEP`).
+    pub written: Vec<Kept>,
+}
+
+/// A written model and what the Python stage must check of it.
+pub struct Kept {
+    pub path: PathBuf,
+    pub command: String,
+    /// A claimed-exact rewrite: its outputs must equal the original's within the tolerance.
+    pub exact: bool,
+    /// A revert: the original's outputs back.
+    pub revert: bool,
 }
 
 impl Record {
@@ -247,6 +259,12 @@ pub fn check_outcome(
     if exact {
         rec.exact_checked += 1;
     }
+    rec.written.push(Kept {
+        path: path.clone(),
+        command: cmd.to_string(),
+        exact,
+        revert: false,
+    });
     Some(Written {
         path,
         weights,
@@ -347,6 +365,12 @@ pub fn check_revert(
         );
     }
     rec.reverts_checked += 1;
+    rec.written.push(Kept {
+        path: path.clone(),
+        command: cmd.clone(),
+        exact: false,
+        revert: true,
+    });
     in_tract(
         rec,
         &cmd,
@@ -440,8 +464,11 @@ pub fn in_process(rec: &mut Record, path: &Path, dir: &Path, r: &Reference) -> V
                         loads: r.loads,
                         tolerance: r.tolerance,
                     };
-                    if let Some(w2) = check_outcome(rec, &again, &o2, dir, &tag2, &r2) {
-                        let _ = w2;
+                    if check_outcome(rec, &again, &o2, dir, &tag2, &r2).is_some() && !exact_before {
+                        // Exact against its input, not against the original.
+                        if let Some(k) = rec.written.last_mut() {
+                            k.exact = false;
+                        }
                     }
                 }
             }
