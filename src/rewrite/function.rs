@@ -216,8 +216,17 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
         Some(t) => b.node("Cast", &[&yf], "YT", vec![int_attr("to", t as i64)]),
         None => yf,
     };
-    let ys = b.node("Mul", &[&yt, "Scale"], "YScaled", vec![]);
-    b.node("Add", &[&ys, "B"], "Y", vec![]);
+    // Without one element type for every call (mixed, float64 or unknown), a default gain and
+    // bias added for a call of unknown type is float32: cast like X (a no-op for a valid call).
+    let (scale, bias) = match compute_in_f32_from {
+        Some(_) => ("Scale".to_string(), "B".to_string()),
+        None => (
+            b.node("CastLike", &["Scale", "X"], "ScaleT", vec![]),
+            b.node("CastLike", &["B", "X"], "BT", vec![]),
+        ),
+    };
+    let ys = b.node("Mul", &[&yt, &scale], "YScaled", vec![]);
+    b.node("Add", &[&ys, &bias], "Y", vec![]);
     // Mean and InvStdDev in X.shape[:a] + [1]*(r-a)
     let rank = b.node("Size", &[&xshape], "Rank", vec![]);
     let a = b.node(
@@ -305,10 +314,11 @@ pub fn add_portable_functions(
             "--portable needs the model's default opset >= {MIN_OPSET} (it imports {opset})"
         )));
     }
+    let mut names = Names::of_model(model);
     let graph = model.graph.as_mut().expect("checked at load");
     let mut used = Vec::new();
     let mut types = std::collections::HashSet::new();
-    make_calls_portable(graph, elem_type_of, &mut used, &mut types);
+    make_calls_portable(graph, elem_type_of, &mut names, &mut used, &mut types);
     for kind in used {
         model
             .functions
@@ -332,10 +342,12 @@ pub fn add_portable_functions(
 }
 
 /// Gives every `ai.adanorm` node of `graph` and of its subgraphs the inputs and outputs a
-/// function call binds, noting the kinds and element types met.
+/// function call binds, noting the kinds and element types met. What it adds has fresh names
+/// (`names`): nodes may have no name, or names that other values use.
 fn make_calls_portable(
     graph: &mut GraphProto,
     elem_type_of: &dyn Fn(&str) -> Option<i32>,
+    names: &mut Names,
     used: &mut Vec<OpKind>,
     types: &mut std::collections::HashSet<Option<i32>>,
 ) {
@@ -343,7 +355,7 @@ fn make_calls_portable(
     for n in graph.node.iter_mut() {
         for a in &mut n.attribute {
             for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                make_calls_portable(sub, elem_type_of, used, types);
+                make_calls_portable(sub, elem_type_of, names, used, types);
             }
         }
         if n.domain() != DOMAIN {
@@ -368,23 +380,33 @@ fn make_calls_portable(
                 n.output.push(String::new());
             }
             if n.output[slot].is_empty() {
-                n.output[slot] = format!("{}/unused_{what}", n.name());
+                n.output[slot] = names.fresh(&format!("{}/unused_{what}", label(n)));
             }
         }
         for (slot, value) in [(1usize, 1.0f32), (2, 0.0)] {
             if n.input[slot].is_empty() {
+                // Of unknown type the default is float32; the body then casts it like X.
                 let elem = elem_type_of(&n.input[0]).unwrap_or(1);
-                let name = format!(
+                let name = names.fresh(&format!(
                     "{}/portable_{}",
-                    n.name(),
+                    label(n),
                     if slot == 1 { "scale" } else { "bias" }
-                );
+                ));
                 new_inits.push(filled(&name, elem, value));
                 n.input[slot] = name;
             }
         }
     }
     graph.initializer.extend(new_inits);
+}
+
+/// What a node's added names start with: its name, else its output's.
+fn label(n: &NodeProto) -> &str {
+    if n.name().is_empty() {
+        n.output.first().map_or("adanorm", String::as_str)
+    } else {
+        n.name()
+    }
 }
 
 fn filled(name: &str, elem_type: i32, v: f32) -> TensorProto {

@@ -392,6 +392,67 @@ class OldOpsets(unittest.TestCase):
                     self.assertLess(float(np.max(np.abs(got - want))), 1e-4)
 
 
+def untyped_half_norms_model():
+    """Two float16 LayerNorms without gain or bias whose input's element type the tool cannot
+    know (an `Add` whose first operand comes from `ConstantOfShape`), for `--portable`."""
+    from onnx import TensorProto, helper
+    half = lambda name, v: helper.make_tensor(name, TensorProto.FLOAT16, [], [v])
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("ConstantOfShape", ["xs"], ["zeros"], value=helper.make_tensor("v", TensorProto.FLOAT16, [1], [0.0])),
+        helper.make_node("Add", ["zeros", "x"], ["h0"]),
+    ]
+    inits = [half("eps", 1e-5)]
+    h = "h0"
+    for i in range(2):
+        nodes += [
+            helper.make_node("ReduceMean", [h], [f"m{i}"], axes=[-1]),
+            helper.make_node("Sub", [h, f"m{i}"], [f"d{i}"]),
+            helper.make_node("Mul", [f"d{i}", f"d{i}"], [f"dd{i}"]),
+            helper.make_node("ReduceMean", [f"dd{i}"], [f"v{i}"], axes=[-1]),
+            helper.make_node("Add", [f"v{i}", "eps"], [f"ve{i}"]),
+            helper.make_node("Sqrt", [f"ve{i}"], [f"s{i}"]),
+            helper.make_node("Div", [f"d{i}", f"s{i}"], [f"y{i}"]),
+            helper.make_node("Relu", [f"y{i}"], [f"h{i + 1}"]),
+        ]
+        h = f"h{i + 1}"
+    g = helper.make_graph(nodes, "untyped", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 3, 16])],
+                          [helper.make_tensor_value_info(h, TensorProto.FLOAT16, [2, 3, 16])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+class PortableTypes(unittest.TestCase):
+    """`--portable` where the tool cannot know a norm's element type: the default gain and bias
+    it adds for the function call take X's type in the body (CastLike), and every name it adds
+    is fresh, also for nodes that have no name."""
+
+    def test_untyped_float16_and_nameless_nodes(self):
+        feeds = {"x": np.random.default_rng(1).standard_normal((2, 3, 16)).astype(np.float16)}
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "untyped.onnx")
+            onnx.save(untyped_half_norms_model(), src)
+            want = ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+            # Straight from the original, and from a rewrite whose ai.adanorm nodes lost their names.
+            plain = os.path.join(tmp, "plain.onnx")
+            cli("rewrite", src, "-o", plain, "--k", "0", "--c", "1")
+            m = onnx.load(plain)
+            self.assertEqual(sum(n.domain == "ai.adanorm" for n in m.graph.node), 2)
+            for n in m.graph.node:
+                n.name = ""
+            nameless = os.path.join(tmp, "nameless.onnx")
+            onnx.save(m, nameless)
+            for what, args in [("rewrite", ["rewrite", src, "--k", "0", "--c", "1"]),
+                               ("fuse", ["fuse", src]),
+                               ("fuse of nameless nodes", ["fuse", nameless])]:
+                with self.subTest(what):
+                    out = os.path.join(tmp, what.replace(" ", "_") + ".portable.onnx")
+                    cli(*args, "-o", out, "--portable")
+                    valid(self, out)
+                    got = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+                    err = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+                    self.assertLess(err, 3e-2)
+
+
 FUNCTIONS = os.path.join(ROOT, "fixtures", "functions", "torch_modules_as_functions_op15")
 
 
