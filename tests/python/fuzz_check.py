@@ -17,8 +17,9 @@ class; exits 1 if any, or if there was nothing to check.
 What the original itself fails is not held against the tool: where onnx.checker refuses the
 original, the written models are not checked by it either; where ONNX Runtime refuses or crashes
 on the original, the case is not judged in ONNX Runtime. Each case runs in a child process, so a
-crash inside ONNX Runtime (seen: it segfaults on an opset-14 model-local function whose LayerNormalization reads its epsilon from a function attribute) is attributed to
-the model it was loading and the other cases still run.
+crash inside ONNX Runtime is attributed to the model it was loading and the other cases still
+run (seen: ORT 1.32 segfaults on an opset-14 model-local function whose LayerNormalization reads
+its epsilon from a function attribute).
 """
 import collections
 import json
