@@ -61,7 +61,7 @@ fn keep_for_python(seed: u64, half: bool, original: &Path, written: &[commands::
         return;
     };
     let every = env_u64("ADANORM_FUZZ_KEEP_EVERY").unwrap_or(4).max(1);
-    if seed % every != 0 {
+    if !seed.is_multiple_of(every) {
         return;
     }
     let dir = Path::new(&root).join(seed.to_string());
@@ -177,7 +177,7 @@ fn run_case(seed: u64) -> CaseResult {
     for (k, v) in sub.counts {
         *rec.counts.entry(k).or_default() += v;
     }
-    if seed % CLI_EVERY == 0 || std::env::var("ADANORM_FUZZ_SEED").is_ok() {
+    if seed.is_multiple_of(CLI_EVERY) || std::env::var("ADANORM_FUZZ_SEED").is_ok() {
         let mut cli = Record::default();
         commands::through_cli(&mut cli, &path, &lib_ok);
         rec.failures.append(&mut cli.failures);

@@ -10,8 +10,6 @@ use crate::onnx::attr;
 use crate::onnx::dtype::{BOOL, INT64};
 use crate::onnx::proto::{type_proto, NodeProto, ValueInfoProto};
 
-/// One dimension.
-
 /// The product of dimensions, `None` when one is unknown or the product overflows `i64`
 /// (a model may declare any sizes; an overflow is "unknown", never a wrapped number).
 pub fn checked_product(dims: impl IntoIterator<Item = Option<i64>>) -> Option<i64> {
@@ -19,6 +17,7 @@ pub fn checked_product(dims: impl IntoIterator<Item = Option<i64>>) -> Option<i6
         .try_fold(1i64, |acc, d| acc.checked_mul(d?))
 }
 
+/// One dimension.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dim {
     Known(i64),

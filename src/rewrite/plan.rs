@@ -425,6 +425,9 @@ fn fit_param(
 /// `p` under a new name with another shape: a renamed view of the initializer's bytes with
 /// dims `view` when `p` is an initializer and `view` is known, else a `Reshape` of `p` to
 /// `target` (which may hold -1).
+// The plan's shared state (names, patch, inserted nodes) travels as separate borrows; issue 15
+// gathers it into one planning context.
+#[allow(clippy::too_many_arguments)]
 fn reshaped_param(
     g: &GraphIndex<'_>,
     p: &str,
