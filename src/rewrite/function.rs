@@ -437,11 +437,7 @@ pub fn inline(
     names: &mut Names,
 ) -> (Vec<NodeProto>, Vec<TensorProto>) {
     let f = function_proto(p.kind, opset, Some(elem_type));
-    let prefix = if n.name().is_empty() {
-        n.output[0].clone()
-    } else {
-        n.name().to_string()
-    };
+    let prefix = label(n).to_string();
     let mut inits = Vec::new();
     let mut actual: HashMap<String, String> = HashMap::new();
     for (i, formal) in f.input.iter().enumerate() {
