@@ -50,7 +50,7 @@ pub enum Command {
         /// Change only matches of these families (as `inspect` names them), e.g.
         /// `--only adanorm,lnsimple` to leave plain LayerNorms to the runtime's own fusions.
         #[arg(long, value_enum, value_delimiter = ',')]
-        only: Vec<Family>,
+        only: Vec<OnlyFamily>,
     },
     /// Replace every LayerNorm-family match (fused or not) by AdaNorm or LayerNorm-simple.
     Rewrite {
@@ -71,7 +71,7 @@ pub enum Command {
         k: Option<f64>,
         /// What happens to gain and bias.
         #[arg(long, value_enum, default_value = "keep")]
-        affine: Affine,
+        affine: AffineArg,
         /// Where dropped or folded weights go (default: beside the output, <output stem>.weights.safetensors).
         #[arg(long)]
         weights_out: Option<PathBuf>,
@@ -80,7 +80,7 @@ pub enum Command {
         portable: bool,
         /// Change only matches of these families (as `inspect` names them), e.g. `--only layernorm`.
         #[arg(long, value_enum, value_delimiter = ',')]
-        only: Vec<Family>,
+        only: Vec<OnlyFamily>,
     },
     /// Run a model in tract (with the ai.adanorm ops) and write its outputs.
     Run {
@@ -125,6 +125,49 @@ pub enum Command {
 pub enum To {
     Adanorm,
     Simple,
+}
+
+/// The families `--only` offers, named as `inspect` prints them (RMSNorm is never rewritten).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum OnlyFamily {
+    #[value(name = "layernorm")]
+    LayerNorm,
+    #[value(name = "lnsimple")]
+    LnSimple,
+    #[value(name = "adanorm")]
+    AdaNorm,
+}
+
+impl From<OnlyFamily> for Family {
+    fn from(f: OnlyFamily) -> Family {
+        match f {
+            OnlyFamily::LayerNorm => Family::LayerNorm,
+            OnlyFamily::LnSimple => Family::LnSimple,
+            OnlyFamily::AdaNorm => Family::AdaNorm,
+        }
+    }
+}
+
+/// `--affine`: what happens to gain and bias.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum AffineArg {
+    Keep,
+    Fold,
+    Drop,
+}
+
+impl From<AffineArg> for Affine {
+    fn from(a: AffineArg) -> Affine {
+        match a {
+            AffineArg::Keep => Affine::Keep,
+            AffineArg::Fold => Affine::Fold,
+            AffineArg::Drop => Affine::Drop,
+        }
+    }
+}
+
+fn families(only: Vec<OnlyFamily>) -> Vec<Family> {
+    only.into_iter().map(Family::from).collect()
 }
 
 fn parse_dim(s: &str) -> std::result::Result<(String, usize), String> {
@@ -248,7 +291,7 @@ fn write_outcome(
 /// Loads a model for `inspect`/`fuse`/`rewrite`, with the calls of model-local functions that
 /// hold a LayerNorm inlined (`patterns::functions`); also returns those functions' names.
 fn load_for_matching(path: &Path) -> Result<(crate::onnx::Model, Vec<String>)> {
-    crate::patterns::functions::inline_functions_with_matches(load_model(path)?)
+    crate::patterns::local_functions::inline_functions_with_matches(load_model(path)?)
 }
 
 fn print_inlined(inlined: &[String]) {
@@ -299,7 +342,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 affine: Affine::Keep,
                 portable,
                 include_fused: false,
-                only,
+                only: families(only),
             };
             let o = rewrite::plan::plan_model(&g, &opts).map_err(|e| e.in_file(&model))?;
             let out = output.unwrap_or_else(|| beside(&model, ".fused.onnx"));
@@ -335,10 +378,10 @@ pub fn run(cli: Cli) -> Result<i32> {
                 target,
                 c,
                 k,
-                affine,
+                affine: affine.into(),
                 portable,
                 include_fused: true,
-                only,
+                only: families(only),
             };
             let o = rewrite::plan::plan_model(&g, &opts).map_err(|e| e.in_file(&model))?;
             let out = output.unwrap_or_else(|| beside(&model, ".adanorm.onnx"));

@@ -10,7 +10,7 @@ pub fn match_json(g: &GraphIndex<'_>, m: &Match) -> Value {
     json!({
         "graph": g.scope.label(),
         "family": m.family.name(),
-        "form": m.form,
+        "form": m.form_name(),
         "nodes": m.nodes.iter().map(|&id| g.label(id)).collect::<Vec<_>>(),
         "input": m.input,
         "output": m.output,
@@ -89,7 +89,7 @@ pub fn inspect_table(path: &str, found: &Found<'_, '_>) -> String {
         out.push_str(&format!(
             "\n#{i} {family:<9} {form}\n{scope}   nodes    {nodes}\n   input    {input}  ->  output {output}\n   axis {axis}  epsilon {eps:e}  unbiased {ub}  eps_in_sqrt {eis}  c {c}  k {k}  dtype {dt}\n   scale    {scale}\n   bias     {bias}\n   rewrite  {rw}\n",
             family = m.family.name(),
-            form = m.form,
+            form = m.form_name(),
             scope = if g.scope.is_main() { String::new() } else { format!("   graph    {}\n", g.scope.label()) },
             nodes = node_list(g, m),
             input = m.input,

@@ -38,7 +38,7 @@ fn expanded_function_bodies_match_the_op_they_expand() {
     assert_eq!(fused.len(), 19);
     for f in fused {
         let op = one_match(f);
-        assert!(op.form.contains("fused"));
+        assert!(op.form_name().contains("fused"));
         for suffix in ["_expanded", "_expanded_ver18"] {
             let expanded = PathBuf::from(format!("{}{suffix}", f.display()));
             let m = one_match(&expanded);

@@ -8,7 +8,7 @@ use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::npz::read_npz;
 use adanorm_onnx::onnx::{load_model, save_model};
 use adanorm_onnx::patterns::find_matches_everywhere;
-use adanorm_onnx::patterns::functions::inline_functions_with_matches;
+use adanorm_onnx::patterns::local_functions::inline_functions_with_matches;
 use adanorm_onnx::rewrite::{plan::plan_model, revert::revert, Affine, Options, Target};
 use adanorm_onnx::runner::{compare, run};
 

@@ -189,7 +189,7 @@ fn dynamo_layernorm_variants() {
                 m.scale.is_some(),
                 m.bias.is_some(),
                 m.axis,
-                m.form.contains("decomposed"),
+                m.form_name().contains("decomposed"),
             )
         })
         .collect();
@@ -272,7 +272,7 @@ fn jax2onnx_norms_and_their_parameters() {
         let ms = inspect(name);
         assert!(
             all(&ms, |m| m.family == Family::LayerNorm
-                && m.form.contains(form)
+                && m.form_name().contains(form)
                 && !m.unbiased
                 && m.eps_in_sqrt
                 && m.epsilon == 1e-6f32 as f64

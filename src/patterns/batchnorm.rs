@@ -17,22 +17,16 @@
 //! bias are exactly 1 and 0, and the result is reshaped back to `x`'s own shape.
 
 use crate::graph::shapes::checked_product;
-use std::collections::HashSet;
 
 use super::affine::tail;
+use super::candidate::{Candidate, Form, Statistics};
 use super::canon::{filled_with, Axes, Canon};
-use super::cover::scan;
-use super::decomposed::Candidate;
-use super::stats::{Stats, VarianceForm};
-use super::{Family, Match};
-use crate::graph::{GraphIndex, NodeId};
+use super::Family;
+use crate::graph::NodeId;
 use crate::onnx::attr;
 
-pub fn find(g: &GraphIndex<'_>, claimed: &HashSet<NodeId>) -> Vec<Match> {
-    scan(g, claimed, &["BatchNormalization"], read)
-}
-
-fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<(Stats, Candidate)> {
+/// The recogniser, read at the `BatchNormalization` node.
+pub fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<Candidate> {
     let g = c.g;
     let bn = g.node(bn_id);
     // Inference form only: one output, no training mode.
@@ -131,26 +125,21 @@ fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<(Stats, Candidate)> {
 
     let axes = Axes::new(&((r - k) as i64..r as i64).collect::<Vec<_>>(), Some(r))?;
     let t = tail(c, &y, &x, &axes, g.elem_type(&x), true);
-    let stats = Stats {
+    let stats = Statistics {
         x,
         axes,
-        form: VarianceForm::TwoPass,
         unbiased: false,
         epsilon,
         eps_in_sqrt: true,
-        den: normalised.clone(),
-        den_copies: Vec::new(),
-        inverse: None,
-        core,
-        aux,
+        sigma: None,
     };
-    let cand = Candidate::with_tail(
+    Some(Candidate::with_tail(
         Family::LayerNorm,
-        "Keras fused (tf2onnx BatchNormalization)",
-        vec![],
+        Form::KerasBatchNorm,
+        stats,
+        (core, aux),
         t,
-    );
-    Some((stats, cand))
+    ))
 }
 
 /// `value` is the number of elements of `view` over `axes`: `Cast(ReduceProd(Gather(Shape(view),

@@ -2,14 +2,11 @@
 //! declares: ORT-optimised models hold it below 17), ONNX Runtime's `com.microsoft` fusions, ONNX
 //! `RMSNormalization`, and our own `ai.adanorm` ops.
 
-use super::canon::Axes;
+use super::candidate::{Form, FusedOp};
+use super::canon::{Axes, Canon};
 use super::{Family, Match};
 use crate::graph::{Dim, GraphIndex, NodeId};
 use crate::onnx::attr;
-
-pub fn find(g: &GraphIndex<'_>) -> Vec<Match> {
-    g.nodes().filter_map(|(id, _)| fused(g, id)).collect()
-}
 
 /// The op's Scale and B must broadcast onto the normalised dimensions alone (ops-spec: each
 /// unidirectionally broadcastable to `X.shape[axis:]`). ONNX Runtime's and tract's
@@ -41,7 +38,9 @@ fn row_parameters(g: &GraphIndex<'_>, m: &mut Match) {
     }
 }
 
-fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
+/// The recogniser: the node itself is the normalisation.
+pub fn read(c: &Canon<'_, '_>, id: NodeId) -> Option<Match> {
+    let g = c.g;
     let n = g.node(id);
     let domain = match n.domain() {
         "ai.onnx" => "",
@@ -52,7 +51,7 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
     let rank = g.rank(&x);
     let eps_attr = |default: f32| attr::float(n, "epsilon").unwrap_or(default) as f64;
     let axis_attr = attr::int(n, "axis").unwrap_or(-1);
-    let base = |family, form: &str, epsilon, axis: i64| {
+    let base = |family, form: Form, epsilon, axis: i64| {
         // The axis as the file has it may be anything: only an axis inside the rank (or, with
         // the rank unknown, a small negative one) names axes.
         let axes: Vec<i64> = match rank {
@@ -74,7 +73,8 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
             .or(Some(axis));
         let mut m = Match {
             family,
-            form: form.to_string(),
+            form,
+            function_body: false,
             nodes: vec![id],
             input: x.clone(),
             output: n.output.first().cloned().unwrap_or_default(),
@@ -109,7 +109,7 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
         ("" | "com.microsoft", "LayerNormalization") => {
             let mut m = base(
                 Family::LayerNorm,
-                "fused LayerNormalization",
+                Form::Fused(FusedOp::LayerNormalization),
                 eps_attr(1e-5),
                 axis_attr,
             );
@@ -123,7 +123,7 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
         ("com.microsoft", "SkipLayerNormalization") => {
             let mut m = base(
                 Family::LayerNorm,
-                "com.microsoft SkipLayerNormalization (residual Add fused in)",
+                Form::Fused(FusedOp::SkipLayerNormalization),
                 eps_attr(1e-12),
                 -1,
             );
@@ -135,7 +135,7 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
         ("com.microsoft", "EmbedLayerNormalization") => {
             let mut m = base(
                 Family::LayerNorm,
-                "com.microsoft EmbedLayerNormalization (embeddings fused in)",
+                Form::Fused(FusedOp::EmbedLayerNormalization),
                 eps_attr(1e-12),
                 -1,
             );
@@ -148,10 +148,15 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
         ("" | "com.microsoft", "SimplifiedLayerNormalization")
         | ("com.microsoft", "SkipSimplifiedLayerNormalization")
         | ("", "RMSNormalization") => {
-            let skip = n.op_type().starts_with("Skip");
+            let op = match n.op_type() {
+                "SimplifiedLayerNormalization" => FusedOp::SimplifiedLayerNormalization,
+                "SkipSimplifiedLayerNormalization" => FusedOp::SkipSimplifiedLayerNormalization,
+                _ => FusedOp::RmsNormalization,
+            };
+            let skip = op == FusedOp::SkipSimplifiedLayerNormalization;
             let mut m = base(
                 Family::RmsNorm,
-                &format!("fused {}", n.op_type()),
+                Form::Fused(op),
                 eps_attr(1e-5),
                 if skip { -1 } else { axis_attr },
             );
@@ -168,9 +173,14 @@ fn fused(g: &GraphIndex<'_>, id: NodeId) -> Option<Match> {
                 (false, false, true) => Family::LayerNorm,
                 _ => Family::LnSimple,
             };
+            let op = if ada {
+                FusedOp::AdaNorm
+            } else {
+                FusedOp::LayerNormSimple
+            };
             let mut m = base(
                 family,
-                &format!("ai.adanorm {}", n.op_type()),
+                Form::Fused(op),
                 eps_attr(1e-5),
                 axis_attr,
             );

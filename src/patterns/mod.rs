@@ -1,41 +1,161 @@
-//! The matcher: finds every LayerNorm-family subgraph in a model's main graph.
+//! The matcher: finds every LayerNorm-family subgraph in a graph.
 //!
-//! It reads the graph canonically ([`canon`]), then recognises layers: statistics ending in a
-//! `Sqrt` ([`stats`]), the normalisation that divides the centred input by them and the affine
-//! tail ([`decomposed`], [`affine`]), fused ops as they are ([`fused`]). Each candidate is then
-//! checked as a whole ([`cover`]): no inner value may escape, and what the match would replace is
-//! exactly the nodes listed. A failed recognition is `None`; a wrong match is the worst bug this
-//! tool can have, so every layer checks keepdims, axes, constants and shapes.
+//! [`RECOGNISERS`] lists every way a normalisation is written that the matcher reads, in the
+//! order they claim nodes, each with the ops a reading starts from. A recogniser reads the graph
+//! canonically ([`canon`]) from one such node and either returns the match itself (one-node
+//! forms, [`fused`]) or a [`Candidate`] ([`candidate`]): the decomposed forms read from the
+//! square root ([`decomposed`], with the affine tail from [`affine`]), Keras' `BatchNormalization`
+//! form ([`batchnorm`]), `InstanceNormalization` and `MeanVarianceNormalization` ([`norm_ops`]).
+//! [`scan`] walks the graph; every candidate goes through the whole-match checks ([`cover`]): no
+//! inner value may escape, and what the match would replace is exactly the nodes listed. A failed
+//! recognition is `None`; a wrong match is the worst bug this tool can have, so every layer
+//! checks keepdims, axes, constants and shapes. [`local_functions`] inlines the model-local
+//! functions that hold a match first; which functions are tried is derived from the table.
 
 pub mod affine;
 pub mod batchnorm;
+pub mod candidate;
 pub mod canon;
 pub mod cover;
 pub mod decomposed;
-pub mod function_body;
-pub mod functions;
+pub mod expanded;
 pub mod fused;
 pub mod keepdims;
+pub mod local_functions;
 pub mod norm_ops;
-pub mod stats;
+pub mod scan;
+
+use std::collections::HashSet;
 
 use serde::Serialize;
 
 use crate::graph::{GraphIndex, NodeId};
 use crate::onnx::dtype;
+use crate::onnx::proto::NodeProto;
+pub use candidate::{Candidate, Form, FusedOp};
+use canon::Canon;
+
+/// An op a recogniser starts reading from.
+#[derive(Debug, Clone, Copy)]
+pub struct Anchor {
+    /// `""` for the standard ONNX domain (also written `ai.onnx`).
+    pub domain: &'static str,
+    pub op_type: &'static str,
+}
+
+impl Anchor {
+    const fn std(op_type: &'static str) -> Anchor {
+        Anchor { domain: "", op_type }
+    }
+
+    const fn ms(op_type: &'static str) -> Anchor {
+        Anchor {
+            domain: "com.microsoft",
+            op_type,
+        }
+    }
+
+    pub fn matches(&self, n: &NodeProto) -> bool {
+        let domain_ok = match self.domain {
+            "" => crate::onnx::is_standard(n),
+            d => n.domain() == d,
+        };
+        domain_ok && n.op_type() == self.op_type
+    }
+}
+
+/// How a recogniser reads from its anchor node.
+#[derive(Clone, Copy)]
+pub enum Read {
+    /// The anchor node alone is the normalisation: the match as it is.
+    Node(for<'g, 'm> fn(&Canon<'g, 'm>, NodeId) -> Option<Match>),
+    /// A candidate that the whole-match checks ([`cover::finish`]) make a match.
+    Candidate(for<'g, 'm> fn(&Canon<'g, 'm>, NodeId) -> Option<Candidate>),
+}
+
+/// One way of writing a normalisation.
+#[derive(Clone, Copy)]
+pub struct Recogniser {
+    pub name: &'static str,
+    /// The nodes a reading starts from.
+    pub anchors: &'static [Anchor],
+    /// Other standard ops every match of this recogniser contains (its reductions): a
+    /// model-local function holding one may hold part of a match, so it is tried for inlining.
+    pub parts: &'static [&'static str],
+    pub read: Read,
+}
+
+/// Every recogniser, in the order they claim nodes: a node taken by an earlier one is not read
+/// again (fused ops first; the decomposed forms before the single-node ops whose affine tails
+/// they could share).
+pub const RECOGNISERS: &[Recogniser] = &[
+    Recogniser {
+        name: "fused",
+        anchors: &[
+            Anchor::std("LayerNormalization"),
+            Anchor::ms("LayerNormalization"),
+            Anchor::ms("SkipLayerNormalization"),
+            Anchor::ms("EmbedLayerNormalization"),
+            Anchor::std("SimplifiedLayerNormalization"),
+            Anchor::ms("SimplifiedLayerNormalization"),
+            Anchor::ms("SkipSimplifiedLayerNormalization"),
+            Anchor::std("RMSNormalization"),
+            Anchor {
+                domain: adanorm_kernels::params::DOMAIN,
+                op_type: "AdaNorm",
+            },
+            Anchor {
+                domain: adanorm_kernels::params::DOMAIN,
+                op_type: "LayerNormSimple",
+            },
+        ],
+        parts: &[],
+        read: Read::Node(fused::read),
+    },
+    Recogniser {
+        name: "decomposed",
+        // Roots as `Sqrt`, or written as powers (`** 0.5`, `** -0.5`).
+        anchors: &[Anchor::std("Sqrt"), Anchor::std("Pow")],
+        parts: &["ReduceMean", "ReduceSum", "ReduceSumSquare", "GlobalAveragePool"],
+        read: Read::Candidate(decomposed::read),
+    },
+    Recogniser {
+        name: "keras-batchnorm",
+        anchors: &[Anchor::std("BatchNormalization")],
+        parts: &["ReduceMean", "ReduceSumSquare"],
+        read: Read::Candidate(batchnorm::read),
+    },
+    Recogniser {
+        name: "instance-norm",
+        anchors: &[Anchor::std("InstanceNormalization")],
+        parts: &[],
+        read: Read::Candidate(norm_ops::instance_norm),
+    },
+    Recogniser {
+        name: "mean-variance-norm",
+        anchors: &[Anchor::std("MeanVarianceNormalization")],
+        parts: &[],
+        read: Read::Candidate(norm_ops::mvn),
+    },
+];
+
+/// Whether `n` is an op some match is read from or contains ([`Recogniser::anchors`] and
+/// [`Recogniser::parts`]): the prefilter for model-local functions.
+pub fn may_be_part_of_a_match(n: &NodeProto) -> bool {
+    RECOGNISERS.iter().any(|r| {
+        r.anchors.iter().any(|a| a.matches(n))
+            || (crate::onnx::is_standard(n) && r.parts.contains(&n.op_type()))
+    })
+}
 
 /// The names are `inspect`'s and the CLI's (`--only lnsimple,adanorm`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
-    #[value(name = "layernorm")]
     LayerNorm,
-    #[value(name = "lnsimple")]
     LnSimple,
-    #[value(name = "adanorm")]
     AdaNorm,
-    /// Reported, never rewritten: not offered to `--only`.
-    #[value(skip)]
+    /// Reported, never rewritten.
     RmsNorm,
 }
 
@@ -54,8 +174,11 @@ impl Family {
 #[derive(Debug, Clone)]
 pub struct Match {
     pub family: Family,
-    /// How it was written, for people: "fused LayerNormalization", "decomposed", ...
-    pub form: String,
+    /// How it was written.
+    pub form: Form,
+    /// Read over `Flatten(X)` as the ONNX `LayerNormalization` function body writes it, and
+    /// lifted back to `X` ([`expanded`]).
+    pub function_body: bool,
     /// The nodes it covers (what a rewrite replaces), in graph order.
     pub nodes: Vec<NodeId>,
     pub input: String,
@@ -84,6 +207,24 @@ pub struct Match {
 }
 
 impl Match {
+    /// How it was written, for people: "fused LayerNormalization", "decomposed", ...
+    pub fn form_name(&self) -> String {
+        let mut name = self.form.to_string();
+        if self.function_body {
+            name.push_str(", ONNX function body (Flatten/Reshape)");
+        }
+        if self.channels_first {
+            name.push_str(", channels-first (normalises axis 1 only)");
+        }
+        name
+    }
+
+    /// Whether the match is one node that already is a normalisation op (see
+    /// [`Form::is_one_node_op`]): `fuse` leaves it as it is.
+    pub fn is_one_node_op(&self) -> bool {
+        self.nodes.len() == 1 && self.form.is_one_node_op()
+    }
+
     pub fn dtype_name(&self) -> String {
         self.dtype
             .map(dtype::name)
@@ -100,25 +241,19 @@ impl Match {
 
 /// Every match in the graph, in graph order of their outputs' producers.
 pub fn find_matches(g: &GraphIndex<'_>) -> Vec<Match> {
-    let mut matches = fused::find(g);
-    let mut claimed: std::collections::HashSet<NodeId> = matches
-        .iter()
-        .flat_map(|m| m.nodes.iter().copied())
-        .collect();
-    for m in decomposed::find(g, &claimed)
-        .into_iter()
-        .filter(|m| keeps_rank(g, m))
-    {
-        claimed.extend(m.nodes.iter().copied());
-        matches.push(m);
-    }
-    for m in batchnorm::find(g, &claimed) {
-        claimed.extend(m.nodes.iter().copied());
-        matches.push(m);
-    }
-    for m in norm_ops::find(g, &claimed) {
-        claimed.extend(m.nodes.iter().copied());
-        matches.push(m);
+    let c = Canon::new(g);
+    let mut claimed: HashSet<NodeId> = HashSet::new();
+    let mut matches = Vec::new();
+    for r in RECOGNISERS {
+        let found = scan::scan(&c, &claimed, r);
+        let kept = found.into_iter().filter(|m| match r.read {
+            Read::Node(_) => true,
+            Read::Candidate(_) => keeps_rank(g, m),
+        });
+        for m in kept {
+            claimed.extend(m.nodes.iter().copied());
+            matches.push(m);
+        }
     }
     matches.sort_by_key(|m| {
         g.producer(&m.output)

@@ -12,33 +12,18 @@
 //!
 //! Both go through the same affine tail and whole-match checks as the decomposed forms.
 
-use std::collections::HashSet;
-
 use super::affine::tail;
+use super::candidate::{Candidate, Form, Statistics};
 use super::canon::{filled_with, Axes, Canon};
-use super::cover::scan;
-use super::decomposed::Candidate;
-use super::stats::{Stats, VarianceForm};
-use super::{Family, Match};
-use crate::graph::{GraphIndex, NodeId};
+use super::Family;
+use crate::graph::NodeId;
 use crate::onnx::attr;
 
 /// The epsilon the ONNX function body of MeanVarianceNormalization adds to the deviation.
 const MVN_EPSILON: f64 = 1e-9;
 
-pub fn find(g: &GraphIndex<'_>, claimed: &HashSet<NodeId>) -> Vec<Match> {
-    scan(
-        g,
-        claimed,
-        &["InstanceNormalization", "MeanVarianceNormalization"],
-        |c, id| match c.g.node(id).op_type() {
-            "InstanceNormalization" => instance_norm(c, id),
-            _ => mvn(c, id),
-        },
-    )
-}
-
-fn instance_norm(c: &Canon<'_, '_>, id: NodeId) -> Option<(Stats, Candidate)> {
+/// The recogniser of `InstanceNormalization` as a LayerNorm, read at the node.
+pub fn instance_norm(c: &Canon<'_, '_>, id: NodeId) -> Option<Candidate> {
     let n = c.g.node(id);
     let (x, scale, bias) = (n.input.first()?, n.input.get(1)?, n.input.get(2)?);
     let rank = c.g.rank(x)?;
@@ -66,11 +51,12 @@ fn instance_norm(c: &Canon<'_, '_>, id: NodeId) -> Option<(Stats, Candidate)> {
         aux,
         (epsilon, true),
         Family::LayerNorm,
-        "InstanceNormalization with unit scale and zero bias",
+        Form::InstanceNorm,
     )
 }
 
-fn mvn(c: &Canon<'_, '_>, id: NodeId) -> Option<(Stats, Candidate)> {
+/// The recogniser of `MeanVarianceNormalization`, read at the node.
+pub fn mvn(c: &Canon<'_, '_>, id: NodeId) -> Option<Candidate> {
     let n = c.g.node(id);
     let x = n.input.first()?;
     let raw = attr::ints(n, "axes").map_or(vec![0, 2, 3], <[i64]>::to_vec);
@@ -83,7 +69,7 @@ fn mvn(c: &Canon<'_, '_>, id: NodeId) -> Option<(Stats, Candidate)> {
         vec![],
         (MVN_EPSILON, false),
         Family::LnSimple,
-        "MeanVarianceNormalization",
+        Form::MeanVarianceNorm,
     )
 }
 
@@ -98,22 +84,17 @@ fn single_node(
     aux: Vec<NodeId>,
     (epsilon, eps_in_sqrt): (f64, bool),
     family: Family,
-    form: &str,
-) -> Option<(Stats, Candidate)> {
+    form: Form,
+) -> Option<Candidate> {
     let out = c.g.node(id).output.first()?.clone();
     let t = tail(c, &out, x, &axes, c.g.elem_type(x), true);
-    let stats = Stats {
+    let stats = Statistics {
         x: x.to_string(),
         axes,
-        form: VarianceForm::TwoPass,
         unbiased: false,
         epsilon,
         eps_in_sqrt,
-        den: out,
-        den_copies: vec![],
-        inverse: None,
-        core: vec![id],
-        aux,
+        sigma: None,
     };
-    Some((stats, Candidate::with_tail(family, form, vec![], t)))
+    Some(Candidate::with_tail(family, form, stats, (vec![id], aux), t))
 }

@@ -25,7 +25,7 @@ pub enum Target {
     Simple,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Affine {
     Keep,
     Fold,

@@ -16,11 +16,6 @@ use crate::onnx::attr;
 use crate::onnx::proto::{NodeProto, TensorProto};
 use crate::patterns::{Family, Match};
 
-/// Whether a match is a single node that already is a normalisation op.
-pub fn is_single_op(m: &Match) -> bool {
-    m.nodes.len() == 1 && !m.form.starts_with("decomposed")
-}
-
 /// `fuse`/`rewrite` of a whole model: every graph's matches (see [`plan_scopes`]).
 pub fn plan_model(g: &GraphIndex<'_>, opts: &Options) -> Result<Outcome> {
     let subgraphs = g.subgraphs()?;
@@ -104,7 +99,7 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             skipped.push((what, "RMSNorm has no centring: reported, left alone".into()));
             continue;
         }
-        if is_single_op(m) && !opts.include_fused {
+        if m.is_one_node_op() && !opts.include_fused {
             continue; // fuse leaves fused ops as they are
         }
         if !opts.only.is_empty() && !opts.only.contains(&m.family) {
@@ -147,7 +142,7 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             }
         };
         let single = g.node(m.nodes[0]);
-        let skip_ln = is_single_op(m) && single.op_type() == "SkipLayerNormalization";
+        let skip_ln = m.is_one_node_op() && single.op_type() == "SkipLayerNormalization";
         // Checked before anything is staged for this match (weights, folded copies).
         if skip_ln && (0..2).any(|i| single.input.get(i).is_none_or(|s| s.is_empty())) {
             skipped.push((what, "it lacks its input or its skip input".into()));
@@ -655,7 +650,7 @@ pub fn describe(g: &GraphIndex<'_>, m: &Match) -> String {
     format!(
         "{} [{}] {} -> '{}'{inside}",
         m.family.name(),
-        m.form,
+        m.form_name(),
         nodes,
         m.output
     )

@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 
 use super::canon::Canon;
-use super::stats::Stats;
+use super::candidate::Statistics;
 use crate::graph::NodeId;
 use crate::onnx::attr;
 
@@ -34,7 +34,7 @@ pub struct Lifted {
 /// Lifts a match over `Flatten(X)` back to `X`, when it is the function-body form.
 pub fn lift(
     c: &Canon<'_, '_>,
-    s: &Stats,
+    s: &Statistics,
     core: &HashSet<NodeId>,
     input: &str,
     output: &str,
@@ -98,8 +98,9 @@ pub fn lift(
             mean_output = Some(out);
         }
     }
-    for &r in g.consumers(&s.den) {
-        if c.reciprocal_of(g.node(r)) == Some(s.den.as_str()) && !core.contains(&r) {
+    let sigma = s.sigma.as_deref().unwrap_or_default();
+    for &r in g.consumers(sigma) {
+        if c.reciprocal_of(g.node(r)) == Some(sigma) && !core.contains(&r) {
             if let Some((id, out)) = reduced_reshape(&g.node(r).output[0], &mut aux) {
                 lifted_core.extend([r, id]);
                 inv_std_output = Some(out);

@@ -1,39 +1,68 @@
-//! Decomposed normalisations, read from the statistics outwards: how the centred input is
-//! divided by sigma (plain, through a reciprocal, with the gain before the division, the AdaNorm
-//! factor, the Keras folded affine) and the affine tail after it.
+//! Decomposed normalisations, read from the statistics outwards: the statistics ending in a
+//! square root ([`stats`]), then how the centred input is divided by sigma (plain, through a
+//! reciprocal, with the gain before the division, the AdaNorm factor, the Keras folded affine)
+//! and the affine tail after it.
 
-use std::collections::HashSet;
+mod stats;
 
 use super::affine::{is_row_parameter, tail, Tail};
+use super::candidate::{Candidate, Form, Statistics};
 use super::canon::Canon;
-use super::cover::scan;
-use super::stats::{stats_at_sqrt, Stats, VarianceForm};
-use super::{Family, Match};
-use crate::graph::{GraphIndex, NodeId};
+use super::Family;
+use crate::graph::NodeId;
+use stats::{stats_at_sqrt, Stats, VarianceForm};
 
-/// What the normalisation layer recognised, before the whole-match checks.
-#[derive(Debug, Default)]
-pub struct Candidate {
-    pub family: Option<Family>,
-    pub form: String,
-    pub core: Vec<NodeId>,
-    pub output: String,
-    pub scale: Option<String>,
-    pub bias: Option<String>,
-    pub c: f64,
-    pub k: f64,
-    /// Reasons it cannot be rewritten although it is a match.
-    pub problems: Vec<String>,
+/// The recogniser: the statistics read back from a root node (`Sqrt`, or a power `** 0.5` /
+/// `** -0.5`), then the normalisation read forward from them.
+pub fn read(c: &Canon<'_, '_>, root: NodeId) -> Option<Candidate> {
+    let stats = stats_at_sqrt(c, root)?;
+    let n = normalisation(c, &stats)?;
+    let mut core = stats.core;
+    core.extend(n.core);
+    Some(Candidate {
+        family: n.family,
+        form: n.form,
+        stats: Statistics {
+            x: stats.x,
+            axes: stats.axes,
+            epsilon: stats.epsilon,
+            unbiased: stats.unbiased,
+            eps_in_sqrt: stats.eps_in_sqrt,
+            sigma: Some(stats.den).filter(|d| !d.is_empty()),
+        },
+        core,
+        aux: stats.aux,
+        output: n.output,
+        scale: n.scale,
+        bias: n.bias,
+        c: n.c,
+        k: n.k,
+        problems: n.problems,
+    })
 }
 
-impl Candidate {
-    /// A candidate that is neither AdaNorm nor scaled (c = 1, k = 0): `core`, then the affine
-    /// tail `t`, whose output, gain and bias it takes.
-    pub fn with_tail(family: Family, form: &str, mut core: Vec<NodeId>, t: Tail) -> Candidate {
+/// What the normalisation layer read after the statistics.
+#[derive(Debug)]
+struct Normalised {
+    family: Family,
+    form: Form,
+    core: Vec<NodeId>,
+    output: String,
+    scale: Option<String>,
+    bias: Option<String>,
+    c: f64,
+    k: f64,
+    problems: Vec<String>,
+}
+
+impl Normalised {
+    /// Neither AdaNorm nor scaled (c = 1, k = 0): `core`, then the affine tail `t`, whose
+    /// output, gain and bias it takes.
+    fn with_tail(family: Family, form: Form, mut core: Vec<NodeId>, t: Tail) -> Normalised {
         core.extend(t.nodes);
-        Candidate {
-            family: Some(family),
-            form: form.into(),
+        Normalised {
+            family,
+            form,
             core,
             output: t.output,
             scale: t.scale,
@@ -45,17 +74,7 @@ impl Candidate {
     }
 }
 
-pub fn find(g: &GraphIndex<'_>, claimed: &HashSet<NodeId>) -> Vec<Match> {
-    let read = |c: &Canon<'_, '_>, id| {
-        let stats = stats_at_sqrt(c, id)?;
-        let cand = normalisation(c, &stats)?;
-        Some((stats, cand))
-    };
-    // Roots as `Sqrt`, or written as powers (`** 0.5`, `** -0.5`).
-    scan(g, claimed, &["Sqrt", "Pow"], read)
-}
-
-fn normalisation(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
+fn normalisation(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
     if s.form == VarianceForm::MeanSquare {
         return rms(c, s);
     }
@@ -101,16 +120,16 @@ fn reciprocals(c: &Canon<'_, '_>, s: &Stats) -> Vec<NodeId> {
 }
 
 /// `d / sigma`, `d * (1/sigma)`, or `(gamma * d) / sigma`, then the affine tail.
-fn plain(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
+fn plain(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
     let x_type = c.g.elem_type(&s.x);
     let finish_tail = |core: Vec<NodeId>, y: String, scale: Option<String>| {
         let t = tail(c, &y, &s.x, &s.axes, x_type, scale.is_none());
         let form = if s.form == VarianceForm::MomentDifference {
-            "decomposed, E[x²]−E[x]²"
+            Form::MomentDifference
         } else {
-            "decomposed"
+            Form::Decomposed
         };
-        let mut cand = Candidate::with_tail(family_of(s), form, core, t);
+        let mut cand = Normalised::with_tail(family_of(s), form, core, t);
         cand.scale = scale.or(cand.scale);
         cand
     };
@@ -176,7 +195,7 @@ fn plain(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
 
 /// AdaNorm as lancopku's module exports it:
 /// `y = (xc - xc * (k * (xc - mean(xc)) / sigma)) / sigma`, then `* C` (absent when C = 1).
-fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
+fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
     // Sigma, and its copies with the node computing each.
     let dens: Vec<(&String, Option<&Vec<NodeId>>)> = std::iter::once((&s.den, None))
         .chain(s.den_copies.iter().map(|(v, ids)| (v, Some(ids))))
@@ -247,9 +266,9 @@ fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
             }
             let t = tail(c, &out, &s.x, &s.axes, c.g.elem_type(&s.x), true);
             core.extend(t.nodes);
-            return Some(Candidate {
-                family: Some(Family::AdaNorm),
-                form: "decomposed AdaNorm".into(),
+            return Some(Normalised {
+                family: Family::AdaNorm,
+                form: Form::DecomposedAdaNorm,
                 core,
                 output: t.output,
                 scale: t.scale,
@@ -313,7 +332,7 @@ fn k_times_centred(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<(f64, Vec<No
 
 /// Keras through tf2onnx: `x * s + (beta - mean * s)` with `s = gamma / sigma`
 /// (`Reciprocal`, gain optional, `Neg(mean)` or `Sub(beta, ·)`, bias optional).
-fn keras(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
+fn keras(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
     for r in reciprocals(c, s) {
         let inv = c.g.node(r).output[0].clone();
         let mut core = vec![r];
@@ -388,9 +407,9 @@ fn keras(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
             continue;
         }
         core.push(*last);
-        return Some(Candidate {
-            family: Some(family_of(s)),
-            form: "Keras (tf2onnx), folded affine".into(),
+        return Some(Normalised {
+            family: family_of(s),
+            form: Form::KerasFoldedAffine,
             core,
             output: last_node.output[0].clone(),
             scale,
@@ -410,7 +429,7 @@ fn mean_here(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<Vec<NodeId>> {
 }
 
 /// RMSNorm: `x / sqrt(mean(x²) + eps)` or `x * (1 / sqrt(...))`, then the gain.
-fn rms(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
+fn rms(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
     let x_type = c.g.elem_type(&s.x);
     let mut found = None;
     for id in consumers_of(c, &s.den, "Div") {
@@ -432,9 +451,9 @@ fn rms(c: &Canon<'_, '_>, s: &Stats) -> Option<Candidate> {
     }
     let (core, y) = found?;
     let t = tail(c, &y, &s.x, &s.axes, x_type, true);
-    Some(Candidate::with_tail(
+    Some(Normalised::with_tail(
         Family::RmsNorm,
-        "decomposed RMSNorm",
+        Form::DecomposedRmsNorm,
         core,
         t,
     ))

@@ -56,26 +56,13 @@ pub fn inline_functions_with_matches(model: Model) -> Result<(Model, Vec<String>
     Ok((inlined(&model, &chosen)?, names))
 }
 
-/// Ops every recognised normalisation contains one of (decomposed: the mean; Keras: the pool).
-const NORM_OPS: [&str; 10] = [
-    "ReduceMean",
-    "GlobalAveragePool",
-    "LayerNormalization",
-    "SimplifiedLayerNormalization",
-    "SkipLayerNormalization",
-    "SkipSimplifiedLayerNormalization",
-    "EmbedLayerNormalization",
-    "RMSNormalization",
-    "AdaNorm",
-    "LayerNormSimple",
-];
-
-/// Functions whose bodies hold a [`NORM_OPS`] node, directly, in a subgraph, or through a call
-/// of another such function.
+/// Functions whose bodies hold a node some match is read from or contains
+/// ([`super::may_be_part_of_a_match`], derived from the recogniser table), directly, in a
+/// subgraph, or through a call of another such function.
 fn holding_norm_ops(functions: &[FunctionProto]) -> HashSet<FunctionKey> {
     fn has(nodes: &[NodeProto], known: &HashSet<FunctionKey>) -> bool {
         nodes.iter().any(|n| {
-            NORM_OPS.contains(&n.op_type())
+            super::may_be_part_of_a_match(n)
                 || known.contains(&call_key(n))
                 || n.attribute
                     .iter()

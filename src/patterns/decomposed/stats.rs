@@ -2,8 +2,8 @@
 //! the variance (biased, unbiased by `N/(N-1)`, or `E[x²]−E[x]²`, behind guards that cannot
 //! change a variance), and whether it is centred (LayerNorm family) or not (RMSNorm).
 
-use super::canon::{Axes, Canon, Divisor};
-use super::keepdims;
+use crate::patterns::canon::{Axes, Canon, Divisor};
+use crate::patterns::keepdims;
 use crate::graph::NodeId;
 use crate::onnx::attr;
 use crate::onnx::proto::NodeProto;
@@ -359,7 +359,7 @@ fn biased_variance(
 /// `mean(d²)` (two-pass) or `mean(x²)` (mean square) read from the outer mean.
 fn variance_of_mean(
     c: &Canon<'_, '_>,
-    mean: super::canon::MeanOf,
+    mean: crate::patterns::canon::MeanOf,
     kept: bool,
 ) -> Option<(String, Axes, VarianceForm, Vec<NodeId>, bool)> {
     let (squared, sq_node) = squared_operand(c, &mean)?;
@@ -381,7 +381,7 @@ fn variance_of_mean(
 /// `Mul(d, d)`/`Pow(d, 2)` it reads, with those nodes.
 fn squared_operand(
     c: &Canon<'_, '_>,
-    mean: &super::canon::MeanOf,
+    mean: &crate::patterns::canon::MeanOf,
 ) -> Option<(String, Vec<NodeId>)> {
     if mean.squared {
         return Some((mean.input.clone(), Vec::new()));
