@@ -2,7 +2,12 @@
 //! are inlined (each with its own `eps`), found, rewritten, and run in tract against PyTorch's
 //! output. Fixture: `fixtures/functions/export.py`.
 
+mod common;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+use common::{Builder, A, F32};
 
 use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::npz::read_npz;
@@ -10,7 +15,9 @@ use adanorm_onnx::onnx::{load_model, save_model};
 use adanorm_onnx::patterns::find_matches_everywhere;
 use adanorm_onnx::patterns::local_functions::inline_functions_with_matches;
 use adanorm_onnx::rewrite::{plan::plan_model, revert::revert, Affine, Options, Target};
-use adanorm_onnx::runner::{compare, run};
+use adanorm_onnx::onnx::proto::{FunctionProto, OperatorSetIdProto};
+use adanorm_onnx::patterns::{Family, Form};
+use adanorm_onnx::runner::{compare, random_inputs, run};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/functions/torch_modules_as_functions_op15")
@@ -86,4 +93,127 @@ fn rewrites_compute_what_pytorch_computed_and_revert() {
             assert_matches_reference(&reverted);
         }
     }
+}
+
+/// A model whose graph calls the model-local function `m.Norm` once, on `X: float[2, 4, 8]`;
+/// the function's body is what `body` writes on its input `x`, its output the value it returns.
+fn calling_a_function(body: impl FnOnce(&mut Builder, &str) -> String) -> (Builder, FunctionProto) {
+    let mut f = Builder::new(18);
+    let y = body(&mut f, "x");
+    let function = FunctionProto {
+        name: Some("Norm".into()),
+        domain: Some("m".into()),
+        input: vec!["x".into()],
+        output: vec![y],
+        node: f.nodes,
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(18),
+        }],
+        ..Default::default()
+    };
+    let mut main = Builder::new(18);
+    main.extra_opsets.push(("m".into(), 1));
+    let x = main.input("X", F32, &[2, 4, 8]);
+    main.node_named("call", "Norm", &[&x], &["Y"], vec![]);
+    main.nodes.last_mut().unwrap().domain = Some("m".into());
+    main.output("Y", F32);
+    (main, function)
+}
+
+/// Saves `main` with the function `calling_a_function` made, inlines what holds a match, and
+/// checks the one match found there and that `fuse` computes what the inlined original does.
+fn found_inside_a_function((main, function): (Builder, FunctionProto), family: Family, form: Form) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut proto = main.model();
+    proto.functions = vec![function];
+    let path = dir.path().join("calls.onnx");
+    save_model(&proto, &path, true).unwrap();
+    let (model, inlined) = inline_functions_with_matches(load_model(&path).unwrap()).unwrap();
+    assert_eq!(inlined, ["m.Norm"], "{form}");
+    let g = GraphIndex::build(&model).unwrap();
+    let found = find_matches_everywhere(&g, &[]);
+    let ms = &found[0].1;
+    assert_eq!(ms.len(), 1, "{form}: {ms:#?}");
+    assert_eq!((ms[0].family, ms[0].form), (family, form));
+    assert!(ms[0].rewritable, "{:?}", ms[0].reason);
+
+    let inlined_path = dir.path().join("inlined.onnx");
+    save_model(&model.proto, &inlined_path, true).unwrap();
+    let o = plan_model(
+        &g,
+        &Options {
+            target: Target::Same,
+            c: None,
+            k: None,
+            affine: Affine::Keep,
+            portable: false,
+            include_fused: false,
+            only: Vec::new(),
+        },
+    )
+    .unwrap();
+    assert_eq!(o.changes.len(), 1, "{form}");
+    let fused = dir.path().join("fused.onnx");
+    save_model(&o.model, &fused, true).unwrap();
+    let inputs = random_inputs(&inlined_path, &HashMap::new(), 7).unwrap();
+    let want = run(&inlined_path, inputs.clone()).unwrap();
+    let got = run(&fused, inputs).unwrap();
+    let diffs = compare(&want, &got);
+    assert!(
+        diffs.iter().all(|d| d.problem.is_none() && d.max_scaled <= 1e-5),
+        "{form}: {diffs:?}"
+    );
+}
+
+/// `MeanVarianceNormalization` over the last axis, then a gain and a bias.
+#[test]
+fn mean_variance_normalization_inside_a_function_is_found() {
+    let main = calling_a_function(|b, x| {
+        let n = b.op("MeanVarianceNormalization", &[x], vec![("axes", A::Is(vec![2]))]);
+        let gamma = b.constant(1.5);
+        let beta = b.constant(-0.25);
+        let scaled = b.op("Mul", &[&n, &gamma], vec![]);
+        b.op("Add", &[&scaled, &beta], vec![])
+    });
+    found_inside_a_function(main, Family::LnSimple, Form::MeanVarianceNorm);
+}
+
+/// tf2onnx's contrib `layer_norm`: `InstanceNormalization` with ones and zeros made from the
+/// input's channel count.
+#[test]
+fn instance_normalization_inside_a_function_is_found() {
+    let main = calling_a_function(|b, x| {
+        let channels = b.op("Shape", &[x], vec![("start", A::I(1)), ("end", A::I(2))]);
+        let one = common::tensor_typed("", F32, &[1], &[1.0]);
+        let zero = common::tensor_typed("", F32, &[1], &[0.0]);
+        let ones = b.op("ConstantOfShape", &[&channels], vec![("value", A::T(one))]);
+        let zeros = b.op("ConstantOfShape", &[&channels], vec![("value", A::T(zero))]);
+        b.op(
+            "InstanceNormalization",
+            &[x, &ones, &zeros],
+            vec![("epsilon", A::F(1e-5))],
+        )
+    });
+    found_inside_a_function(main, Family::LayerNorm, Form::InstanceNorm);
+}
+
+/// Means written as `ReduceSum / N` (no `ReduceMean` anywhere in the body).
+#[test]
+fn layernorm_with_reducesum_means_inside_a_function_is_found() {
+    let main = calling_a_function(|b, x| {
+        let axes = b.constant_typed(common::I64, &[1], &[2.0]);
+        let n = b.constant(8.0);
+        let sum = b.op("ReduceSum", &[x, &axes], vec![]);
+        let mean = b.op("Div", &[&sum, &n], vec![]);
+        let d = b.op("Sub", &[x, &mean], vec![]);
+        let d2 = b.op("Mul", &[&d, &d], vec![]);
+        let sum2 = b.op("ReduceSum", &[&d2, &axes], vec![]);
+        let var = b.op("Div", &[&sum2, &n], vec![]);
+        let eps = b.constant(1e-5);
+        let ve = b.op("Add", &[&var, &eps], vec![]);
+        let sigma = b.op("Sqrt", &[&ve], vec![]);
+        b.op("Div", &[&d, &sigma], vec![])
+    });
+    found_inside_a_function(main, Family::LayerNorm, Form::Decomposed);
 }

@@ -1189,6 +1189,39 @@ fn mean_variance_normalization_over_trailing_axes_is_layernorm_simple() {
     assert!(m.rewritable, "{:?}", m.reason);
 }
 
+/// `fuse` leaves a match that is one normalisation node as it is, as it leaves
+/// `LayerNormalization`: a bare `MeanVarianceNormalization` stays; with its gain and bias the
+/// three nodes become one. `rewrite` changes both.
+#[test]
+fn fuse_keeps_a_bare_mean_variance_normalization_and_fuses_one_with_an_affine() {
+    use adanorm_onnx::graph::GraphIndex;
+    use adanorm_onnx::rewrite::{plan::plan_model, Affine, Target};
+    let mut bare = Builder::new(13);
+    let x = bare.input("x", F32, &[2, 3, H]);
+    bare.node_named(
+        "mvn",
+        "MeanVarianceNormalization",
+        &[&x],
+        &["out"],
+        vec![("axes", A::Is(vec![2]))],
+    );
+    bare.output("out", F32);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, b, fused_changes) in [("bare", bare, 0), ("affine", mvn(3, Some(vec![-1])), 1)] {
+        let model = adanorm_onnx::onnx::load_model(&b.save(dir.path(), name)).unwrap();
+        let g = GraphIndex::build(&model).unwrap();
+        let m = only(adanorm_onnx::patterns::find_matches(&g));
+        assert_eq!(m.is_one_node_op(), fused_changes == 0, "{name}");
+        for (include_fused, want) in [(false, fused_changes), (true, 1)] {
+            let opts =
+                common::rewrite_options(Target::Same, Affine::Keep, None, include_fused);
+            let o = plan_model(&g, &opts).unwrap();
+            let changed = o.changes.iter().filter(|c| c.same_function).count();
+            assert_eq!(changed, want, "{name}, include_fused {include_fused}");
+        }
+    }
+}
+
 #[test]
 fn mean_variance_normalization_with_default_axes_is_not_rewritable() {
     // No attribute: axes [0, 2, 3], across the batch.
