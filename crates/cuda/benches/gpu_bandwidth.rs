@@ -7,13 +7,24 @@
 //! stream, then one stream sync, after a warm-up.
 //!
 //! Run: `cargo bench -p adanorm-cuda --features cuda --bench gpu_bandwidth`; prints a markdown
-//! table, also written to `$ADANORM_BENCH_OUT` when set. Without a GPU it prints why and exits 0.
+//! table, also written to `$ADANORM_BENCH_OUT` when set. Without a GPU it prints why and exits 0
+//! (exits 1 instead when `ADANORM_REQUIRE_GPU=1` is set, as the device scripts do).
 //! `ADANORM_BENCH_QUICK=1`: only the two large shapes in f32 and f16. `ADANORM_BENCH_PTX_DIR`:
 //! load the kernels' PTX from that folder (variants of `kernels/adanorm.cu`).
 
+/// Prints why nothing can be measured; under `ADANORM_REQUIRE_GPU=1`, where a GPU is expected,
+/// says so and exits 1 instead of letting the missing GPU pass as a skip.
+fn skip_or_fail(reason: &str) {
+    if std::env::var("ADANORM_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        eprintln!("ADANORM_REQUIRE_GPU=1 is set, but no GPU is usable: {reason}");
+        std::process::exit(1);
+    }
+    println!("skipping: {reason}");
+}
+
 #[cfg(not(feature = "cuda"))]
 fn main() {
-    println!("skipping: {}", adanorm_cuda::available().unwrap_err());
+    skip_or_fail(&adanorm_cuda::available().unwrap_err());
 }
 
 #[cfg(feature = "cuda")]
@@ -21,7 +32,7 @@ fn main() {
     let info = match adanorm_cuda::available() {
         Ok(info) => info,
         Err(reason) => {
-            println!("skipping: {reason}");
+            skip_or_fail(&reason);
             return;
         }
     };

@@ -5,12 +5,22 @@
 //! misaligned pointers, a stream of our own and the legacy stream.
 //!
 //! Without the `cuda` feature, or without a driver or GPU, each test prints
-//! "skipping: <reason>" and passes.
+//! "skipping: <reason>" and passes, unless `ADANORM_REQUIRE_GPU=1` is set (the device scripts
+//! set it): then each fails with the reason.
+
+/// Prints why the GPU tests cannot run, or panics with it under `ADANORM_REQUIRE_GPU=1`, where a
+/// GPU is expected and a skip would hide its absence.
+fn skip_or_fail(reason: &str) {
+    if std::env::var("ADANORM_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("ADANORM_REQUIRE_GPU=1 is set, but no GPU is usable: {reason}");
+    }
+    println!("skipping: {reason}");
+}
 
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn gpu_tests_need_the_cuda_feature() {
-    println!("skipping: {}", adanorm_cuda::available().unwrap_err());
+    skip_or_fail(&adanorm_cuda::available().unwrap_err());
 }
 
 #[cfg(feature = "cuda")]
@@ -23,7 +33,8 @@ mod gpu {
     use adanorm_kernels::{expand_param, reference, Params, Variant};
     use half::{bf16, f16};
 
-    /// Makes the GPU's primary context current on this test thread, or says why not.
+    /// Makes the GPU's primary context current on this test thread, or says why not (fails
+    /// instead under `ADANORM_REQUIRE_GPU=1`).
     /// `ADANORM_TEST_PTX_DIR` runs the tests on PTX from that folder (kernel variants).
     fn gpu() -> bool {
         match available() {
@@ -38,7 +49,7 @@ mod gpu {
                 true
             }
             Err(reason) => {
-                println!("skipping: {reason}");
+                super::skip_or_fail(&reason);
                 false
             }
         }

@@ -18,7 +18,8 @@
 //! - [`layout`]: rows of `X`, allowed `Scale`/`B` shapes, the stats' output shape.
 //! - [`reference`]: the float64 oracle, formula for formula; every fast path is tested against it.
 //! - [`rows`]: the fast row kernels for f32, f16, bf16 and f64.
-//! - [`dispatch`]: the same kernels compiled for AVX2 too, picked at run time.
+//! - [`dispatch`]: the same kernels also compiled for AVX2 and for AVX-512 (x86_64); the widest
+//!   the CPU supports is picked at run time, the baseline build otherwise.
 //!
 //! A runtime checks `Params::validate`, `layout::row_layout` and `layout::check_param_shape`,
 //! expands `Scale`/`B` with `layout::expand_param`, then calls `dispatch::out_of_place` or

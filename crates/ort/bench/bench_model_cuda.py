@@ -17,6 +17,8 @@ batch 8 x 128 tokens, float32 and float16 (`model.half()`).
 
 Timing: inputs and outputs bound on the device (IO binding), rounds interleave the two models,
 median per run. `--provider cpu` runs the same comparison on the CPU (a dry run of the script).
+With `ADANORM_REQUIRE_GPU=1` (the device scripts set it), `--provider cuda` exits non-zero when
+onnxruntime has no CUDAExecutionProvider or the library's CUDA kernels are not registered.
 """
 
 import argparse
@@ -161,6 +163,12 @@ def main():
         dll = ctypes.CDLL(a.lib)
         dll.adanorm_ort_cuda_status.restype = ctypes.c_char_p
         status = dll.adanorm_ort_cuda_status().decode()
+        if os.environ.get("ADANORM_REQUIRE_GPU") == "1":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                sys.exit(f"ADANORM_REQUIRE_GPU=1 is set, but onnxruntime {ort.__version__} has no "
+                         "CUDAExecutionProvider")
+            if not status.startswith("registered"):
+                sys.exit(f"ADANORM_REQUIRE_GPU=1 is set, but libadanorm_ort's CUDA kernels are {status}")
     else:
         providers, device, status = ["CPUExecutionProvider"], "cpu", "CPU run"
     print(f"onnxruntime {ort.__version__}, {a.provider}; libadanorm_ort: {status}")

@@ -2,7 +2,7 @@
 # Tests of libadanorm_ort against real ONNX Runtime builds, oldest and newest supported.
 #
 # 1. Python environments (created once, reused; safe to rerun):
-#      .venv             newest onnxruntime from PyPI + numpy + onnx (scripts/python-env)
+#      .venv             onnxruntime + numpy + onnx pinned by scripts/python-constraints.txt (scripts/python-env)
 #      .venv-ort-oldest  onnxruntime 1.17.3 (the oldest supported) + numpy<2 + onnx
 #      .venv-ort-oldest/ort-1.16.3  onnxruntime 1.16.3 alone (--target), to check the refusal
 # 2. cargo build -p adanorm-ort --release  ->  target/release/libadanorm_ort.so
@@ -47,7 +47,7 @@ ensure_venv() {
 say "Python environments"
 # The newest: the project's own environment (scripts/python-env, shared with the other tests).
 "$ROOT/scripts/python-env" >/dev/null
-ensure_venv "$NEWEST_VENV" "import onnxruntime, onnx, numpy" onnxruntime numpy onnx
+ensure_venv "$NEWEST_VENV" "import onnxruntime, onnx, numpy" -c "$ROOT/scripts/python-constraints.txt" onnxruntime numpy onnx
 ensure_venv "$OLDEST_VENV" "import onnxruntime, onnx, numpy; assert onnxruntime.__version__ == '$OLDEST_ORT'" \
     "onnxruntime==$OLDEST_ORT" "numpy<2" "onnx==1.17.0"
 for venv in "$NEWEST_VENV" "$OLDEST_VENV"; do

@@ -8,6 +8,8 @@
 #   4. bench_ort_cuda.py (ours vs ORT's CUDA LayerNormalization), the kernels' bandwidth bench and
 #      bench_model_cuda.py (BERT-base and GPT-2 before and after fuse).
 # Every step runs even if an earlier one failed; the exit status is the first failure's.
+# ADANORM_REQUIRE_GPU=1: a GPU is expected here, so a test or bench that finds none fails instead
+# of skipping.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../../../.." && pwd)"
@@ -16,7 +18,7 @@ out="${OUT:-/tmp/adanorm-gpu-out}"
 site=/tmp/onnxruntime-gpu-site
 bins=/tmp/adanorm-bins
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 RUST_BACKTRACE=0
+export PYTHONUNBUFFERED=1 RUST_BACKTRACE=0 ADANORM_REQUIRE_GPU=1
 status=0
 # STEPS="a b": run only the named steps (unpack always runs), e.g. to rerun one in a second call.
 step() {

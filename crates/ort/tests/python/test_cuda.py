@@ -2,8 +2,9 @@
 
 `OnTheGpu` needs onnxruntime-gpu, a GPU and a library built with `--features cuda`; without any of
 them it is skipped with the reason (`adanorm_ort_cuda_status()` says why the library did not
-register its CUDA kernels). Its sessions refuse CPU fallback, so a node that did not land on the
-GPU fails the test instead of passing on the CPU.
+register its CUDA kernels), or, with `ADANORM_REQUIRE_GPU=1` (set by the device scripts), fails
+with it. Its sessions refuse CPU fallback, so a node that did not land on the GPU fails the test
+instead of passing on the CPU.
 
 `CudaRecordsBesideCpuSessions` runs everywhere: in a child process with the test switch that
 registers the CUDA records even without a GPU, CPU sessions must still load and compute exactly.
@@ -61,6 +62,22 @@ def gpu_skip_reason():
     return None
 
 
+def needs_gpu(cls):
+    """Skips the class with gpu_skip_reason(); under ADANORM_REQUIRE_GPU=1, where a GPU is expected,
+    fails it (in setUpClass) with that reason instead."""
+    reason = gpu_skip_reason()
+    if reason is None:
+        return cls
+    if os.environ.get("ADANORM_REQUIRE_GPU") != "1":
+        return unittest.skip(reason)(cls)
+
+    def fail(_cls):
+        raise AssertionError(f"ADANORM_REQUIRE_GPU=1 is set, but the GPU tests cannot run: {reason}")
+
+    cls.setUpClass = classmethod(fail)
+    return cls
+
+
 def cuda_options(threads=1, fallback=False):
     so = lib.session_options(threads)
     if not fallback:
@@ -69,7 +86,7 @@ def cuda_options(threads=1, fallback=False):
     return so
 
 
-@unittest.skipIf(gpu_skip_reason(), gpu_skip_reason())
+@needs_gpu
 class OnTheGpu(unittest.TestCase):
     def run_gpu(self, *args, **kwargs):
         return run_case(self, *args, providers=CUDA, so=cuda_options(), **kwargs)
@@ -264,7 +281,7 @@ def our_nodes(graph):
     return count
 
 
-@unittest.skipIf(gpu_skip_reason(), gpu_skip_reason())
+@needs_gpu
 class RewrittenModelsOnTheGpu(unittest.TestCase):
     def test_every_rewritten_model_on_cuda(self):
         # Whole exported models after `fuse`/`rewrite`, run on CUDAExecutionProvider: the outputs
