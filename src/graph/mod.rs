@@ -6,7 +6,7 @@
 //! twice, a standard op without outputs, or a cycle is an error naming the node.
 
 pub mod constants;
-pub mod dims;
+pub mod shape_tensors;
 pub mod shapes;
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -4,7 +4,7 @@
 //! expanding the output.
 
 use super::canon::{Axes, Canon};
-use crate::graph::{dims, Dim, NodeId};
+use crate::graph::{shape_tensors, Dim, NodeId};
 use crate::onnx::attr;
 
 /// Whether `param`'s shape is a valid Scale/B for a normalisation of `x` over `axes`. It need not
@@ -165,7 +165,7 @@ fn unexpanded(c: &Canon<'_, '_>, p: &str, y: &str) -> Option<(String, NodeId)> {
     if c.g.consumers(p).len() != 1 || c.g.is_graph_output(p) {
         return None;
     }
-    let target = dims::contents(c.g, n.input.get(1)?)?;
+    let target = shape_tensors::contents(c.g, n.input.get(1)?)?;
     let y_shape = c.g.shape(y)?;
     let off = y_shape.len().checked_sub(target.dims.len())?;
     let fits = target

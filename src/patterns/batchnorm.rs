@@ -71,9 +71,7 @@ pub fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<Candidate> {
     // The mean: ReduceMean over every axis but 1, kept, then squeezed for the op.
     let (sq_id, sq) = c.op(mean, "Squeeze")?;
     let kept_mean = sq.input.first()?.clone();
-    let squeezed = attr::ints(sq, "axes")
-        .map(<[i64]>::to_vec)
-        .or_else(|| g.constant(sq.input.get(1)?)?.as_ints().map(<[i64]>::to_vec))?;
+    let squeezed = c.listed_axes(sq)?;
     if !Axes::new(&squeezed, Some(target.len()))?.same_as(&view_axes) {
         return None;
     }
@@ -85,24 +83,22 @@ pub fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<Candidate> {
     core.push(sq_id);
 
     // The variance: ReduceSumSquare(view - mean) / count, over the same axes.
-    let (div_id, div) = c.op(var, "Div")?;
-    let (ss_id, ss) = c.op(&div.input[0], "ReduceSumSquare")?;
-    let ss_axes = attr::ints(ss, "axes")
-        .map(<[i64]>::to_vec)
-        .or_else(|| g.constant(ss.input.get(1)?)?.as_ints().map(<[i64]>::to_vec))?;
+    let (div_id, _, sum_of_squares, count) = c.binary(var, "Div")?;
+    let (ss_id, ss) = c.op(sum_of_squares, "ReduceSumSquare")?;
+    let ss_axes = c.listed_axes(ss)?;
     if attr::int(ss, "keepdims").unwrap_or(1) != 0
         || !Axes::new(&ss_axes, Some(target.len()))?.same_as(&view_axes)
     {
         return None;
     }
-    let (sub_id, sub) = c.op(ss.input.first()?, "Sub")?;
-    if sub.input.len() != 2 || sub.input[0] != view || sub.input[1] != kept_mean {
+    let (sub_id, _, centred, mean_read) = c.binary(ss.input.first()?, "Sub")?;
+    if centred != view || mean_read != kept_mean {
         return None;
     }
-    match c.scalar(&div.input[1]) {
+    match c.scalar(count) {
         Some(n) if n == row_len as f64 => {}
         Some(_) => return None,
-        None => aux.extend(count_of(c, &div.input[1], view, &view_axes)?),
+        None => aux.extend(count_of(c, count, view, &view_axes)?),
     }
     core.extend([div_id, ss_id, sub_id]);
 
@@ -119,7 +115,7 @@ pub fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<Candidate> {
     if back.op_type() != "Reshape" || back.input.first() != Some(normalised) {
         return None;
     }
-    aux.extend(shape_of(c, back.input.get(1)?, &x)?);
+    aux.extend(c.shape_of(back.input.get(1)?, &x)?);
     core.push(*back_id);
     let y = back.output.first()?.clone();
 
@@ -142,43 +138,10 @@ pub fn read(c: &Canon<'_, '_>, bn_id: NodeId) -> Option<Candidate> {
     ))
 }
 
-/// `value` is the number of elements of `view` over `axes`: `Cast(ReduceProd(Gather(Shape(view),
-/// axes)))`, as tf2onnx writes it. Returns those nodes.
+/// `value` is the number of elements of `view` over `axes` (as tf2onnx writes it, see
+/// [`Canon::element_count`]). Returns those nodes.
 fn count_of(c: &Canon<'_, '_>, value: &str, view: &str, axes: &Axes) -> Option<Vec<NodeId>> {
-    let (cast_id, cast) = c.op(value, "Cast")?;
-    let (prod_id, prod) = c.op(cast.input.first()?, "ReduceProd")?;
-    let (gather_id, gather) = c.op(prod.input.first()?, "Gather")?;
-    let (shape_id, shape) = c.op(gather.input.first()?, "Shape")?;
-    let picked = c.g.constant(gather.input.get(1)?)?;
-    let picked = Axes::new(picked.as_ints()?, axes.rank)?;
-    let whole = attr::int(shape, "start").is_none() && attr::int(shape, "end").is_none();
-    (shape.input.first().map(String::as_str) == Some(view)
-        && whole
-        && picked.same_as(axes)
-        && attr::int(gather, "axis").unwrap_or(0) == 0)
-        .then(|| vec![cast_id, prod_id, gather_id, shape_id])
-}
-
-/// `value` is `x`'s own shape: `Shape(x)` through casts, or a constant equal to its known shape.
-fn shape_of(c: &Canon<'_, '_>, value: &str, x: &str) -> Option<Vec<NodeId>> {
-    if let Some(v) = c.g.constant(value) {
-        let known: Option<Vec<i64>> = c.g.shape(x)?.iter().map(|d| d.known()).collect();
-        return (v.as_ints()? == known?.as_slice()).then(Vec::new);
-    }
-    let mut nodes = Vec::new();
-    let mut v = value.to_string();
-    for _ in 0..4 {
-        let (id, node) = c.g.producer_node(&v)?;
-        nodes.push(id);
-        match node.op_type() {
-            "Cast" => v = node.input.first()?.clone(),
-            "Shape" => {
-                let whole = attr::int(node, "start").is_none() && attr::int(node, "end").is_none();
-                return (whole && node.input.first().map(String::as_str) == Some(x))
-                    .then_some(nodes);
-            }
-            _ => return None,
-        }
-    }
-    None
+    let count = c.element_count(value)?;
+    let picked = Axes::new(&count.axes, axes.rank)?;
+    (count.x == view && picked.same_as(axes)).then_some(count.nodes)
 }

@@ -125,6 +125,34 @@ fn holds_exactly(to: i32, from: i32) -> bool {
     }
 }
 
+/// The two operands of a binary node: `None` unless it has exactly two non-empty inputs.
+pub fn operands(node: &NodeProto) -> Option<(&str, &str)> {
+    match node.input.as_slice() {
+        [a, b] if !a.is_empty() && !b.is_empty() => Some((a, b)),
+        _ => None,
+    }
+}
+
+/// A node's `axes` as written: an attribute before opset 13 (18 for most reductions), the
+/// second input after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AxesArg {
+    Listed(Vec<i64>),
+    /// Neither attribute nor input: the op's default (every axis, for a reduction).
+    Absent,
+}
+
+/// `Cast(ReduceProd(Gather(Shape(x), axes)))`: the number of elements of `x` over `axes`, as
+/// exporters compute a row length from a dynamic shape.
+#[derive(Debug, Clone)]
+pub struct ElementCount {
+    /// The tensor whose shape is read (precision casts looked through: they keep the shape).
+    pub x: String,
+    /// The gathered axes, as written.
+    pub axes: Vec<i64>,
+    pub nodes: Vec<NodeId>,
+}
+
 pub struct Canon<'g, 'm> {
     pub g: &'g GraphIndex<'m>,
 }
@@ -156,15 +184,120 @@ impl<'g, 'm> Canon<'g, 'm> {
         None
     }
 
-    /// Looks through Identity, Casts between float types and the exact no-ops `Mul(v, 1)` and
-    /// `Add(v, 0)` (paddle2onnx's `scale` op with its defaults), returning the root value and
-    /// the nodes crossed.
-    pub fn root(&self, value: &str) -> (String, Vec<NodeId>) {
-        self.walk_back(value, 8, |node| self.root_step(node))
+    /// `op_type`'s node making `value` (as [`Canon::op`]) when it has exactly two operands, with
+    /// them.
+    pub fn binary(
+        &self,
+        value: &str,
+        op_type: &str,
+    ) -> Option<(NodeId, &'m NodeProto, &'m str, &'m str)> {
+        let (id, n) = self.op(value, op_type)?;
+        let (a, b) = operands(n)?;
+        Some((id, n, a, b))
     }
 
-    /// The input `root` follows through `node`, if it passes it.
-    pub fn root_step(&self, node: &'m NodeProto) -> Option<&'m String> {
+    /// A node's axes from its `axes` attribute or its second input; `None` when that input is
+    /// not a constant list of integers.
+    pub fn axes_arg(&self, node: &NodeProto) -> Option<AxesArg> {
+        if let Some(a) = attr::ints(node, "axes") {
+            return Some(AxesArg::Listed(a.to_vec()));
+        }
+        match node.input.get(1).filter(|s| !s.is_empty()) {
+            Some(v) => Some(AxesArg::Listed(self.g.constant(v)?.as_ints()?.to_vec())),
+            None => Some(AxesArg::Absent),
+        }
+    }
+
+    /// A node's axes when it lists them (see [`Canon::axes_arg`]).
+    pub fn listed_axes(&self, node: &NodeProto) -> Option<Vec<i64>> {
+        match self.axes_arg(node)? {
+            AxesArg::Listed(a) => Some(a),
+            AxesArg::Absent => None,
+        }
+    }
+
+    /// Whether `node` is a `Shape` of its input's whole shape (no slice, or one that starts at
+    /// 0 and ends at or past the last axis).
+    pub fn is_whole_shape(&self, node: &NodeProto) -> bool {
+        if node.op_type() != "Shape" {
+            return false;
+        }
+        let rank = node.input.first().and_then(|i| self.g.rank(i));
+        let start_ok = match attr::int(node, "start") {
+            None | Some(0) => true,
+            Some(s) => rank.is_some_and(|r| s < 0 && s + r as i64 <= 0),
+        };
+        let end_ok = match attr::int(node, "end") {
+            None => true,
+            Some(e) => rank.is_some_and(|r| e >= r as i64),
+        };
+        start_ok && end_ok
+    }
+
+    /// `value` is `x`'s whole shape: `Shape(x)` (through Casts and Identity), or a constant equal
+    /// to `x`'s fully known shape. Returns the nodes computing it.
+    pub fn shape_of(&self, value: &str, x: &str) -> Option<Vec<NodeId>> {
+        if let Some(v) = self.g.constant(value) {
+            let known: Option<Vec<i64>> = self.g.shape(x)?.iter().map(|d| d.known()).collect();
+            return (v.as_ints()? == known?.as_slice()).then(Vec::new);
+        }
+        let mut nodes = Vec::new();
+        let mut v = value.to_string();
+        for _ in 0..4 {
+            let (id, node) = self.g.producer_node(&v)?;
+            if !crate::onnx::is_standard(node) {
+                return None;
+            }
+            nodes.push(id);
+            match node.op_type() {
+                "Cast" | "Identity" => v = node.input.first()?.clone(),
+                "Shape" => {
+                    let of_x = node.input.first().map(String::as_str) == Some(x);
+                    return (of_x && self.is_whole_shape(node)).then_some(nodes);
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// `value` as an [`ElementCount`]: `ReduceProd(Gather(Shape(x), axes))` along axis 0 of the
+    /// whole shape, behind up to three Casts/CastLikes (to the model's type, in float16 models
+    /// through float32 first).
+    pub fn element_count(&self, value: &str) -> Option<ElementCount> {
+        let mut v = value.to_string();
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let Some((id, n)) = self.op(&v, "Cast").or_else(|| self.op(&v, "CastLike")) else {
+                break;
+            };
+            nodes.push(id);
+            v = n.input.first()?.clone();
+        }
+        let (prod_id, prod) = self.op(&v, "ReduceProd")?;
+        let (gather_id, gather) = self.op(prod.input.first()?, "Gather")?;
+        if attr::int(gather, "axis").unwrap_or(0) != 0 {
+            return None;
+        }
+        let (shape_id, shape) = self.op(gather.input.first()?, "Shape")?;
+        if !self.is_whole_shape(shape) {
+            return None;
+        }
+        let axes = self.g.constant(gather.input.get(1)?)?.as_ints()?.to_vec();
+        let (x, _) = self.origin(shape.input.first()?);
+        nodes.extend([prod_id, gather_id, shape_id]);
+        Some(ElementCount { x, axes, nodes })
+    }
+
+    /// Looks through Identity, Casts between float types and the exact no-ops `Mul(v, 1)` and
+    /// `Add(v, 0)` (paddle2onnx's `scale` op with its defaults), returning the value `value`
+    /// originates from and the nodes crossed. (The matcher's "root" is the square root.)
+    pub fn origin(&self, value: &str) -> (String, Vec<NodeId>) {
+        self.walk_back(value, 8, |node| self.origin_step(node))
+    }
+
+    /// The input `origin` follows through `node`, if it passes it.
+    pub fn origin_step(&self, node: &'m NodeProto) -> Option<&'m String> {
         match node.op_type() {
             "Identity" => node.input.first(),
             "Cast" => {
@@ -273,16 +406,15 @@ impl<'g, 'm> Canon<'g, 'm> {
         self.g.constants.is_constant(self.g, value)
     }
 
-    /// For a two-input node, the operand that is not `value` (compared after `root`), with the
-    /// index of `value`'s slot. Used for commutative ops.
+    /// For a two-input node, the operand beside `value` (compared by name, nothing looked
+    /// through): how commutative ops are read. `None` when `value` is not an operand or the node
+    /// has not exactly two inputs.
     pub fn other_operand(&self, node: &'m NodeProto, value: &str) -> Option<&'m str> {
-        if node.input.len() != 2 {
-            return None;
-        }
-        if node.input[0] == value {
-            Some(&node.input[1])
-        } else if node.input[1] == value {
-            Some(&node.input[0])
+        let (a, b) = operands(node)?;
+        if a == value {
+            Some(b)
+        } else if b == value {
+            Some(a)
         } else {
             None
         }
@@ -301,7 +433,7 @@ impl<'g, 'm> Canon<'g, 'm> {
     pub fn reduction(&self, value: &str) -> Option<(MeanOf, bool)> {
         // Precision casts around the reduction (paddle2onnx's float16 converter computes each
         // ReduceMean in float32 between Casts) are looked through, as everywhere.
-        let (value, crossed) = self.root(value);
+        let (value, crossed) = self.origin(value);
         let layers = keepdims::strip(self, &value);
         let (mut mean, kept) = if !layers.any() {
             self.bare_reduction(&value)?
@@ -329,19 +461,16 @@ impl<'g, 'm> Canon<'g, 'm> {
         if let Some((id, node)) = self.op(value, "ReduceMean") {
             let input = node.input.first()?.clone();
             let kept = attr::int(node, "keepdims").unwrap_or(1) == 1;
-            let raw: Vec<i64> = match attr::ints(node, "axes") {
-                Some(a) => a.to_vec(),
-                None => match node.input.get(1).filter(|s| !s.is_empty()) {
-                    Some(axes_input) => self.g.constant(axes_input)?.as_ints()?.to_vec(),
-                    // No axes: every axis (unless noop_with_empty_axes makes it the identity).
-                    None => {
-                        if attr::int(node, "noop_with_empty_axes").unwrap_or(0) != 0 {
-                            return None;
-                        }
-                        let r = self.g.rank(&input)?;
-                        (0..r as i64).collect()
+            let raw: Vec<i64> = match self.axes_arg(node)? {
+                AxesArg::Listed(a) => a,
+                // No axes: every axis (unless noop_with_empty_axes makes it the identity).
+                AxesArg::Absent => {
+                    if attr::int(node, "noop_with_empty_axes").unwrap_or(0) != 0 {
+                        return None;
                     }
-                },
+                    let r = self.g.rank(&input)?;
+                    (0..r as i64).collect()
+                }
             };
             let axes = Axes::new(&raw, self.g.rank(&input))?;
             let mut nodes = vec![id];
@@ -426,14 +555,7 @@ impl<'g, 'm> Canon<'g, 'm> {
         };
         let input = sum.input.first()?.clone();
         let kept = attr::int(sum, "keepdims").unwrap_or(1) == 1;
-        let raw: Vec<i64> = match attr::ints(sum, "axes") {
-            Some(a) => a.to_vec(),
-            None => self
-                .g
-                .constant(sum.input.get(1).filter(|s| !s.is_empty())?)?
-                .as_ints()?
-                .to_vec(),
-        };
+        let raw = self.listed_axes(sum)?;
         let axes = Axes::new(&raw, self.g.rank(&input))?;
         let kept = if layers.any() {
             if !layers.restores(self, &input, &axes, kept) {
@@ -476,19 +598,19 @@ impl<'g, 'm> Canon<'g, 'm> {
         sum_input: &str,
     ) -> Option<(Divisor, Vec<NodeId>)> {
         // The count is one number: the rank a neutral `Mul(·, [1])` would add does not matter.
-        let root = |v: &str| {
+        let origin = |v: &str| {
             self.walk_back(v, 16, |n| {
                 let neutral_mul = (n.op_type() == "Mul" && n.input.len() == 2)
                     .then(|| (0..2).find(|&i| self.scalar(&n.input[i]) == Some(1.0)))
                     .flatten()
                     .map(|at| &n.input[1 - at]);
-                self.root_step(n).or(neutral_mul)
+                self.origin_step(n).or(neutral_mul)
             })
         };
-        let (mut v, mut nodes) = root(value);
+        let (mut v, mut nodes) = origin(value);
         if let Some((id, n)) = self.op(&v, "Max").filter(|(_, n)| n.input.len() == 2) {
             let at = (0..2).find(|&i| self.scalar(&n.input[i]).is_some_and(|c| c <= 0.0))?;
-            let (inner, crossed) = root(&n.input[1 - at]);
+            let (inner, crossed) = origin(&n.input[1 - at]);
             nodes.push(id);
             nodes.extend(crossed);
             v = inner;
@@ -496,7 +618,7 @@ impl<'g, 'm> Canon<'g, 'm> {
         let mut minus_one = false;
         if let Some((id, n)) = self.op(&v, "Add").filter(|(_, n)| n.input.len() == 2) {
             let at = (0..2).find(|&i| self.scalar(&n.input[i]) == Some(-1.0))?;
-            let (inner, crossed) = root(&n.input[1 - at]);
+            let (inner, crossed) = origin(&n.input[1 - at]);
             nodes.push(id);
             nodes.extend(crossed);
             v = inner;
@@ -520,7 +642,7 @@ impl<'g, 'm> Canon<'g, 'm> {
         };
         let all = size_of(div.input.first()?, &mut nodes)?;
         let rows = size_of(div.input.get(1)?, &mut nodes)?;
-        if self.root(&rows).0 != sum_out {
+        if self.origin(&rows).0 != sum_out {
             return None;
         }
         let same_dims = |a: &[Dim], b: &[Dim]| {
@@ -557,12 +679,12 @@ impl<'g, 'm> Canon<'g, 'm> {
 
     /// `value` (through casts) is `Sub(x, mean(x))` with the mean over `x` itself.
     pub fn centred(&self, value: &str) -> Option<Centred> {
-        let (v, mut nodes) = self.root(value);
+        let (v, mut nodes) = self.origin(value);
         let (sub_id, sub) = self.op(&v, "Sub")?;
         let (mean_value, x_value) = (sub.input.get(1)?, sub.input.first()?);
         let mean = self.mean_of(mean_value)?;
-        let (x, _) = self.root(x_value);
-        let (mx, _) = self.root(&mean.input);
+        let (x, _) = self.origin(x_value);
+        let (mx, _) = self.origin(&mean.input);
         if x != mx {
             return None;
         }
@@ -578,11 +700,10 @@ impl<'g, 'm> Canon<'g, 'm> {
     /// `Pow(a, 2)` or `Mul(a, b)` with `a` and `b` the same value or equivalent centred values,
     /// behind precision casts: returns the squared operand and the nodes (the square, the casts).
     pub fn square(&self, value: &str) -> Option<(String, Vec<NodeId>)> {
-        let (value, mut nodes) = self.root(value);
-        if let Some((id, node)) = self.op(&value, "Pow") {
-            let e = self.scalar(node.input.get(1)?)?;
+        let (value, mut nodes) = self.origin(value);
+        if let Some((id, _, base, e)) = self.binary(&value, "Pow") {
             nodes.push(id);
-            return (e == 2.0).then(|| (node.input[0].clone(), nodes));
+            return (self.scalar(e)? == 2.0).then(|| (base.to_string(), nodes));
         }
         let (id, node) = self.op(&value, "Mul")?;
         nodes.push(id);

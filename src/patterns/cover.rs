@@ -11,7 +11,7 @@ use super::candidate::Candidate;
 use super::canon::Canon;
 use super::expanded;
 use super::{Family, Match};
-use crate::graph::{dims, GraphIndex, NodeId};
+use crate::graph::{shape_tensors, GraphIndex, NodeId};
 
 /// A candidate on its way to a match: the nodes found so far and what the passes decided.
 struct Cover<'c, 'g, 'm> {
@@ -129,7 +129,7 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
             for v in &g.node(id).input {
                 let outside = g.producer(v).is_some_and(|(p, _)| !self.core.contains(&p));
                 if outside && !c.is_constant(v) {
-                    if let Some(t) = dims::contents(g, v) {
+                    if let Some(t) = shape_tensors::contents(g, v) {
                         self.shape_values.insert(v.clone());
                         self.aux.extend(t.nodes);
                     }

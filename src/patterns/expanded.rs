@@ -59,9 +59,9 @@ pub fn lift(
     if reshape.op_type() != "Reshape" || reshape.input.first().map(String::as_str) != Some(output) {
         return None;
     }
-    let shape_id = shape_of(c, reshape.input.get(1)?, &x)?;
+    let shape_nodes = c.shape_of(reshape.input.get(1)?, &x)?;
     lifted_core.push(*reshape_id);
-    aux.push(shape_id);
+    aux.extend(shape_nodes);
 
     // Parameters are Flatten(P, axis=0) of the real ones.
     let unflatten = |p: Option<&str>, core: &mut Vec<NodeId>| -> Option<Option<String>> {
@@ -81,7 +81,7 @@ pub fn lift(
     let mut inv_std_output = None;
     let first_moment = core.iter().copied().find(|&id| {
         let n = g.node(id);
-        n.op_type() == "ReduceMean" && n.input.first().is_some_and(|i| c.root(i).0 == s.x)
+        n.op_type() == "ReduceMean" && n.input.first().is_some_and(|i| c.origin(i).0 == s.x)
     });
     let reduced_reshape = |v: &str, aux: &mut Vec<NodeId>| -> Option<(NodeId, String)> {
         let id = *g
@@ -120,13 +120,6 @@ pub fn lift(
     })
 }
 
-/// `Shape(x)` (whole shape): returns the node.
-fn shape_of(c: &Canon<'_, '_>, v: &str, x: &str) -> Option<NodeId> {
-    let (id, n) = c.op(v, "Shape")?;
-    let whole = attr::int(n, "start").unwrap_or(0) == 0 && attr::int(n, "end").is_none();
-    (whole && n.input.first().map(String::as_str) == Some(x)).then_some(id)
-}
-
 /// `X.shape[:a] + [1] * (r - a)`, as the function body computes it
 /// (`Concat(Slice(Shape(X), [0], [a]), ConstantOfShape(Size(Shape(X)) - [a]))`) or as a constant
 /// equal to it for a static shape.
@@ -147,7 +140,7 @@ fn reduced_shape(c: &Canon<'_, '_>, v: &str, x: &str, a: i64, aux: &mut Vec<Node
         return None;
     };
     let (slice_id, slice) = c.op(prefix, "Slice")?;
-    let shape_id = shape_of(c, slice.input.first()?, x)?;
+    let shape_nodes = c.shape_of(slice.input.first()?, x)?;
     let starts = c.g.constant(slice.input.get(1)?)?;
     let ends = c.g.constant(slice.input.get(2)?)?;
     if starts.as_ints()? != [0] || ends.as_ints()? != [a] {
@@ -169,12 +162,13 @@ fn reduced_shape(c: &Canon<'_, '_>, v: &str, x: &str, a: i64, aux: &mut Vec<Node
     } else {
         let (sub_id, sub) = c.op(count, "Sub")?;
         let (size_id, size) = c.op(sub.input.first()?, "Size")?;
-        shape_of(c, size.input.first()?, x)?;
+        aux.extend(c.shape_of(size.input.first()?, x)?);
         if c.g.constant(sub.input.get(1)?)?.as_ints()? != [a] {
             return None;
         }
         aux.extend([sub_id, size_id]);
     }
-    aux.extend([concat_id, slice_id, shape_id, cos_id]);
+    aux.extend([concat_id, slice_id, cos_id]);
+    aux.extend(shape_nodes);
     Some(())
 }

@@ -6,9 +6,8 @@
 //! statistic's consumer; checked against the reduction's input and axes once those are known.
 
 use super::canon::{Axes, Canon};
-use crate::graph::dims::{self, DimRef};
+use crate::graph::shape_tensors::{self, DimRef};
 use crate::graph::NodeId;
-use crate::onnx::attr;
 
 /// The layers found above a reduced statistic (none when it was used as reduced).
 #[derive(Debug, Clone, Default)]
@@ -32,13 +31,13 @@ enum Restore {
 
 /// Looks through `[Expand] ([Reshape] | [Unsqueeze])` above `value`.
 pub fn strip(c: &Canon<'_, '_>, value: &str) -> Restored {
-    let (mut v, mut nodes) = c.root(value);
+    let (mut v, mut nodes) = c.origin(value);
     let mut expand = None;
     if let Some((id, e)) = c.op(&v, "Expand") {
         if let (Some(input), Some(target)) = (e.input.first(), e.input.get(1)) {
             nodes.push(id);
             expand = Some(target.clone());
-            let (r, crossed) = c.root(input);
+            let (r, crossed) = c.origin(input);
             nodes.extend(crossed);
             v = r;
         }
@@ -51,22 +50,16 @@ pub fn strip(c: &Canon<'_, '_>, value: &str) -> Restored {
                 input: input.clone(),
                 target: target.clone(),
             });
-            let (r, crossed) = c.root(input);
+            let (r, crossed) = c.origin(input);
             nodes.extend(crossed);
             v = r;
         }
     } else if let Some((id, u)) = c.op(&v, "Unsqueeze") {
-        let axes = match u.input.get(1).filter(|s| !s.is_empty()) {
-            Some(a) => {
-                c.g.constant(a)
-                    .and_then(|t| t.as_ints().map(<[i64]>::to_vec))
-            }
-            None => attr::ints(u, "axes").map(<[i64]>::to_vec),
-        };
+        let axes = c.listed_axes(u);
         if let (Some(axes), Some(input)) = (axes, u.input.first()) {
             nodes.push(id);
             restore = Some(Restore::Unsqueeze(axes));
-            let (r, crossed) = c.root(input);
+            let (r, crossed) = c.origin(input);
             nodes.extend(crossed);
             v = r;
         }
@@ -112,7 +105,7 @@ fn restores_keepdims(c: &Canon<'_, '_>, x: &str, axes: &Axes, restore: &Restore)
     match restore {
         Restore::Unsqueeze(u) => Axes::new(u, Some(rank)).is_some_and(|u| u.same_as(axes)),
         Restore::Reshape { input, target } => {
-            let Some(t) = dims::contents(c.g, target) else {
+            let Some(t) = shape_tensors::contents(c.g, target) else {
                 return false;
             };
             let x_shape = c.g.shape(x).unwrap_or_default();
@@ -139,7 +132,7 @@ fn restores_keepdims(c: &Canon<'_, '_>, x: &str, axes: &Axes, restore: &Restore)
 
 /// Whether each entry of `target` is 1 or the size of `x` on that axis (aligned right).
 fn broadcasts_into(c: &Canon<'_, '_>, x: &str, target: &str) -> bool {
-    let (Some(shape), Some(t)) = (c.g.shape(x), dims::contents(c.g, target)) else {
+    let (Some(shape), Some(t)) = (c.g.shape(x), shape_tensors::contents(c.g, target)) else {
         return false;
     };
     let Some(offset) = shape.len().checked_sub(t.dims.len()) else {

@@ -7,7 +7,7 @@
 
 pub mod apply;
 pub mod fold;
-pub mod function;
+pub mod portable;
 pub mod names;
 pub mod node;
 pub mod plan;

@@ -9,7 +9,7 @@ use super::fold;
 use super::names::Names;
 use super::node::{self, OpKind, OpParams};
 use super::weights::{WeightTensor, WeightsFile};
-use super::{function, Affine, Change, Options, Outcome, Target};
+use super::{portable, Affine, Change, Options, Outcome, Target};
 use crate::error::{Error, Result};
 use crate::graph::GraphIndex;
 use crate::onnx::attr;
@@ -71,7 +71,7 @@ pub fn plan_scopes(scopes: &[(&GraphIndex<'_>, &[Match])], opts: &Options) -> Re
                 .find_map(|(g, _)| g.elem_type(v))
                 .or_else(|| all.new_types.get(v).copied())
         };
-        function::add_portable_functions(&mut model, &types)?;
+        portable::add_portable_functions(&mut model, &types)?;
     }
     Ok(Outcome {
         model,

@@ -14,7 +14,7 @@ use super::fold::{Folded, FOLD_PREFIX};
 use super::names::Names;
 use super::node::{float_attr, int_attr, OpKind, OpParams, DOMAIN};
 use super::weights::WeightsFile;
-use super::{function, Change, Outcome};
+use super::{portable, Change, Outcome};
 use crate::error::{Error, Result};
 use crate::graph::GraphIndex;
 use crate::onnx::proto::{GraphProto, NodeProto};
@@ -189,10 +189,10 @@ fn revert_scope(
             }
             (record.node, remove, "restored the recorded subgraph")
         } else {
-            if opset < function::MIN_INLINE_OPSET {
+            if opset < portable::MIN_INLINE_OPSET {
                 return Err(Error::msg(format!(
                     "it has no revert record, and its standard-op form needs the model's default opset >= {} (it imports {opset})",
-                    function::MIN_INLINE_OPSET
+                    portable::MIN_INLINE_OPSET
                 ))
                 .at_node(label)
                 .in_file(&g.model.path));
@@ -285,6 +285,6 @@ fn standard_ops(
         };
         return (vec![ln], vec![], "LayerNormalization");
     }
-    let (nodes, inits) = function::inline(n, p, opset, elem, names);
+    let (nodes, inits) = portable::inline(n, p, opset, elem, names);
     (nodes, inits, "standard ops (the ops-spec formula)")
 }

@@ -7,7 +7,7 @@ mod stats;
 
 use super::affine::{is_row_parameter, tail, Tail};
 use super::candidate::{Candidate, Form, Statistics};
-use super::canon::Canon;
+use super::canon::{operands, Canon};
 use super::Family;
 use crate::graph::NodeId;
 use stats::{stats_at_sqrt, Stats, VarianceForm};
@@ -97,6 +97,7 @@ fn centred_here(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<Vec<NodeId>> {
     (cen.x == s.x && cen.axes.same_as(&s.axes)).then_some(cen.nodes)
 }
 
+/// The standard `op` nodes with two operands that read `v`.
 fn consumers_of<'a>(
     c: &'a Canon<'_, '_>,
     v: &str,
@@ -104,7 +105,7 @@ fn consumers_of<'a>(
 ) -> impl Iterator<Item = NodeId> + 'a {
     c.g.consumers(v).to_vec().into_iter().filter(move |&id| {
         let n = c.g.node(id);
-        crate::onnx::is_standard(n) && n.op_type() == op
+        crate::onnx::is_standard(n) && n.op_type() == op && operands(n).is_some()
     })
 }
 
@@ -135,25 +136,21 @@ fn plain(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
     };
     for id in consumers_of(c, &s.den, "Div") {
         let n = c.g.node(id);
-        if n.input.get(1) != Some(&s.den) {
+        let Some((num, _)) = operands(n).filter(|&(_, d)| d == s.den) else {
             continue;
-        }
-        let num = &n.input[0];
+        };
         if let Some(mut nodes) = centred_here(c, s, num) {
             nodes.push(id);
             return Some(finish_tail(nodes, n.output[0].clone(), None));
         }
         // Gain before the division (Annotated Transformer): (gamma * d) / sigma.
-        if let Some((mul_id, mul)) = c.op(num, "Mul") {
-            for (d, gamma) in [
-                (&mul.input[0], &mul.input[1]),
-                (&mul.input[1], &mul.input[0]),
-            ] {
+        if let Some((mul_id, _, a, b)) = c.binary(num, "Mul") {
+            for (d, gamma) in [(a, b), (b, a)] {
                 let Some(mut nodes) = centred_here(c, s, d) else {
                     continue;
                 };
                 nodes.extend([mul_id, id]);
-                let mut cand = finish_tail(nodes, n.output[0].clone(), Some(gamma.clone()));
+                let mut cand = finish_tail(nodes, n.output[0].clone(), Some(gamma.to_string()));
                 if !is_row_parameter(c, gamma, &s.x, &s.axes) {
                     cand.problems.push(format!("its gain '{gamma}' (applied before the division) is not a constant per-row parameter"));
                 }
@@ -209,7 +206,8 @@ fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
     };
     for (g_id, g_copy) in divisions() {
         let g_div = c.g.node(g_id);
-        let Some((k, mut nodes)) = k_times_centred(c, s, &g_div.input[0]) else {
+        let Some((k, mut nodes)) = operands(g_div).and_then(|(num, _)| k_times_centred(c, s, num))
+        else {
             continue;
         };
         nodes.push(g_id);
@@ -221,19 +219,21 @@ fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
             if y_id == g_id {
                 continue;
             }
-            let Some((w_id, w)) = c.op(&y_div.input[0], "Sub") else {
+            let Some((w_id, _, xc, product)) =
+                operands(y_div).and_then(|(num, _)| c.binary(num, "Sub"))
+            else {
                 continue;
             };
-            let Some(xc_nodes) = centred_here(c, s, &w.input[0]) else {
+            let Some(xc_nodes) = centred_here(c, s, xc) else {
                 continue;
             };
-            let Some((p_id, p)) = c.op(&w.input[1], "Mul") else {
+            let Some((p_id, _, pa, pb)) = c.binary(product, "Mul") else {
                 continue;
             };
             // `.detach()` may leave an Identity between the factor and its use.
-            let Some((other, detached)) = p.input.iter().enumerate().find_map(|(i, v)| {
-                let (root, crossed) = c.root(v);
-                (root == *g_out && p.input.len() == 2).then(|| (&p.input[1 - i], crossed))
+            let Some((other, detached)) = [(pa, pb), (pb, pa)].into_iter().find_map(|(v, other)| {
+                let (origin, crossed) = c.origin(v);
+                (origin == *g_out).then_some((other, crossed))
             }) else {
                 continue;
             };
@@ -288,25 +288,18 @@ fn k_times_centred(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<(f64, Vec<No
     let (v, noops) = if c.op(v, "Mul").is_some() || c.op(v, "Div").is_some() {
         (v.to_string(), Vec::new())
     } else {
-        c.root(v)
+        c.origin(v)
     };
     let v = v.as_str();
-    let (id, node, k_from) = if let Some((id, n)) = c.op(v, "Mul") {
-        (id, n, 0)
-    } else {
-        let (id, n) = c.op(v, "Div")?;
-        (id, n, 1)
-    };
-    let (kv, u) = match k_from {
-        0 => {
-            let (a, b) = (&node.input[0], &node.input[1]);
-            match (c.scalar(a), c.scalar(b)) {
-                (None, Some(k)) => (k, a),
-                (Some(k), None) => (k, b),
-                _ => return None,
-            }
+    let (id, kv, u) = if let Some((id, _, a, b)) = c.binary(v, "Mul") {
+        match (c.scalar(a), c.scalar(b)) {
+            (None, Some(k)) => (id, k, a),
+            (Some(k), None) => (id, k, b),
+            _ => return None,
         }
-        _ => (1.0 / c.scalar(&node.input[1])?, &node.input[0]),
+    } else {
+        let (id, _, num, den) = c.binary(v, "Div")?;
+        (id, 1.0 / c.scalar(den)?, num)
     };
     if !kv.is_finite() {
         return None;
@@ -318,10 +311,10 @@ fn k_times_centred(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<(f64, Vec<No
         return Some((kv, nodes));
     }
     // xc - mean(xc): the reference recentres before scaling.
-    let (sub_id, sub) = c.op(u, "Sub")?;
-    let xc_nodes = centred_here(c, s, &sub.input[0])?;
-    let m3 = c.mean_of(&sub.input[1])?;
-    if c.root(&m3.input).0 != c.root(&sub.input[0]).0 || !m3.axes.same_as(&s.axes) {
+    let (sub_id, _, xc, mean) = c.binary(u, "Sub")?;
+    let xc_nodes = centred_here(c, s, xc)?;
+    let m3 = c.mean_of(mean)?;
+    if c.origin(&m3.input).0 != c.origin(xc).0 || !m3.axes.same_as(&s.axes) {
         return None;
     }
     nodes.extend(xc_nodes);
@@ -359,12 +352,12 @@ fn keras(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
         let mut m_prod = None;
         for &id in &muls {
             let other = c.other_operand(c.g.node(id), &g_val)?;
-            if c.root(other).0 == s.x {
+            if c.origin(other).0 == s.x {
                 x_prod = Some(id);
             } else if let Some(nodes) = mean_here(c, s, other) {
                 m_prod = Some((id, nodes, false));
             } else if let Some((neg_id, neg)) = c.op(other, "Neg") {
-                let mut nodes = mean_here(c, s, &neg.input[0])?;
+                let mut nodes = mean_here(c, s, neg.input.first()?)?;
                 nodes.push(neg_id);
                 m_prod = Some((id, nodes, true));
             }
@@ -378,7 +371,7 @@ fn keras(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
         let last_node = c.g.node(*last);
         let mut bias = None;
         let ok = match (last_node.op_type(), negated) {
-            ("Sub", false) => last_node.input[0] == xs && last_node.input[1] == ms,
+            ("Sub", false) => operands(last_node) == Some((xs.as_str(), ms.as_str())),
             ("Add", true) => {
                 let rest = c.other_operand(last_node, &xs)?;
                 if rest == ms {
@@ -393,13 +386,13 @@ fn keras(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
             }
             ("Add", false) => {
                 let rest = c.other_operand(last_node, &xs)?;
-                let (sub_id, sub) = c.op(rest, "Sub")?;
-                if sub.input[1] != ms {
+                let (sub_id, _, beta, subtracted) = c.binary(rest, "Sub")?;
+                if subtracted != ms {
                     return None;
                 }
-                bias = Some(sub.input[0].clone());
+                bias = Some(beta.to_string());
                 core.push(sub_id);
-                is_row_parameter(c, &sub.input[0], &s.x, &s.axes)
+                is_row_parameter(c, beta, &s.x, &s.axes)
             }
             _ => false,
         };
@@ -425,7 +418,7 @@ fn keras(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
 /// The mean of this statistics' `x` over its axes.
 fn mean_here(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<Vec<NodeId>> {
     let m = c.mean_of(v)?;
-    (c.root(&m.input).0 == s.x && m.axes.same_as(&s.axes)).then_some(m.nodes)
+    (c.origin(&m.input).0 == s.x && m.axes.same_as(&s.axes)).then_some(m.nodes)
 }
 
 /// RMSNorm: `x / sqrt(mean(x²) + eps)` or `x * (1 / sqrt(...))`, then the gain.
@@ -434,7 +427,7 @@ fn rms(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
     let mut found = None;
     for id in consumers_of(c, &s.den, "Div") {
         let n = c.g.node(id);
-        if n.input.get(1) == Some(&s.den) && c.root(&n.input[0]).0 == s.x {
+        if operands(n).is_some_and(|(num, den)| den == s.den && c.origin(num).0 == s.x) {
             found = Some((vec![id], n.output[0].clone()));
         }
     }
@@ -443,7 +436,7 @@ fn rms(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
             let inv = c.g.node(r).output[0].clone();
             for id in consumers_of(c, &inv, "Mul") {
                 let n = c.g.node(id);
-                if c.other_operand(n, &inv).is_some_and(|o| c.root(o).0 == s.x) {
+                if c.other_operand(n, &inv).is_some_and(|o| c.origin(o).0 == s.x) {
                     found = Some((vec![r, id], n.output[0].clone()));
                 }
             }

@@ -2,7 +2,7 @@
 //! the variance (biased, unbiased by `N/(N-1)`, or `E[x²]−E[x]²`, behind guards that cannot
 //! change a variance), and whether it is centred (LayerNorm family) or not (RMSNorm).
 
-use crate::patterns::canon::{Axes, Canon, Divisor};
+use crate::patterns::canon::{operands, Axes, Canon, Divisor};
 use crate::patterns::keepdims;
 use crate::graph::NodeId;
 use crate::onnx::attr;
@@ -170,13 +170,10 @@ fn constant_and_other<'a>(
     c: &Canon<'_, '_>,
     n: &'a crate::onnx::proto::NodeProto,
 ) -> Option<(f64, &'a str)> {
-    if n.input.len() != 2 {
-        return None;
-    }
-    let (a, b) = (&n.input[0], &n.input[1]);
+    let (a, b) = operands(n)?;
     let (eps, eps_value, other) = match (c.scalar(a), c.scalar(b)) {
-        (None, Some(e)) => (e, b.as_str(), a.as_str()),
-        (Some(e), None) => (e, a.as_str(), b.as_str()),
+        (None, Some(e)) => (e, b, a),
+        (Some(e), None) => (e, a, b),
         _ => return None,
     };
     let eps_rank = c.g.constant(eps_value)?.dims.len();
@@ -187,7 +184,7 @@ fn constant_and_other<'a>(
 
 /// The variance layer: `[unbiased correction] (mean(d²) | mean(x²) - mean(x)² | mean(x²))`.
 fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
-    let (v, mut core) = c.root(value);
+    let (v, mut core) = c.origin(value);
     let (v, guards) = strip_guards(c, &v);
     core.extend(guards);
     let mut aux = Vec::new();
@@ -246,7 +243,7 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
         }
     }
 
-    let (inner_root, crossed) = c.root(&inner);
+    let (inner_root, crossed) = c.origin(&inner);
     core.extend(crossed);
     let (x, axes, form, more, kept) = match sum_minus_one {
         Some((sum, kept)) => variance_of_mean(c, sum, kept)?,
@@ -284,9 +281,9 @@ fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
 /// included. The op's own variance is computed non-negative, so the clamp is implied; a clamp
 /// at a positive floor (`Max(v, eps)`) changes the function and is not looked through.
 fn strip_guards(c: &Canon<'_, '_>, value: &str) -> (String, Vec<NodeId>) {
-    // Guards, and what `root` looks through between them.
+    // Guards, and what `origin` looks through between them.
     c.walk_back(value, 16, |node| {
-        guarded(c, node).or_else(|| c.root_step(node))
+        guarded(c, node).or_else(|| c.origin_step(node))
     })
 }
 
@@ -339,11 +336,11 @@ fn biased_variance(
         return None;
     }
     let (sq_in, sq_node) = squared_operand(c, &ex2)?;
-    let (x, _) = c.root(&sq_in);
+    let (x, _) = c.origin(&sq_in);
     let (m_in, m_sq_node) = c.square(sub.input.get(1)?)?;
-    let (m_root, _) = c.root(&m_in);
+    let (m_root, _) = c.origin(&m_in);
     let mean = c.mean_of(&m_root)?;
-    let (mx, _) = c.root(&mean.input);
+    let (mx, _) = c.origin(&mean.input);
     if mx != x || !mean.axes.same_as(&ex2.axes) {
         return None;
     }
@@ -373,7 +370,7 @@ fn variance_of_mean(
         return Some((cen.x, mean.axes, VarianceForm::TwoPass, nodes, kept));
     }
     // Casts in front of x are the caller's to judge (they may be shared).
-    let (x, _) = c.root(&squared);
+    let (x, _) = c.origin(&squared);
     Some((x, mean.axes, VarianceForm::MeanSquare, nodes, kept))
 }
 
@@ -425,33 +422,12 @@ fn row_count(c: &Canon<'_, '_>, value: &str, aux: &mut Vec<NodeId>) -> Option<Ro
     if let Some(n) = c.scalar(value) {
         return Some(RowCount::Constant(n));
     }
-    let mut v = value.to_string();
-    let mut chain = Vec::new();
-    // Cast to the model's type, in fp16 models through float first.
-    for _ in 0..3 {
-        let Some((id, n)) = c.op(&v, "Cast").or_else(|| c.op(&v, "CastLike")) else {
-            break;
-        };
-        chain.push(id);
-        v = n.input.first()?.clone();
-    }
-    let (prod_id, prod) = c.op(&v, "ReduceProd")?;
-    let (gather_id, gather) = c.op(prod.input.first()?, "Gather")?;
-    if attr::int(gather, "axis").unwrap_or(0) != 0 {
-        return None;
-    }
-    let (shape_id, shape) = c.op(gather.input.first()?, "Shape")?;
-    // The whole shape: no slice, or one from 0 to the end.
-    let whole_end = attr::int(shape, "end")
-        .is_none_or(|e| shape.input.first().and_then(|i| c.g.rank(i)) == Some(e as usize));
-    if attr::int(shape, "start").is_some_and(|s| s != 0) || !whole_end {
-        return None;
-    }
-    let axes = c.g.constant(gather.input.get(1)?)?.as_ints()?.to_vec();
-    let (x, _) = c.root(shape.input.first()?);
-    chain.extend([prod_id, gather_id, shape_id]);
-    aux.extend(chain);
-    Some(RowCount::Dynamic { x, axes })
+    let count = c.element_count(value)?;
+    aux.extend(count.nodes);
+    Some(RowCount::Dynamic {
+        x: count.x,
+        axes: count.axes,
+    })
 }
 
 /// `N - 1` for the same `N` (the same chain, or a constant one less): returns the nodes.
@@ -465,7 +441,7 @@ fn n_minus_one(
         RowCount::Constant(nv) => (c.scalar(value)? == nv - 1.0).then(Vec::new),
         RowCount::Dynamic { .. } => {
             // fp16 models subtract in float and cast the difference back.
-            let (value, crossed) = c.root(value);
+            let (value, crossed) = c.origin(value);
             let (sub_id, sub) = c.op(&value, "Sub")?;
             if c.scalar(sub.input.get(1)?)? != 1.0 {
                 return None;
