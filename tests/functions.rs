@@ -11,12 +11,12 @@ use common::{Builder, A, F32};
 
 use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::npz::read_npz;
+use adanorm_onnx::onnx::proto::{FunctionProto, OperatorSetIdProto};
 use adanorm_onnx::onnx::{load_model, save_model};
 use adanorm_onnx::patterns::find_matches_everywhere;
 use adanorm_onnx::patterns::local_functions::inline_functions_with_matches;
-use adanorm_onnx::rewrite::{plan::plan_model, revert::revert, Affine, Options, Target};
-use adanorm_onnx::onnx::proto::{FunctionProto, OperatorSetIdProto};
 use adanorm_onnx::patterns::{Family, Form};
+use adanorm_onnx::rewrite::{plan::plan_model, revert::revert, Affine, Options, Target};
 use adanorm_onnx::runner::{compare, random_inputs, run};
 
 fn fixture() -> PathBuf {
@@ -161,7 +161,9 @@ fn found_inside_a_function((main, function): (Builder, FunctionProto), family: F
     let got = run(&fused, inputs).unwrap();
     let diffs = compare(&want, &got);
     assert!(
-        diffs.iter().all(|d| d.problem.is_none() && d.max_scaled <= 1e-5),
+        diffs
+            .iter()
+            .all(|d| d.problem.is_none() && d.max_scaled <= 1e-5),
         "{form}: {diffs:?}"
     );
 }
@@ -170,7 +172,11 @@ fn found_inside_a_function((main, function): (Builder, FunctionProto), family: F
 #[test]
 fn mean_variance_normalization_inside_a_function_is_found() {
     let main = calling_a_function(|b, x| {
-        let n = b.op("MeanVarianceNormalization", &[x], vec![("axes", A::Is(vec![2]))]);
+        let n = b.op(
+            "MeanVarianceNormalization",
+            &[x],
+            vec![("axes", A::Is(vec![2]))],
+        );
         let gamma = b.constant(1.5);
         let beta = b.constant(-0.25);
         let scaled = b.op("Mul", &[&n, &gamma], vec![]);

@@ -1213,8 +1213,7 @@ fn fuse_keeps_a_bare_mean_variance_normalization_and_fuses_one_with_an_affine() 
         let m = only(adanorm_onnx::patterns::find_matches(&g));
         assert_eq!(m.is_one_node_op(), fused_changes == 0, "{name}");
         for (include_fused, want) in [(false, fused_changes), (true, 1)] {
-            let opts =
-                common::rewrite_options(Target::Same, Affine::Keep, None, include_fused);
+            let opts = common::rewrite_options(Target::Same, Affine::Keep, None, include_fused);
             let o = plan_model(&g, &opts).unwrap();
             let changed = o.changes.iter().filter(|c| c.same_function).count();
             assert_eq!(changed, want, "{name}, include_fused {include_fused}");

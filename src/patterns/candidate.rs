@@ -83,18 +83,16 @@ impl fmt::Display for Form {
             Form::KerasFoldedAffine => f.write_str("Keras (tf2onnx), folded affine"),
             Form::DecomposedRmsNorm => f.write_str("decomposed RMSNorm"),
             Form::KerasBatchNorm => f.write_str("Keras fused (tf2onnx BatchNormalization)"),
-            Form::InstanceNorm => f.write_str("InstanceNormalization with unit scale and zero bias"),
+            Form::InstanceNorm => {
+                f.write_str("InstanceNormalization with unit scale and zero bias")
+            }
             Form::MeanVarianceNorm => f.write_str("MeanVarianceNormalization"),
-            Form::Fused(op @ FusedOp::SkipLayerNormalization) => write!(
-                f,
-                "com.microsoft {} (residual Add fused in)",
-                op.op_type()
-            ),
-            Form::Fused(op @ FusedOp::EmbedLayerNormalization) => write!(
-                f,
-                "com.microsoft {} (embeddings fused in)",
-                op.op_type()
-            ),
+            Form::Fused(op @ FusedOp::SkipLayerNormalization) => {
+                write!(f, "com.microsoft {} (residual Add fused in)", op.op_type())
+            }
+            Form::Fused(op @ FusedOp::EmbedLayerNormalization) => {
+                write!(f, "com.microsoft {} (embeddings fused in)", op.op_type())
+            }
             Form::Fused(op @ (FusedOp::AdaNorm | FusedOp::LayerNormSimple)) => {
                 write!(f, "ai.adanorm {}", op.op_type())
             }

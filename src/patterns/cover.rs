@@ -143,9 +143,8 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
     fn absorb_input_casts(&mut self) {
         let (c, g) = (self.c, self.g());
         let x = self.cand.stats.x.clone();
-        let is_param = |v: &str| {
-            self.cand.scale.as_deref() == Some(v) || self.cand.bias.as_deref() == Some(v)
-        };
+        let is_param =
+            |v: &str| self.cand.scale.as_deref() == Some(v) || self.cand.bias.as_deref() == Some(v);
         let candidate_aux: HashSet<NodeId> = self.cand.aux.iter().copied().collect();
         let reads: HashSet<String> = self
             .core
@@ -154,9 +153,8 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
             .filter(|v| !v.is_empty() && !is_param(v) && !c.is_constant(v))
             .filter(|v| !self.shape_values.contains(v.as_str()))
             .filter(|v| {
-                g.producer(v).is_none_or(|(p, _)| {
-                    !self.core.contains(&p) && !candidate_aux.contains(&p)
-                })
+                g.producer(v)
+                    .is_none_or(|(p, _)| !self.core.contains(&p) && !candidate_aux.contains(&p))
             })
             .cloned()
             .collect();

@@ -13,8 +13,8 @@
 
 use std::collections::HashSet;
 
-use super::canon::Canon;
 use super::candidate::Statistics;
+use super::canon::Canon;
 use crate::graph::NodeId;
 use crate::onnx::attr;
 

@@ -178,12 +178,7 @@ pub fn read(c: &Canon<'_, '_>, id: NodeId) -> Option<Match> {
             } else {
                 FusedOp::LayerNormSimple
             };
-            let mut m = base(
-                family,
-                Form::Fused(op),
-                eps_attr(1e-5),
-                axis_attr,
-            );
+            let mut m = base(family, Form::Fused(op), eps_attr(1e-5), axis_attr);
             m.unbiased = unbiased;
             m.eps_in_sqrt = eps_in_sqrt;
             if ada {

@@ -45,7 +45,10 @@ pub struct Anchor {
 
 impl Anchor {
     const fn std(op_type: &'static str) -> Anchor {
-        Anchor { domain: "", op_type }
+        Anchor {
+            domain: "",
+            op_type,
+        }
     }
 
     const fn ms(op_type: &'static str) -> Anchor {
@@ -116,7 +119,12 @@ pub const RECOGNISERS: &[Recogniser] = &[
         name: "decomposed",
         // Roots as `Sqrt`, or written as powers (`** 0.5`, `** -0.5`).
         anchors: &[Anchor::std("Sqrt"), Anchor::std("Pow")],
-        parts: &["ReduceMean", "ReduceSum", "ReduceSumSquare", "GlobalAveragePool"],
+        parts: &[
+            "ReduceMean",
+            "ReduceSum",
+            "ReduceSumSquare",
+            "GlobalAveragePool",
+        ],
         read: Read::Candidate(decomposed::read),
     },
     Recogniser {

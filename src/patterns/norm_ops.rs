@@ -96,5 +96,11 @@ fn single_node(
         eps_in_sqrt,
         sigma: None,
     };
-    Some(Candidate::with_tail(family, form, stats, (vec![id], aux), t))
+    Some(Candidate::with_tail(
+        family,
+        form,
+        stats,
+        (vec![id], aux),
+        t,
+    ))
 }

@@ -7,10 +7,10 @@
 
 pub mod apply;
 pub mod fold;
-pub mod portable;
 pub mod names;
 pub mod node;
 pub mod plan;
+pub mod portable;
 pub mod revert;
 pub mod weights;
 

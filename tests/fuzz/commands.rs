@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::onnx::{load_model, save_model, Model};
-use adanorm_onnx::patterns::{find_matches_everywhere, local_functions::inline_functions_with_matches};
+use adanorm_onnx::patterns::{
+    find_matches_everywhere, local_functions::inline_functions_with_matches,
+};
 use adanorm_onnx::rewrite::{
     plan::plan_model, revert::revert, weights::WeightsFile, Affine, Options, Outcome, Target,
 };

@@ -231,10 +231,12 @@ fn adanorm(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
                 continue;
             };
             // `.detach()` may leave an Identity between the factor and its use.
-            let Some((other, detached)) = [(pa, pb), (pb, pa)].into_iter().find_map(|(v, other)| {
-                let (origin, crossed) = c.origin(v);
-                (origin == *g_out).then_some((other, crossed))
-            }) else {
+            let Some((other, detached)) =
+                [(pa, pb), (pb, pa)].into_iter().find_map(|(v, other)| {
+                    let (origin, crossed) = c.origin(v);
+                    (origin == *g_out).then_some((other, crossed))
+                })
+            else {
                 continue;
             };
             let Some(xc2_nodes) = centred_here(c, s, other) else {
@@ -436,7 +438,9 @@ fn rms(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
             let inv = c.g.node(r).output[0].clone();
             for id in consumers_of(c, &inv, "Mul") {
                 let n = c.g.node(id);
-                if c.other_operand(n, &inv).is_some_and(|o| c.origin(o).0 == s.x) {
+                if c.other_operand(n, &inv)
+                    .is_some_and(|o| c.origin(o).0 == s.x)
+                {
                     found = Some((vec![r, id], n.output[0].clone()));
                 }
             }

@@ -2,11 +2,11 @@
 //! the variance (biased, unbiased by `N/(N-1)`, or `E[x²]−E[x]²`, behind guards that cannot
 //! change a variance), and whether it is centred (LayerNorm family) or not (RMSNorm).
 
-use crate::patterns::canon::{operands, Axes, Canon, Divisor};
-use crate::patterns::keepdims;
 use crate::graph::NodeId;
 use crate::onnx::attr;
 use crate::onnx::proto::NodeProto;
+use crate::patterns::canon::{operands, Axes, Canon, Divisor};
+use crate::patterns::keepdims;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VarianceForm {
