@@ -73,7 +73,9 @@ unsafe impl BufMut for FileSink {
     unsafe fn advance_mut(&mut self, cnt: usize) {
         let len = self.buf.len() + cnt;
         assert!(len <= self.buf.capacity(), "advance_mut past the buffer");
-        self.buf.set_len(len);
+        // SAFETY: the caller has initialised these `cnt` bytes (the trait's contract), and the
+        // assert keeps the length within the allocation.
+        unsafe { self.buf.set_len(len) };
     }
 
     fn chunk_mut(&mut self) -> &mut UninitSlice {

@@ -240,15 +240,15 @@ pub fn cuda_ops(shape_inference: bool) -> &'static [CustomOp] {
 // that no future edit can unwind into onnxruntime.
 
 unsafe extern "system" fn get_name(op: *const AbiCustomOp) -> *const c_char {
-    // SAFETY: onnxruntime passes back the pointer we registered.
     guard_value(std::ptr::null(), || {
+        // SAFETY: onnxruntime passes back the pointer we registered.
         unsafe { CustomOp::from_abi(op) }.kind.name().as_ptr()
     })
 }
 
 unsafe extern "system" fn get_execution_provider_type(op: *const AbiCustomOp) -> *const c_char {
-    // SAFETY: as in `get_name`.
     guard_value(std::ptr::null(), || {
+        // SAFETY: as in `get_name`.
         unsafe { CustomOp::from_abi(op) }.ep.name().as_ptr()
     })
 }
