@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use adanorm_kernels::params::OpKind;
+
 use super::GraphIndex;
 use crate::onnx::attr;
 use crate::onnx::dtype::{BOOL, INT64};
@@ -188,13 +190,14 @@ fn infer_node(
     let same = |i: usize| vec![input(i).cloned().unwrap_or_default()];
     let with =
         |elem_type: Option<i32>, shape: Option<Vec<Dim>>| vec![ValueFacts { elem_type, shape }];
+    if OpKind::of_node(node.domain(), node.op_type()).is_some() {
+        // The ai.adanorm ops keep X's type and shape.
+        return same(0);
+    }
     if !crate::onnx::is_standard(node) {
         return match node.op_type() {
-            // ai.adanorm ops and the com.microsoft normalisations keep X's type and shape.
-            "AdaNorm"
-            | "LayerNormSimple"
-            | "SkipLayerNormalization"
-            | "SkipSimplifiedLayerNormalization" => same(0),
+            // The com.microsoft normalisations keep X's type and shape.
+            "SkipLayerNormalization" | "SkipSimplifiedLayerNormalization" => same(0),
             _ => vec![],
         };
     }

@@ -5,6 +5,8 @@
 //! Only ops whose inputs this project reads by position are listed; other ops are taken as they
 //! are.
 
+use adanorm_kernels::params::OpKind;
+
 use super::proto::NodeProto;
 
 /// The required input slots of `node`'s op, by position (empty for ops not listed).
@@ -66,7 +68,7 @@ pub fn required_inputs(node: &NodeProto) -> &'static [usize] {
             "EmbedLayerNormalization" => &[0, 2, 3, 5, 6],
             _ => &[],
         },
-        ("ai.adanorm", "AdaNorm" | "LayerNormSimple") => ONE,
+        (adanorm_kernels::params::DOMAIN, op) if OpKind::from_op_type(op).is_some() => ONE,
         _ => &[],
     }
 }

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use adanorm_kernels::params::OpKind;
+
 use super::affine::Tail;
 use super::canon::Axes;
 use super::Family;
@@ -41,8 +43,8 @@ pub enum FusedOp {
     SimplifiedLayerNormalization,
     SkipSimplifiedLayerNormalization,
     RmsNormalization,
-    AdaNorm,
-    LayerNormSimple,
+    /// An `ai.adanorm` node already (a model this tool rewrote).
+    Own(OpKind),
 }
 
 impl FusedOp {
@@ -54,8 +56,7 @@ impl FusedOp {
             FusedOp::SimplifiedLayerNormalization => "SimplifiedLayerNormalization",
             FusedOp::SkipSimplifiedLayerNormalization => "SkipSimplifiedLayerNormalization",
             FusedOp::RmsNormalization => "RMSNormalization",
-            FusedOp::AdaNorm => "AdaNorm",
-            FusedOp::LayerNormSimple => "LayerNormSimple",
+            FusedOp::Own(kind) => kind.op_type(),
         }
     }
 }
@@ -93,7 +94,7 @@ impl fmt::Display for Form {
             Form::Fused(op @ FusedOp::EmbedLayerNormalization) => {
                 write!(f, "com.microsoft {} (embeddings fused in)", op.op_type())
             }
-            Form::Fused(op @ (FusedOp::AdaNorm | FusedOp::LayerNormSimple)) => {
+            Form::Fused(op @ FusedOp::Own(_)) => {
                 write!(f, "ai.adanorm {}", op.op_type())
             }
             Form::Fused(op) => write!(f, "fused {}", op.op_type()),

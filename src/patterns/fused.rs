@@ -2,6 +2,8 @@
 //! declares: ORT-optimised models hold it below 17), ONNX Runtime's `com.microsoft` fusions, ONNX
 //! `RMSNormalization`, and our own `ai.adanorm` ops.
 
+use adanorm_kernels::params::{attr as op_attr, OpKind, DOMAIN};
+
 use super::candidate::{Form, FusedOp};
 use super::canon::{Axes, Canon};
 use super::{Family, Match};
@@ -164,26 +166,29 @@ pub fn read(c: &Canon<'_, '_>, id: NodeId) -> Option<Match> {
             m.not_rewritable("RMSNorm has no centring: reported, left alone");
             m
         }
-        ("ai.adanorm", "AdaNorm" | "LayerNormSimple") => {
-            let unbiased = attr::int(n, "unbiased").unwrap_or(0) == 1;
-            let eps_in_sqrt = attr::int(n, "eps_in_sqrt").unwrap_or(1) == 1;
-            let ada = n.op_type() == "AdaNorm";
+        (DOMAIN, op) if OpKind::from_op_type(op).is_some() => {
+            let kind = OpKind::from_op_type(op)?;
+            let ada = kind == OpKind::AdaNorm;
+            let unbiased =
+                attr::int(n, op_attr::UNBIASED).unwrap_or(op_attr::DEFAULT_UNBIASED) == 1;
+            let eps_in_sqrt =
+                attr::int(n, op_attr::EPS_IN_SQRT).unwrap_or(op_attr::DEFAULT_EPS_IN_SQRT) == 1;
             let family = match (ada, unbiased, eps_in_sqrt) {
                 (true, _, _) => Family::AdaNorm,
                 (false, false, true) => Family::LayerNorm,
                 _ => Family::LnSimple,
             };
-            let op = if ada {
-                FusedOp::AdaNorm
-            } else {
-                FusedOp::LayerNormSimple
-            };
-            let mut m = base(family, Form::Fused(op), eps_attr(1e-5), axis_attr);
+            let mut m = base(
+                family,
+                Form::Fused(FusedOp::Own(kind)),
+                eps_attr(op_attr::DEFAULT_EPSILON),
+                axis_attr,
+            );
             m.unbiased = unbiased;
             m.eps_in_sqrt = eps_in_sqrt;
             if ada {
-                m.c = attr::float(n, "c").unwrap_or(1.0) as f64;
-                m.k = attr::float(n, "k").unwrap_or(0.1) as f64;
+                m.c = attr::float(n, op_attr::C).unwrap_or(op_attr::DEFAULT_C) as f64;
+                m.k = attr::float(n, op_attr::K).unwrap_or(op_attr::DEFAULT_K) as f64;
             }
             m.scale = input(1);
             m.bias = input(2);

@@ -27,6 +27,7 @@ pub mod scan;
 
 use std::collections::HashSet;
 
+use adanorm_kernels::params::OpKind;
 use serde::Serialize;
 
 use crate::graph::{GraphIndex, NodeId};
@@ -55,6 +56,13 @@ impl Anchor {
         Anchor {
             domain: "com.microsoft",
             op_type,
+        }
+    }
+
+    const fn own(kind: OpKind) -> Anchor {
+        Anchor {
+            domain: adanorm_kernels::params::DOMAIN,
+            op_type: kind.op_type(),
         }
     }
 
@@ -103,14 +111,8 @@ pub const RECOGNISERS: &[Recogniser] = &[
             Anchor::ms("SimplifiedLayerNormalization"),
             Anchor::ms("SkipSimplifiedLayerNormalization"),
             Anchor::std("RMSNormalization"),
-            Anchor {
-                domain: adanorm_kernels::params::DOMAIN,
-                op_type: "AdaNorm",
-            },
-            Anchor {
-                domain: adanorm_kernels::params::DOMAIN,
-                op_type: "LayerNormSimple",
-            },
+            Anchor::own(OpKind::AdaNorm),
+            Anchor::own(OpKind::LayerNormSimple),
         ],
         parts: &[],
         read: Read::Node(fused::read),

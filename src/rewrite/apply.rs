@@ -188,7 +188,7 @@ pub fn set_metadata(model: &mut ModelProto, key: &str, value: String) {
     });
 }
 
-/// Declares `ai.adanorm` v1 when the graph uses it, and drops the import when nothing does.
+/// Declares `ai.adanorm` (its `OPSET_VERSION`) when the graph uses it, and drops the import when nothing does.
 pub fn sync_adanorm_opset(model: &mut ModelProto) {
     fn uses(g: &GraphProto) -> bool {
         g.node.iter().any(|n| {
@@ -210,7 +210,7 @@ pub fn sync_adanorm_opset(model: &mut ModelProto) {
     if used && !declared {
         model.opset_import.push(OperatorSetIdProto {
             domain: Some(super::node::DOMAIN.into()),
-            version: Some(1),
+            version: Some(adanorm_kernels::params::OPSET_VERSION),
         });
     }
     if !used && declared {

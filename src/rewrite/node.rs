@@ -2,23 +2,8 @@
 //! model-local function body can reference each), a name derived from the subgraph it replaces.
 
 use crate::onnx::proto::{attribute_proto::AttributeType, AttributeProto, NodeProto};
-
-pub const DOMAIN: &str = "ai.adanorm";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpKind {
-    AdaNorm,
-    LayerNormSimple,
-}
-
-impl OpKind {
-    pub fn op_type(self) -> &'static str {
-        match self {
-            OpKind::AdaNorm => "AdaNorm",
-            OpKind::LayerNormSimple => "LayerNormSimple",
-        }
-    }
-}
+// The op contract (domain, op names, attribute names and defaults) is the kernels' own.
+pub use adanorm_kernels::params::{attr as op_attr, OpKind, DOMAIN};
 
 /// Everything an `ai.adanorm` node computes.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,19 +29,16 @@ impl OpParams {
     /// Reads them back from a node (defaults per ops-spec).
     pub fn from_node(n: &NodeProto) -> Option<OpParams> {
         use crate::onnx::attr;
-        let kind = match (n.domain(), n.op_type()) {
-            (DOMAIN, "AdaNorm") => OpKind::AdaNorm,
-            (DOMAIN, "LayerNormSimple") => OpKind::LayerNormSimple,
-            _ => return None,
-        };
+        let kind = OpKind::of_node(n.domain(), n.op_type())?;
         Some(OpParams {
             kind,
-            axis: attr::int(n, "axis").unwrap_or(-1),
-            epsilon: attr::float(n, "epsilon").unwrap_or(1e-5) as f64,
-            unbiased: attr::int(n, "unbiased").unwrap_or(0) == 1,
-            eps_in_sqrt: attr::int(n, "eps_in_sqrt").unwrap_or(1) == 1,
-            c: attr::float(n, "c").unwrap_or(1.0) as f64,
-            k: attr::float(n, "k").unwrap_or(0.1) as f64,
+            axis: attr::int(n, op_attr::AXIS).unwrap_or(op_attr::DEFAULT_AXIS),
+            epsilon: attr::float(n, op_attr::EPSILON).unwrap_or(op_attr::DEFAULT_EPSILON) as f64,
+            unbiased: attr::int(n, op_attr::UNBIASED).unwrap_or(op_attr::DEFAULT_UNBIASED) == 1,
+            eps_in_sqrt: attr::int(n, op_attr::EPS_IN_SQRT).unwrap_or(op_attr::DEFAULT_EPS_IN_SQRT)
+                == 1,
+            c: attr::float(n, op_attr::C).unwrap_or(op_attr::DEFAULT_C) as f64,
+            k: attr::float(n, op_attr::K).unwrap_or(op_attr::DEFAULT_K) as f64,
         })
     }
 }
@@ -105,14 +87,14 @@ pub fn build(
     doc: &str,
 ) -> NodeProto {
     let mut attribute = vec![
-        int_attr("axis", p.axis),
-        float_attr("epsilon", p.epsilon as f32),
-        int_attr("unbiased", p.unbiased as i64),
-        int_attr("eps_in_sqrt", p.eps_in_sqrt as i64),
+        int_attr(op_attr::AXIS, p.axis),
+        float_attr(op_attr::EPSILON, p.epsilon as f32),
+        int_attr(op_attr::UNBIASED, p.unbiased as i64),
+        int_attr(op_attr::EPS_IN_SQRT, p.eps_in_sqrt as i64),
     ];
     if p.kind == OpKind::AdaNorm {
-        attribute.push(float_attr("c", p.c as f32));
-        attribute.push(float_attr("k", p.k as f32));
+        attribute.push(float_attr(op_attr::C, p.c as f32));
+        attribute.push(float_attr(op_attr::K, p.k as f32));
     }
     NodeProto {
         name: Some(name.into()),

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use super::names::Names;
-use super::node::{float_attr, int_attr, ints_attr, OpKind, OpParams, DOMAIN};
+use super::node::{float_attr, int_attr, ints_attr, op_attr, OpKind, OpParams, DOMAIN};
 use crate::error::{Error, Result};
 use crate::onnx::proto::{
     attribute_proto::AttributeType, AttributeProto, FunctionProto, GraphProto, ModelProto,
@@ -113,7 +113,7 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
         "Flatten",
         &["X"],
         "X2D",
-        vec![Body::reference("axis", "axis", AttributeType::Int)],
+        vec![Body::reference("axis", op_attr::AXIS, AttributeType::Int)],
     );
     let xf = match compute_in_f32_from {
         Some(_) => b.node("Cast", &[&x2d], "XF", vec![float()]),
@@ -144,7 +144,11 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
         "Constant",
         &[],
         "UnbiasedInt",
-        vec![Body::reference("value_int", "unbiased", AttributeType::Int)],
+        vec![Body::reference(
+            "value_int",
+            op_attr::UNBIASED,
+            AttributeType::Int,
+        )],
     );
     let ub = to_compute(&mut b, &ub_i, "Unbiased");
     let n_minus = b.node("Sub", &[&n, &ub], "Divisor", vec![]);
@@ -157,7 +161,7 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
         "EpsF32",
         vec![Body::reference(
             "value_float",
-            "epsilon",
+            op_attr::EPSILON,
             AttributeType::Float,
         )],
     );
@@ -168,7 +172,7 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
         "EpsInSqrtInt",
         vec![Body::reference(
             "value_int",
-            "eps_in_sqrt",
+            op_attr::EPS_IN_SQRT,
             AttributeType::Int,
         )],
     );
@@ -196,14 +200,22 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
             "Constant",
             &[],
             "CF32",
-            vec![Body::reference("value_float", "c", AttributeType::Float)],
+            vec![Body::reference(
+                "value_float",
+                op_attr::C,
+                AttributeType::Float,
+            )],
         );
         let c = to_compute(&mut b, &c_f, "C");
         let k_f = b.node(
             "Constant",
             &[],
             "KF32",
-            vec![Body::reference("value_float", "k", AttributeType::Float)],
+            vec![Body::reference(
+                "value_float",
+                op_attr::K,
+                AttributeType::Float,
+            )],
         );
         let k = to_compute(&mut b, &k_f, "K");
         let ky = b.node("Mul", &[&k, &y], "KY", vec![]);
@@ -233,7 +245,11 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
         "Constant",
         &[],
         "AxisScalar",
-        vec![Body::reference("value_int", "axis", AttributeType::Int)],
+        vec![Body::reference(
+            "value_int",
+            op_attr::AXIS,
+            AttributeType::Int,
+        )],
     );
     let a_r = b.node("Add", &[&a, &rank], "AxisPlusRank", vec![]);
     let a_norm = b.node("Mod", &[&a_r, &rank], "AxisNorm", vec![]);
@@ -266,13 +282,16 @@ pub fn function_proto(kind: OpKind, opset: i64, compute_in_f32_from: Option<i32>
     b.node("Reshape", &[&inv, &reduced], "InvStdDev", vec![]);
 
     let mut attribute_proto = vec![
-        int_attr("axis", -1),
-        float_attr("epsilon", 1e-5),
-        int_attr("unbiased", 0),
-        int_attr("eps_in_sqrt", 1),
+        int_attr(op_attr::AXIS, op_attr::DEFAULT_AXIS),
+        float_attr(op_attr::EPSILON, op_attr::DEFAULT_EPSILON),
+        int_attr(op_attr::UNBIASED, op_attr::DEFAULT_UNBIASED),
+        int_attr(op_attr::EPS_IN_SQRT, op_attr::DEFAULT_EPS_IN_SQRT),
     ];
     if kind == OpKind::AdaNorm {
-        attribute_proto.extend([float_attr("c", 1.0), float_attr("k", 0.1)]);
+        attribute_proto.extend([
+            float_attr(op_attr::C, op_attr::DEFAULT_C),
+            float_attr(op_attr::K, op_attr::DEFAULT_K),
+        ]);
     }
     FunctionProto {
         name: Some(kind.op_type().into()),
@@ -362,12 +381,10 @@ fn make_calls_portable(
             continue;
         }
 
-        types.insert(elem_type_of(&n.input[0]));
-        let kind = if n.op_type() == "AdaNorm" {
-            OpKind::AdaNorm
-        } else {
-            OpKind::LayerNormSimple
+        let Some(kind) = OpKind::from_op_type(n.op_type()) else {
+            continue;
         };
+        types.insert(elem_type_of(&n.input[0]));
         if !used.contains(&kind) {
             used.push(kind);
         }
@@ -469,12 +486,12 @@ pub fn inline(
             .clone()
     };
     let values: HashMap<&str, AttributeProto> = [
-        ("axis", int_attr("", p.axis)),
-        ("epsilon", float_attr("", p.epsilon as f32)),
-        ("unbiased", int_attr("", p.unbiased as i64)),
-        ("eps_in_sqrt", int_attr("", p.eps_in_sqrt as i64)),
-        ("c", float_attr("", p.c as f32)),
-        ("k", float_attr("", p.k as f32)),
+        (op_attr::AXIS, int_attr("", p.axis)),
+        (op_attr::EPSILON, float_attr("", p.epsilon as f32)),
+        (op_attr::UNBIASED, int_attr("", p.unbiased as i64)),
+        (op_attr::EPS_IN_SQRT, int_attr("", p.eps_in_sqrt as i64)),
+        (op_attr::C, float_attr("", p.c as f32)),
+        (op_attr::K, float_attr("", p.k as f32)),
     ]
     .into_iter()
     .collect();

@@ -34,6 +34,6 @@ pub mod reference;
 pub mod rows;
 
 pub use layout::{check_param_shape, expand_param, row_layout, stats_shape, RowLayout};
-pub use params::{Params, SpecError, Variant};
+pub use params::{OpKind, Params, SpecError, Variant};
 pub use reference::{reference, RefOutput};
 pub use rows::{normalize_rows, normalize_rows_in_place, Accumulator, Element};

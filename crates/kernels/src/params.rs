@@ -1,12 +1,56 @@
 //! The operator's names, attributes and their validation: everything in `ops-spec.md` that is not
 //! a shape or a formula.
 
+use std::ffi::CStr;
 use std::fmt;
 
 /// The ONNX domain both ops live in.
 pub const DOMAIN: &str = "ai.adanorm";
 /// The only opset version of [`DOMAIN`].
 pub const OPSET_VERSION: i64 = 1;
+
+/// The ops of [`DOMAIN`] by name, without their attributes: what a node's `op_type` says.
+///
+/// The rewriter, the inliner, tract's builder and the ONNX Runtime registration all name the
+/// ops through this type, so the list is written once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    AdaNorm,
+    LayerNormSimple,
+}
+
+impl OpKind {
+    /// Every op of the domain.
+    pub const ALL: [OpKind; 2] = [OpKind::AdaNorm, OpKind::LayerNormSimple];
+
+    /// The ONNX `op_type`.
+    pub const fn op_type(self) -> &'static str {
+        match self {
+            OpKind::AdaNorm => "AdaNorm",
+            OpKind::LayerNormSimple => "LayerNormSimple",
+        }
+    }
+
+    /// [`OpKind::op_type`] as a C string (what onnxruntime's `GetName` returns).
+    pub const fn op_type_c(self) -> &'static CStr {
+        match self {
+            OpKind::AdaNorm => c"AdaNorm",
+            OpKind::LayerNormSimple => c"LayerNormSimple",
+        }
+    }
+
+    /// The op a node of [`DOMAIN`] with this `op_type` is, if it is one.
+    pub fn from_op_type(op_type: &str) -> Option<OpKind> {
+        OpKind::ALL.into_iter().find(|k| k.op_type() == op_type)
+    }
+
+    /// The op a node with this domain and `op_type` is, if it is one of ours.
+    pub fn of_node(domain: &str, op_type: &str) -> Option<OpKind> {
+        (domain == DOMAIN)
+            .then(|| OpKind::from_op_type(op_type))
+            .flatten()
+    }
+}
 
 /// Attribute names and their defaults, shared by every runtime and by the rewriter.
 pub mod attr {
@@ -82,12 +126,17 @@ pub enum Variant {
 }
 
 impl Variant {
+    /// Which op this variant is.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Variant::AdaNorm { .. } => OpKind::AdaNorm,
+            Variant::LayerNormSimple => OpKind::LayerNormSimple,
+        }
+    }
+
     /// The ONNX `op_type` of this variant.
     pub fn op_type(&self) -> &'static str {
-        match self {
-            Variant::AdaNorm { .. } => "AdaNorm",
-            Variant::LayerNormSimple => "LayerNormSimple",
-        }
+        self.kind().op_type()
     }
 
     /// AdaNorm with the spec's default `c` and `k`.
@@ -196,6 +245,13 @@ mod tests {
         assert!(p.eps_in_sqrt);
         assert_eq!(p.variant.op_type(), "AdaNorm");
         assert_eq!(Variant::LayerNormSimple.op_type(), "LayerNormSimple");
+        for kind in OpKind::ALL {
+            assert_eq!(OpKind::from_op_type(kind.op_type()), Some(kind));
+            assert_eq!(kind.op_type_c().to_str().unwrap(), kind.op_type());
+            assert_eq!(OpKind::of_node(DOMAIN, kind.op_type()), Some(kind));
+            assert_eq!(OpKind::of_node("", kind.op_type()), None);
+        }
+        assert_eq!(OpKind::from_op_type("LayerNormalization"), None);
         assert_eq!(p.validate(), Ok(()));
     }
 

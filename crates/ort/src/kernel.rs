@@ -38,7 +38,7 @@ impl Kernel {
         // SAFETY: per the contract.
         let node = unsafe { NodeInfo::new(api, info) };
         let name = node.node_name().unwrap_or_default();
-        let label = node_label(op.kind.as_str(), &name, node.output_name(0).as_deref());
+        let label = node_label(op.kind.op_type(), &name, node.output_name(0).as_deref());
         let checked = || -> Result<Kernel, Error> {
             let hooks = Hooks::from_node(&node);
             hooks.at_create();

@@ -79,29 +79,8 @@ pub struct AbiCustomOp {
     pub get_end_version: unsafe extern "system" fn(*const AbiCustomOp) -> c_int,
 }
 
-/// Which of the two operators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpKind {
-    AdaNorm,
-    LayerNormSimple,
-}
-
-impl OpKind {
-    /// The ONNX `op_type`; the same text as `adanorm_kernels::Variant::op_type`.
-    pub const fn name(self) -> &'static CStr {
-        match self {
-            OpKind::AdaNorm => c"AdaNorm",
-            OpKind::LayerNormSimple => c"LayerNormSimple",
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OpKind::AdaNorm => "AdaNorm",
-            OpKind::LayerNormSimple => "LayerNormSimple",
-        }
-    }
-}
+/// Which of the two operators: the contract's own type.
+pub use adanorm_kernels::params::OpKind;
 
 /// The execution provider a record is registered for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,7 +221,7 @@ pub fn cuda_ops(shape_inference: bool) -> &'static [CustomOp] {
 unsafe extern "system" fn get_name(op: *const AbiCustomOp) -> *const c_char {
     guard_value(std::ptr::null(), || {
         // SAFETY: onnxruntime passes back the pointer we registered.
-        unsafe { CustomOp::from_abi(op) }.kind.name().as_ptr()
+        unsafe { CustomOp::from_abi(op) }.kind.op_type_c().as_ptr()
     })
 }
 
@@ -399,15 +378,15 @@ mod tests {
     #[test]
     fn names_match_the_contract() {
         assert_eq!(
-            OpKind::AdaNorm.as_str(),
+            OpKind::AdaNorm.op_type(),
             Variant::ada_norm_default().op_type()
         );
         assert_eq!(
-            OpKind::LayerNormSimple.as_str(),
+            OpKind::LayerNormSimple.op_type(),
             Variant::LayerNormSimple.op_type()
         );
-        for kind in [OpKind::AdaNorm, OpKind::LayerNormSimple] {
-            assert_eq!(kind.name().to_str().unwrap(), kind.as_str());
+        for kind in OpKind::ALL {
+            assert_eq!(kind.op_type_c().to_str().unwrap(), kind.op_type());
         }
         assert_eq!(OPSET as i64, adanorm_kernels::params::OPSET_VERSION);
     }
@@ -428,7 +407,7 @@ mod tests {
 
     #[test]
     fn every_kind_and_type_is_registered_once() {
-        for kind in [OpKind::AdaNorm, OpKind::LayerNormSimple] {
+        for kind in OpKind::ALL {
             for elem in [Elem::F32, Elem::F16, Elem::BF16, Elem::F64] {
                 let n = ops(true)
                     .iter()
@@ -444,7 +423,7 @@ mod tests {
         for shapes in [true, false] {
             let cuda = cuda_ops(shapes);
             assert_eq!(cuda.len(), 6);
-            for kind in [OpKind::AdaNorm, OpKind::LayerNormSimple] {
+            for kind in OpKind::ALL {
                 for elem in [Elem::F32, Elem::F16, Elem::BF16] {
                     let n = cuda
                         .iter()

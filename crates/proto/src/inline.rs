@@ -14,11 +14,10 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use crate::onnx::{AttributeProto, FunctionProto, GraphProto, ModelProto, NodeProto};
+// The `ai.adanorm` domain and its ops (the kernels' contract): their portable bodies stay calls.
+use adanorm_kernels::params::OpKind;
 
-/// The `ai.adanorm` domain and its ops, whose portable function bodies stay calls.
-const OWN_DOMAIN: &str = "ai.adanorm";
-const OWN_OPS: [&str; 2] = ["AdaNorm", "LayerNormSimple"];
+use crate::onnx::{AttributeProto, FunctionProto, GraphProto, ModelProto, NodeProto};
 
 /// Why a model's functions could not be inlined.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +50,7 @@ pub fn call_key(n: &NodeProto) -> FunctionKey {
 
 /// Whether `f` is one of the `ai.adanorm` portable bodies, which are never inlined.
 pub fn is_own_op_body(f: &FunctionProto) -> bool {
-    f.domain() == OWN_DOMAIN && OWN_OPS.contains(&f.name())
+    OpKind::of_node(f.domain(), f.name()).is_some()
 }
 
 /// Inlines every call of a model-local function (but the `ai.adanorm` op bodies) in every graph
@@ -610,12 +609,12 @@ mod tests {
             &["Y"],
             vec![node("Identity", "", &["X"], &["Y"])],
         );
-        own.domain = Some(OWN_DOMAIN.into());
+        own.domain = Some(adanorm_kernels::params::DOMAIN.into());
         let mut m = model(
             vec![
                 node("F", "local", &["a"], &["b"]),
                 node("G", "local", &["b"], &["c"]),
-                node("AdaNorm", OWN_DOMAIN, &["c"], &["d"]),
+                node("AdaNorm", adanorm_kernels::params::DOMAIN, &["c"], &["d"]),
             ],
             vec![f, g, own],
         );

@@ -4,7 +4,7 @@
 //! `AdaNorm` in any other domain is refused rather than run as ours.
 
 use adanorm_kernels::params::attr;
-use adanorm_kernels::params::{DOMAIN, OPSET_VERSION};
+use adanorm_kernels::params::{OpKind, DOMAIN, OPSET_VERSION};
 use adanorm_kernels::{Params, Variant};
 use tract_onnx::model::{optional_inputs, optional_outputs, ParsingContext};
 use tract_onnx::pb::NodeProto;
@@ -12,14 +12,12 @@ use tract_onnx::tract_hir::internal::*;
 
 use crate::op::NormOp;
 
-/// The op types of `ai.adanorm`, which this crate implements natively.
-pub(crate) const OP_TYPES: [&str; 2] = ["AdaNorm", "LayerNormSimple"];
-
 /// Registers the `AdaNorm` and `LayerNormSimple` parsers in `onnx`.
 pub fn register(onnx: &mut tract_onnx::Onnx) {
-    onnx.op_register.insert("AdaNorm", build_ada_norm);
     onnx.op_register
-        .insert("LayerNormSimple", build_layer_norm_simple);
+        .insert(OpKind::AdaNorm.op_type(), build_ada_norm);
+    onnx.op_register
+        .insert(OpKind::LayerNormSimple.op_type(), build_layer_norm_simple);
 }
 
 fn build_ada_norm(

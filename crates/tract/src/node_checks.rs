@@ -12,7 +12,9 @@ use tract_onnx::pb::type_proto::Value;
 use tract_onnx::pb::{GraphProto, ModelProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
 
-use crate::builder::{node_label, OP_TYPES};
+use adanorm_kernels::params::OpKind;
+
+use crate::builder::node_label;
 
 /// Refuses `ai.adanorm` nodes this runtime cannot run faithfully, naming the node: unknown op
 /// types, and bfloat16 inputs.
@@ -28,10 +30,11 @@ fn check_graph(graph: &GraphProto) -> TractResult<()> {
     for node in &graph.node {
         if node.domain == DOMAIN {
             ensure!(
-                OP_TYPES.contains(&node.op_type.as_str()),
-                "{}: {DOMAIN} has no op {:?} (it has {OP_TYPES:?})",
+                OpKind::from_op_type(&node.op_type).is_some(),
+                "{}: {DOMAIN} has no op {:?} (it has {:?})",
                 node_label(node),
-                node.op_type
+                node.op_type,
+                OpKind::ALL.map(OpKind::op_type)
             );
             if let Some(input) = node.input.iter().find(|i| bf16.contains(i.as_str())) {
                 bail!(
