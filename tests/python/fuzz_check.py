@@ -1,7 +1,7 @@
-"""The Python stage of the differential fuzzer (tests/fuzz_rewrites.rs): every model the fuzzer
+"""The Python stage of the differential fuzzer (tests/it/fuzz_rewrites.rs): every model the fuzzer
 wrote, judged by the reference tools the Rust side does not have.
 
-    ADANORM_FUZZ_KEEP=DIR cargo test --test fuzz_rewrites      # writes DIR/<seed>/...
+    ADANORM_FUZZ_KEEP=DIR cargo test --test it fuzz_rewrites      # writes DIR/<seed>/...
     .venv/bin/python tests/python/fuzz_check.py DIR [--ort-lib target/debug/libadanorm_ort.so]
 
 Each DIR/<seed>/ holds `original.onnx`, the written models and `manifest.json`:

@@ -2,18 +2,17 @@
 //! ops-spec (crates/kernels): both ops, every unbiased/eps_in_sqrt combination, axis -1 and 1,
 //! gain and bias, Mean/InvStdDev outputs, float16.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 use std::process::Command;
 
+use crate::common::{Builder, F16, F32};
 use adanorm_kernels::{reference, Params, Variant};
 use adanorm_onnx::npz::{read_npz, write_npz};
 use adanorm_onnx::onnx::proto::NodeProto;
 use adanorm_onnx::rewrite::node::{build, OpKind, OpParams};
 use adanorm_tract::tract_onnx::prelude::tract_ndarray::{ArrayD, IxDyn};
 use adanorm_tract::tract_onnx::prelude::{DatumType, Tensor};
-use common::{Builder, F16, F32};
 
 const SHAPE: [usize; 3] = [2, 3, 8];
 

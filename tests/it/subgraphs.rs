@@ -4,8 +4,7 @@
 //! Fixtures: `fixtures/subgraphs/make.py`, and a real merged decoder from HF optimum
 //! (`fixtures/subgraphs/export_gpt2_merged.py`).
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 
 use adanorm_onnx::graph::GraphIndex;

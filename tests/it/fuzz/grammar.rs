@@ -1,5 +1,5 @@
 //! The grammar of normalisations: every LayerNorm form the matcher claims (README,
-//! "What it recognises"; built as `tests/matcher_forms.rs` builds them) and the near-misses one
+//! "What it recognises"; built as `tests/it/matcher_forms.rs` builds them) and the near-misses one
 //! check away from a form, which must be left alone or reported not rewritable. A near-miss needs
 //! no expected answer of its own: if the matcher takes it for a LayerNorm, a rewrite that claims
 //! the same function computes something else, and the differential check sees it.
@@ -610,7 +610,7 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
 }
 
 /// `N/(N−1)` (folded, or through Shape/Gather/ReduceProd/Cast) times the variance, its root, ε
-/// after the root; returns (centred value, denominator). As `tests/matcher_forms.rs` has it.
+/// after the root; returns (centred value, denominator). As `tests/it/matcher_forms.rs` has it.
 fn unbiased_std(g: &mut G, rng: &mut Rng, env: &Env, x: &str, miss: Miss) -> (String, String) {
     let t = env.t;
     let ax = axes(rng, env.rank(), 1);

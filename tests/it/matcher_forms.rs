@@ -1,10 +1,9 @@
 //! Hand-built graphs for each LayerNorm form the matcher must recognise, and near-misses it must
 //! not take for a LayerNorm.
 
-mod common;
-
+use crate::common;
+use crate::common::{Builder, A, F16, F32, F64, I64};
 use adanorm_onnx::patterns::{Family, Match};
-use common::{Builder, A, F16, F32, F64, I64};
 
 const H: i64 = 8;
 
@@ -1663,7 +1662,7 @@ fn dynamic_row_count_from_element_counts() {
     assert!(size_ratio_variance(true, 1.0).is_empty());
 }
 
-// ---- found by tests/fuzz_rewrites.rs ----
+// ---- found by tests/it/fuzz_rewrites.rs ----
 
 /// The PyTorch chain on a rank-3 input with ε made by `eps(b)` and the centred value passed
 /// through `centred(b, d)` before it is squared.

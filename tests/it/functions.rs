@@ -2,12 +2,11 @@
 //! are inlined (each with its own `eps`), found, rewritten, and run in tract against PyTorch's
 //! output. Fixture: `fixtures/functions/export.py`.
 
-mod common;
-
+use crate::common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{Builder, A, F32};
+use crate::common::{Builder, A, F32};
 
 use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::npz::read_npz;

@@ -1,12 +1,11 @@
 //! The `adanorm-onnx` binary: `inspect` output, and bad input giving a one-line error naming the
 //! file (and node), exit code 2, never a panic.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Builder, F32};
+use crate::common::{Builder, F32};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_adanorm-onnx"))

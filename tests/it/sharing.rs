@@ -8,11 +8,11 @@
 //! (with its weights file) to a model that computes exactly what the original computes.
 //! The real exports of the same situations are in `fixtures/sharing/` (their own test below).
 
-mod common;
-
+use crate::common;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use crate::common::{Builder, A, F32};
 use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::onnx::proto::{
     attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto, NodeProto,
@@ -23,7 +23,6 @@ use adanorm_onnx::rewrite::{
 };
 use adanorm_onnx::runner::{compare, random_inputs, run};
 use adanorm_tract::tract_onnx::prelude::Tensor;
-use common::{Builder, A, F32};
 
 const H: i64 = 8;
 

@@ -1,12 +1,11 @@
 //! Model I/O: what the tool does not change round-trips; external data is read from beside the
 //! model; saving is atomic and never replaces a file unasked.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 
+use crate::common::{Builder, F32};
 use adanorm_onnx::onnx::{load_model, save_model};
-use common::{Builder, F32};
 
 #[test]
 fn zoo_models_round_trip_byte_for_byte() {

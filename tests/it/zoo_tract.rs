@@ -5,8 +5,7 @@
 //! max(1, |ref|). `revert` of an `--affine drop` rewrite with its weights gives the original
 //! model's outputs bit for bit. The zoo here includes fixtures/normops.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 
 use adanorm_onnx::graph::GraphIndex;
@@ -32,7 +31,7 @@ fn zoo() -> Vec<PathBuf> {
     v
 }
 
-use common::rewrite_options as opts;
+use crate::common::rewrite_options as opts;
 
 /// Rewrites `case`'s model with `o`, saves it (and its weights) in `dir`, returns the path.
 fn rewritten(case: &Path, dir: &Path, tag: &str, o: &Options) -> (PathBuf, Option<PathBuf>, usize) {

@@ -1,5 +1,4 @@
 //! A small builder for hand-made ONNX graphs, so each matcher form and near-miss is a few lines.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 

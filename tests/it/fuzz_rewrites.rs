@@ -4,7 +4,7 @@
 //! give the original's outputs back, every written model must be structurally sound and load
 //! again, and nothing may panic. Every 20th case also goes through the binary.
 //!
-//! - CI: seeds 0..2000 (`cargo test --test fuzz_rewrites`).
+//! - CI: seeds 0..2000 (`cargo test --test it fuzz_rewrites`).
 //! - Long: `ADANORM_FUZZ_CASES=N [ADANORM_FUZZ_START=S]`; one case: `ADANORM_FUZZ_SEED=n`.
 //!
 //! A failing case's model is written to `target/fuzz-failures/<seed>.onnx`; the test fails
@@ -15,17 +15,15 @@
 //! claimed exact and which are reverts, for `tests/python/fuzz_check.py` (onnx.checker, strict
 //! shape inference, ONNX Runtime), which `scripts/test` runs.
 
-#[path = "fuzz/mod.rs"]
-mod fuzz;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::fuzz;
+use crate::fuzz::commands::{self, Record, Reference};
 use adanorm_onnx::onnx::save_model;
 use adanorm_onnx::runner::{compare, random_inputs, run};
-use fuzz::commands::{self, Record, Reference};
 
 /// Every this many cases also run through the binary.
 const CLI_EVERY: u64 = 20;
@@ -202,9 +200,16 @@ fn run_case(seed: u64) -> CaseResult {
 
 #[test]
 fn fuzz_rewrites() {
-    // Panics are caught per command and reported with the case; keep their place, print nothing.
-    std::panic::set_hook(Box::new(|info| {
-        fuzz::LAST_PANIC.with(|p| *p.borrow_mut() = Some(info.to_string().replace('\n', " ")));
+    // Panics in the fuzzer's workers are caught per command and reported with the case: keep
+    // their place, print nothing. The other tests of this binary run in the same process, so
+    // their panics still go to the hook that was there.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if fuzz::IN_WORKER.get() {
+            fuzz::LAST_PANIC.with(|p| *p.borrow_mut() = Some(info.to_string().replace('\n', " ")));
+        } else {
+            previous(info);
+        }
     }));
     let (start, count) = match env_u64("ADANORM_FUZZ_SEED") {
         Some(seed) => (seed, 1),
@@ -221,21 +226,24 @@ fn fuzz_rewrites() {
         .min(16);
     std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= start + count {
-                    break;
-                }
-                let r = std::panic::catch_unwind(|| run_case(seed)).unwrap_or_else(|p| {
-                    let mut rec = Record::default();
-                    rec.fail("panic", "the fuzzer itself", commands::panic_text(p));
-                    CaseResult {
-                        seed,
-                        desc: String::new(),
-                        rec,
+            s.spawn(|| {
+                fuzz::IN_WORKER.set(true);
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= start + count {
+                        break;
                     }
-                });
-                results.lock().unwrap().push(r);
+                    let r = std::panic::catch_unwind(|| run_case(seed)).unwrap_or_else(|p| {
+                        let mut rec = Record::default();
+                        rec.fail("panic", "the fuzzer itself", commands::panic_text(p));
+                        CaseResult {
+                            seed,
+                            desc: String::new(),
+                            rec,
+                        }
+                    });
+                    results.lock().unwrap().push(r);
+                }
             });
         }
     });
@@ -315,7 +323,7 @@ fn fuzz_rewrites() {
     }
     if !by_class.is_empty() {
         println!(
-            "\nmodels: {}/<seed>.onnx; rerun one: ADANORM_FUZZ_SEED=<seed> cargo test --test fuzz_rewrites -- --nocapture",
+            "\nmodels: {}/<seed>.onnx; rerun one: ADANORM_FUZZ_SEED=<seed> cargo test --test it fuzz_rewrites -- --nocapture",
             failures_dir().display()
         );
     }

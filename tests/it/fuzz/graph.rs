@@ -1,5 +1,5 @@
 //! A graph under construction, with subgraphs (If branches) and model-local functions: the
-//! fuzzer's builder. Unlike `tests/common`'s `Builder`, every name comes from one counter shared
+//! fuzzer's builder. Unlike `tests/it/common.rs`'s `Builder`, every name comes from one counter shared
 //! by a graph and all graphs made from it, so a generated model is SSA across subgraphs by
 //! construction and any duplicate in a rewritten model is the tool's.
 

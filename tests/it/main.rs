@@ -1,0 +1,17 @@
+//! The integration tests, one binary (one link on a 2-core CI instead of eleven), one module
+//! per concern. `cargo test --test it <module>::` runs one of them.
+
+mod common;
+mod fuzz;
+
+mod cli;
+mod conformance;
+mod functions;
+mod fuzz_rewrites;
+mod matcher_forms;
+mod model_io;
+mod run_verify;
+mod sharing;
+mod subgraphs;
+mod zoo;
+mod zoo_tract;
