@@ -1,4 +1,4 @@
-//! The command line (fixed in design.md); presentation only: every command is a library call.
+//! The command line (documented in README.md); presentation only: every command is a library call.
 
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
-//! What `inspect` prints: a table for people, or one JSON object for programs (the shape is
-//! fixed in design.md).
+//! What `inspect` prints: a table for people, or one JSON object for programs (its fields are
+//! documented in README.md under `inspect`; scripts rely on them).
 
 use serde_json::{json, Value};
 

@@ -178,7 +178,7 @@ __device__ __forceinline__ float output(const AdaNormArgs& a, float ck, float d,
 // The output pass of the warp / block strategy, specialised on which terms are present (the
 // kernel picks one of the 8 once per row, so the per-element code has no branches) and on FULL
 // (every pack of every thread is inside the row: no bounds checks either). Measured on an H200
-// (BENCHMARKS-section.md): both help block kernels; warp kernels gain from the first only, FULL
+// (BENCHMARKS.md, "CUDA kernels"): both help block kernels; warp kernels gain from the first only, FULL
 // costs them registers and ~10% on f16/bf16 rows of 1024.
 template <typename T, int THREADS, int LOADS, int W, bool FULL, bool RAW, bool ADA, bool SCALE, bool BIAS>
 __device__ __forceinline__ void output_pass(const AdaNormArgs& a, T* y, const T* scale, const T* bias,

@@ -24,8 +24,12 @@ pub enum Width {
 pub fn width() -> Width {
     #[cfg(target_arch = "x86_64")]
     {
+        // Every feature the AVX-512 build is compiled with (`feature_build!` below), so that
+        // calling it is sound on any CPU that passes.
         if std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx2")
         {
             return Width::Avx512;
         }

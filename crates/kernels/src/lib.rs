@@ -1,5 +1,7 @@
-//! The math of the `ai.adanorm` operator set (`AdaNorm`, `LayerNormSimple`), shared by every
-//! runtime: the tract ops, the ONNX Runtime custom-op library and the CUDA kernels' tests.
+//! The math and the contract of the `ai.adanorm` operator set (`AdaNorm`, `LayerNormSimple`),
+//! shared by every runtime (the tract ops, the ONNX Runtime custom-op library, the CUDA
+//! kernels' tests) and by the rewriter: [`params`] names the domain, the ops and their
+//! attributes once for all of them.
 //!
 //! Per row of `N = prod(X.shape[axis:])` elements, in f32 (f64 for f64 tensors):
 //!

@@ -3,7 +3,8 @@
 #
 # 1. Python environments (created once, reused; safe to rerun):
 #      .venv             onnxruntime + numpy + onnx pinned by scripts/python-constraints.txt (scripts/python-env)
-#      .venv-ort-oldest  onnxruntime 1.17.3 (the oldest supported) + numpy<2 + onnx
+#      .venv-ort-oldest  onnxruntime 1.17.3 (the oldest supported) + numpy 1.26.4 + onnx 1.17.0,
+#                        pinned here (exact versions: a new release changes nothing under us)
 #      .venv-ort-oldest/ort-1.16.3  onnxruntime 1.16.3 alone (--target), to check the refusal
 # 2. cargo build -p adanorm-ort --release  ->  target/release/libadanorm_ort.so
 # 3. Rust host tests (`ort` crate, load-dynamic) on the newest wheel's libonnxruntime.so
@@ -49,7 +50,7 @@ say "Python environments"
 "$ROOT/scripts/python-env" >/dev/null
 ensure_venv "$NEWEST_VENV" "import onnxruntime, onnx, numpy" -c "$ROOT/scripts/python-constraints.txt" onnxruntime numpy onnx
 ensure_venv "$OLDEST_VENV" "import onnxruntime, onnx, numpy; assert onnxruntime.__version__ == '$OLDEST_ORT'" \
-    "onnxruntime==$OLDEST_ORT" "numpy<2" "onnx==1.17.0"
+    "onnxruntime==$OLDEST_ORT" "numpy==1.26.4" "onnx==1.17.0"
 for venv in "$NEWEST_VENV" "$OLDEST_VENV"; do
     "$venv/bin/python" -c "import onnxruntime as o, onnx, numpy, sys; print(f'{sys.argv[1]}: onnxruntime {o.__version__}, onnx {onnx.__version__}, numpy {numpy.__version__}')" "$venv"
 done
