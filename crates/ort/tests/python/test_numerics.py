@@ -179,6 +179,22 @@ class ShapeInference(unittest.TestCase):
         x = np.ones((3, 7, 16), np.float32)
         self.assertEqual(sess.run(None, {"X": x, "Scale": np.ones(16, np.float32)})[0].shape, (3, 7, 16))
 
+    def test_unknown_dims_of_y_get_fresh_names(self):
+        # Neither known nor named in X (what onnxruntime's own inference leaves on a BERT's
+        # residual stream): Y still gets its rank and known dims, the unknown ones a name each
+        # that no other dim has (a dim_value of -1 would be wrong, no shape costs ORT's fusions).
+        model = lib.build_model("AdaNorm", "float32", (2, 5, 16), [16], None, x_dims=[None, None, 16])
+        sess = lib.make_session(model)
+        y = sess.get_outputs()[0]
+        if lib.HAS_SHAPE_INFERENCE:
+            self.assertEqual(len(y.shape), 3, y.shape)
+            self.assertEqual(y.shape[2], 16)
+            for d in y.shape[:2]:
+                self.assertTrue(isinstance(d, str) and d.startswith("adanorm_unknown_"), y.shape)
+            self.assertNotEqual(y.shape[0], y.shape[1])
+        x = np.ones((3, 7, 16), np.float32)
+        self.assertEqual(sess.run(None, {"X": x, "Scale": np.ones(16, np.float32)})[0].shape, (3, 7, 16))
+
     def test_undeclared_intermediate_feeds_a_standard_op(self):
         # AdaNorm -> Relu, with Y not declared anywhere: its type must be inferred.
         node = helper.make_node("AdaNorm", ["X"], ["Y", "M"], domain=lib.DOMAIN, name="n0")
