@@ -373,21 +373,11 @@ unsafe extern "system" fn infer_output_shape(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use adanorm_kernels::Variant;
 
+    /// The names themselves are the kernels' (`params::OpKind`, tested there); the opset
+    /// version this library registers is a C int of its own.
     #[test]
-    fn names_match_the_contract() {
-        assert_eq!(
-            OpKind::AdaNorm.op_type(),
-            Variant::ada_norm_default().op_type()
-        );
-        assert_eq!(
-            OpKind::LayerNormSimple.op_type(),
-            Variant::LayerNormSimple.op_type()
-        );
-        for kind in OpKind::ALL {
-            assert_eq!(kind.op_type_c().to_str().unwrap(), kind.op_type());
-        }
+    fn the_registered_opset_is_the_contracts() {
         assert_eq!(OPSET as i64, adanorm_kernels::params::OPSET_VERSION);
     }
 
