@@ -195,9 +195,19 @@ fn infer_node(
         return same(0);
     }
     if !crate::onnx::is_standard(node) {
+        if node.domain() != "com.microsoft" {
+            return vec![];
+        }
         return match node.op_type() {
-            // The com.microsoft normalisations keep X's type and shape.
-            "SkipLayerNormalization" | "SkipSimplifiedLayerNormalization" => same(0),
+            // The com.microsoft normalisations and activations keep X's type and shape.
+            "SkipLayerNormalization"
+            | "SkipSimplifiedLayerNormalization"
+            | "LayerNormalization"
+            | "SimplifiedLayerNormalization"
+            | "Gelu"
+            | "FastGelu"
+            | "BiasGelu"
+            | "QuickGelu" => same(0),
             _ => vec![],
         };
     }
@@ -255,7 +265,22 @@ fn infer_node(
         | "Round"
         | "Clip"
         | "LeakyRelu"
-        | "HardSigmoid" => same(0),
+        | "HardSigmoid"
+        | "Elu"
+        | "Selu"
+        | "Celu"
+        | "Softplus"
+        | "Softsign"
+        | "HardSwish"
+        | "Mish"
+        | "Sign"
+        | "LogSoftmax"
+        | "MeanVarianceNormalization"
+        | "InstanceNormalization"
+        | "LpNormalization"
+        | "ThresholdedRelu"
+        | "Trilu"
+        | "CumSum" => same(0),
         "Cast" => with(
             attr::int(node, "to").map(|t| t as i32),
             in_shape(0).cloned(),
@@ -498,38 +523,9 @@ fn infer_node(
         // Ops whose outputs keep the data input's element type, shape not followed: the type
         // still has to flow past them (a `--portable` body is typed by its input; Swin reaches
         // its LayerNorms through Slice/Pad/Concat of windows).
-        "Slice"
-        | "Pad"
-        | "Expand"
-        | "Tile"
-        | "Split"
-        | "Resize"
-        | "Upsample"
-        | "ScatterND"
-        | "ScatterElements"
-        | "GatherElements"
-        | "GatherND"
-        | "DepthToSpace"
-        | "SpaceToDepth"
-        | "InstanceNormalization"
-        | "BatchNormalization"
-        | "MeanVarianceNormalization"
-        | "HardSwish"
-        | "Elu"
-        | "Selu"
-        | "Celu"
-        | "Softplus"
-        | "Softsign"
-        | "Mish"
-        | "Trilu"
-        | "CumSum"
-        | "LogSoftmax"
-        | "ReduceLogSumExp"
-        | "Sign"
-        | "ThresholdedRelu"
-        | "Einsum"
-        | "ReverseSequence"
-        | "Compress" => {
+        "Slice" | "Pad" | "Expand" | "Tile" | "Split" | "Resize" | "Upsample" | "ScatterND"
+        | "ScatterElements" | "GatherElements" | "GatherND" | "DepthToSpace" | "SpaceToDepth"
+        | "BatchNormalization" | "ReduceLogSumExp" | "Einsum" | "ReverseSequence" | "Compress" => {
             let t = ValueFacts {
                 elem_type: in_type(0),
                 shape: None,

@@ -16,6 +16,9 @@ use crate::graph::{shape_tensors, GraphIndex, NodeId};
 /// A candidate on its way to a match: the nodes found so far and what the passes decided.
 struct Cover<'c, 'g, 'm> {
     c: &'c Canon<'g, 'm>,
+    /// Nodes earlier matches own, or reserved for a match that needs them: the input's casts
+    /// are absorbed only up to one of them.
+    not_absorbable: &'c HashSet<NodeId>,
     cand: Candidate,
     core: HashSet<NodeId>,
     /// Helpers: they join the match when nothing outside it reads them.
@@ -37,9 +40,10 @@ struct Cover<'c, 'g, 'm> {
     problems: Vec<String>,
 }
 
-/// The candidate as a match: every pass of the whole-match checks, in order.
-pub fn finish(c: &Canon<'_, '_>, cand: Candidate) -> Match {
-    let mut m = Cover::new(c, cand);
+/// The candidate as a match: every pass of the whole-match checks, in order. No node of
+/// `not_absorbable` (earlier matches', reserved ones) is absorbed as an input cast.
+pub fn finish(c: &Canon<'_, '_>, not_absorbable: &HashSet<NodeId>, cand: Candidate) -> Match {
+    let mut m = Cover::new(c, not_absorbable, cand);
     m.absorb_identity_chains();
     m.find_shape_helpers();
     m.absorb_input_casts();
@@ -52,9 +56,10 @@ pub fn finish(c: &Canon<'_, '_>, cand: Candidate) -> Match {
 }
 
 impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
-    fn new(c: &'c Canon<'g, 'm>, cand: Candidate) -> Self {
+    fn new(c: &'c Canon<'g, 'm>, not_absorbable: &'c HashSet<NodeId>, cand: Candidate) -> Self {
         Cover {
             c,
+            not_absorbable,
             core: cand.core.iter().copied().collect(),
             aux: cand.aux.clone(),
             included: HashSet::new(),
@@ -139,7 +144,8 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
     }
 
     /// Where the input is read: Casts in front of the match that only it reads are absorbed.
-    /// Every data read must reach the same input.
+    /// Every data read must reach the same input. A cast another match owns or needs (the
+    /// Identity that ends a function body, say) stays its: the input starts after it.
     fn absorb_input_casts(&mut self) {
         let (c, g) = (self.c, self.g());
         let x = self.cand.stats.x.clone();
@@ -172,7 +178,8 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
                     let Some((id, node)) = g.producer_node(&v) else {
                         break;
                     };
-                    let is_cast = matches!(node.op_type(), "Cast" | "Identity");
+                    let is_cast = matches!(node.op_type(), "Cast" | "Identity")
+                        && !self.not_absorbable.contains(&id);
                     let only_us = g.consumers(&v).iter().all(|n| self.core.contains(n))
                         && !g.is_graph_output(&v);
                     if !is_cast || !only_us {
@@ -352,6 +359,7 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
             bias,
             mean_output,
             inv_std_output,
+            input_chains,
             lifted_axis,
             mut problems,
             ..
@@ -403,11 +411,21 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
         let mut nodes: Vec<NodeId> = core.into_iter().chain(included).collect();
         nodes.sort_unstable();
         nodes.dedup();
+        // (`start_at_own_type` may have given some of the chains' casts back.)
+        let mut input_casts: Vec<NodeId> = input_chains
+            .iter()
+            .flatten()
+            .map(|&(_, id)| id)
+            .filter(|id| nodes.binary_search(id).is_ok())
+            .collect();
+        input_casts.sort_unstable();
+        input_casts.dedup();
         let mut m = Match {
             family: cand.family,
             form: cand.form,
             function_body: lifted_axis.is_some(),
             nodes,
+            input_casts,
             input,
             output,
             axes,

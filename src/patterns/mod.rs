@@ -191,6 +191,10 @@ pub struct Match {
     pub function_body: bool,
     /// The nodes it covers (what a rewrite replaces), in graph order.
     pub nodes: Vec<NodeId>,
+    /// Those of `nodes` that are Casts or Identities in front of its input, absorbed because
+    /// only it reads them: the weakest claim, given up to a match that needs them
+    /// ([`find_matches`]).
+    pub input_casts: Vec<NodeId>,
     pub input: String,
     pub output: String,
     /// Normalised axes as found (positive when the rank is known).
@@ -250,13 +254,63 @@ impl Match {
 }
 
 /// Every match in the graph, in graph order of their outputs' producers.
+///
+/// A match's input casts are its only when no other match needs them: a norm's tail crosses the
+/// Identities after it, and a norm read after it by an earlier recogniser may have absorbed them
+/// as its input casts. Such a norm is dropped as overlapping; the scan is then run again with
+/// those nodes reserved (no match absorbs them as input casts), until no dropped match wants one.
 pub fn find_matches(g: &GraphIndex<'_>) -> Vec<Match> {
     let c = Canon::new(g);
+    let mut reserved: HashSet<NodeId> = HashSet::new();
+    loop {
+        let (mut matches, dropped) = find_matches_once(g, &c, &reserved);
+        let casts: HashSet<NodeId> = matches
+            .iter()
+            .flat_map(|m| m.input_casts.iter().copied())
+            .collect();
+        let claimed: HashSet<NodeId> = matches
+            .iter()
+            .flat_map(|m| m.nodes.iter().copied())
+            .collect();
+        let wanted: Vec<NodeId> = dropped
+            .iter()
+            .filter_map(|m| {
+                let overlap: Vec<NodeId> = m
+                    .nodes
+                    .iter()
+                    .copied()
+                    .filter(|n| claimed.contains(n))
+                    .collect();
+                overlap.iter().all(|n| casts.contains(n)).then_some(overlap)
+            })
+            .flatten()
+            .filter(|n| !reserved.contains(n))
+            .collect();
+        if wanted.is_empty() {
+            matches.sort_by_key(|m| {
+                g.producer(&m.output)
+                    .map(|(id, _)| id)
+                    .unwrap_or(usize::MAX)
+            });
+            return matches;
+        }
+        reserved.extend(wanted);
+    }
+}
+
+/// One pass of every recogniser: the matches kept, and those dropped as overlapping.
+fn find_matches_once(
+    g: &GraphIndex<'_>,
+    c: &Canon<'_, '_>,
+    reserved: &HashSet<NodeId>,
+) -> (Vec<Match>, Vec<Match>) {
     let mut claimed: HashSet<NodeId> = HashSet::new();
     let mut matches = Vec::new();
+    let mut dropped = Vec::new();
     for r in RECOGNISERS {
-        let found = scan::scan(&c, &claimed, r);
-        let kept = found.into_iter().filter(|m| match r.read {
+        let found = scan::scan(c, &claimed, reserved, r);
+        dropped.extend(found.overlapping);
+        let kept = found.kept.into_iter().filter(|m| match r.read {
             Read::Node(_) => true,
             Read::Candidate(_) => keeps_rank(g, m),
         });
@@ -265,12 +319,7 @@ pub fn find_matches(g: &GraphIndex<'_>) -> Vec<Match> {
             matches.push(m);
         }
     }
-    matches.sort_by_key(|m| {
-        g.producer(&m.output)
-            .map(|(id, _)| id)
-            .unwrap_or(usize::MAX)
-    });
-    matches
+    (matches, dropped)
 }
 
 /// Whether the match's output has its input's rank (where both are known). A one-element

@@ -222,3 +222,122 @@ fn layernorm_with_reducesum_means_inside_a_function_is_found() {
     });
     found_inside_a_function(main, Family::LayerNorm, Form::Decomposed);
 }
+
+/// The graph of `calling_a_function` with the call's result read by what `after` writes in the
+/// main graph, whose result becomes the output `Z`. The body ends in an `Identity`, as
+/// exporters write a function output that is another value's copy.
+fn read_after_a_call(
+    body: impl FnOnce(&mut Builder, &str) -> String,
+    after: impl FnOnce(&mut Builder, &str) -> String,
+) -> Vec<(Family, Form)> {
+    let (mut main, function) = calling_a_function(|b, x| {
+        let y = body(b, x);
+        b.op("Identity", &[&y], vec![])
+    });
+    main.outputs.clear();
+    let z = after(&mut main, "Y");
+    main.node_named("out", "Identity", &[&z], &["Z"], vec![]);
+    main.output("Z", F32);
+    let dir = tempfile::tempdir().unwrap();
+    let mut proto = main.model();
+    proto.functions = vec![function];
+    let path = dir.path().join("calls.onnx");
+    save_model(&proto, &path, true).unwrap();
+    let (model, inlined) = inline_functions_with_matches(load_model(&path).unwrap()).unwrap();
+    assert_eq!(inlined, ["m.Norm"]);
+    let g = GraphIndex::build(&model).unwrap();
+    let found = find_matches_everywhere(&g, &[]);
+    let ms = &found[0].1;
+    let mut got: Vec<(Family, Form)> = ms.iter().map(|m| (m.family, m.form)).collect();
+    got.sort_by_key(|(f, form)| (f.name(), form.to_string()));
+
+    // `fuse` rewrites every rewritable one and computes what the inlined original does.
+    let inlined_path = dir.path().join("inlined.onnx");
+    save_model(&model.proto, &inlined_path, true).unwrap();
+    let o = plan_model(
+        &g,
+        &Options {
+            target: Target::Same,
+            c: None,
+            k: None,
+            affine: Affine::Keep,
+            portable: false,
+            include_fused: false,
+            only: Vec::new(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        o.changes.len(),
+        ms.iter().filter(|m| m.rewritable).count(),
+        "{ms:#?}"
+    );
+    let fused = dir.path().join("fused.onnx");
+    save_model(&o.model, &fused, true).unwrap();
+    let inputs = random_inputs(&inlined_path, &HashMap::new(), 7).unwrap();
+    let want = run(&inlined_path, inputs.clone()).unwrap();
+    let diffs = compare(&want, &run(&fused, inputs).unwrap());
+    assert!(
+        diffs
+            .iter()
+            .all(|d| d.problem.is_none() && d.max_scaled <= 1e-5),
+        "{diffs:?}"
+    );
+    got
+}
+
+/// `x / sqrt(mean(x²) + eps) * w` over the last axis.
+fn rms_norm(b: &mut Builder, x: &str) -> String {
+    let axes = b.constant_typed(common::I64, &[1], &[2.0]);
+    let sq = b.op("Mul", &[x, x], vec![]);
+    let ms = b.op("ReduceMean", &[&sq, &axes], vec![]);
+    let eps = b.constant(1e-6);
+    let me = b.op("Add", &[&ms, &eps], vec![]);
+    let r = b.op("Sqrt", &[&me], vec![]);
+    let n = b.op("Div", &[x, &r], vec![]);
+    let w = b.constant(0.5);
+    b.op("Mul", &[&n, &w], vec![])
+}
+
+/// `(x - mean) / sqrt(var + eps)` with ReduceMean means over the last axis.
+fn layer_norm(b: &mut Builder, x: &str) -> String {
+    let axes = b.constant_typed(common::I64, &[1], &[2.0]);
+    let mean = b.op("ReduceMean", &[x, &axes], vec![]);
+    let d = b.op("Sub", &[x, &mean], vec![]);
+    let d2 = b.op("Mul", &[&d, &d], vec![]);
+    let var = b.op("ReduceMean", &[&d2, &axes], vec![]);
+    let eps = b.constant(1e-5);
+    let ve = b.op("Add", &[&var, &eps], vec![]);
+    let sigma = b.op("Sqrt", &[&ve], vec![]);
+    b.op("Div", &[&d, &sigma], vec![])
+}
+
+/// The `Identity` that ends the function body belongs to the norm inside it: the norm reading
+/// the call's result starts after it, and both are found (fuzzer seed 6116: the second norm's
+/// input absorption took that Identity, so the second norm was dropped as overlapping).
+#[test]
+fn a_norm_reading_a_functions_norm_is_found_too() {
+    assert_eq!(
+        read_after_a_call(layer_norm, rms_norm),
+        [
+            (Family::LayerNorm, Form::Decomposed),
+            (Family::RmsNorm, Form::DecomposedRmsNorm)
+        ]
+    );
+    // The other order of the recogniser table: the main graph's decomposed LayerNorm is
+    // scanned before the function's MVN.
+    let mvn = |b: &mut Builder, x: &str| {
+        b.op(
+            "MeanVarianceNormalization",
+            &[x],
+            vec![("axes", A::Is(vec![2]))],
+        )
+    };
+    assert_eq!(
+        read_after_a_call(mvn, layer_norm),
+        [
+            (Family::LayerNorm, Form::Decomposed),
+            (Family::LnSimple, Form::MeanVarianceNorm)
+        ]
+    );
+}
