@@ -188,36 +188,54 @@ pub fn set_metadata(model: &mut ModelProto, key: &str, value: String) {
     });
 }
 
-/// Declares `ai.adanorm` (its `OPSET_VERSION`) when the graph uses it, and drops the import when nothing does.
+/// Declares `ai.adanorm` when the graph uses it, and drops the import when nothing does. The
+/// version is the oldest that has every slot the nodes use: 1 (which every release of the
+/// runtimes reads) unless a node uses version 2's `Skip`, `Bias` or `Sum`.
 pub fn sync_adanorm_opset(model: &mut ModelProto) {
-    fn uses(g: &GraphProto) -> bool {
-        g.node.iter().any(|n| {
-            n.domain() == super::node::DOMAIN
-                || n.attribute
-                    .iter()
-                    .any(|a| a.g.iter().chain(a.graphs.iter()).any(uses))
-        })
+    use adanorm_kernels::params::{FIRST_OPSET_VERSION, RESIDUAL_OPSET_VERSION};
+    /// Per node of ours: whether it is one, and whether it uses a version-2 slot.
+    fn ours(n: &NodeProto) -> Option<bool> {
+        (n.domain() == super::node::DOMAIN).then(|| uses_residual_slots(n))
     }
-    let used = model.graph.as_ref().is_some_and(uses)
-        || model
-            .functions
-            .iter()
-            .any(|f| f.node.iter().any(|n| n.domain() == super::node::DOMAIN));
-    let declared = model
+    fn walk(nodes: &[NodeProto], found: &mut Option<bool>) {
+        for n in nodes {
+            if let Some(v2) = ours(n) {
+                *found = Some(found.unwrap_or(false) || v2);
+            }
+            for a in &n.attribute {
+                for g in a.g.iter().chain(a.graphs.iter()) {
+                    walk(&g.node, found);
+                }
+            }
+        }
+    }
+    let mut found = None;
+    if let Some(g) = &model.graph {
+        walk(&g.node, &mut found);
+    }
+    for f in &model.functions {
+        walk(&f.node, &mut found);
+    }
+    model
         .opset_import
-        .iter()
-        .any(|o| o.domain() == super::node::DOMAIN);
-    if used && !declared {
+        .retain(|o| o.domain() != super::node::DOMAIN);
+    if let Some(v2) = found {
         model.opset_import.push(OperatorSetIdProto {
             domain: Some(super::node::DOMAIN.into()),
-            version: Some(adanorm_kernels::params::OPSET_VERSION),
+            version: Some(if v2 {
+                RESIDUAL_OPSET_VERSION
+            } else {
+                FIRST_OPSET_VERSION
+            }),
         });
     }
-    if !used && declared {
-        model
-            .opset_import
-            .retain(|o| o.domain() != super::node::DOMAIN);
-    }
+}
+
+/// Whether an `ai.adanorm` node names one of version 2's slots (`Skip`, `Bias`, `Sum`).
+pub fn uses_residual_slots(n: &NodeProto) -> bool {
+    use adanorm_kernels::params::slot;
+    let named = |names: &[String], from: usize| names.iter().skip(from).any(|s| !s.is_empty());
+    named(&n.input, slot::SKIP) || named(&n.output, slot::SUM)
 }
 
 /// Every value name read anywhere (nodes of the graph and of its subgraphs) or output.

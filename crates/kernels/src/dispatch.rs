@@ -10,7 +10,9 @@
 #![allow(unsafe_code)]
 
 use crate::params::Params;
-use crate::rows::{normalize_rows, normalize_rows_in_place, Element};
+use crate::rows::{
+    normalize_rows, normalize_rows_in_place, normalize_rows_residual, Element, Residual,
+};
 
 /// The instruction sets worth a separate build, widest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +94,55 @@ pub fn out_of_place<T: Element>(
     }
 }
 
-/// One module of the two entry points compiled for a feature set.
+/// [`normalize_rows_residual`] with the widest instructions this CPU has.
+#[allow(clippy::too_many_arguments)]
+pub fn out_of_place_residual<T: Element>(
+    x: &[T],
+    y: &mut [T],
+    row_len: usize,
+    scale: Option<&[T]>,
+    b: Option<&[T]>,
+    residual: Residual<'_, T>,
+    params: &Params,
+    mean: Option<&mut [T::Acc]>,
+    inv_std_dev: Option<&mut [T::Acc]>,
+) {
+    match width() {
+        // SAFETY: the CPU has these features, checked by `width`.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx512 => unsafe {
+            avx512::out_of_place_residual(
+                x,
+                y,
+                row_len,
+                scale,
+                b,
+                residual,
+                params,
+                mean,
+                inv_std_dev,
+            )
+        },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx2 => unsafe {
+            avx2::out_of_place_residual(
+                x,
+                y,
+                row_len,
+                scale,
+                b,
+                residual,
+                params,
+                mean,
+                inv_std_dev,
+            )
+        },
+        _ => normalize_rows_residual(x, y, row_len, scale, b, residual, params, mean, inv_std_dev),
+    }
+}
+
+/// One module of the entry points compiled for a feature set.
 macro_rules! feature_build {
     ($module:ident, $features:literal) => {
         #[cfg(target_arch = "x86_64")]
@@ -125,6 +175,32 @@ macro_rules! feature_build {
                 inv_std_dev: Option<&mut [T::Acc]>,
             ) {
                 normalize_rows(x, y, row_len, scale, bias, params, mean, inv_std_dev);
+            }
+
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) fn out_of_place_residual<T: Element>(
+                x: &[T],
+                y: &mut [T],
+                row_len: usize,
+                scale: Option<&[T]>,
+                b: Option<&[T]>,
+                residual: Residual<'_, T>,
+                params: &Params,
+                mean: Option<&mut [T::Acc]>,
+                inv_std_dev: Option<&mut [T::Acc]>,
+            ) {
+                normalize_rows_residual(
+                    x,
+                    y,
+                    row_len,
+                    scale,
+                    b,
+                    residual,
+                    params,
+                    mean,
+                    inv_std_dev,
+                );
             }
         }
     };

@@ -57,19 +57,77 @@ pub fn check_param_shape(
     normalized_shape: &[usize],
     what: &str,
 ) -> Result<(), SpecError> {
-    let fits = param_shape.len() <= normalized_shape.len()
-        && param_shape
-            .iter()
-            .rev()
-            .zip(normalized_shape.iter().rev())
-            .all(|(&p, &n)| p == n || p == 1);
-    if fits {
+    if broadcasts_to(param_shape, normalized_shape) {
         Ok(())
     } else {
         Err(SpecError::new(
             rule::BROADCAST,
             format!("{what} has shape {param_shape:?}, X.shape[axis:] is {normalized_shape:?}"),
         ))
+    }
+}
+
+/// Whether `shape` is unidirectionally broadcastable to `target` (aligned from the right, each
+/// dimension equal or 1, no more dimensions).
+fn broadcasts_to(shape: &[usize], target: &[usize]) -> bool {
+    shape.len() <= target.len()
+        && shape
+            .iter()
+            .rev()
+            .zip(target.iter().rev())
+            .all(|(&p, &n)| p == n || p == 1)
+}
+
+/// Version 2's `Bias`: [`check_param_shape`] with its own rule.
+pub fn check_bias_shape(bias_shape: &[usize], normalized_shape: &[usize]) -> Result<(), SpecError> {
+    if broadcasts_to(bias_shape, normalized_shape) {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            rule::BIAS_BROADCAST,
+            format!("Bias has shape {bias_shape:?}, X.shape[axis:] is {normalized_shape:?}"),
+        ))
+    }
+}
+
+/// How version 2's `Skip` lines up with the rows of `X`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipRows {
+    /// `Skip` is `rows` whole rows: row `r` of `X` adds row `r % rows` of `Skip` (the shape of
+    /// `X`, or a suffix of it covering the normalised axes, as `[S, H]` for `X` of `[B, S, H]`).
+    Rows(usize),
+    /// Any other broadcast (`[B, 1, H]`, a 1 inside the row): expand `Skip` to `X`'s shape with
+    /// [`expand_param`] (`normalized_shape` = the shape of `X`) and read it as `Rows(rows)`.
+    Expand,
+}
+
+/// Checks `Skip`'s shape against `X`'s and says how the kernels read it.
+pub fn skip_rows(
+    skip_shape: &[usize],
+    x_shape: &[usize],
+    axis: usize,
+) -> Result<SkipRows, SpecError> {
+    if !broadcasts_to(skip_shape, x_shape) {
+        return Err(SpecError::new(
+            rule::SKIP_BROADCAST,
+            format!("Skip has shape {skip_shape:?}, X has {x_shape:?}"),
+        ));
+    }
+    // Leading 1s change nothing; what is left must be X's own trailing dims, rows included.
+    let first = skip_shape
+        .iter()
+        .position(|&d| d != 1)
+        .unwrap_or(skip_shape.len());
+    let own = &skip_shape[first..];
+    let suffix = &x_shape[x_shape.len() - own.len()..];
+    if own == suffix && own.len() >= x_shape.len() - axis {
+        Ok(SkipRows::Rows(
+            own[..own.len() - (x_shape.len() - axis)].iter().product(),
+        ))
+    } else if own.is_empty() && x_shape[axis..].iter().all(|&d| d == 1) {
+        Ok(SkipRows::Rows(1))
+    } else {
+        Ok(SkipRows::Expand)
     }
 }
 
@@ -267,6 +325,37 @@ mod tests {
         assert_eq!(check_param_shape(&[1], &[0], "Scale"), Ok(()));
         assert_eq!(check_param_shape(&[0], &[0], "Scale"), Ok(()));
         assert!(check_param_shape(&[2], &[0], "Scale").is_err());
+    }
+
+    #[test]
+    fn skip_shapes_line_up_with_rows() {
+        let x = [2, 3, 4];
+        assert_eq!(skip_rows(&[2, 3, 4], &x, 2), Ok(SkipRows::Rows(6)));
+        assert_eq!(skip_rows(&[3, 4], &x, 2), Ok(SkipRows::Rows(3)));
+        assert_eq!(skip_rows(&[1, 3, 4], &x, 2), Ok(SkipRows::Rows(3)));
+        assert_eq!(skip_rows(&[4], &x, 2), Ok(SkipRows::Rows(1)));
+        assert_eq!(skip_rows(&[1, 1, 4], &x, 2), Ok(SkipRows::Rows(1)));
+        assert_eq!(skip_rows(&[3, 4], &x, 1), Ok(SkipRows::Rows(1)));
+        // Not whole rows of X: expanded.
+        assert_eq!(skip_rows(&[4], &x, 1), Ok(SkipRows::Expand));
+        assert_eq!(skip_rows(&[2, 1, 4], &x, 2), Ok(SkipRows::Expand));
+        assert_eq!(skip_rows(&[3, 1], &x, 2), Ok(SkipRows::Expand));
+        assert_eq!(skip_rows(&[1], &x, 2), Ok(SkipRows::Expand));
+        assert_eq!(skip_rows(&[], &x, 2), Ok(SkipRows::Expand));
+        assert_eq!(skip_rows(&[1], &[2, 1], 1), Ok(SkipRows::Rows(1)));
+        for bad in [&[2, 2, 4][..], &[5], &[1, 2, 3, 4]] {
+            let err = skip_rows(bad, &x, 2).unwrap_err();
+            assert_eq!(err.rule, rule::SKIP_BROADCAST);
+            assert_eq!(
+                err.detail,
+                format!("Skip has shape {bad:?}, X has [2, 3, 4]")
+            );
+        }
+        assert_eq!(check_bias_shape(&[4], &[4]), Ok(()));
+        assert_eq!(
+            check_bias_shape(&[3], &[4]).unwrap_err().rule,
+            rule::BIAS_BROADCAST
+        );
     }
 
     #[test]

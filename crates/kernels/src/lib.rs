@@ -14,7 +14,9 @@
 //! Y     = Y * Scale + B              (each when given)
 //! ```
 //!
-//! `InvStdDev = 1 / sigma`. The contract itself is `ops-spec.md`.
+//! `InvStdDev = 1 / sigma`. Version 2 normalises `S = (X + Bias) + Skip` instead of `X` (each
+//! `Add` rounded to the element type) and can write `S` as `Sum`. The contract itself is
+//! `ops-spec.md`.
 //!
 //! - [`params`]: op names, attributes, their defaults and validation, [`SpecError`].
 //! - [`layout`]: rows of `X`, allowed `Scale`/`B` shapes, the stats' output shape.
@@ -25,7 +27,9 @@
 //!
 //! A runtime checks `Params::validate`, `layout::row_layout` and `layout::check_param_shape`,
 //! expands `Scale`/`B` with `layout::expand_param`, then calls `dispatch::out_of_place` or
-//! `dispatch::in_place` (the `rows` kernels at the widest instructions the CPU has).
+//! `dispatch::in_place` (the `rows` kernels at the widest instructions the CPU has); with a
+//! residual also `layout::check_bias_shape` and `layout::skip_rows`, then
+//! `dispatch::out_of_place_residual`.
 // The only unsafe code is the call into `#[target_feature]` functions after the CPU check.
 #![deny(unsafe_code)]
 
@@ -35,7 +39,13 @@ pub mod params;
 pub mod reference;
 pub mod rows;
 
-pub use layout::{check_param_shape, expand_param, row_layout, stats_shape, RowLayout};
+pub use layout::{
+    check_bias_shape, check_param_shape, expand_param, row_layout, skip_rows, stats_shape,
+    RowLayout, SkipRows,
+};
 pub use params::{OpKind, Params, SpecError, Variant};
-pub use reference::{reference, RefOutput};
-pub use rows::{normalize_rows, normalize_rows_in_place, Accumulator, Element};
+pub use reference::{reference, reference_residual, RefOutput, RefResidual};
+pub use rows::{
+    normalize_rows, normalize_rows_in_place, normalize_rows_residual, Accumulator, Element,
+    Residual, SkipInput,
+};

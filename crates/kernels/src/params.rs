@@ -6,8 +6,37 @@ use std::fmt;
 
 /// The ONNX domain both ops live in.
 pub const DOMAIN: &str = "ai.adanorm";
-/// The only opset version of [`DOMAIN`].
-pub const OPSET_VERSION: i64 = 1;
+/// The newest opset version of [`DOMAIN`]: version 2 adds the residual slots `Skip`, `Bias`
+/// (inputs 3, 4) and `Sum` (output 3); a node without them computes what version 1 does.
+pub const OPSET_VERSION: i64 = 2;
+/// The first opset version of [`DOMAIN`].
+pub const FIRST_OPSET_VERSION: i64 = 1;
+/// The version that brought the residual slots; a model whose nodes use them imports it.
+pub const RESIDUAL_OPSET_VERSION: i64 = 2;
+
+/// Input and output positions of both ops.
+pub mod slot {
+    pub const X: usize = 0;
+    pub const SCALE: usize = 1;
+    pub const B: usize = 2;
+    /// Version 2.
+    pub const SKIP: usize = 3;
+    /// Version 2.
+    pub const BIAS: usize = 4;
+    pub const Y: usize = 0;
+    pub const MEAN: usize = 1;
+    pub const INV_STD_DEV: usize = 2;
+    /// Version 2.
+    pub const SUM: usize = 3;
+    /// Inputs and outputs a version has at most.
+    pub const fn counts(version: i64) -> (usize, usize) {
+        if version >= super::RESIDUAL_OPSET_VERSION {
+            (5, 4)
+        } else {
+            (3, 3)
+        }
+    }
+}
 
 /// The ops of [`DOMAIN`] by name, without their attributes: what a node's `op_type` says.
 ///
@@ -79,6 +108,11 @@ pub mod rule {
     pub const AXIS: &str = "axis must be in [-r, r)";
     pub const BROADCAST: &str =
         "Scale and B must be unidirectionally broadcastable to X.shape[axis:]";
+    pub const SKIP_BROADCAST: &str = "Skip must be unidirectionally broadcastable to X";
+    pub const BIAS_BROADCAST: &str =
+        "Bias must be unidirectionally broadcastable to X.shape[axis:]";
+    /// A node using `Skip`, `Bias` or `Sum` in a model that imports only version 1.
+    pub const VERSION: &str = "Skip, Bias and Sum need ai.adanorm version 2";
     pub const TYPE: &str = "all inputs must share one type among float, float16, bfloat16, double";
     pub const BOOL_ATTR: &str = "unbiased and eps_in_sqrt must be 0 or 1";
     pub const EPSILON_NEGATIVE: &str = "epsilon must be >= 0";

@@ -4,7 +4,7 @@
 //! against this function. It does its own `Scale`/`B` broadcasting instead of calling
 //! `layout::expand_param`, so a broadcasting bug there cannot hide behind a matching bug here.
 
-use crate::layout::{check_param_shape, row_layout};
+use crate::layout::{check_bias_shape, check_param_shape, row_layout, skip_rows};
 use crate::params::{Params, SpecError, Variant};
 
 /// `Y`, `Mean` and `InvStdDev` in float64; `mean` and `inv_std_dev` have one entry per row.
@@ -13,6 +13,27 @@ pub struct RefOutput {
     pub y: Vec<f64>,
     pub mean: Vec<f64>,
     pub inv_std_dev: Vec<f64>,
+    /// Version 2's `Sum`: the `S` the statistics are taken over (`X` itself without a residual).
+    pub sum: Vec<f64>,
+}
+
+/// Version 2's residual inputs, each `(values, shape)`, and how an `Add` of the element type
+/// rounds: `round(v)` is `v` rounded to `T` (the identity for f64). The exact sum of two
+/// f16/bf16/f32 values rounded once to `T` is what an `Add` computing in f32 and rounding gives.
+#[derive(Debug, Clone, Copy)]
+pub struct RefResidual<'a> {
+    pub skip: Option<(&'a [f64], &'a [usize])>,
+    pub bias: Option<(&'a [f64], &'a [usize])>,
+    pub round: fn(f64) -> f64,
+}
+
+impl RefResidual<'_> {
+    /// No residual: version 1.
+    pub const NONE: RefResidual<'static> = RefResidual {
+        skip: None,
+        bias: None,
+        round: |v| v,
+    };
 }
 
 /// Runs the op on `x` of shape `x_shape`, with optional `Scale` and `B` given as
@@ -32,6 +53,20 @@ pub fn reference(
     bias: Option<(&[f64], &[usize])>,
     params: &Params,
 ) -> Result<RefOutput, SpecError> {
+    reference_residual(x, x_shape, axis, scale, bias, &RefResidual::NONE, params)
+}
+
+/// [`reference`] with version 2's residual: the statistics and `Y` of
+/// `S = round(round(X + Bias) + Skip)`, each term only when given.
+pub fn reference_residual(
+    x: &[f64],
+    x_shape: &[usize],
+    axis: i64,
+    scale: Option<(&[f64], &[usize])>,
+    bias: Option<(&[f64], &[usize])>,
+    residual: &RefResidual<'_>,
+    params: &Params,
+) -> Result<RefOutput, SpecError> {
     params.validate()?;
     let layout = row_layout(x_shape, axis)?;
     assert_eq!(
@@ -46,15 +81,46 @@ pub fn reference(
     let bias = bias
         .map(|(v, s)| Broadcast::new(v, s, normalized, "B"))
         .transpose()?;
+    let residual_bias = residual
+        .bias
+        .map(|(v, s)| {
+            check_bias_shape(s, normalized)?;
+            Ok(Broadcast::over(v, s, normalized, "Bias"))
+        })
+        .transpose()?;
+    let skip = residual
+        .skip
+        .map(|(v, s)| {
+            skip_rows(s, x_shape, layout.axis)?;
+            Ok(Broadcast::over(v, s, x_shape, "Skip"))
+        })
+        .transpose()?;
+    // S, element by element, in the order of the Adds it replaces.
+    let round = residual.round;
+    let sums: Vec<f64> = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let mut s = v;
+            if let Some(b) = &residual_bias {
+                s = round(s + b.at(i % layout.row_len.max(1)));
+            }
+            if let Some(k) = &skip {
+                s = round(s + k.at(i));
+            }
+            s
+        })
+        .collect();
 
     let n = layout.row_len;
     let mut out = RefOutput {
         y: Vec::with_capacity(x.len()),
         mean: Vec::with_capacity(layout.rows),
         inv_std_dev: Vec::with_capacity(layout.rows),
+        sum: Vec::new(),
     };
     for row in 0..layout.rows {
-        let xs = &x[row * n..(row + 1) * n];
+        let xs = &sums[row * n..(row + 1) * n];
         let n = n as f64;
 
         let mean = xs.iter().sum::<f64>() / n;
@@ -93,6 +159,7 @@ pub fn reference(
         out.mean.push(mean);
         out.inv_std_dev.push(inv);
     }
+    out.sum = sums;
     Ok(out)
 }
 
@@ -111,19 +178,29 @@ impl<'a> Broadcast<'a> {
         what: &str,
     ) -> Result<Broadcast<'a>, SpecError> {
         check_param_shape(shape, normalized, what)?;
+        Ok(Broadcast::over(values, shape, normalized, what))
+    }
+
+    /// Over `normalized`, whose broadcast the caller checked.
+    fn over(
+        values: &'a [f64],
+        shape: &'a [usize],
+        normalized: &'a [usize],
+        what: &str,
+    ) -> Broadcast<'a> {
         assert_eq!(
             values.len(),
             shape.iter().product::<usize>(),
             "{what} values do not match its shape"
         );
-        Ok(Broadcast {
+        Broadcast {
             values,
             shape,
             normalized,
-        })
+        }
     }
 
-    /// The value at flat position `j` of the normalised row.
+    /// The value at flat position `j` of the normalised row (of `X`, for `Skip`).
     fn at(&self, j: usize) -> f64 {
         // Unravel `j` over the normalised shape, last dim fastest, then re-ravel over the
         // parameter's shape with size-1 dims pinned to 0.
@@ -210,6 +287,58 @@ mod tests {
         assert_eq!(out.y, vec![-29.0, 101.0]);
         assert_eq!(out.mean, vec![1.0]);
         assert_eq!(out.inv_std_dev, vec![1.0]);
+    }
+
+    #[test]
+    fn hand_computed_residual() {
+        // X [[0, 1], [2, 3]], Bias [1, -1], Skip [[1, 1]] broadcast over both rows:
+        // S = X + Bias + Skip = [[2, 1], [4, 3]]: means 1.5, 3.5, d = ±0.5, sigma 0.5.
+        let x = [0.0, 1.0, 2.0, 3.0];
+        let r = RefResidual {
+            skip: Some((&[1.0, 1.0], &[1, 2])),
+            bias: Some((&[1.0, -1.0], &[2])),
+            round: |v| v,
+        };
+        let out = reference_residual(&x, &[2, 2], -1, None, None, &r, &lns()).unwrap();
+        assert_eq!(out.sum, vec![2.0, 1.0, 4.0, 3.0]);
+        assert_eq!(out.mean, vec![1.5, 3.5]);
+        assert_eq!(out.y, vec![1.0, -1.0, 1.0, -1.0]);
+        // Without a residual, S is X and nothing else changes.
+        let plain = reference(&x, &[2, 2], -1, None, None, &lns()).unwrap();
+        assert_eq!(plain.sum, x.to_vec());
+        let none = reference_residual(&x, &[2, 2], -1, None, None, &RefResidual::NONE, &lns());
+        assert_eq!(none.unwrap(), plain);
+    }
+
+    #[test]
+    fn residual_rounds_after_each_add() {
+        // In f32, 1 + 2^-24 rounds to 1 (ties to even), so (1 + 2^-24) + 2^-24 is 1 as two
+        // f32 Adds compute it, though the exact sum 1 + 2^-23 is an f32.
+        let tiny = 2f64.powi(-24);
+        let r = RefResidual {
+            skip: Some((&[tiny, tiny], &[2])),
+            bias: Some((&[tiny, 0.0], &[2])),
+            round: |v| v as f32 as f64,
+        };
+        let out = reference_residual(&[1.0, 0.0], &[2], -1, None, None, &r, &lns()).unwrap();
+        assert_eq!(out.sum, vec![1.0, tiny]);
+    }
+
+    #[test]
+    fn residual_shape_errors() {
+        let x = [1.0, 2.0];
+        let r = RefResidual {
+            skip: Some((&[1.0; 3], &[3])),
+            ..RefResidual::NONE
+        };
+        let err = reference_residual(&x, &[2], 0, None, None, &r, &lns()).unwrap_err();
+        assert_eq!(err.rule, rule::SKIP_BROADCAST);
+        let r = RefResidual {
+            bias: Some((&[1.0; 3], &[3])),
+            ..RefResidual::NONE
+        };
+        let err = reference_residual(&x, &[2], 0, None, None, &r, &lns()).unwrap_err();
+        assert_eq!(err.rule, rule::BIAS_BROADCAST);
     }
 
     #[test]

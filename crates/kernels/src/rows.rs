@@ -126,6 +126,22 @@ pub trait Element: Copy + Send + Sync + 'static {
         r
     }
 
+    /// Rounds every value of `row` to `Self` (and back): what storing an `Add`'s result in
+    /// `Self` does. Nothing to do when `Self` is its own compute type.
+    fn round_row(row: &mut [Self::Acc], scratch: &mut Vec<Self>) {
+        let _ = scratch;
+        for v in row.iter_mut() {
+            *v = Self::from_acc(*v).to_acc();
+        }
+    }
+
+    /// Stores `src` (compute precision) into `dst`.
+    fn store_row(src: &[Self::Acc], dst: &mut [Self]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = Self::from_acc(s);
+        }
+    }
+
     /// The rows themselves when `Self` is its own compute type (f32, f64): the out-of-place
     /// kernel then reads `X` and writes `Y` directly, with no working copy.
     #[inline(always)]
@@ -176,6 +192,12 @@ macro_rules! native_element {
                 f(row)
             }
             #[inline(always)]
+            fn round_row(_: &mut [$t], _: &mut Vec<$t>) {}
+            #[inline(always)]
+            fn store_row(src: &[$t], dst: &mut [$t]) {
+                dst.copy_from_slice(src);
+            }
+            #[inline(always)]
             fn map_row<R>(
                 src: &[$t],
                 dst: &mut [$t],
@@ -207,6 +229,16 @@ macro_rules! half_element {
                 buf.resize(row.len(), 0.0);
                 row.convert_to_f32_slice(buf);
                 buf
+            }
+            #[inline(always)]
+            fn round_row(row: &mut [f32], scratch: &mut Vec<$t>) {
+                scratch.resize(row.len(), <$t>::ZERO);
+                scratch.convert_from_f32_slice(row);
+                scratch.convert_to_f32_slice(row);
+            }
+            #[inline(always)]
+            fn store_row(src: &[f32], dst: &mut [$t]) {
+                dst.convert_from_f32_slice(src);
             }
             #[inline(always)]
             fn update_row<R>(
@@ -330,6 +362,144 @@ pub fn normalize_rows_in_place<T: Element>(
             |row| normalize_row(row, params, &epilogue),
         );
         stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
+    }
+}
+
+/// Version 2's residual for [`normalize_rows_residual`], in the element type.
+pub struct Residual<'a, T> {
+    /// `Bias`: one full row (see `layout::expand_param`).
+    pub bias: Option<&'a [T]>,
+    /// `Skip` as whole rows (`layout::SkipRows::Rows`; expand any other broadcast first).
+    pub skip: Option<SkipInput<'a, T>>,
+    /// `Sum`: receives `S`, the shape of `x`.
+    pub sum: Option<&'a mut [T]>,
+}
+
+/// `Skip`'s rows: row `r` of the call's `x` adds row `(first_row + r) % (rows.len() / row_len)`.
+#[derive(Clone, Copy)]
+pub struct SkipInput<'a, T> {
+    pub rows: &'a [T],
+    /// The index in the whole `X` of the call's first row, for callers that split `X`.
+    pub first_row: usize,
+}
+
+/// [`normalize_rows`] of `S = (x + Bias) + Skip`, each `Add` rounded to `T`, with `S` written
+/// to `Sum` when asked: per row, one pass reads `x` and `Skip` and makes `S` (in `y`'s row for
+/// f32/f64, in a working row for f16/bf16, written to `Sum` from there), then the statistics and
+/// the output pass as in version 1. Without `Skip`, `Bias` and `Sum` it is [`normalize_rows`].
+///
+/// # Panics
+/// As [`normalize_rows`], and when `Bias` is not one row, `Skip` not whole non-empty rows, or
+/// `Sum` not as long as `x`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn normalize_rows_residual<T: Element>(
+    x: &[T],
+    y: &mut [T],
+    row_len: usize,
+    scale: Option<&[T]>,
+    b: Option<&[T]>,
+    residual: Residual<'_, T>,
+    params: &Params,
+    mut mean: Option<&mut [T::Acc]>,
+    mut inv_std_dev: Option<&mut [T::Acc]>,
+) {
+    let Residual {
+        bias,
+        skip,
+        mut sum,
+    } = residual;
+    if bias.is_none() && skip.is_none() && sum.is_none() {
+        return normalize_rows(x, y, row_len, scale, b, params, mean, inv_std_dev);
+    }
+    assert_eq!(x.len(), y.len(), "x and y differ in length");
+    if let Some(s) = sum.as_deref() {
+        assert_eq!(s.len(), x.len(), "sum must be as long as x");
+    }
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), row_len, "Bias must hold one row");
+    }
+    if check_lengths(x.len(), row_len, scale, b, &mut mean, &mut inv_std_dev).is_none()
+        || x.is_empty()
+    {
+        return;
+    }
+    let skip_rows = skip.map(|k| {
+        assert!(
+            !k.rows.is_empty() && k.rows.len() % row_len == 0,
+            "skip must hold whole rows"
+        );
+        k.rows.len() / row_len
+    });
+    let (mut scale_buf, mut b_buf, mut bias_buf) = (Vec::new(), Vec::new(), Vec::new());
+    let epilogue = Epilogue {
+        ada: ada_consts(params),
+        scale: scale.map(|s| T::acc_row(s, &mut scale_buf)),
+        bias: b.map(|b| T::acc_row(b, &mut b_buf)),
+    };
+    let bias = bias.map(|b| T::acc_row(b, &mut bias_buf));
+    let (mut x_buf, mut skip_buf, mut work) = (Vec::new(), Vec::new(), Vec::new());
+    let mut scratch: Vec<T> = Vec::new();
+    for (r, (xr, yr)) in x
+        .chunks_exact(row_len)
+        .zip(y.chunks_exact_mut(row_len))
+        .enumerate()
+    {
+        let skip_row = skip.zip(skip_rows).map(|(k, n)| {
+            let i = (k.first_row + r) % n;
+            T::acc_row(&k.rows[i * row_len..(i + 1) * row_len], &mut skip_buf)
+        });
+        let sum_row = sum
+            .as_deref_mut()
+            .map(|s| &mut s[r * row_len..(r + 1) * row_len]);
+        let stats = match T::as_acc_rows(xr, yr) {
+            // f32, f64: S is made in Y's row, which the output pass then overwrites.
+            Some((src, dst)) => {
+                residual_sum(src, bias, skip_row, dst, &mut scratch);
+                if let Some(s) = sum_row {
+                    T::store_row(dst, s);
+                }
+                normalize_row(dst, params, &epilogue)
+            }
+            None => {
+                let src = T::acc_row(xr, &mut x_buf);
+                work.resize(row_len, <T::Acc as Accumulator>::ZERO);
+                residual_sum(src, bias, skip_row, &mut work, &mut scratch);
+                if let Some(s) = sum_row {
+                    T::store_row(&work, s);
+                }
+                let stats = normalize_row(&mut work, params, &epilogue);
+                T::store_row(&work, yr);
+                stats
+            }
+        };
+        stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
+    }
+}
+
+/// `out = round(round(x + bias) + skip)`, each term only when given.
+#[inline(always)]
+fn residual_sum<T: Element>(
+    x: &[T::Acc],
+    bias: Option<&[T::Acc]>,
+    skip: Option<&[T::Acc]>,
+    out: &mut [T::Acc],
+    scratch: &mut Vec<T>,
+) {
+    match bias {
+        Some(b) => {
+            for ((o, &v), &b) in out.iter_mut().zip(x).zip(b) {
+                *o = v + b;
+            }
+            T::round_row(out, scratch);
+        }
+        None => out.copy_from_slice(x),
+    }
+    if let Some(k) = skip {
+        for (o, &k) in out.iter_mut().zip(k) {
+            *o += k;
+        }
+        T::round_row(out, scratch);
     }
 }
 

@@ -509,3 +509,239 @@ fn ada_norm_k0_c1_is_layer_norm_simple() {
         }
     }
 }
+
+/// Version 2's residual inputs for a case: `Skip` of X's shape, a suffix of it, or another
+/// broadcast (expanded as runtimes do), and `Bias` over the normalised axes.
+#[derive(Debug, Clone)]
+struct ResidualCase {
+    skip: Option<Param>,
+    bias: Option<Param>,
+    sum: bool,
+}
+
+fn random_residual(rng: &mut Rng, shape: &[usize], axis: usize) -> ResidualCase {
+    let skip = rng.chance(0.8).then(|| {
+        let rank = match rng.below(3) {
+            0 => shape.len(),
+            _ => rng.below(shape.len() + 1),
+        };
+        let mut dims: Vec<usize> = shape[shape.len() - rank..].to_vec();
+        if rng.chance(0.3) && !dims.is_empty() {
+            let d = rng.below(dims.len());
+            dims[d] = 1;
+        }
+        if rng.chance(0.2) {
+            dims.insert(0, 1);
+            if dims.len() > shape.len() {
+                dims.remove(0);
+            }
+        }
+        let len = dims.iter().product();
+        Param {
+            values: (0..len).map(|_| 3.0 * rng.normal()).collect(),
+            shape: dims,
+        }
+    });
+    let bias = random_param(rng, &shape[axis..], 0.0);
+    ResidualCase {
+        skip,
+        bias,
+        sum: rng.chance(0.6),
+    }
+}
+
+/// `Skip` as the kernels read it: whole rows, expanded to X's shape where it is no suffix.
+fn skip_as_rows<T: Copy>(
+    values: &[T],
+    skip_shape: &[usize],
+    x_shape: &[usize],
+    axis: usize,
+) -> Vec<T> {
+    match adanorm_kernels::skip_rows(skip_shape, x_shape, axis).unwrap() {
+        adanorm_kernels::SkipRows::Rows(_) => values.to_vec(),
+        adanorm_kernels::SkipRows::Expand => expand_param(values, skip_shape, x_shape),
+    }
+}
+
+/// One case with a residual: `Sum` exactly the reference's `S` (both round each Add once),
+/// `Y` and the statistics within the spec's tolerances, and the same results when `X` is split
+/// into two calls at a row boundary (as the ORT library's thread pool splits it).
+fn check_residual<T: TestFloat>(case: &Case, res: &ResidualCase, params: &Params) -> usize {
+    use adanorm_kernels::{reference_residual, RefResidual, Residual, SkipInput};
+    let ctx = || {
+        format!(
+            "{} {params:?}, X {:?} axis {}, {res:?}",
+            T::NAME,
+            case.shape,
+            case.axis
+        )
+    };
+    let x = round::<T>(&case.x, &case.shape);
+    let rounded = |p: &Option<Param>| p.as_ref().map(|p| round::<T>(&p.values, &p.shape));
+    let (scale, b) = (rounded(&case.scale), rounded(&case.bias));
+    let (skip, bias) = (rounded(&res.skip), rounded(&res.bias));
+    let want = reference_residual(
+        &x.exact,
+        &case.shape,
+        case.axis,
+        scale.as_ref().map(Rounded::exact),
+        b.as_ref().map(Rounded::exact),
+        &RefResidual {
+            skip: skip.as_ref().map(Rounded::exact),
+            bias: bias.as_ref().map(Rounded::exact),
+            round: |v| T::from_f64(v).to_f64(),
+        },
+        params,
+    )
+    .unwrap();
+
+    let layout = row_layout(&case.shape, case.axis).unwrap();
+    let (n, rows) = (layout.row_len, layout.rows);
+    let normalized = &case.shape[layout.axis..];
+    let expand = |p: &Option<Rounded<T>>| {
+        p.as_ref()
+            .map(|p| expand_param(&p.values, &p.shape, normalized))
+    };
+    let (scale_row, b_row, bias_row) = (expand(&scale), expand(&b), expand(&bias));
+    let skip_rows = skip
+        .as_ref()
+        .map(|k| skip_as_rows(&k.values, &k.shape, &case.shape, layout.axis));
+    let nan = <T::Acc as Accumulator>::NAN;
+    // Split at `at` rows: two calls, the second told where it starts.
+    let run = |at: usize| {
+        let mut y = vec![T::from_f64(f64::NAN); x.values.len()];
+        let mut sum = vec![T::from_f64(f64::NAN); x.values.len()];
+        let (mut mean, mut inv) = (vec![nan; rows], vec![nan; rows]);
+        let split = (at * n).min(y.len());
+        let (y0, y1) = y.split_at_mut(split);
+        let (s0, s1) = sum.split_at_mut(split);
+        let (m0, m1) = mean.split_at_mut(at.min(rows));
+        let (i0, i1) = inv.split_at_mut(at.min(rows));
+        let (x0, x1) = x.values.split_at(split);
+        for (first_row, xs, ys, ss, ms, is) in [(0, x0, y0, s0, m0, i0), (at, x1, y1, s1, m1, i1)] {
+            adanorm_kernels::dispatch::out_of_place_residual(
+                xs,
+                ys,
+                n,
+                scale_row.as_deref(),
+                b_row.as_deref(),
+                Residual {
+                    bias: bias_row.as_deref(),
+                    skip: skip_rows
+                        .as_deref()
+                        .map(|rows| SkipInput { rows, first_row }),
+                    sum: res.sum.then_some(ss),
+                },
+                params,
+                Some(ms),
+                Some(is),
+            );
+        }
+        (y, sum, mean, inv)
+    };
+    let (y, sum, mean, inv) = run(rows);
+    if res.sum {
+        for (i, (&got, &want_s)) in sum.iter().zip(&want.sum).enumerate() {
+            assert!(
+                same(got.to_f64(), want_s),
+                "sum[{i}] = {}, want {want_s}: {}",
+                got.to_f64(),
+                ctx()
+            );
+        }
+    }
+    for (i, (&got, &want_y)) in y.iter().zip(&want.y).enumerate() {
+        let cond = f64_reference_condition::<T>(&want, i / n);
+        assert!(
+            close(got.to_f64(), want_y, T::Y_TOL * cond),
+            "y[{i}] = {}, want {want_y}: {}",
+            got.to_f64(),
+            ctx()
+        );
+    }
+    for r in 0..rows {
+        assert!(
+            close(mean[r].to_f64(), want.mean[r], T::STATS_TOL),
+            "mean[{r}]: {}",
+            ctx()
+        );
+        let tol = T::STATS_TOL * f64_reference_condition::<T>(&want, r);
+        assert!(
+            close_rel(inv[r].to_f64(), want.inv_std_dev[r], tol),
+            "inv[{r}]: {}",
+            ctx()
+        );
+    }
+    if rows > 1 {
+        let (y2, sum2, mean2, inv2) = run(rows / 2);
+        let bits = |v: &[T]| v.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
+        let bits_acc = |v: &[T::Acc]| v.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y), bits(&y2), "split y: {}", ctx());
+        assert_eq!(bits(&sum), bits(&sum2), "split sum: {}", ctx());
+        assert_eq!(
+            (bits_acc(&mean), bits_acc(&inv)),
+            (bits_acc(&mean2), bits_acc(&inv2)),
+            "split stats: {}",
+            ctx()
+        );
+    }
+    y.len()
+}
+
+fn run_residual_cases<T: TestFloat>(seed: u64, cases: usize) {
+    let mut rng = Rng(seed);
+    let (mut compared, mut expanded, mut suffix, mut rounded_away) = (0, 0, 0, 0);
+    for _ in 0..cases {
+        let case = random_case(&mut rng);
+        let layout = row_layout(&case.shape, case.axis).unwrap();
+        let res = random_residual(&mut rng, &case.shape, layout.axis);
+        if let Some(k) = &res.skip {
+            match adanorm_kernels::skip_rows(&k.shape, &case.shape, layout.axis).unwrap() {
+                adanorm_kernels::SkipRows::Expand => expanded += 1,
+                adanorm_kernels::SkipRows::Rows(r) if r < layout.rows => suffix += 1,
+                _ => {}
+            }
+        }
+        for params in all_params(&case).into_iter().step_by(3) {
+            compared += check_residual::<T>(&case, &res, &params);
+        }
+        // Rounding each Add matters: S differs from the once-rounded exact sum somewhere.
+        if let (Some(k), Some(b)) = (&res.skip, &res.bias) {
+            if k.values.is_empty() || b.values.is_empty() {
+                continue;
+            }
+            let one = |v: f64| T::from_f64(v).to_f64();
+            let x0 = one(case.x.first().copied().unwrap_or(0.0));
+            let (k0, b0) = (one(k.values[0]), one(b.values[0]));
+            rounded_away += (one(one(x0 + b0) + k0) != one(x0 + b0 + k0)) as usize;
+        }
+    }
+    assert!(compared > 20_000, "{compared} values compared");
+    assert!(
+        expanded > 0 && suffix > 0,
+        "expanded {expanded}, suffix {suffix}"
+    );
+    if T::NAME != "f64" {
+        assert!(rounded_away > 0, "no case where rounding each Add matters");
+    }
+}
+
+#[test]
+fn f32_residual_matches_reference() {
+    run_residual_cases::<f32>(0x2F32, 300);
+}
+
+#[test]
+fn f64_residual_matches_reference() {
+    run_residual_cases::<f64>(0x2F64, 300);
+}
+
+#[test]
+fn f16_residual_matches_reference() {
+    run_residual_cases::<f16>(0x2F16, 300);
+}
+
+#[test]
+fn bf16_residual_matches_reference() {
+    run_residual_cases::<bf16>(0x2BF16, 300);
+}

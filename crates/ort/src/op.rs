@@ -112,7 +112,7 @@ pub struct CustomOp {
 /// Inputs `X`, `Scale`, `B`; outputs `Y`, `Mean`, `InvStdDev`.
 const INPUTS: usize = 3;
 const OUTPUTS: usize = 3;
-/// The `ai.adanorm` opset this library implements (`adanorm_kernels::params::OPSET_VERSION`).
+/// The `ai.adanorm` opset this library implements (`adanorm_kernels::params::FIRST_OPSET_VERSION`).
 const OPSET: c_int = 1;
 
 impl CustomOp {
@@ -378,7 +378,7 @@ mod tests {
     /// version this library registers is a C int of its own.
     #[test]
     fn the_registered_opset_is_the_contracts() {
-        assert_eq!(OPSET as i64, adanorm_kernels::params::OPSET_VERSION);
+        assert_eq!(OPSET as i64, adanorm_kernels::params::FIRST_OPSET_VERSION);
     }
 
     #[test]

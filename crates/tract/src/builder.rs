@@ -4,7 +4,7 @@
 //! `AdaNorm` in any other domain is refused rather than run as ours.
 
 use adanorm_kernels::params::attr;
-use adanorm_kernels::params::{OpKind, DOMAIN, OPSET_VERSION};
+use adanorm_kernels::params::{OpKind, DOMAIN, FIRST_OPSET_VERSION, OPSET_VERSION};
 use adanorm_kernels::{Params, Variant};
 use tract_onnx::model::{optional_inputs, optional_outputs, ParsingContext};
 use tract_onnx::pb::NodeProto;
@@ -71,9 +71,9 @@ fn build(
     }
     if let Some(import) = ctx.model.opset_import.iter().find(|o| o.domain == DOMAIN) {
         ensure!(
-            import.version == OPSET_VERSION,
-            "{label}: the model imports {DOMAIN} version {}, this runtime implements version \
-             {OPSET_VERSION}",
+            (FIRST_OPSET_VERSION..=OPSET_VERSION).contains(&import.version),
+            "{label}: the model imports {DOMAIN} version {}, this runtime implements versions \
+             {FIRST_OPSET_VERSION} to {OPSET_VERSION}",
             import.version
         );
     }
