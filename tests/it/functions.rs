@@ -137,10 +137,21 @@ fn found_inside_a_function((main, function): (Builder, FunctionProto), family: F
     assert_eq!((ms[0].family, ms[0].form), (family, form));
     assert!(ms[0].rewritable, "{:?}", ms[0].reason);
 
-    let inlined_path = dir.path().join("inlined.onnx");
-    save_model(&model.proto, &inlined_path, true).unwrap();
+    let changes = fuse_computes_what_the_inlined_model_does(&g, &model.proto, dir.path());
+    assert_eq!(changes, 1, "{form}");
+}
+
+/// Fuses the inlined `model` (indexed as `g`), runs both in tract on the same random inputs
+/// and checks the outputs agree; returns the number of changes `fuse` made.
+fn fuse_computes_what_the_inlined_model_does(
+    g: &GraphIndex<'_>,
+    model: &adanorm_onnx::onnx::proto::ModelProto,
+    dir: &Path,
+) -> usize {
+    let inlined_path = dir.join("inlined.onnx");
+    save_model(model, &inlined_path, true).unwrap();
     let o = plan_model(
-        &g,
+        g,
         &Options {
             target: Target::Same,
             c: None,
@@ -152,19 +163,18 @@ fn found_inside_a_function((main, function): (Builder, FunctionProto), family: F
         },
     )
     .unwrap();
-    assert_eq!(o.changes.len(), 1, "{form}");
-    let fused = dir.path().join("fused.onnx");
+    let fused = dir.join("fused.onnx");
     save_model(&o.model, &fused, true).unwrap();
     let inputs = random_inputs(&inlined_path, &HashMap::new(), 7).unwrap();
     let want = run(&inlined_path, inputs.clone()).unwrap();
-    let got = run(&fused, inputs).unwrap();
-    let diffs = compare(&want, &got);
+    let diffs = compare(&want, &run(&fused, inputs).unwrap());
     assert!(
         diffs
             .iter()
             .all(|d| d.problem.is_none() && d.max_scaled <= 1e-5),
-        "{form}: {diffs:?}"
+        "{diffs:?}"
     );
+    o.changes.len()
 }
 
 /// `MeanVarianceNormalization` over the last axis, then a gain and a bias.
@@ -252,36 +262,11 @@ fn read_after_a_call(
     got.sort_by_key(|(f, form)| (f.name(), form.to_string()));
 
     // `fuse` rewrites every rewritable one and computes what the inlined original does.
-    let inlined_path = dir.path().join("inlined.onnx");
-    save_model(&model.proto, &inlined_path, true).unwrap();
-    let o = plan_model(
-        &g,
-        &Options {
-            target: Target::Same,
-            c: None,
-            k: None,
-            affine: Affine::Keep,
-            portable: false,
-            include_fused: false,
-            only: Vec::new(),
-        },
-    )
-    .unwrap();
+    let changes = fuse_computes_what_the_inlined_model_does(&g, &model.proto, dir.path());
     assert_eq!(
-        o.changes.len(),
+        changes,
         ms.iter().filter(|m| m.rewritable).count(),
         "{ms:#?}"
-    );
-    let fused = dir.path().join("fused.onnx");
-    save_model(&o.model, &fused, true).unwrap();
-    let inputs = random_inputs(&inlined_path, &HashMap::new(), 7).unwrap();
-    let want = run(&inlined_path, inputs.clone()).unwrap();
-    let diffs = compare(&want, &run(&fused, inputs).unwrap());
-    assert!(
-        diffs
-            .iter()
-            .all(|d| d.problem.is_none() && d.max_scaled <= 1e-5),
-        "{diffs:?}"
     );
     got
 }
