@@ -100,6 +100,9 @@ accumulator!(f64);
 /// bulk (SIMD where available) conversions.
 pub trait Element: Copy + Send + Sync + 'static {
     type Acc: Accumulator;
+    /// Whether `Self` is its own compute type (f32, f64): arithmetic in `Acc` then rounds to
+    /// `Self` at every step by itself.
+    const IS_ACC: bool = false;
 
     fn to_acc(self) -> Self::Acc;
     fn from_acc(acc: Self::Acc) -> Self;
@@ -171,6 +174,7 @@ macro_rules! native_element {
     ($t:ty) => {
         impl Element for $t {
             type Acc = $t;
+            const IS_ACC: bool = true;
             fn to_acc(self) -> $t {
                 self
             }
@@ -477,7 +481,9 @@ pub fn normalize_rows_residual<T: Element>(
     }
 }
 
-/// `out = round(round(x + bias) + skip)`, each term only when given.
+/// `out = round(round(x + bias) + skip)`, each term only when given, in as few passes as the
+/// rounding allows: one where `T` is its own compute type (each `+` already rounds to `T`) or
+/// only one term is given; f16/bf16 with both round in between, by bulk conversion.
 #[inline(always)]
 fn residual_sum<T: Element>(
     x: &[T::Acc],
@@ -486,20 +492,30 @@ fn residual_sum<T: Element>(
     out: &mut [T::Acc],
     scratch: &mut Vec<T>,
 ) {
-    match bias {
-        Some(b) => {
-            for ((o, &v), &b) in out.iter_mut().zip(x).zip(b) {
-                *o = v + b;
+    let add = |out: &mut [T::Acc], a: &[T::Acc], b: &[T::Acc]| {
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            *o = a + b;
+        }
+    };
+    match (bias, skip) {
+        (Some(b), Some(k)) if T::IS_ACC => {
+            for (((o, &v), &b), &k) in out.iter_mut().zip(x).zip(b).zip(k) {
+                *o = (v + b) + k;
+            }
+        }
+        (Some(b), Some(k)) => {
+            add(out, x, b);
+            T::round_row(out, scratch);
+            for (o, &k) in out.iter_mut().zip(k) {
+                *o += k;
             }
             T::round_row(out, scratch);
         }
-        None => out.copy_from_slice(x),
-    }
-    if let Some(k) = skip {
-        for (o, &k) in out.iter_mut().zip(k) {
-            *o += k;
+        (Some(t), None) | (None, Some(t)) => {
+            add(out, x, t);
+            T::round_row(out, scratch);
         }
-        T::round_row(out, scratch);
+        (None, None) => out.copy_from_slice(x),
     }
 }
 
