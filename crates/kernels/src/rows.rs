@@ -388,9 +388,9 @@ pub struct SkipInput<'a, T> {
 }
 
 /// [`normalize_rows`] of `S = (x + Bias) + Skip`, each `Add` rounded to `T`, with `S` written
-/// to `Sum` when asked: per row, one pass reads `x` and `Skip` and makes `S` (in `y`'s row for
-/// f32/f64, in a working row for f16/bf16, written to `Sum` from there), then the statistics and
-/// the output pass as in version 1. Without `Skip`, `Bias` and `Sum` it is [`normalize_rows`].
+/// to `Sum` when asked: per row, one pass reads `x` and `Skip` and makes `S` (in `Sum`'s row, or
+/// `y`'s row without `Sum`, for f32/f64; in a working row for f16/bf16, stored to `Sum` from
+/// there), then the statistics and the output pass as in version 1. Without `Skip`, `Bias` and `Sum` it is [`normalize_rows`].
 ///
 /// # Panics
 /// As [`normalize_rows`], and when `Bias` is not one row, `Skip` not whole non-empty rows, or
@@ -458,13 +458,26 @@ pub fn normalize_rows_residual<T: Element>(
             .map(|s| &mut s[r * row_len..(r + 1) * row_len]);
         let stats = match T::as_acc_rows(xr, yr) {
             // f32, f64: S is made in Y's row, which the output pass then overwrites.
-            Some((src, dst)) => {
-                residual_sum(src, bias, skip_row, dst, &mut scratch);
-                if let Some(s) = sum_row {
-                    T::store_row(dst, s);
+            Some((src, dst)) => match sum_row {
+                // f32, f64 with Sum: S is made in Sum's row and read from there by the
+                // statistics and the output pass, which writes Y's row.
+                Some(s) => match T::as_acc_rows(xr, &mut *s) {
+                    Some((_, s_acc)) => {
+                        residual_sum(src, bias, skip_row, s_acc, &mut scratch);
+                        normalize_row_into(s_acc, dst, params, &epilogue)
+                    }
+                    None => {
+                        residual_sum(src, bias, skip_row, dst, &mut scratch);
+                        T::store_row(dst, s);
+                        normalize_row(dst, params, &epilogue)
+                    }
+                },
+                // Without Sum: S is made in Y's row, which the output pass overwrites.
+                None => {
+                    residual_sum(src, bias, skip_row, dst, &mut scratch);
+                    normalize_row(dst, params, &epilogue)
                 }
-                normalize_row(dst, params, &epilogue)
-            }
+            },
             None => {
                 let src = T::acc_row(xr, &mut x_buf);
                 work.resize(row_len, <T::Acc as Accumulator>::ZERO);
