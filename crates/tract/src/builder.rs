@@ -3,10 +3,10 @@
 //! tract looks builders up by `op_type` alone, so these check the domain themselves: a node
 //! `AdaNorm` in any other domain is refused rather than run as ours.
 
-use adanorm_kernels::params::attr;
+use adanorm_kernels::params::{attr, rule, slot};
 use adanorm_kernels::params::{OpKind, DOMAIN, FIRST_OPSET_VERSION, OPSET_VERSION};
 use adanorm_kernels::{Params, Variant};
-use tract_onnx::model::{optional_inputs, optional_outputs, ParsingContext};
+use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
@@ -69,24 +69,47 @@ fn build(
             node.domain
         );
     }
-    if let Some(import) = ctx.model.opset_import.iter().find(|o| o.domain == DOMAIN) {
+    let import = ctx
+        .model
+        .opset_import
+        .iter()
+        .find(|o| o.domain == DOMAIN)
+        .map(|o| o.version);
+    if let Some(version) = import {
         ensure!(
-            (FIRST_OPSET_VERSION..=OPSET_VERSION).contains(&import.version),
-            "{label}: the model imports {DOMAIN} version {}, this runtime implements versions \
-             {FIRST_OPSET_VERSION} to {OPSET_VERSION}",
-            import.version
+            (FIRST_OPSET_VERSION..=OPSET_VERSION).contains(&version),
+            "{label}: the model imports {DOMAIN} version {version}, this runtime implements \
+             versions {FIRST_OPSET_VERSION} to {OPSET_VERSION}"
         );
     }
+    // A model without an import of the domain is read as version 1, the domain's first.
+    let version = import.unwrap_or(FIRST_OPSET_VERSION);
+    let (max_inputs, max_outputs) = slot::counts(OPSET_VERSION);
     ensure!(
-        (1..=3).contains(&node.input.len()) && !node.input[0].is_empty(),
-        "{label}: expected inputs X [, Scale [, B]], got {:?}",
+        (1..=max_inputs).contains(&node.input.len()) && !node.input[0].is_empty(),
+        "{label}: expected inputs X [, Scale [, B [, Skip [, Bias]]]], got {:?}",
         node.input
     );
     ensure!(
-        (1..=3).contains(&node.output.len()) && !node.output[0].is_empty(),
-        "{label}: expected outputs Y [, Mean [, InvStdDev]], got {:?}",
+        (1..=max_outputs).contains(&node.output.len()) && !node.output[0].is_empty(),
+        "{label}: expected outputs Y [, Mean [, InvStdDev [, Sum]]], got {:?}",
         node.output
     );
+    // Present means named: an empty name and a name left off the end both mean absent.
+    let input = |slot: usize| node.input.get(slot).is_some_and(|i| !i.is_empty());
+    let output = |slot: usize| node.output.get(slot).is_some_and(|o| !o.is_empty());
+    let (version_inputs, version_outputs) = slot::counts(version);
+    let uses_newer_slots =
+        (version_inputs..max_inputs).any(input) || (version_outputs..max_outputs).any(output);
+    if uses_newer_slots {
+        bail!(
+            "{label}: {}: the node has inputs {:?} and outputs {:?}, the model imports {DOMAIN} \
+             version {version}",
+            rule::VERSION,
+            node.input,
+            node.output
+        );
+    }
 
     let axis = node
         .get_attr_opt::<i64>(attr::AXIS)?
@@ -101,17 +124,17 @@ fn build(
     let params = Params::from_attributes(variant, epsilon, unbiased, eps_in_sqrt)
         .map_err(|e| format_err!("{label}: {e}"))?;
 
-    // Present means named: an empty name and a name left off the end both mean absent.
-    let mut inputs = optional_inputs(node).skip(1);
-    let mut outputs = optional_outputs(node).skip(1);
     let op = NormOp {
         node: node_name(node).to_string(),
         params,
         axis,
-        has_scale: inputs.next().flatten().is_some(),
-        has_bias: inputs.next().flatten().is_some(),
-        mean_output: outputs.next().flatten().is_some(),
-        inv_std_dev_output: outputs.next().flatten().is_some(),
+        has_scale: input(slot::SCALE),
+        has_bias: input(slot::B),
+        mean_output: output(slot::MEAN),
+        inv_std_dev_output: output(slot::INV_STD_DEV),
+        has_skip: input(slot::SKIP),
+        has_residual_bias: input(slot::BIAS),
+        sum_output: output(slot::SUM),
     };
     Ok((Box::new(op), vec![]))
 }

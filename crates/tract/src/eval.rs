@@ -8,7 +8,8 @@
 use std::borrow::Cow;
 
 use adanorm_kernels::{
-    check_param_shape, expand_param, row_layout, stats_shape, Accumulator, Element,
+    check_bias_shape, check_param_shape, expand_param, row_layout, skip_rows, stats_shape,
+    Accumulator, Element, Residual, SkipInput, SkipRows,
 };
 use tract_onnx::tract_hir::internal::*;
 
@@ -28,31 +29,50 @@ impl EvalOp for NormOp {
         );
         let mut inputs = inputs.into_iter();
         let x = inputs.next().unwrap();
-        let scale = if self.has_scale { inputs.next() } else { None };
-        let bias = if self.has_bias { inputs.next() } else { None };
+        let mut next_if = |wired: bool| if wired { inputs.next() } else { None };
+        let given = Inputs {
+            scale: next_if(self.has_scale),
+            b: next_if(self.has_bias),
+            skip: next_if(self.has_skip),
+            bias: next_if(self.has_residual_bias),
+        };
         let dt = x.datum_type();
         self.check_type(dt)?;
-        for (param, what) in [(&scale, "Scale"), (&bias, "B")] {
-            if let Some(p) = param {
-                self.check_same_type(dt, p.datum_type(), what)?;
+        for (input, what) in given.named() {
+            if let Some(t) = input {
+                self.check_same_type(dt, t.datum_type(), what)?;
             }
         }
         match dt {
-            DatumType::F32 => self.eval_as::<f32>(x, scale, bias),
-            DatumType::F16 => self.eval_as::<f16>(x, scale, bias),
-            DatumType::F64 => self.eval_as::<f64>(x, scale, bias),
+            DatumType::F32 => self.eval_as::<f32>(x, given),
+            DatumType::F16 => self.eval_as::<f16>(x, given),
+            DatumType::F64 => self.eval_as::<f64>(x, given),
             _ => unreachable!("check_type admits only F16, F32 and F64"),
         }
     }
 }
 
+/// The optional inputs of one evaluation, by name.
+struct Inputs {
+    scale: Option<TValue>,
+    b: Option<TValue>,
+    skip: Option<TValue>,
+    bias: Option<TValue>,
+}
+
+impl Inputs {
+    fn named(&self) -> [(&Option<TValue>, &'static str); 4] {
+        [
+            (&self.scale, "Scale"),
+            (&self.b, "B"),
+            (&self.skip, "Skip"),
+            (&self.bias, "Bias"),
+        ]
+    }
+}
+
 impl NormOp {
-    fn eval_as<T>(
-        &self,
-        x: TValue,
-        scale: Option<TValue>,
-        bias: Option<TValue>,
-    ) -> TractResult<TVec<TValue>>
+    fn eval_as<T>(&self, x: TValue, given: Inputs) -> TractResult<TVec<TValue>>
     where
         T: Element + Datum,
         T::Acc: Datum,
@@ -60,13 +80,15 @@ impl NormOp {
         let shape = x.shape().to_vec();
         let layout = row_layout(&shape, self.axis).map_err(|e| self.spec_error(e))?;
         let normalized = &shape[layout.axis..];
-        let scale_row = scale
+        let scale_row = given
+            .scale
             .as_deref()
-            .map(|s| self.param_row::<T>(s, normalized, "Scale"))
+            .map(|t| self.param_row::<T>(t, normalized, "Scale"))
             .transpose()?;
-        let bias_row = bias
+        let b_row = given
+            .b
             .as_deref()
-            .map(|b| self.param_row::<T>(b, normalized, "B"))
+            .map(|t| self.param_row::<T>(t, normalized, "B"))
             .transpose()?;
 
         // One entry per row: small next to X, so plain vectors, copied into tensors at the end.
@@ -76,14 +98,54 @@ impl NormOp {
             .then(|| vec![T::Acc::ZERO; layout.rows]);
         let (mean_slice, inv_slice) = (mean.as_deref_mut(), inv_std_dev.as_deref_mut());
 
-        let (scale_row, bias_row) = (scale_row.as_deref(), bias_row.as_deref());
-        let y = if x.is_exclusive() {
+        let (scale_row, b_row) = (scale_row.as_deref(), b_row.as_deref());
+        let mut sum = None;
+        let y = if self.is_residual() {
+            let bias_row = given
+                .bias
+                .as_deref()
+                .map(|t| self.bias_row::<T>(t, normalized))
+                .transpose()?;
+            let skip = given
+                .skip
+                .as_deref()
+                .map(|t| self.skip_values::<T>(t, &shape, layout.axis))
+                .transpose()?;
+            // Safety (both): the kernel writes every element before anything reads it.
+            let mut y = unsafe { Tensor::uninitialized::<T>(&shape)? };
+            let mut s = self
+                .sum_output
+                .then(|| unsafe { Tensor::uninitialized::<T>(&shape) })
+                .transpose()?;
+            let mut sum_ram = s.as_mut().map(|s| s.try_as_plain_ram_mut()).transpose()?;
+            let sum_slice = sum_ram
+                .as_mut()
+                .map(|ram| ram.as_slice_mut::<T>())
+                .transpose()?;
+            dispatch::out_of_place_residual(
+                x.try_as_plain_ram()?.as_slice::<T>()?,
+                y.try_as_plain_ram_mut()?.as_slice_mut::<T>()?,
+                layout.row_len,
+                scale_row,
+                b_row,
+                Residual {
+                    bias: bias_row.as_deref(),
+                    skip: skip.as_deref().map(|rows| SkipInput { rows, first_row: 0 }),
+                    sum: sum_slice,
+                },
+                &self.params,
+                mean_slice,
+                inv_slice,
+            );
+            sum = s;
+            y
+        } else if x.is_exclusive() {
             let mut y = x.into_tensor();
             dispatch::in_place(
                 y.try_as_plain_ram_mut()?.as_slice_mut::<T>()?,
                 layout.row_len,
                 scale_row,
-                bias_row,
+                b_row,
                 &self.params,
                 mean_slice,
                 inv_slice,
@@ -97,7 +159,7 @@ impl NormOp {
                 y.try_as_plain_ram_mut()?.as_slice_mut::<T>()?,
                 layout.row_len,
                 scale_row,
-                bias_row,
+                b_row,
                 &self.params,
                 mean_slice,
                 inv_slice,
@@ -109,6 +171,7 @@ impl NormOp {
         for stats in mean.into_iter().chain(inv_std_dev) {
             outputs.push(Tensor::from_shape(&stats_shape, &stats)?.into_tvalue());
         }
+        outputs.extend(sum.map(Tensor::into_tvalue));
         Ok(outputs)
     }
 
@@ -121,11 +184,48 @@ impl NormOp {
         what: &str,
     ) -> TractResult<Cow<'a, [T]>> {
         check_param_shape(param.shape(), normalized, what).map_err(|e| self.spec_error(e))?;
-        let values = param.try_as_plain_ram()?.as_slice::<T>()?;
-        if values.len() == normalized.iter().product::<usize>() {
-            Ok(Cow::Borrowed(values))
-        } else {
-            Ok(Cow::Owned(expand_param(values, param.shape(), normalized)))
+        Ok(row_of(
+            param.try_as_plain_ram()?.as_slice::<T>()?,
+            param.shape(),
+            normalized,
+        ))
+    }
+
+    /// The residual `Bias` as one full row, as [`Self::param_row`] under `Bias`'s own rule.
+    fn bias_row<'a, T: Datum + Copy>(
+        &self,
+        bias: &'a Tensor,
+        normalized: &[usize],
+    ) -> TractResult<Cow<'a, [T]>> {
+        check_bias_shape(bias.shape(), normalized).map_err(|e| self.spec_error(e))?;
+        Ok(row_of(
+            bias.try_as_plain_ram()?.as_slice::<T>()?,
+            bias.shape(),
+            normalized,
+        ))
+    }
+
+    /// `Skip` as whole rows: borrowed when its layout already is (`X`'s shape, or a suffix of
+    /// it covering the normalised axes), expanded to `X`'s shape otherwise.
+    fn skip_values<'a, T: Datum + Copy>(
+        &self,
+        skip: &'a Tensor,
+        x_shape: &[usize],
+        axis: usize,
+    ) -> TractResult<Cow<'a, [T]>> {
+        let values = skip.try_as_plain_ram()?.as_slice::<T>()?;
+        match skip_rows(skip.shape(), x_shape, axis).map_err(|e| self.spec_error(e))? {
+            SkipRows::Rows(_) => Ok(Cow::Borrowed(values)),
+            SkipRows::Expand => Ok(Cow::Owned(expand_param(values, skip.shape(), x_shape))),
         }
+    }
+}
+
+/// `values` of `shape` as one row of `normalized`: borrowed when already that long.
+fn row_of<'a, T: Copy>(values: &'a [T], shape: &[usize], normalized: &[usize]) -> Cow<'a, [T]> {
+    if values.len() == normalized.iter().product::<usize>() {
+        Cow::Borrowed(values)
+    } else {
+        Cow::Owned(expand_param(values, shape, normalized))
     }
 }

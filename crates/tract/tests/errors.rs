@@ -221,3 +221,64 @@ fn run_model_names_missing_and_unknown_inputs() {
     );
     assert_mentions(&e, &["\"X\" is given twice"]);
 }
+
+/// `ln1` with X [2, 8] and a run-time `Skip` of `skip_shape` in input slot 3.
+fn with_skip(skip_shape: &[usize], version: i64) -> ModelProto {
+    let mut m = one_node("AdaNorm", "ai.adanorm", &[2, 8], vec![]);
+    m.opset_import[1].version = version;
+    let g = m.graph.as_mut().unwrap();
+    g.node[0].input = vec!["X".into(), String::new(), String::new(), "K".into()];
+    g.input
+        .push(value_info("K", FLOAT, Some(&dims(skip_shape))));
+    m
+}
+
+#[test]
+fn residual_slots_under_version_1_are_refused() {
+    let e = load_error(&with_skip(&[2, 8], 1));
+    assert_mentions(
+        &e,
+        &[
+            "\"ln1\"",
+            "Skip, Bias and Sum need ai.adanorm version 2",
+            "version 1",
+        ],
+    );
+    // A Sum output alone is a version-2 slot too.
+    let mut m = one_node("LayerNormSimple", "ai.adanorm", &[2, 8], vec![]);
+    m.graph.as_mut().unwrap().node[0].output =
+        vec!["Y".into(), String::new(), String::new(), "Sum".into()];
+    let e = load_error(&m);
+    assert_mentions(&e, &["\"ln1\"", "need ai.adanorm version 2"]);
+    // Empty names in those slots use nothing: version 1 runs the node.
+    let mut m = one_node("AdaNorm", "ai.adanorm", &[2, 8], vec![]);
+    m.graph.as_mut().unwrap().node[0].input =
+        vec!["X".into(), String::new(), String::new(), String::new()];
+    let path = save(&m);
+    adanorm_tract::model_for_path(&path)
+        .and_then(|m| m.into_optimized())
+        .expect("empty version-2 slots are absent");
+}
+
+#[test]
+fn skip_or_bias_that_does_not_broadcast_is_refused() {
+    let e = load_error(&with_skip(&[3, 8], 2));
+    assert_mentions(
+        &e,
+        &[
+            "\"ln1\"",
+            "Skip must be unidirectionally broadcastable to X",
+            "[3, 8]",
+        ],
+    );
+    let mut m = with_skip(&[2, 8], 2);
+    let g = m.graph.as_mut().unwrap();
+    g.node[0].input.push("RB".into());
+    g.initializer.push(tensor_f32("RB", &[4], &[1.0; 4]));
+    let e = load_error(&m);
+    assert_mentions(&e, &["\"ln1\"", "Bias has shape [4]"]);
+    let mut m = with_skip(&[2, 8], 2);
+    m.graph.as_mut().unwrap().input[1] = value_info("K", FLOAT16, Some(&dims(&[2, 8])));
+    let e = load_error(&m);
+    assert_mentions(&e, &["\"ln1\"", "X is F32 but Skip is F16"]);
+}

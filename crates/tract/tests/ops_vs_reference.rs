@@ -1,10 +1,12 @@
 //! One `ai.adanorm` node per model, run through `run_model`, against the float64 oracle
 //! `adanorm_kernels::reference`: both ops, every attribute combination, both axis kinds, with
-//! and without (broadcast) Scale/B, the Mean/InvStdDev outputs, f32/f16/f64.
+//! and without (broadcast) Scale/B, the Mean/InvStdDev outputs, f32/f16/f64; and version 2's
+//! residual slots (`Skip` in every broadcast form, `Bias`, `Sum`) against
+//! `adanorm_kernels::reference_residual`.
 
 mod common;
 
-use adanorm_kernels::{reference, Params, Variant};
+use adanorm_kernels::{reference_residual, Params, RefResidual, Variant};
 use common::*;
 
 const ADA: Variant = Variant::AdaNorm { c: 1.5, k: 0.25 };
@@ -29,6 +31,10 @@ struct Case {
     params_as_inputs: bool,
     /// The variant whose reference the output must match (normally `variant`).
     oracle: Variant,
+    /// Version 2: the shape of `Skip`, of the residual `Bias`, and whether `Sum` is asked for.
+    skip: Option<Vec<usize>>,
+    residual_bias: Option<Vec<usize>>,
+    sum: bool,
 }
 
 impl Case {
@@ -48,6 +54,9 @@ impl Case {
             offset: 0.0,
             params_as_inputs: false,
             oracle: variant,
+            skip: None,
+            residual_bias: None,
+            sum: false,
         }
     }
 
@@ -75,6 +84,9 @@ impl Case {
         };
         let scale = param(&self.scale, 2);
         let bias = param(&self.bias, 3);
+        let skip = param(&self.skip, 4);
+        let residual_bias = param(&self.residual_bias, 5);
+        let residual = skip.is_some() || residual_bias.is_some() || self.sum;
 
         let mut attributes = vec![
             attr_i("axis", self.axis),
@@ -90,19 +102,28 @@ impl Case {
             "X",
             if scale.is_some() { "S" } else { "" },
             if bias.is_some() { "B" } else { "" },
+            if skip.is_some() { "Skip" } else { "" },
+            if residual_bias.is_some() { "Bias" } else { "" },
         ]);
         let outputs = trim(vec![
             "Y",
             if self.mean { "Mean" } else { "" },
             if self.inv_std_dev { "InvStdDev" } else { "" },
+            if self.sum { "Sum" } else { "" },
         ]);
         let stats_type = if t == DOUBLE { DOUBLE } else { FLOAT };
         let mut graph_inputs = vec![value_info("X", t, Some(&dims(&self.shape)))];
         let mut initializers = vec![];
         let mut given = vec![("X".to_string(), tract_tensor(t, &self.shape, &x))];
-        for (name, p) in [("S", &scale), ("B", &bias)] {
+        for (name, p) in [
+            ("S", &scale),
+            ("B", &bias),
+            ("Skip", &skip),
+            ("Bias", &residual_bias),
+        ] {
             if let Some((data, shape)) = p {
-                if self.params_as_inputs {
+                // Skip is an activation: always a run-time input.
+                if self.params_as_inputs || name == "Skip" {
                     graph_inputs.push(value_info(name, t, Some(&dims(shape))));
                     given.push((name.to_string(), tract_tensor(t, shape, data)));
                 } else {
@@ -113,9 +134,12 @@ impl Case {
         let graph_outputs = outputs
             .iter()
             .filter(|o| !o.is_empty())
-            .map(|&o| value_info(o, if o == "Y" { t } else { stats_type }, None))
+            .map(|&o| {
+                let is_stats = o == "Mean" || o == "InvStdDev";
+                value_info(o, if is_stats { stats_type } else { t }, None)
+            })
             .collect();
-        let model = model(
+        let mut model = model(
             graph(
                 vec![{
                     let mut n = node(
@@ -134,16 +158,24 @@ impl Case {
             ),
             17,
         );
+        if residual {
+            model.opset_import[1].version = 2;
+        }
         let path = save(&model);
         let results =
             adanorm_tract::run_model(&path, given).unwrap_or_else(|e| panic!("{self:?}: {e:?}"));
 
-        let want = reference(
+        let want = reference_residual(
             &x,
             &self.shape,
             self.axis,
-            scale.as_ref().map(|(d, s)| (d.as_slice(), s.as_slice())),
-            bias.as_ref().map(|(d, s)| (d.as_slice(), s.as_slice())),
+            as_ref(&scale),
+            as_ref(&bias),
+            &RefResidual {
+                skip: as_ref(&skip),
+                bias: as_ref(&residual_bias),
+                round: rounding(t),
+            },
             &self.oracle_params(),
         )
         .unwrap();
@@ -185,10 +217,31 @@ impl Case {
                 );
             }
         }
+        if self.sum {
+            let sum = output("Sum");
+            assert_eq!(sum.shape(), self.shape.as_slice(), "{self:?} Sum");
+            assert_eq!(sum.datum_type(), y.datum_type(), "{self:?} Sum");
+            // S is rounded sums of T values, so the kernels must give it exactly.
+            assert_close(&format!("{self:?} Sum"), &as_f64(sum), &want.sum, 0.0);
+        }
         assert_eq!(
             results.len(),
             outputs.iter().filter(|o| !o.is_empty()).count()
         );
+    }
+}
+
+/// `(values, shape)` borrowed, as the oracle takes its optional inputs.
+fn as_ref(p: &Option<(Vec<f64>, Vec<usize>)>) -> Option<(&[f64], &[usize])> {
+    p.as_ref().map(|(d, s)| (d.as_slice(), s.as_slice()))
+}
+
+/// Rounding to element type `elem_type`, as each `Add` the residual slots replace rounds.
+fn rounding(elem_type: i32) -> fn(f64) -> f64 {
+    match elem_type {
+        FLOAT => |v| v as f32 as f64,
+        FLOAT16 => |v| half::f16::from_f64(v).to_f64(),
+        _ => |v| v,
     }
 }
 
@@ -319,4 +372,89 @@ fn ada_norm_with_k_0_and_c_1_is_layer_norm_simple() {
     ada.scale = Some(vec![12]);
     ada.oracle = SIMPLE;
     ada.check();
+}
+
+/// Skip shapes for X of `[2, 3, 8]`: X's own, the row suffixes, and broadcasts that need
+/// expanding (a 1 among the leading dims, a 1 inside the row, a scalar).
+const SKIP_SHAPES: [&[usize]; 7] = [
+    &[2, 3, 8],
+    &[3, 8],
+    &[1, 3, 8],
+    &[8],
+    &[2, 1, 8],
+    &[3, 1],
+    &[1],
+];
+
+#[test]
+fn residual_slots_in_every_combination() {
+    let shape = [2, 3, 8];
+    let mut count = 0;
+    for variant in [ADA, SIMPLE] {
+        for axis in [-1, 1] {
+            for skip in SKIP_SHAPES.iter().map(|s| Some(s.to_vec())).chain([None]) {
+                for (ix, residual_bias) in
+                    [None, Some(vec![8]), Some(vec![1])].into_iter().enumerate()
+                {
+                    for sum in [false, true] {
+                        if skip.is_none() && residual_bias.is_none() && !sum {
+                            continue;
+                        }
+                        let mut case = Case::new(variant, FLOAT, &shape, axis);
+                        case.skip = skip.clone();
+                        case.residual_bias = residual_bias.clone();
+                        case.sum = sum;
+                        case.scale = Some(vec![8]);
+                        case.bias = (ix != 1).then(|| vec![8]);
+                        case.mean = sum;
+                        case.inv_std_dev = !sum || ix == 2;
+                        case.unbiased = (count % 2) as i64;
+                        case.check();
+                        count += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(count, 2 * 2 * (8 * 3 * 2 - 1));
+}
+
+#[test]
+fn residual_slots_in_float16_and_float64() {
+    for elem_type in [FLOAT16, DOUBLE] {
+        for variant in [ADA, SIMPLE] {
+            for skip in [&[2, 3, 16][..], &[3, 16], &[2, 1, 16]] {
+                let mut case = Case::new(variant, elem_type, &[2, 3, 16], -1);
+                case.skip = Some(skip.to_vec());
+                case.residual_bias = Some(vec![16]);
+                case.sum = true;
+                case.scale = Some(vec![16]);
+                case.bias = Some(vec![16]);
+                case.mean = true;
+                case.inv_std_dev = true;
+                case.check();
+            }
+        }
+    }
+}
+
+#[test]
+fn residual_inputs_given_as_initializers_and_at_run_time() {
+    // The residual Bias is a weight (an initializer) in real models, Skip an activation.
+    for params_as_inputs in [false, true] {
+        let mut case = Case::new(ADA, FLOAT, &[4, 32], -1);
+        case.skip = Some(vec![4, 32]);
+        case.residual_bias = Some(vec![32]);
+        case.params_as_inputs = params_as_inputs;
+        case.sum = true;
+        case.check();
+    }
+}
+
+#[test]
+fn a_sum_alone_is_x_normalised_and_x_itself() {
+    let mut case = Case::new(SIMPLE, FLOAT, &[3, 10], -1);
+    case.sum = true;
+    case.mean = true;
+    case.check();
 }
