@@ -111,10 +111,11 @@ impl NormOp {
                 .as_deref()
                 .map(|t| self.skip_values::<T>(t, &shape, layout.axis))
                 .transpose()?;
-            // Safety (both): the kernel writes every element before anything reads it.
+            // SAFETY: the kernel writes every element of `y` before anything reads it.
             let mut y = unsafe { Tensor::uninitialized::<T>(&shape)? };
             let mut s = self
                 .sum_output
+                // SAFETY: as for `y`, every element of `Sum` is written by the kernel.
                 .then(|| unsafe { Tensor::uninitialized::<T>(&shape) })
                 .transpose()?;
             let mut sum_ram = s.as_mut().map(|s| s.try_as_plain_ram_mut()).transpose()?;
