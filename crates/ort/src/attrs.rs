@@ -44,6 +44,16 @@ impl NodeInfo {
         .ok()
     }
 
+    /// The name of input `index`, if the node lists one there (empty for a skipped optional one).
+    pub fn input_name(&self, index: usize) -> Option<String> {
+        let a = self.api.get();
+        // SAFETY: as in `node_name`; an out-of-range index is an error status, not UB.
+        unsafe {
+            self.string_with(|buf, size| (a.KernelInfo_GetInputName)(self.info, index, buf, size))
+        }
+        .ok()
+    }
+
     /// A float attribute, `default` when absent.
     pub fn float(&self, name: &str, default: f32) -> Result<f32, Error> {
         let a = self.api.get();

@@ -8,8 +8,10 @@ use std::borrow::Cow;
 use std::ffi::c_void;
 use std::sync::Mutex;
 
+use adanorm_kernels::params::slot;
 use adanorm_kernels::{
-    check_param_shape, dispatch, expand_param, row_layout, stats_shape, Element,
+    check_bias_shape, check_param_shape, dispatch, expand_param, row_layout, skip_rows,
+    stats_shape, Element, Residual, SkipInput, SkipRows,
 };
 use half::{bf16, f16};
 use ort_sys::OrtKernelContext;
@@ -51,16 +53,21 @@ fn run<T: OrtElement>(kernel: &Kernel, io: &KernelIo) -> Result<(), Error> {
     }
     let layout = row_layout(&x.shape, kernel.axis)?;
     let normalized = &x.shape[layout.axis..];
-    let (scale_in, bias_in) = (io.input(1)?, io.input(2)?);
+    let (scale_in, bias_in) = (io.input(slot::SCALE)?, io.input(slot::B)?);
     let scale = param::<T>(scale_in.as_ref(), "Scale", normalized)?;
     let bias = param::<T>(bias_in.as_ref(), "B", normalized)?;
+    // Version 2's slots; a version-1 kernel was refused at creation if its node used them.
+    let (skip_in, residual_bias_in) = (io.input(slot::SKIP)?, io.input(slot::BIAS)?);
+    let skip = skip_values::<T>(skip_in.as_ref(), &x.shape, layout.axis)?;
+    let residual_bias = residual_bias_row::<T>(residual_bias_in.as_ref(), normalized)?;
 
     let mut y = io
-        .output(0, &x.shape)?
+        .output(slot::Y, &x.shape)?
         .ok_or_else(|| Error::invalid("output Y is required"))?;
     let stats_dims = stats_shape(&x.shape, layout.axis);
-    let mut mean = io.output(1, &stats_dims)?;
-    let mut inv_std_dev = io.output(2, &stats_dims)?;
+    let mut mean = io.output(slot::MEAN, &stats_dims)?;
+    let mut inv_std_dev = io.output(slot::INV_STD_DEV, &stats_dims)?;
+    let mut sum = io.output(slot::SUM, &x.shape)?;
 
     // SAFETY: X was checked to be T; Y was allocated as T; Mean/InvStdDev are declared with the
     // compute precision `T::Acc` (see `Elem::stats`). All live until the call returns.
@@ -75,6 +82,11 @@ fn run<T: OrtElement>(kernel: &Kernel, io: &KernelIo) -> Result<(), Error> {
         Some(s) => Some(unsafe { s.data::<T::Acc>()? }),
         None => None,
     };
+    let sum_data = match &mut sum {
+        // SAFETY: Sum is allocated as T, the shape of X.
+        Some(s) => Some(unsafe { s.data::<T>()? }),
+        None => None,
+    };
     let job = RowJob {
         kernel,
         x: x_data,
@@ -86,9 +98,72 @@ fn run<T: OrtElement>(kernel: &Kernel, io: &KernelIo) -> Result<(), Error> {
         rows_per_chunk: rows_per_chunk::<T>(layout.row_len),
         scale: scale.as_deref(),
         bias: bias.as_deref(),
+        skip: skip.as_deref(),
+        residual_bias: residual_bias.as_deref(),
+        sum: sum_data.map(|s| s.as_mut_ptr()),
         error: Mutex::new(None),
     };
     job.run(io)
+}
+
+/// Checks an optional `Skip` and returns it as whole rows (borrowed when it already is, see
+/// `layout::SkipRows`, expanded to `X`'s shape otherwise).
+fn skip_values<'a, T: OrtElement>(
+    input: Option<&'a Input>,
+    x_shape: &[usize],
+    axis: usize,
+) -> Result<Option<Cow<'a, [T]>>, Error> {
+    let Some(input) = input else {
+        return Ok(None);
+    };
+    check_type::<T>(input, "Skip")?;
+    let rows = skip_rows(&input.shape, x_shape, axis)?;
+    // SAFETY: the element type was checked above; the data lives until the call returns.
+    let data = unsafe { input.data::<T>()? };
+    Ok(Some(match rows {
+        SkipRows::Rows(_) => Cow::Borrowed(data),
+        SkipRows::Expand => Cow::Owned(expand_param(data, &input.shape, x_shape)),
+    }))
+}
+
+/// Checks an optional residual `Bias` and returns one full row of it.
+fn residual_bias_row<'a, T: OrtElement>(
+    input: Option<&'a Input>,
+    normalized: &[usize],
+) -> Result<Option<Cow<'a, [T]>>, Error> {
+    let Some(input) = input else {
+        return Ok(None);
+    };
+    check_type::<T>(input, "Bias")?;
+    check_bias_shape(&input.shape, normalized)?;
+    // SAFETY: the element type was checked above; the data lives until the call returns.
+    Ok(Some(full_row(
+        unsafe { input.data::<T>()? },
+        &input.shape,
+        normalized,
+    )))
+}
+
+fn check_type<T: OrtElement>(input: &Input, what: &str) -> Result<(), Error> {
+    if input.ts.elem == T::ELEM.code() {
+        Ok(())
+    } else {
+        Err(Error::invalid(type_mismatch(
+            what,
+            input.ts.elem,
+            T::ELEM.code(),
+        )))
+    }
+}
+
+/// `data` of `shape` as one row of `normalized`: borrowed when it already has the row's length
+/// (the same layout up to leading 1s), broadcast into a new row otherwise.
+fn full_row<'a, T: Copy>(data: &'a [T], shape: &[usize], normalized: &[usize]) -> Cow<'a, [T]> {
+    if data.len() == normalized.iter().product::<usize>() {
+        Cow::Borrowed(data)
+    } else {
+        Cow::Owned(expand_param(data, shape, normalized))
+    }
 }
 
 /// Checks an optional `Scale`/`B` and returns one full row of it.
@@ -100,25 +175,14 @@ fn param<'a, T: OrtElement>(
     let Some(input) = input else {
         return Ok(None);
     };
-    if input.ts.elem != T::ELEM.code() {
-        return Err(Error::invalid(type_mismatch(
-            what,
-            input.ts.elem,
-            T::ELEM.code(),
-        )));
-    }
+    check_type::<T>(input, what)?;
     check_param_shape(&input.shape, normalized, what)?;
     // SAFETY: the element type was checked above; the data lives until the call returns.
-    let data = unsafe { input.data::<T>()? };
-    if data.len() == normalized.iter().product::<usize>() {
-        // Same element count as a row means the same layout up to leading 1s: use it as is.
-        return Ok(Some(Cow::Borrowed(data)));
-    }
-    Ok(Some(Cow::Owned(expand_param(
-        data,
+    Ok(Some(full_row(
+        unsafe { input.data::<T>()? },
         &input.shape,
         normalized,
-    ))))
+    )))
 }
 
 fn rows_per_chunk<T>(row_len: usize) -> usize {
@@ -138,6 +202,10 @@ struct RowJob<'a, T: Element> {
     rows_per_chunk: usize,
     scale: Option<&'a [T]>,
     bias: Option<&'a [T]>,
+    /// Version 2: `Skip` as whole rows, the residual `Bias` as one row, and `Sum` (`rows * n`).
+    skip: Option<&'a [T]>,
+    residual_bias: Option<&'a [T]>,
+    sum: Option<*mut T>,
     /// The first failure of any task (a panic, caught there).
     error: Mutex<Option<Error>>,
 }
@@ -208,13 +276,38 @@ impl<T: Element> RowJob<'_, T> {
             .inv_std_dev
             // SAFETY: as above.
             .map(|s| unsafe { std::slice::from_raw_parts_mut(s.add(start), end - start) });
+        let sum = self
+            .sum
+            // SAFETY: as for Y: the chunk's own rows of a `rows * n` buffer.
+            .map(|s| unsafe { std::slice::from_raw_parts_mut(s.add(lo), hi - lo) });
         // The kernels at the widest instructions this CPU has (AVX2 where present).
-        dispatch::out_of_place(
+        if self.skip.is_none() && self.residual_bias.is_none() && sum.is_none() {
+            dispatch::out_of_place(
+                &self.x[lo..hi],
+                y,
+                n,
+                self.scale,
+                self.bias,
+                &self.kernel.params,
+                mean,
+                inv,
+            );
+            return;
+        }
+        dispatch::out_of_place_residual(
             &self.x[lo..hi],
             y,
             n,
             self.scale,
             self.bias,
+            Residual {
+                bias: self.residual_bias,
+                skip: self.skip.map(|rows| SkipInput {
+                    rows,
+                    first_row: start,
+                }),
+                sum,
+            },
             &self.kernel.params,
             mean,
             inv,

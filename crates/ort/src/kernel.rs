@@ -1,7 +1,7 @@
 //! One kernel per node: its attributes checked once when the session is created, then a compute
 //! call per run, handed to the execution provider's implementation.
 
-use adanorm_kernels::params::attr;
+use adanorm_kernels::params::{attr, slot, DOMAIN};
 use adanorm_kernels::{row_layout, Params, Variant};
 use ort_sys::{OrtKernelContext, OrtKernelInfo};
 
@@ -54,6 +54,7 @@ impl Kernel {
                 OpKind::LayerNormSimple => Variant::LayerNormSimple,
             };
             let params = Params::from_attributes(variant, epsilon as f64, unbiased, eps_in_sqrt)?;
+            check_residual_support(op, &node)?;
             check_declared_inputs(op, &node, axis)?;
             Ok(Kernel {
                 api,
@@ -90,11 +91,42 @@ impl Kernel {
     }
 }
 
-/// What the graph already tells: `Scale`/`B` element types against `X`'s, and `axis` against `X`'s
+/// The CUDA kernels do not implement version 2's residual slots yet: a node that uses them on
+/// the CUDA provider is refused when the session is created, never run without them.
+fn check_residual_support(op: &CustomOp, node: &NodeInfo) -> Result<(), Error> {
+    if op.ep != Ep::Cuda {
+        return Ok(());
+    }
+    let named = |name: Option<String>| name.is_some_and(|n| !n.is_empty());
+    let used: Vec<&str> = [
+        ("Skip", named(node.input_name(slot::SKIP))),
+        ("Bias", named(node.input_name(slot::BIAS))),
+        ("Sum", named(node.output_name(slot::SUM))),
+    ]
+    .into_iter()
+    .filter_map(|(what, used)| used.then_some(what))
+    .collect();
+    if used.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "the node uses {} ({DOMAIN} version 2), which this library's CUDA kernels do not \
+         implement yet; run it on the CPUExecutionProvider, or rewrite the model with \
+         --no-residual",
+        used.join(", ")
+    )))
+}
+
+/// What the graph already tells: the other inputs' element types against `X`'s, and `axis` against `X`'s
 /// rank when it is declared. The compute call checks the actual tensors again.
 fn check_declared_inputs(op: &CustomOp, node: &NodeInfo, axis: i64) -> Result<(), Error> {
     let x = op.elem.code();
-    for (index, what) in [(1, "Scale"), (2, "B")] {
+    for (index, what) in [
+        (slot::SCALE, "Scale"),
+        (slot::B, "B"),
+        (slot::SKIP, "Skip"),
+        (slot::BIAS, "Bias"),
+    ] {
         if index >= node.input_count()? {
             break;
         }

@@ -8,6 +8,13 @@
 //!
 //! Each execution provider is an [`Ep`] variant with its own records ([`ops`] for the CPU,
 //! [`cuda_ops`] for CUDA); the kernel dispatches on it (see `kernel.rs`).
+//!
+//! Every record covers `ai.adanorm` versions 1 and 2 and declares version 2's five inputs and
+//! four outputs (all but `X`/`Y` optional). onnxruntime builds one schema per op name from all
+//! its records, requires them to declare the same inputs and outputs, and gives the schema the
+//! first record's start version; it then picks kernels by the schema's version, not by the
+//! model's import. So a kernel cannot tell which version a model imports, and runs version 2's
+//! slots under either (tract, which can tell, refuses them under a version-1 import).
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
@@ -15,6 +22,8 @@ use ort_sys::{
     ONNXTensorElementDataType, OrtApi, OrtCustomOpInputOutputCharacteristic, OrtKernelContext,
     OrtKernelInfo, OrtMemType, OrtShapeInferContext, OrtStatusPtr,
 };
+
+use adanorm_kernels::params::{slot, FIRST_OPSET_VERSION, OPSET_VERSION};
 
 use crate::api::{Api, API_VERSION};
 use crate::elem::Elem;
@@ -109,11 +118,10 @@ pub struct CustomOp {
     pub ep: Ep,
 }
 
-/// Inputs `X`, `Scale`, `B`; outputs `Y`, `Mean`, `InvStdDev`.
-const INPUTS: usize = 3;
-const OUTPUTS: usize = 3;
-/// The `ai.adanorm` opset this library implements (`adanorm_kernels::params::FIRST_OPSET_VERSION`).
-const OPSET: c_int = 1;
+/// Inputs `X`, `Scale`, `B`, `Skip`, `Bias`; outputs `Y`, `Mean`, `InvStdDev`, `Sum`: version 2's
+/// slots (`params::slot::counts(OPSET_VERSION)`), declared by every record (see the module note).
+const INPUTS: usize = 5;
+const OUTPUTS: usize = 4;
 
 impl CustomOp {
     const fn new(kind: OpKind, elem: Elem, ep: Ep, shape_inference: bool) -> CustomOp {
@@ -143,8 +151,8 @@ impl CustomOp {
                 } else {
                     None
                 },
-                get_start_version: opset_version,
-                get_end_version: opset_version,
+                get_start_version: first_version,
+                get_end_version: last_version,
             },
             kind,
             elem,
@@ -181,29 +189,27 @@ pub fn ops(shape_inference: bool) -> &'static [CustomOp] {
     }
 }
 
-/// One record per op for each listed element type, all for provider `$ep`.
-macro_rules! records {
-    ($ep:expr, $shapes:expr, [$($elem:expr),*]) => {
-        [
-            $(CustomOp::new(OpKind::AdaNorm, $elem, $ep, $shapes),)*
-            $(CustomOp::new(OpKind::LayerNormSimple, $elem, $ep, $shapes),)*
-        ]
-    };
+/// One record per op for each element type, all for provider `ep`.
+const fn records<const N: usize>(ep: Ep, shape_inference: bool, elems: &[Elem]) -> [CustomOp; N] {
+    assert!(N == OpKind::ALL.len() * elems.len());
+    let mut out = [const { CustomOp::new(OpKind::AdaNorm, Elem::F32, Ep::Cpu, false) }; N];
+    let mut i = 0;
+    while i < N {
+        let (kind, elem) = (OpKind::ALL[i / elems.len()], elems[i % elems.len()]);
+        out[i] = CustomOp::new(kind, elem, ep, shape_inference);
+        i += 1;
+    }
+    out
 }
 
-static OPS_WITH_SHAPES: [CustomOp; 8] =
-    records!(Ep::Cpu, true, [Elem::F32, Elem::F16, Elem::BF16, Elem::F64]);
-static OPS_WITHOUT_SHAPES: [CustomOp; 8] = records!(
-    Ep::Cpu,
-    false,
-    [Elem::F32, Elem::F16, Elem::BF16, Elem::F64]
-);
+const CPU_TYPES: [Elem; 4] = [Elem::F32, Elem::F16, Elem::BF16, Elem::F64];
+static OPS_WITH_SHAPES: [CustomOp; 8] = records(Ep::Cpu, true, &CPU_TYPES);
+static OPS_WITHOUT_SHAPES: [CustomOp; 8] = records(Ep::Cpu, false, &CPU_TYPES);
 // The GPU kernels cover the types the CUDA sources have; a `double` node on a CUDA session runs
 // on the CPU records (onnxruntime copies its tensors across).
-static CUDA_OPS_WITH_SHAPES: [CustomOp; 6] =
-    records!(Ep::Cuda, true, [Elem::F32, Elem::F16, Elem::BF16]);
-static CUDA_OPS_WITHOUT_SHAPES: [CustomOp; 6] =
-    records!(Ep::Cuda, false, [Elem::F32, Elem::F16, Elem::BF16]);
+const CUDA_TYPES: [Elem; 3] = [Elem::F32, Elem::F16, Elem::BF16];
+static CUDA_OPS_WITH_SHAPES: [CustomOp; 6] = records(Ep::Cuda, true, &CUDA_TYPES);
+static CUDA_OPS_WITHOUT_SHAPES: [CustomOp; 6] = records(Ep::Cuda, false, &CUDA_TYPES);
 
 /// The records for onnxruntime's CUDA execution provider (registered only where the library
 /// can run them: see `cuda::registration`).
@@ -240,7 +246,7 @@ unsafe extern "system" fn get_input_type(
     guard_value(undefined, || match index {
         // SAFETY: as in `get_name`.
         0 => unsafe { CustomOp::from_abi(op) }.elem.onnx(),
-        // Any type: the kernel checks that Scale and B match X and names the rule.
+        // Any type: the kernel checks that the other inputs match X and names the rule.
         _ => undefined,
     })
 }
@@ -259,7 +265,7 @@ unsafe extern "system" fn get_output_type(
             // SAFETY: as in `get_name`.
             let elem = unsafe { CustomOp::from_abi(op) }.elem;
             match index {
-                0 => elem.onnx(),
+                slot::Y | slot::SUM => elem.onnx(),
                 _ => elem.stats().onnx(),
             }
         },
@@ -305,8 +311,12 @@ unsafe extern "system" fn variadic_homogeneity(_: *const AbiCustomOp) -> c_int {
     1
 }
 
-unsafe extern "system" fn opset_version(_: *const AbiCustomOp) -> c_int {
-    OPSET
+unsafe extern "system" fn first_version(_: *const AbiCustomOp) -> c_int {
+    FIRST_OPSET_VERSION as c_int
+}
+
+unsafe extern "system" fn last_version(_: *const AbiCustomOp) -> c_int {
+    OPSET_VERSION as c_int
 }
 
 unsafe extern "system" fn create_kernel_v2(
@@ -374,11 +384,24 @@ unsafe extern "system" fn infer_output_shape(
 mod tests {
     use super::*;
 
-    /// The names themselves are the kernels' (`params::OpKind`, tested there); the opset
-    /// version this library registers is a C int of its own.
+    /// Every record covers every version of the contract and declares its slots.
     #[test]
-    fn the_registered_opset_is_the_contracts() {
-        assert_eq!(OPSET as i64, adanorm_kernels::params::FIRST_OPSET_VERSION);
+    fn the_registered_versions_and_slots_are_the_contracts() {
+        let abi = &ops(true)[0].abi as *const AbiCustomOp;
+        // SAFETY: a pointer to a static record, as onnxruntime would pass.
+        unsafe {
+            assert_eq!(first_version(abi) as i64, FIRST_OPSET_VERSION);
+            assert_eq!(last_version(abi) as i64, OPSET_VERSION);
+            assert_eq!(
+                (get_input_type_count(abi), get_output_type_count(abi)),
+                slot::counts(OPSET_VERSION)
+            );
+            assert_eq!(
+                get_output_type(abi, slot::SUM),
+                get_input_type(abi, slot::X),
+                "Sum has X's type"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   inputs are reported by the kernel.
 //! - There is no way to ask how many outputs the node has, and setting an output index the node
 //!   lacks writes out of bounds inside onnxruntime. So only output 0 (`Y`, always present) is
-//!   set; `Mean`/`InvStdDev` keep whatever shape the graph declares.
+//!   set; `Mean`/`InvStdDev` and version 2's `Sum` keep whatever shape the graph declares (the
+//!   rewriter declares every output it adds, `Sum` included).
 //! - An input without a shape reads as rank 0, like a real rank-0 tensor (which the kernel
 //!   refuses), so rank 0 sets nothing.
 //! - A dim that is neither known nor named would come out as `dim_value: -1` (the interface

@@ -86,6 +86,19 @@ def reference(x, scale=None, bias=None, op="AdaNorm", axis=-1, epsilon=1e-5, unb
         return y, mean, 1.0 / sigma
 
 
+def residual_sum(x, skip=None, bias=None, dtype="float32"):
+    """Version 2's S = round(round(X + Bias) + Skip) in float64: each present term added exactly
+    and rounded to `dtype`, as the Add nodes it replaces compute it."""
+    def add(a, b):
+        return quantize(np.asarray(a, dtype=np.float64) + np.asarray(b, dtype=np.float64), dtype)
+    s = np.asarray(x)
+    if bias is not None:
+        s = add(s, bias)
+    if skip is not None:
+        s = add(s, skip)
+    return np.asarray(s, dtype=np.float64)
+
+
 def assert_close(testcase, got, want, tol, what):
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)
@@ -102,23 +115,30 @@ def assert_close(testcase, got, want, tol, what):
 
 def build_model(op="AdaNorm", dtype="float32", x_shape=(2, 3, 8), scale_shape=None,
                 bias_shape=None, inputs=None, outputs=("Y",), attrs=None, node_name="n0",
-                opset=1, x_dims=None, declare_y_shape=False, declare_intermediates=True):
+                opset=1, x_dims=None, declare_y_shape=False, declare_intermediates=True,
+                skip_shape=None, residual_bias_shape=None):
     """A one-node model. `inputs`/`outputs` are the node's lists ("" skips an optional one);
     by default X plus Scale/B when their shapes are given. Graph inputs and outputs get the node's
     names; for bfloat16 the graph boundary is float32 with Cast nodes in between.
     `x_dims` overrides X's declared dims (None entries become unknown, strings symbolic).
     `declare_intermediates` gives the bfloat16 Y between the op and its Cast a value_info, as
     exporters do; without it, onnxruntime < 1.24 cannot type Y when an optional input is skipped
-    (see test_numerics.ScaleAndBias.test_skipped_scale_with_undeclared_intermediate)."""
+    (see test_numerics.ScaleAndBias.test_skipped_scale_with_undeclared_intermediate).
+    Version 2's `Skip` and residual `Bias` (graph inputs "Skip", "Bias") come in with their shapes;
+    output 3 is `Sum`, typed as Y."""
     if inputs is None:
-        inputs = ["X"] + (["Scale"] if scale_shape is not None else ([""] if bias_shape is not None else []))
-        inputs += ["B"] if bias_shape is not None else []
+        wanted = [("Scale", scale_shape), ("B", bias_shape), ("Skip", skip_shape),
+                  ("Bias", residual_bias_shape)]
+        inputs = ["X"] + [name if shape is not None else "" for name, shape in wanted]
+        while inputs[-1] == "":
+            inputs.pop()
     elem = ONNX_TYPE[dtype]
     stats_elem = TensorProto.DOUBLE if dtype == "float64" else TensorProto.FLOAT
     bf16 = dtype == "bfloat16"
     boundary = TensorProto.FLOAT if bf16 else elem
     shapes = {"X": list(x_dims) if x_dims is not None else list(x_shape),
-              "Scale": scale_shape, "B": bias_shape}
+              "Scale": scale_shape, "B": bias_shape, "Skip": skip_shape,
+              "Bias": residual_bias_shape}
     nodes, graph_inputs, graph_outputs = [], [], []
     node_inputs = []
     for name in inputs:
@@ -136,7 +156,7 @@ def build_model(op="AdaNorm", dtype="float32", x_shape=(2, 3, 8), scale_shape=No
         if not name:
             node_outputs.append("")
             continue
-        if i == 0:
+        if i in (0, 3):  # Y, Sum: the element type
             shape = shapes["X"] if declare_y_shape else None
             graph_outputs.append(helper.make_tensor_value_info(name, boundary, shape))
             if bf16:
@@ -147,11 +167,12 @@ def build_model(op="AdaNorm", dtype="float32", x_shape=(2, 3, 8), scale_shape=No
         node_outputs.append(name)
     nodes.append(helper.make_node(op, node_inputs, node_outputs, domain=DOMAIN, name=node_name,
                                   **(attrs or {})))
-    if bf16 and outputs and outputs[0]:
-        nodes.append(helper.make_node("Cast", [outputs[0] + "_bf16"], [outputs[0]], to=TensorProto.FLOAT))
     value_info = []
-    if bf16 and outputs and outputs[0] and declare_intermediates:
-        value_info.append(helper.make_tensor_value_info(outputs[0] + "_bf16", elem, None))
+    for i in (0, 3):
+        if bf16 and len(outputs) > i and outputs[i]:
+            nodes.append(helper.make_node("Cast", [outputs[i] + "_bf16"], [outputs[i]], to=TensorProto.FLOAT))
+            if declare_intermediates:
+                value_info.append(helper.make_tensor_value_info(outputs[i] + "_bf16", elem, None))
     graph = helper.make_graph(nodes, "g", graph_inputs, graph_outputs, value_info=value_info)
     model = helper.make_model(graph, ir_version=IR_VERSION,
                               opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, opset)])
@@ -177,9 +198,11 @@ def make_session(model, threads=1, so=None, providers=CPU):
 
 def run_case(testcase, op="AdaNorm", dtype="float32", x_shape=(2, 3, 8), axis=-1, scale_shape=None,
              bias_shape=None, inputs=None, outputs=("Y", "Mean", "InvStdDev"), attrs=None, seed=0,
-             offset=0.0, threads=1, x=None, providers=CPU, so=None):
+             offset=0.0, threads=1, x=None, providers=CPU, so=None, skip_shape=None,
+             residual_bias_shape=None, opset=1):
     """Runs one configuration and checks every requested output against `reference`
-    (in a session on `providers`, with options `so` when given)."""
+    (in a session on `providers`, with options `so` when given). With version 2's `Skip` /
+    residual `Bias` the reference normalises `residual_sum`, and `Sum` must equal it exactly."""
     attrs = dict(attrs or {})
     if axis != -1:
         attrs["axis"] = axis
@@ -193,26 +216,33 @@ def run_case(testcase, op="AdaNorm", dtype="float32", x_shape=(2, 3, 8), axis=-1
         scale = quantize(rng.standard_normal(scale_shape) + 1.0, dtype)
     if bias_shape is not None:
         bias = quantize(rng.standard_normal(bias_shape), dtype)
-    model = build_model(op, dtype, x.shape, scale_shape, bias_shape, inputs, outputs, attrs)
-    node_inputs = [i for i in model.graph.input]
-    for vi in node_inputs:
-        if vi.name == "Scale":
-            feeds["Scale"] = scale
-        elif vi.name == "B":
-            feeds["B"] = bias
+    skip = residual_bias = None
+    if skip_shape is not None:
+        skip = quantize(rng.standard_normal(skip_shape) * 3.0, dtype)
+    if residual_bias_shape is not None:
+        residual_bias = quantize(rng.standard_normal(residual_bias_shape), dtype)
+    model = build_model(op, dtype, x.shape, scale_shape, bias_shape, inputs, outputs, attrs,
+                        opset=opset, skip_shape=skip_shape, residual_bias_shape=residual_bias_shape)
+    given = {"Scale": scale, "B": bias, "Skip": skip, "Bias": residual_bias}
+    for vi in model.graph.input:
+        if vi.name in given:
+            feeds[vi.name] = given[vi.name]
     used_scale = scale if "Scale" in feeds else None
     used_bias = bias if "B" in feeds else None
+    s = residual_sum(x, feeds.get("Skip"), feeds.get("Bias"), dtype)
     sess = make_session(model, threads, so=so, providers=providers)
     names = [o for o in outputs if o]
     got = dict(zip(names, sess.run(names, feeds)))
     ref_attrs = {k: v for k, v in attrs.items() if k in ("epsilon", "unbiased", "eps_in_sqrt", "c", "k")}
-    y, mean, inv = reference(x, used_scale, used_bias, op=op, axis=axis, **ref_attrs)
-    what = f"{op} {dtype} x{tuple(x.shape)} axis={axis} attrs={attrs} inputs={inputs} outputs={outputs}"
-    want = {"Y": y, "Mean": mean, "InvStdDev": inv}
+    y, mean, inv = reference(s, used_scale, used_bias, op=op, axis=axis, **ref_attrs)
+    what = (f"{op} {dtype} x{tuple(x.shape)} axis={axis} attrs={attrs} inputs={inputs} "
+            f"outputs={outputs} skip={skip_shape} residual_bias={residual_bias_shape}")
+    want = {"Y": y, "Mean": mean, "InvStdDev": inv, "Sum": s}
     for name in names:
-        tol = TOL[dtype] if name == "Y" else STATS_TOL[dtype]
-        expected_dtype = np.float32 if dtype == "bfloat16" and name == "Y" else (
-            np.dtype(dtype) if name == "Y" else (np.float64 if dtype == "float64" else np.float32))
+        tol = {"Y": TOL[dtype], "Sum": 0.0}.get(name, STATS_TOL[dtype])
+        elementwise = name in ("Y", "Sum")
+        expected_dtype = np.float32 if dtype == "bfloat16" and elementwise else (
+            np.dtype(dtype) if elementwise else (np.float64 if dtype == "float64" else np.float32))
         testcase.assertEqual(got[name].dtype, expected_dtype, f"{what}: {name} dtype")
         assert_close(testcase, got[name], want[name], tol, f"{what}: {name}")
     return got
