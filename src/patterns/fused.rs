@@ -196,6 +196,12 @@ pub fn read(c: &Canon<'_, '_>, id: NodeId) -> Option<Match> {
             row_parameters(g, &mut m);
             m.mean_output = n.output.get(1).filter(|s| !s.is_empty()).cloned();
             m.inv_std_output = n.output.get(2).filter(|s| !s.is_empty()).cloned();
+            if crate::rewrite::apply::uses_residual_slots(n) {
+                // A match carries no residual yet: a rewrite would drop Skip, Bias and Sum.
+                m.not_rewritable(
+                    "it uses version 2's residual slots (Skip, Bias, Sum); it is left as it is",
+                );
+            }
             m
         }
         _ => return None,

@@ -11,6 +11,7 @@ pub mod names;
 pub mod node;
 pub mod plan;
 pub mod portable;
+pub mod residual;
 pub mod revert;
 pub mod weights;
 

@@ -63,7 +63,6 @@ pub fn plan_scopes(scopes: &[(&GraphIndex<'_>, &[Match])], opts: &Options) -> Re
     for (g, patch) in patches {
         apply::apply_to(&mut model, g, patch);
     }
-    apply::sync_adanorm_opset(&mut model);
     if opts.portable {
         let types = |v: &str| {
             scopes
@@ -73,6 +72,8 @@ pub fn plan_scopes(scopes: &[(&GraphIndex<'_>, &[Match])], opts: &Options) -> Re
         };
         portable::add_portable_functions(&mut model, &types)?;
     }
+    // After --portable, which writes version 2's slots as Adds in front of version-1 calls.
+    apply::sync_adanorm_opset(&mut model);
     Ok(Outcome {
         model,
         changes: all.changes,

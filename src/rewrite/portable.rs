@@ -7,7 +7,8 @@
 //! `e·sqrt(var + eps) + (1 - e)·(sqrt(var) + eps)` with `e = eps_in_sqrt`. Rows are the
 //! `Flatten(X, axis)` view, so any axis works without knowing the rank. When every call in the
 //! model has one element type, the body computes in float32 and casts back to it, as our kernels
-//! do; with mixed types it computes in each call's own type.
+//! do; with mixed types it computes in each call's own type. A version-2 node's residual slots
+//! are written as the `Add`s they replace in front of a version-1 call (`residual::split`).
 
 use std::collections::HashMap;
 
@@ -371,10 +372,33 @@ fn make_calls_portable(
     types: &mut std::collections::HashSet<Option<i32>>,
 ) {
     let mut new_inits = Vec::new();
+    // Version 2's residual slots become the `Add`s they stand for, before a version-1 call: the
+    // bodies then need no per-call optional inputs for them (the call could not leave them out).
+    // The sums have X's element type.
+    let mut sum_types: HashMap<String, Option<i32>> = HashMap::new();
+    let nodes = std::mem::take(&mut graph.node);
+    for n in nodes {
+        match (n.domain() == DOMAIN)
+            .then(|| super::residual::split(&n, names))
+            .flatten()
+        {
+            Some((adds, v1)) => {
+                sum_types.insert(v1.input[0].clone(), elem_type_of(&n.input[0]));
+                graph.node.extend(adds);
+                graph.node.push(v1);
+            }
+            None => graph.node.push(n),
+        }
+    }
+    let outer = elem_type_of;
+    let elem_type_of = |v: &str| match sum_types.get(v) {
+        Some(t) => *t,
+        None => outer(v),
+    };
     for n in graph.node.iter_mut() {
         for a in &mut n.attribute {
             for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                make_calls_portable(sub, elem_type_of, names, used, types);
+                make_calls_portable(sub, &elem_type_of, names, used, types);
             }
         }
         if n.domain() != DOMAIN {

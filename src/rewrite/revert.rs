@@ -269,6 +269,15 @@ fn standard_ops(
     Vec<crate::onnx::proto::TensorProto>,
     &'static str,
 ) {
+    if let Some((mut adds, v1)) = super::residual::split(n, names) {
+        let (nodes, inits, how) = standard_ops(&v1, p, opset, elem, names);
+        adds.extend(nodes);
+        let how = match how {
+            "LayerNormalization" => "Add(s) and LayerNormalization",
+            _ => "Add(s) and standard ops (the ops-spec formula)",
+        };
+        return (adds, inits, how);
+    }
     let plain = p.effective_ck() == (1.0, 0.0) && !p.unbiased && p.eps_in_sqrt;
     let has_scale = n.input.get(1).is_some_and(|s| !s.is_empty());
     if plain && opset >= 17 && has_scale && !(p.kind == OpKind::AdaNorm && p.k != 0.0) {

@@ -10,6 +10,7 @@ mod functions;
 mod fuzz_rewrites;
 mod matcher_forms;
 mod model_io;
+mod residual;
 mod run_verify;
 mod sharing;
 mod subgraphs;
