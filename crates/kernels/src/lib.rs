@@ -30,9 +30,11 @@
 //! `dispatch::in_place` (the `rows` kernels at the widest instructions the CPU has); with a
 //! residual also `layout::check_bias_shape` and `layout::skip_rows`, then
 //! `dispatch::out_of_place_residual`.
-// The only unsafe code is the call into `#[target_feature]` functions after the CPU check.
+// The only unsafe code is the call into `#[target_feature]` functions after the CPU check
+// (`dispatch`, and `convert`'s F16C loops).
 #![deny(unsafe_code)]
 
+pub mod convert;
 pub mod dispatch;
 pub mod layout;
 pub mod params;

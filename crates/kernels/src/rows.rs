@@ -9,13 +9,13 @@
 //!
 //! Sums use [`LANES`] independent accumulators over fixed-size chunks so the compiler vectorises
 //! them, and restart every [`BLOCK`] elements so long rows do not build one long rounding chain.
-//! f16/bf16 rows are widened to f32 once into a per-call buffer; f32/f64 rows are used as they
-//! are.
+//! f16/bf16 rows are widened to f32 once into a per-call buffer (f16 with F16C, `convert`);
+//! f32/f64 rows are used as they are.
 //!
 //! [`normalize_rows`], [`normalize_rows_in_place`] and everything they call are
 //! `#[inline(always)]`, so a caller can compile the whole kernel inside its own
 //! `#[target_feature(enable = "avx2")]` function and pick it at run time (as `adanorm-tract`
-//! does); this crate stays free of unsafe code and builds for the baseline target. Vector width
+//! does); this module stays free of unsafe code and builds for the baseline target. Vector width
 //! does not change results: the summation order is fixed by the lanes, and nothing is fused.
 
 use std::fmt::Debug;
@@ -145,6 +145,21 @@ pub trait Element: Copy + Send + Sync + 'static {
         }
     }
 
+    /// Version 2's residual for a type that is not its own compute type: `work` = `S`, each
+    /// `Add` rounded to `Self`, and `S` stored into `sum` when given. The default widens `x` and
+    /// `skip` into `bufs` and adds row by row; float16 overrides it with one F16C pass.
+    #[inline(always)]
+    fn residual_row(
+        x: &[Self],
+        bias: Option<&[Self::Acc]>,
+        skip: Option<&[Self]>,
+        work: &mut [Self::Acc],
+        sum: Option<&mut [Self]>,
+        bufs: &mut RowBufs<Self>,
+    ) {
+        residual_row_widened(x, bias, skip, work, sum, bufs);
+    }
+
     /// The rows themselves when `Self` is its own compute type (f32, f64): the out-of-place
     /// kernel then reads `X` and writes `Y` directly, with no working copy.
     #[inline(always)]
@@ -219,8 +234,43 @@ macro_rules! native_element {
 native_element!(f32);
 native_element!(f64);
 
+/// Working rows of [`Element::residual_row`].
+pub struct RowBufs<T: Element> {
+    x: Vec<T::Acc>,
+    skip: Vec<T::Acc>,
+    narrow: Vec<T>,
+}
+
+impl<T: Element> Default for RowBufs<T> {
+    fn default() -> Self {
+        RowBufs {
+            x: Vec::new(),
+            skip: Vec::new(),
+            narrow: Vec::new(),
+        }
+    }
+}
+
+/// [`Element::residual_row`] through widened copies of `x` and `skip`.
+#[inline(always)]
+fn residual_row_widened<T: Element>(
+    x: &[T],
+    bias: Option<&[T::Acc]>,
+    skip: Option<&[T]>,
+    work: &mut [T::Acc],
+    sum: Option<&mut [T]>,
+    bufs: &mut RowBufs<T>,
+) {
+    let src = T::acc_row(x, &mut bufs.x);
+    let skip = skip.map(|k| T::acc_row(k, &mut bufs.skip));
+    residual_sum(src, bias, skip, work, &mut bufs.narrow);
+    if let Some(s) = sum {
+        T::store_row(work, s);
+    }
+}
+
 macro_rules! half_element {
-    ($t:ty) => {
+    ($t:ty, $widen:path, $narrow:path, $round:path, $residual:path) => {
         impl Element for $t {
             type Acc = f32;
             fn to_acc(self) -> f32 {
@@ -231,18 +281,27 @@ macro_rules! half_element {
             }
             fn acc_row<'a>(row: &'a [$t], buf: &'a mut Vec<f32>) -> &'a [f32] {
                 buf.resize(row.len(), 0.0);
-                row.convert_to_f32_slice(buf);
+                $widen(row, buf);
                 buf
             }
             #[inline(always)]
             fn round_row(row: &mut [f32], scratch: &mut Vec<$t>) {
-                scratch.resize(row.len(), <$t>::ZERO);
-                scratch.convert_from_f32_slice(row);
-                scratch.convert_to_f32_slice(row);
+                $round(row, scratch);
+            }
+            #[inline(always)]
+            fn residual_row(
+                x: &[$t],
+                bias: Option<&[f32]>,
+                skip: Option<&[$t]>,
+                work: &mut [f32],
+                sum: Option<&mut [$t]>,
+                bufs: &mut RowBufs<$t>,
+            ) {
+                $residual(x, bias, skip, work, sum, bufs);
             }
             #[inline(always)]
             fn store_row(src: &[f32], dst: &mut [$t]) {
-                dst.convert_from_f32_slice(src);
+                $narrow(src, dst);
             }
             #[inline(always)]
             fn update_row<R>(
@@ -251,9 +310,9 @@ macro_rules! half_element {
                 f: impl FnOnce(&mut [f32]) -> R,
             ) -> R {
                 buf.resize(row.len(), 0.0);
-                row.convert_to_f32_slice(buf);
+                $widen(row, buf);
                 let r = f(buf);
-                row.convert_from_f32_slice(buf);
+                $narrow(buf, row);
                 r
             }
             #[inline(always)]
@@ -264,17 +323,62 @@ macro_rules! half_element {
                 f: impl FnOnce(&mut [f32]) -> R,
             ) -> R {
                 buf.resize(src.len(), 0.0);
-                src.convert_to_f32_slice(buf);
+                $widen(src, buf);
                 let r = f(buf);
-                dst.convert_from_f32_slice(buf);
+                $narrow(buf, dst);
                 r
             }
         }
     };
 }
 
-half_element!(f16);
-half_element!(bf16);
+half_element!(
+    f16,
+    crate::convert::f16_to_f32,
+    crate::convert::f32_to_f16,
+    crate::convert::round_through_f16,
+    residual_row_f16
+);
+half_element!(
+    bf16,
+    bf16_to_f32,
+    f32_to_bf16,
+    round_through_bf16,
+    residual_row_widened
+);
+
+/// float16's [`Element::residual_row`]: one F16C pass where the CPU has it.
+#[inline(always)]
+fn residual_row_f16(
+    x: &[f16],
+    bias: Option<&[f32]>,
+    skip: Option<&[f16]>,
+    work: &mut [f32],
+    sum: Option<&mut [f16]>,
+    bufs: &mut RowBufs<f16>,
+) {
+    if crate::convert::has_f16c() {
+        crate::convert::residual_f16(x, bias, skip, work, sum);
+    } else {
+        residual_row_widened(x, bias, skip, work, sum, bufs);
+    }
+}
+
+// bfloat16 rows through `half`'s slice conversions (bfloat16 has no x86 conversion instructions
+// below AVX-512 BF16).
+fn bf16_to_f32(src: &[bf16], dst: &mut [f32]) {
+    src.convert_to_f32_slice(dst);
+}
+
+fn f32_to_bf16(src: &[f32], dst: &mut [bf16]) {
+    dst.convert_from_f32_slice(src);
+}
+
+fn round_through_bf16(row: &mut [f32], scratch: &mut Vec<bf16>) {
+    scratch.resize(row.len(), bf16::ZERO);
+    scratch.convert_from_f32_slice(row);
+    scratch.convert_to_f32_slice(row);
+}
 
 /// Normalises each `row_len`-element row of `x` into `y`.
 ///
@@ -389,8 +493,8 @@ pub struct SkipInput<'a, T> {
 
 /// [`normalize_rows`] of `S = (x + Bias) + Skip`, each `Add` rounded to `T`, with `S` written
 /// to `Sum` when asked: per row, one pass reads `x` and `Skip` and makes `S` (in `Sum`'s row, or
-/// `y`'s row without `Sum`, for f32/f64; in a working row for f16/bf16, stored to `Sum` from
-/// there), then the statistics and the output pass as in version 1. Without `Skip`, `Bias` and `Sum` it is [`normalize_rows`].
+/// `y`'s row without `Sum`, for f32/f64; in a working row for f16/bf16, with `Sum` stored in the
+/// same pass: `Element::residual_row`), then the statistics and the output pass as in version 1. Without `Skip`, `Bias` and `Sum` it is [`normalize_rows`].
 ///
 /// # Panics
 /// As [`normalize_rows`], and when `Bias` is not one row, `Skip` not whole non-empty rows, or
@@ -442,49 +546,49 @@ pub fn normalize_rows_residual<T: Element>(
         bias: b.map(|b| T::acc_row(b, &mut b_buf)),
     };
     let bias = bias.map(|b| T::acc_row(b, &mut bias_buf));
-    let (mut x_buf, mut skip_buf, mut work) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut skip_buf, mut work) = (Vec::new(), Vec::new());
     let mut scratch: Vec<T> = Vec::new();
+    let mut bufs = RowBufs::<T>::default();
     for (r, (xr, yr)) in x
         .chunks_exact(row_len)
         .zip(y.chunks_exact_mut(row_len))
         .enumerate()
     {
-        let skip_row = skip.zip(skip_rows).map(|(k, n)| {
+        let skip_raw = skip.zip(skip_rows).map(|(k, n)| {
             let i = (k.first_row + r) % n;
-            T::acc_row(&k.rows[i * row_len..(i + 1) * row_len], &mut skip_buf)
+            &k.rows[i * row_len..(i + 1) * row_len]
         });
         let sum_row = sum
             .as_deref_mut()
             .map(|s| &mut s[r * row_len..(r + 1) * row_len]);
         let stats = match T::as_acc_rows(xr, yr) {
             // f32, f64: S is made in Y's row, which the output pass then overwrites.
-            Some((src, dst)) => match sum_row {
-                // f32, f64 with Sum: S is made in Sum's row and read from there by the
-                // statistics and the output pass, which writes Y's row.
-                Some(s) => match T::as_acc_rows(xr, &mut *s) {
-                    Some((_, s_acc)) => {
-                        residual_sum(src, bias, skip_row, s_acc, &mut scratch);
-                        normalize_row_into(s_acc, dst, params, &epilogue)
-                    }
+            Some((src, dst)) => {
+                let skip_row = skip_raw.map(|k| T::acc_row(k, &mut skip_buf));
+                match sum_row {
+                    // f32, f64 with Sum: S is made in Sum's row and read from there by the
+                    // statistics and the output pass, which writes Y's row.
+                    Some(s) => match T::as_acc_rows(xr, &mut *s) {
+                        Some((_, s_acc)) => {
+                            residual_sum(src, bias, skip_row, s_acc, &mut scratch);
+                            normalize_row_into(s_acc, dst, params, &epilogue)
+                        }
+                        None => {
+                            residual_sum(src, bias, skip_row, dst, &mut scratch);
+                            T::store_row(dst, s);
+                            normalize_row(dst, params, &epilogue)
+                        }
+                    },
+                    // Without Sum: S is made in Y's row, which the output pass overwrites.
                     None => {
                         residual_sum(src, bias, skip_row, dst, &mut scratch);
-                        T::store_row(dst, s);
                         normalize_row(dst, params, &epilogue)
                     }
-                },
-                // Without Sum: S is made in Y's row, which the output pass overwrites.
-                None => {
-                    residual_sum(src, bias, skip_row, dst, &mut scratch);
-                    normalize_row(dst, params, &epilogue)
                 }
-            },
+            }
             None => {
-                let src = T::acc_row(xr, &mut x_buf);
                 work.resize(row_len, <T::Acc as Accumulator>::ZERO);
-                residual_sum(src, bias, skip_row, &mut work, &mut scratch);
-                if let Some(s) = sum_row {
-                    T::store_row(&work, s);
-                }
+                T::residual_row(xr, bias, skip_raw, &mut work, sum_row, &mut bufs);
                 let stats = normalize_row(&mut work, params, &epilogue);
                 T::store_row(&work, yr);
                 stats
