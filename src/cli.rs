@@ -51,6 +51,10 @@ pub enum Command {
         /// `--only adanorm,lnsimple` to leave plain LayerNorms to the runtime's own fusions.
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<OnlyFamily>,
+        /// Keep the residual `Add`s (and bias `Add`s) in front of each norm as they are, with
+        /// version-1 nodes, instead of absorbing them into version-2 nodes (Skip, Bias, Sum).
+        #[arg(long)]
+        no_residual: bool,
     },
     /// Replace every LayerNorm-family match (fused or not) by AdaNorm or LayerNorm-simple.
     Rewrite {
@@ -81,6 +85,10 @@ pub enum Command {
         /// Change only matches of these families (as `inspect` names them), e.g. `--only layernorm`.
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<OnlyFamily>,
+        /// Keep the residual `Add`s (and bias `Add`s) in front of each norm as they are, with
+        /// version-1 nodes, instead of absorbing them into version-2 nodes (Skip, Bias, Sum).
+        #[arg(long)]
+        no_residual: bool,
     },
     /// Run a model in tract (with the ai.adanorm ops) and write its outputs.
     Run {
@@ -332,6 +340,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             force,
             portable,
             only,
+            no_residual,
         } => {
             let (loaded, inlined) = load_for_matching(&model)?;
             let g = GraphIndex::build(&loaded)?;
@@ -343,6 +352,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 portable,
                 include_fused: false,
                 only: families(only),
+                residual: !no_residual,
             };
             let o = rewrite::plan::plan_model(&g, &opts).map_err(|e| e.in_file(&model))?;
             let out = output.unwrap_or_else(|| beside(&model, ".fused.onnx"));
@@ -362,6 +372,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             weights_out,
             portable,
             only,
+            no_residual,
         } => {
             let (loaded, inlined) = load_for_matching(&model)?;
             let g = GraphIndex::build(&loaded)?;
@@ -382,6 +393,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 portable,
                 include_fused: true,
                 only: families(only),
+                residual: !no_residual,
             };
             let o = rewrite::plan::plan_model(&g, &opts).map_err(|e| e.in_file(&model))?;
             let out = output.unwrap_or_else(|| beside(&model, ".adanorm.onnx"));

@@ -190,19 +190,23 @@ fn infer_node(
     let same = |i: usize| vec![input(i).cloned().unwrap_or_default()];
     let with =
         |elem_type: Option<i32>, shape: Option<Vec<Dim>>| vec![ValueFacts { elem_type, shape }];
+    // Y, and a residual sum (version 2's `Sum`, SkipLayerNormalization's fourth output): X's
+    // type and shape; the statistics in between are left unknown.
+    let y_and_sum = || {
+        let x = input(0).cloned().unwrap_or_default();
+        vec![x.clone(), ValueFacts::default(), ValueFacts::default(), x]
+    };
     if OpKind::of_node(node.domain(), node.op_type()).is_some() {
-        // The ai.adanorm ops keep X's type and shape.
-        return same(0);
+        return y_and_sum();
     }
     if !crate::onnx::is_standard(node) {
         if node.domain() != "com.microsoft" {
             return vec![];
         }
         return match node.op_type() {
+            "SkipLayerNormalization" | "SkipSimplifiedLayerNormalization" => y_and_sum(),
             // The com.microsoft normalisations and activations keep X's type and shape.
-            "SkipLayerNormalization"
-            | "SkipSimplifiedLayerNormalization"
-            | "LayerNormalization"
+            "LayerNormalization"
             | "SimplifiedLayerNormalization"
             | "Gelu"
             | "FastGelu"

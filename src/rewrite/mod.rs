@@ -44,6 +44,9 @@ pub struct Options {
     pub include_fused: bool,
     /// Only matches of these families change (`--only`); empty: every family.
     pub only: Vec<crate::patterns::Family>,
+    /// Absorb the residual `Add` (and a bias `Add` before it) feeding a norm into a version-2
+    /// node (`Skip`, `Bias`, `Sum`); off with `--no-residual`.
+    pub residual: bool,
 }
 
 /// One line of the printed report.

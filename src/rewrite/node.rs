@@ -82,8 +82,8 @@ fn trimmed(values: &[Option<&str>]) -> Vec<String> {
 pub fn build(
     name: &str,
     p: &OpParams,
-    inputs: [Option<&str>; 3],
-    outputs: [Option<&str>; 3],
+    inputs: &[Option<&str>],
+    outputs: &[Option<&str>],
     doc: &str,
 ) -> NodeProto {
     let mut attribute = vec![
@@ -100,8 +100,8 @@ pub fn build(
         name: Some(name.into()),
         op_type: Some(p.kind.op_type().into()),
         domain: Some(DOMAIN.into()),
-        input: trimmed(&inputs),
-        output: trimmed(&outputs),
+        input: trimmed(inputs),
+        output: trimmed(outputs),
         attribute,
         doc_string: (!doc.is_empty()).then(|| doc.to_string()),
         ..Default::default()
@@ -193,8 +193,8 @@ mod tests {
         let n = build(
             "n",
             &p,
-            [Some("x"), None, Some("b")],
-            [Some("y"), None, None],
+            &[Some("x"), None, Some("b")],
+            &[Some("y"), None, None],
             "",
         );
         assert_eq!(n.input, ["x", "", "b"]);

@@ -9,7 +9,7 @@ use super::fold;
 use super::names::Names;
 use super::node::{self, OpKind, OpParams};
 use super::weights::{WeightTensor, WeightsFile};
-use super::{portable, Affine, Change, Options, Outcome, Target};
+use super::{portable, residual, Affine, Change, Options, Outcome, Target};
 use crate::error::{Error, Result};
 use crate::graph::GraphIndex;
 use crate::onnx::attr;
@@ -93,6 +93,11 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         new_types,
     } = all;
     let mut removed_nodes: HashSet<usize> = HashSet::new();
+    // Nodes some match holds, rewritten or not: never absorbed as another norm's residual.
+    let in_matches: HashSet<usize> = matches
+        .iter()
+        .flat_map(|m| m.nodes.iter().copied())
+        .collect();
 
     for m in matches {
         let what = describe(g, m);
@@ -220,6 +225,17 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
                 note = Some("affine kept: not folded inside a subgraph".into());
             }
             Affine::Fold => match fold::plan(g, m, &name, names) {
+                // A consumer another norm absorbed as its residual: its inputs are gone.
+                Ok(f)
+                    if f.repoint
+                        .iter()
+                        .any(|(id, _, _)| removed_nodes.contains(id)) =>
+                {
+                    note = Some(
+                        "affine kept: a layer it would fold into was absorbed by another norm"
+                            .into(),
+                    );
+                }
                 Ok(f) => {
                     scale = None;
                     bias = None;
@@ -317,19 +333,54 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             x = x_last;
             y = y_last;
         }
+        // The residual Add in front (version 2), where the node reads the input as it is.
+        let absorbed =
+            if opts.residual && compute.is_none() && channels_first_rank.is_none() && !skip_ln {
+                // Nodes a fold repoints keep their inputs' new values only if they stay.
+                let repointed = patch.repoint.iter().map(|(id, _, _)| *id);
+                let claimed: HashSet<usize> = in_matches
+                    .union(&removed_nodes)
+                    .copied()
+                    .chain(repointed)
+                    .collect();
+                let insert_at = remove.iter().copied().max().expect("a match has nodes");
+                residual::absorb(g, m, axis, &claimed, insert_at)
+            } else {
+                None
+            };
+        if let Some(a) = &absorbed {
+            x = a.x.clone();
+            remove.extend(a.nodes.iter().copied());
+            let line = a.describe(g);
+            note = Some(match note {
+                Some(n) => format!("{n}; {line}"),
+                None => line,
+            });
+        }
         // Values this plan creates, typed for `--portable` (they are not in the original graph).
         if let Some(t) = compute.or(g.elem_type(&m.input)) {
             new_types.entry(x.clone()).or_insert(t);
         }
         let doc = format!("adanorm-onnx: replaces {}", what);
+        let sum = absorbed
+            .as_ref()
+            .filter(|a| a.sum)
+            .map(|_| m.input.as_str());
         insert.push(node::build(
             &name,
             &params,
-            [Some(&x), scale.as_deref(), bias.as_deref()],
-            [
+            &[
+                Some(&x),
+                scale.as_deref(),
+                bias.as_deref(),
+                absorbed.as_ref().map(|a| a.skip.as_str()),
+                absorbed.as_ref().and_then(|a| a.bias.as_deref()),
+            ],
+            &[
                 Some(&y),
                 m.mean_output.as_deref(),
                 m.inv_std_output.as_deref(),
+                sum,
             ],
             &doc,
         ));
@@ -370,6 +421,7 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         let mut outputs = vec![m.output.clone()];
         outputs.extend(m.mean_output.iter().cloned());
         outputs.extend(m.inv_std_output.iter().cloned());
+        outputs.extend(sum.map(str::to_string));
         let inserted_names = insert.iter().map(|n| n.name().to_string()).collect();
         patch.replacements.push(Replacement {
             remove,

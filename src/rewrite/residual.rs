@@ -1,11 +1,185 @@
-//! Version 2's residual slots in standard ops: a node with `Skip` / `Bias` / `Sum` is the `Add`s it
-//! stands for, `S = (X + Bias) + Skip` rounded per `Add` (ops-spec.md), followed by the same node
-//! without those slots reading `S`. `revert` and `--portable` write that form.
+//! Version 2's residual slots and the `Add`s they stand for, `S = (X + Bias) + Skip` rounded per
+//! `Add` (ops-spec.md), both ways:
+//! - [`absorb`]: the `Add` feeding a norm (and a bias `Add` in front of it) that a version-2 node
+//!   can compute exactly, for `fuse`/`rewrite`;
+//! - [`split`]: a version-2 node as those `Add`s and the same node without the slots, for
+//!   `revert` and `--portable`.
+
+use std::collections::HashSet;
 
 use adanorm_kernels::params::slot;
 
 use super::names::Names;
+use crate::graph::shapes::Dim;
+use crate::graph::{GraphIndex, NodeId};
 use crate::onnx::proto::NodeProto;
+use crate::patterns::Match;
+
+/// What a version-2 node takes over from the graph in front of a norm.
+#[derive(Debug, Clone)]
+pub struct Absorbed {
+    /// The new node's `X`: an operand of the residual `Add` (or of the bias `Add` before it).
+    pub x: String,
+    pub skip: String,
+    /// The residual `Bias` (a per-row value the bias `Add` added to `x`).
+    pub bias: Option<String>,
+    /// Whether the sum is read outside the norm (pre-LN's residual stream): the node then writes
+    /// it as `Sum`, under its name.
+    pub sum: bool,
+    /// The `Add` nodes it replaces: the residual one, then the bias one.
+    pub nodes: Vec<NodeId>,
+}
+
+impl Absorbed {
+    /// The report's words: `residual Add 'a' (Skip), bias Add 'b' (Bias), the sum read on (Sum)`.
+    pub fn describe(&self, g: &GraphIndex<'_>) -> String {
+        let mut parts = vec![format!("residual Add '{}' (Skip)", g.label(self.nodes[0]))];
+        if let Some(&b) = self.nodes.get(1) {
+            parts.push(format!("bias Add '{}' (Bias)", g.label(b)));
+        }
+        if self.sum {
+            parts.push("the sum is read on (Sum)".into());
+        }
+        format!("absorbed the {}", parts.join(", "))
+    }
+}
+
+/// Whether two dimensions are the same size for sure: equal numbers or the same symbol.
+fn same_dim(a: &Dim, b: &Dim) -> bool {
+    match (a, b) {
+        (Dim::Known(p), Dim::Known(q)) => p == q,
+        (Dim::Named(p), Dim::Named(q)) => p == q,
+        _ => false,
+    }
+}
+
+fn same_shape(a: &[Dim], b: &[Dim]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(p, q)| same_dim(p, q))
+}
+
+/// Whether `small` broadcasts unidirectionally to `big` for sure.
+fn broadcasts_to(small: &[Dim], big: &[Dim]) -> bool {
+    small.len() <= big.len()
+        && small
+            .iter()
+            .rev()
+            .zip(big.iter().rev())
+            .all(|(s, b)| s.known() == Some(1) || same_dim(s, b))
+}
+
+/// A default-domain `Add` of two named inputs with one output.
+fn is_plain_add(n: &NodeProto) -> bool {
+    matches!(n.domain(), "" | "ai.onnx")
+        && n.op_type() == "Add"
+        && n.input.len() == 2
+        && n.input.iter().all(|i| !i.is_empty())
+        && n.output.len() == 1
+}
+
+/// The residual `Add` in front of match `m` that a version-2 node over the last `-axis` axes
+/// computes exactly, if there is one: it makes the match's input, its operands have that
+/// input's type, one has its full shape (`X`) and the other broadcasts to it (`Skip`). Where
+/// `X` is itself `Add(t, b)` of a full-shape `t` and a `b` that broadcasts to the normalised
+/// axes, read by nothing else, that `Add` is absorbed too (`X = t`, `Bias = b`): the node then
+/// computes `(t + b) + skip`, rounded per `Add`, as the graph did (`Add` is commutative, so the
+/// operand order does not matter). Neither `Add` may belong to a match (`claimed`). When
+/// something outside the match reads the sum, the node writes it as `Sum`; every such reader
+/// must come after `insert_at`, where the node goes, so the graph stays in topological order.
+pub fn absorb(
+    g: &GraphIndex<'_>,
+    m: &Match,
+    axis: i64,
+    claimed: &HashSet<NodeId>,
+    insert_at: NodeId,
+) -> Option<Absorbed> {
+    if !m.input_casts.is_empty() {
+        return None;
+    }
+    let (add_id, add) = g.producer_node(&m.input)?;
+    if !is_plain_add(add) || claimed.contains(&add_id) || g.is_outer_value(&m.input) {
+        return None;
+    }
+    let ty = g.elem_type(&m.input)?;
+    let out = g.shape(&m.input)?;
+    let rows = usize::try_from(-axis)
+        .ok()
+        .filter(|&r| r >= 1 && r <= out.len())?;
+    let normalized = &out[out.len() - rows..];
+    let typed = |v: &str| g.elem_type(v) == Some(ty);
+    let full = |v: &str| typed(v) && g.shape(v).is_some_and(|s| same_shape(s, out));
+    let (a, b) = (add.input[0].as_str(), add.input[1].as_str());
+    // X: a full-shape operand, one that is a bias Add's output first.
+    let mut choice = None;
+    for (x, skip) in [(a, b), (b, a)] {
+        if !full(x) || !typed(skip) || !g.shape(skip).is_some_and(|s| broadcasts_to(s, out)) {
+            continue;
+        }
+        // Add(v, v): the bias Add's output is also Skip, so it must stay.
+        let bias = (x != skip)
+            .then(|| {
+                bias_add(g, x, add_id, claimed, &full, |v| {
+                    typed(v) && g.shape(v).is_some_and(|s| broadcasts_to(s, normalized))
+                })
+            })
+            .flatten();
+        let better = bias.is_some() || choice.is_none();
+        if better && !matches!(choice, Some((_, _, Some(_)))) {
+            choice = Some((x, skip, bias));
+        }
+    }
+    let (x, skip, bias) = choice?;
+    let match_nodes: HashSet<NodeId> = m.nodes.iter().copied().collect();
+    let outside: Vec<NodeId> = g
+        .consumers(&m.input)
+        .iter()
+        .copied()
+        .filter(|id| !match_nodes.contains(id))
+        .collect();
+    if outside.iter().any(|&id| id <= insert_at) {
+        return None;
+    }
+    let sum = !outside.is_empty() || g.is_graph_output(&m.input);
+    let mut nodes = vec![add_id];
+    let (x, bias) = match bias {
+        Some((bias_id, t, b)) => {
+            nodes.push(bias_id);
+            (t, Some(b))
+        }
+        None => (x.to_string(), None),
+    };
+    Some(Absorbed {
+        x,
+        skip: skip.to_string(),
+        bias,
+        sum,
+        nodes,
+    })
+}
+
+/// `x = Add(t, b)` with `t` of the full shape and `b` per row, read only by `residual`:
+/// `(its id, t, b)`.
+fn bias_add(
+    g: &GraphIndex<'_>,
+    x: &str,
+    residual: NodeId,
+    claimed: &HashSet<NodeId>,
+    full: &dyn Fn(&str) -> bool,
+    per_row: impl Fn(&str) -> bool,
+) -> Option<(NodeId, String, String)> {
+    let (id, n) = g.producer_node(x)?;
+    if !is_plain_add(n)
+        || claimed.contains(&id)
+        || g.consumers(x) != [residual]
+        || g.is_graph_output(x)
+    {
+        return None;
+    }
+    let (p, q) = (n.input[0].as_str(), n.input[1].as_str());
+    [(p, q), (q, p)]
+        .into_iter()
+        .find(|&(t, b)| full(t) && per_row(b))
+        .map(|(t, b)| (id, t.to_string(), b.to_string()))
+}
 
 /// The name of input or output `index` of `names`, if present (named, not empty).
 fn present(names: &[String], index: usize) -> Option<&str> {

@@ -337,5 +337,6 @@ pub fn rewrite_options(
         portable: false,
         include_fused,
         only: Vec::new(),
+        residual: true,
     }
 }

@@ -77,6 +77,7 @@ fn rewrites_compute_what_pytorch_computed_and_revert() {
                 portable: false,
                 include_fused: true,
                 only: Vec::new(),
+                residual: true,
             },
         )
         .unwrap();
@@ -160,6 +161,7 @@ fn fuse_computes_what_the_inlined_model_does(
             portable: false,
             include_fused: false,
             only: Vec::new(),
+            residual: true,
         },
     )
     .unwrap();

@@ -77,7 +77,7 @@ fn write_case(
     } else {
         [Some("X"), None, None]
     };
-    let node: NodeProto = build("norm", &c.p, ins, outs, "");
+    let node: NodeProto = build("norm", &c.p, &ins, &outs, "");
     b.nodes.push(node);
     b.output("Y", c.elem);
     if c.stats {
@@ -331,8 +331,8 @@ fn verify_draws_dynamic_dimensions_from_dim() {
     b.nodes.push(build(
         "norm",
         &p,
-        [Some("X"), None, None],
-        [Some("Y"), None, None],
+        &[Some("X"), None, None],
+        &[Some("Y"), None, None],
         "",
     ));
     b.output("Y", F32);

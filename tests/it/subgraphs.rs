@@ -160,15 +160,11 @@ fn rewrites_inside_subgraphs_compute_what_the_original_computed() {
     }
 }
 
-#[test]
-fn the_rewritten_graph_holds_the_op_where_the_subgraph_was() {
+/// The op types of each branch of the main graph's If, after `fuse` with `options`, and the
+/// `ai.adanorm` version the model imports.
+fn branch_ops_after(options: &Options) -> (Vec<Vec<String>>, Vec<Vec<usize>>, i64) {
     let tmp = tempfile::tempdir().unwrap();
-    let (fused, _, _) = rewritten(
-        "if_branches",
-        tmp.path(),
-        "fused",
-        &opts(Target::Same, Affine::Keep, None),
-    );
+    let (fused, _, _) = rewritten("if_branches", tmp.path(), "fused", options);
     let m = load_model(&fused).unwrap();
     let main = m.graph();
     assert_eq!(
@@ -176,28 +172,54 @@ fn the_rewritten_graph_holds_the_op_where_the_subgraph_was() {
         2,
         "the main graph keeps its Constant and If"
     );
-    let branch_ops: Vec<Vec<String>> = main.node[1]
+    let branches: Vec<&adanorm_onnx::onnx::proto::GraphProto> = main.node[1]
         .attribute
         .iter()
-        .map(|a| {
-            a.g.as_ref()
-                .unwrap()
-                .node
+        .map(|a| a.g.as_ref().unwrap())
+        .collect();
+    let ops = branches
+        .iter()
+        .map(|g| {
+            g.node
                 .iter()
                 .map(|n| format!("{}:{}", n.domain(), n.op_type()))
                 .collect()
         })
         .collect();
-    assert!(branch_ops.contains(&vec!["ai.adanorm:LayerNormSimple".to_string()]));
-    assert!(branch_ops.contains(&vec![
-        ":Add".to_string(),
-        "ai.adanorm:LayerNormSimple".to_string()
-    ]));
-    assert!(m
+    let arity = branches
+        .iter()
+        .map(|g| g.node.iter().map(|n| n.input.len()).collect())
+        .collect();
+    let version = m
         .proto
         .opset_import
         .iter()
-        .any(|o| o.domain() == "ai.adanorm" && o.version() == 1));
+        .find(|o| o.domain() == "ai.adanorm")
+        .map_or(0, |o| o.version());
+    (ops, arity, version)
+}
+
+#[test]
+fn the_rewritten_graph_holds_the_op_where_the_subgraph_was() {
+    // The else branch normalises Add(x, residual): fuse absorbs the Add as Skip (version 2).
+    let (ops, arity, version) = branch_ops_after(&opts(Target::Same, Affine::Keep, None));
+    let one = vec!["ai.adanorm:LayerNormSimple".to_string()];
+    assert_eq!(ops, vec![one.clone(), one], "{ops:?}");
+    assert!(
+        arity.iter().any(|a| a[0] >= 4),
+        "one node reads a Skip: {arity:?}"
+    );
+    assert_eq!(version, 2);
+    // --no-residual keeps the Add and version 1.
+    let mut keep = opts(Target::Same, Affine::Keep, None);
+    keep.residual = false;
+    let (ops, _, version) = branch_ops_after(&keep);
+    assert!(ops.contains(&vec!["ai.adanorm:LayerNormSimple".to_string()]));
+    assert!(ops.contains(&vec![
+        ":Add".to_string(),
+        "ai.adanorm:LayerNormSimple".to_string()
+    ]));
+    assert_eq!(version, 1);
 }
 
 #[test]

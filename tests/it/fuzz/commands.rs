@@ -39,6 +39,7 @@ fn opts(
         portable,
         include_fused,
         only: vec![],
+        residual: true,
     }
 }
 

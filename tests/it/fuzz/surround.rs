@@ -314,8 +314,37 @@ fn prefix(c: &mut Ctx, main: &mut G, symbolic: bool) -> (String, Option<String>)
     let t_in = if c.island { F32 } else { c.t };
     let shape = c.shape.clone();
     let h = c.h();
-    let kind = c.rng.below(6);
+    let kind = c.rng.below(7);
     let (x, tied) = match kind {
+        4 => {
+            // A transformer block's residual: Add(x, Add(MatMul(x, W), b)) in either order,
+            // the sum also a graph output half the time (pre-LN: the stream goes on).
+            let x_in = main.input("x", t_in, &declared(&shape, symbolic));
+            let w = c.weight(main, "res_w", t_in);
+            let mut branch = main.op("MatMul", &[&x_in, &w], vec![]);
+            if c.rng.chance(0.7) {
+                let b = c.vector(main, "res_b", t_in, 0.0);
+                branch = if c.rng.chance(0.5) {
+                    main.op("Add", &[&branch, &b], vec![])
+                } else {
+                    main.op("Add", &[&b, &branch], vec![])
+                };
+            }
+            let sum = if c.rng.chance(0.5) {
+                main.op("Add", &[&x_in, &branch], vec![])
+            } else {
+                main.op("Add", &[&branch, &x_in], vec![])
+            };
+            let read_on = c.rng.chance(0.5);
+            if read_on && !c.island {
+                c.outs.push((sum.clone(), c.t));
+            }
+            c.desc.push(format!(
+                "pre: residual block{}",
+                if read_on { ", sum read on" } else { "" }
+            ));
+            (sum, Some(w))
+        }
         1 => {
             let x_in = main.input("x", t_in, &declared(&shape, symbolic));
             let w = c.weight(main, "pre_w", t_in);
