@@ -91,8 +91,9 @@ impl Kernel {
     }
 }
 
-/// The CUDA kernels do not implement version 2's residual slots yet: a node that uses them on
-/// the CUDA provider is refused when the session is created, never run without them.
+/// The CUDA kernels do not implement version 2's residual slots yet. onnxruntime does not pick
+/// the CUDA records for a node with `Skip` or `Bias` (`op::get_input_type`); this refuses, when
+/// the session is created, whatever still reaches them (a `Sum` alone), never runs it without.
 fn check_residual_support(op: &CustomOp, node: &NodeInfo) -> Result<(), Error> {
     if op.ep != Ep::Cuda {
         return Ok(());

@@ -206,7 +206,8 @@ const CPU_TYPES: [Elem; 4] = [Elem::F32, Elem::F16, Elem::BF16, Elem::F64];
 static OPS_WITH_SHAPES: [CustomOp; 8] = records(Ep::Cpu, true, &CPU_TYPES);
 static OPS_WITHOUT_SHAPES: [CustomOp; 8] = records(Ep::Cpu, false, &CPU_TYPES);
 // The GPU kernels cover the types the CUDA sources have; a `double` node on a CUDA session runs
-// on the CPU records (onnxruntime copies its tensors across).
+// on the CPU records (onnxruntime copies its tensors across); so does a version-2 node with
+// `Skip` or `Bias` (see `get_input_type`).
 const CUDA_TYPES: [Elem; 3] = [Elem::F32, Elem::F16, Elem::BF16];
 static CUDA_OPS_WITH_SHAPES: [CustomOp; 6] = records(Ep::Cuda, true, &CUDA_TYPES);
 static CUDA_OPS_WITHOUT_SHAPES: [CustomOp; 6] = records(Ep::Cuda, false, &CUDA_TYPES);
@@ -243,11 +244,20 @@ unsafe extern "system" fn get_input_type(
     index: usize,
 ) -> ONNXTensorElementDataType {
     let undefined = ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-    guard_value(undefined, || match index {
+    guard_value(undefined, || {
         // SAFETY: as in `get_name`.
-        0 => unsafe { CustomOp::from_abi(op) }.elem.onnx(),
-        // Any type: the kernel checks that the other inputs match X and names the rule.
-        _ => undefined,
+        let op = unsafe { CustomOp::from_abi(op) };
+        match index {
+            slot::X => op.elem.onnx(),
+            // The CUDA kernels have no residual yet: a type no float tensor has keeps onnxruntime
+            // from picking them for a node with Skip or Bias, so it runs that node on the CPU
+            // records (copying its tensors), as for any op without a CUDA kernel.
+            slot::SKIP | slot::BIAS if op.ep == Ep::Cuda => {
+                ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_STRING
+            }
+            // Any type: the kernel checks that the other inputs match X and names the rule.
+            _ => undefined,
+        }
     })
 }
 
@@ -451,6 +461,18 @@ mod tests {
         // SAFETY: a pointer to a static record, as onnxruntime would pass.
         let ep = unsafe { CStr::from_ptr(get_execution_provider_type(&cuda_ops(true)[0].abi)) };
         assert_eq!(ep, c"CUDAExecutionProvider");
+        // Version 2's residual inputs never match the CUDA records (they fall to the CPU ones),
+        // and stay open on the CPU records.
+        let string = ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_STRING;
+        let undefined = ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+        for (records, want) in [(cuda_ops(true), string), (ops(true), undefined)] {
+            for op in records {
+                for index in [slot::SKIP, slot::BIAS] {
+                    // SAFETY: as above.
+                    assert_eq!(unsafe { get_input_type(&op.abi, index) }, want);
+                }
+            }
+        }
     }
 
     #[test]
