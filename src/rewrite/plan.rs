@@ -333,21 +333,27 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             x = x_last;
             y = y_last;
         }
-        // The residual Add in front (version 2), where the node reads the input as it is.
-        let absorbed =
-            if opts.residual && compute.is_none() && channels_first_rank.is_none() && !skip_ln {
-                // Nodes a fold repoints keep their inputs' new values only if they stay.
-                let repointed = patch.repoint.iter().map(|(id, _, _)| *id);
-                let claimed: HashSet<usize> = in_matches
-                    .union(&removed_nodes)
-                    .copied()
-                    .chain(repointed)
-                    .collect();
-                let insert_at = remove.iter().copied().max().expect("a match has nodes");
-                residual::absorb(g, m, axis, &claimed, insert_at)
-            } else {
-                None
-            };
+        // The residual Add in front (version 2), where the node reads the input as it is. Not
+        // for --portable: its runtimes have no library to gain from it, and the standard-op form
+        // it would split back into Adds could not revert to the recorded ones.
+        let absorbed = if opts.residual
+            && !opts.portable
+            && compute.is_none()
+            && channels_first_rank.is_none()
+            && !skip_ln
+        {
+            // Nodes a fold repoints keep their inputs' new values only if they stay.
+            let repointed = patch.repoint.iter().map(|(id, _, _)| *id);
+            let claimed: HashSet<usize> = in_matches
+                .union(&removed_nodes)
+                .copied()
+                .chain(repointed)
+                .collect();
+            let insert_at = remove.iter().copied().max().expect("a match has nodes");
+            residual::absorb(g, m, axis, &claimed, insert_at)
+        } else {
+            None
+        };
         if let Some(a) = &absorbed {
             x = a.x.clone();
             remove.extend(a.nodes.iter().copied());
