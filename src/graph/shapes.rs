@@ -69,6 +69,38 @@ fn from_value_info(v: &ValueInfoProto) -> Option<ValueFacts> {
     })
 }
 
+/// `facts` as the `value_info` entry of `name`, when its element type is known (an unknown
+/// dimension is written without value or name, as ONNX allows).
+pub fn to_value_info(name: &str, facts: &ValueFacts) -> Option<ValueInfoProto> {
+    use crate::onnx::proto::tensor_shape_proto::{dimension, Dimension};
+    use crate::onnx::proto::{TensorShapeProto, TypeProto};
+    let elem_type = facts.elem_type?;
+    let shape = facts.shape.as_ref().map(|dims| TensorShapeProto {
+        dim: dims
+            .iter()
+            .map(|d| Dimension {
+                value: match d {
+                    Dim::Known(v) => Some(dimension::Value::DimValue(*v)),
+                    Dim::Named(p) => Some(dimension::Value::DimParam(p.clone())),
+                    Dim::Unknown => None,
+                },
+                ..Default::default()
+            })
+            .collect(),
+    });
+    Some(ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem_type),
+                shape,
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 /// Ranks above this are not believed (a crafted model could declare any length for a
 /// computed shape; no runtime runs such tensors).
 const MAX_RANK: i64 = 64;

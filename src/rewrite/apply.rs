@@ -12,6 +12,7 @@ use prost::Message;
 use crate::graph::{GraphIndex, NodeId};
 use crate::onnx::proto::{
     GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    ValueInfoProto,
 };
 
 /// Key prefix of the records in `ModelProto.metadata_props`.
@@ -30,6 +31,10 @@ pub struct Replacement {
     /// Initializers the replacement moves out of the model (dropped weights, kept in a
     /// safetensors file instead of the record). One that something else still reads stays.
     pub drop_initializers: Vec<String>,
+    /// `value_info` for the new node's outputs (ONNX Runtime cannot infer every custom-op
+    /// output, e.g. version 2's `Sum`), added where the graph declares none; the record lists
+    /// those added, so `revert` takes them out again.
+    pub value_info: Vec<ValueInfoProto>,
 }
 
 #[derive(Default)]
@@ -42,6 +47,8 @@ pub struct Patch {
     pub maybe_unused: Vec<String>,
     /// Metadata entries to add (key, value).
     pub metadata: Vec<(String, String)>,
+    /// `value_info` entries to take out (those a rewrite added, on `revert`).
+    pub drop_value_info: Vec<String>,
 }
 
 pub fn apply(g: &GraphIndex<'_>, patch: Patch) -> ModelProto {
@@ -138,11 +145,30 @@ pub fn apply_to(model: &mut ModelProto, g: &GraphIndex<'_>, patch: Patch) {
         if !keep {
             removed_infos.insert(v.name().to_string(), v.clone());
         }
-        keep
+        keep && !patch.drop_value_info.iter().any(|d| d == v.name())
     });
+    // Declarations for the new nodes' outputs, where the graph has none.
+    let mut declared: HashSet<String> = graph
+        .value_info
+        .iter()
+        .chain(&graph.input)
+        .chain(&graph.output)
+        .map(|v| v.name().to_string())
+        .collect();
+    let mut added_infos: Vec<Vec<ValueInfoProto>> = Vec::new();
+    for r in &patch.replacements {
+        let mut added = Vec::new();
+        for v in &r.value_info {
+            if declared.insert(v.name().to_string()) {
+                graph.value_info.push(v.clone());
+                added.push(v.clone());
+            }
+        }
+        added_infos.push(added);
+    }
 
     // Records for revert.
-    for r in &patch.replacements {
+    for (r, added) in patch.replacements.iter().zip(&added_infos) {
         let Some(key) = &r.record_key else { continue };
         let mut ids = r.remove.clone();
         ids.sort_unstable();
@@ -169,6 +195,8 @@ pub fn apply_to(model: &mut ModelProto, g: &GraphIndex<'_>, patch: Patch) {
                 .filter(|(n, _)| outs.contains(n.as_str()))
                 .map(|(_, v)| v.clone())
                 .collect(),
+            // Not the subgraph's outputs: the value_info this rewrite added (revert drops them).
+            output: added.clone(),
             doc_string: Some(serde_json::to_string(&r.inserted_names).expect("names")),
             ..Default::default()
         };

@@ -273,16 +273,6 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
                 *p = fitted;
             }
         }
-        let mut x = m.input.clone();
-        if skip_ln {
-            match split_skip_add(single, &name, &mut insert, names) {
-                Ok(sum) => x = sum,
-                Err(why) => {
-                    skipped.push((what, why));
-                    continue;
-                }
-            }
-        }
         // One element type for X, Scale and B (ops-spec): where the parameters are wider than
         // the input (a float16 model whose gain lives in a float32 island), the node computes
         // in the wider type between Casts, as the island did; narrower parameters are widened
@@ -290,6 +280,31 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         let out_type = g.elem_type(&m.output).or(g.elem_type(&m.input));
         let compute = common_type(g.elem_type(&m.input), &param_types([&m.scale, &m.bias]))
             .filter(|_| scale.is_some() || bias.is_some());
+        // Version 2's residual slots: where the node reads its input as it is (no Casts, no
+        // Transposes) and the model is not --portable (its runtimes gain nothing, and the
+        // standard-op split of the slots could not revert to the recorded Adds).
+        let residual_ok =
+            opts.residual && !opts.portable && compute.is_none() && channels_first_rank.is_none();
+        let mut slots = residual::Slots::default();
+        let mut x = m.input.clone();
+        if skip_ln {
+            let split = if residual_ok {
+                residual::from_skip_layer_norm(single, &name, &mut insert, names)
+                    .map(|(input, s)| (input, Some(s)))
+            } else {
+                split_skip_add(single, &name, &mut insert, names).map(|sum| (sum, None))
+            };
+            match split {
+                Ok((input, s)) => {
+                    x = input;
+                    slots = s.unwrap_or_default();
+                }
+                Err(why) => {
+                    skipped.push((what, why));
+                    continue;
+                }
+            }
+        }
         let mut final_out = m.output.clone();
         if let Some(t) = compute {
             if g.elem_type(&m.input) != Some(t) {
@@ -333,15 +348,8 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             x = x_last;
             y = y_last;
         }
-        // The residual Add in front (version 2), where the node reads the input as it is. Not
-        // for --portable: its runtimes have no library to gain from it, and the standard-op form
-        // it would split back into Adds could not revert to the recorded ones.
-        let absorbed = if opts.residual
-            && !opts.portable
-            && compute.is_none()
-            && channels_first_rank.is_none()
-            && !skip_ln
-        {
+        // The residual Add in front.
+        if residual_ok && !skip_ln {
             // Nodes a fold repoints keep their inputs' new values only if they stay.
             let repointed = patch.repoint.iter().map(|(id, _, _)| *id);
             let claimed: HashSet<usize> = in_matches
@@ -350,28 +358,26 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
                 .chain(repointed)
                 .collect();
             let insert_at = remove.iter().copied().max().expect("a match has nodes");
-            residual::absorb(g, m, axis, &claimed, insert_at)
-        } else {
-            None
-        };
-        if let Some(a) = &absorbed {
-            x = a.x.clone();
-            remove.extend(a.nodes.iter().copied());
-            let line = a.describe(g);
-            note = Some(match note {
-                Some(n) => format!("{n}; {line}"),
-                None => line,
-            });
+            if let Some(a) = residual::absorb(g, m, axis, &claimed, insert_at) {
+                x = a.x.clone();
+                remove.extend(a.nodes.iter().copied());
+                let line = a.describe(g);
+                note = Some(match note {
+                    Some(n) => format!("{n}; {line}"),
+                    None => line,
+                });
+                slots = residual::Slots {
+                    skip: Some(a.skip),
+                    bias: a.bias,
+                    sum: a.sum.then(|| m.input.clone()),
+                };
+            }
         }
         // Values this plan creates, typed for `--portable` (they are not in the original graph).
         if let Some(t) = compute.or(g.elem_type(&m.input)) {
             new_types.entry(x.clone()).or_insert(t);
         }
         let doc = format!("adanorm-onnx: replaces {}", what);
-        let sum = absorbed
-            .as_ref()
-            .filter(|a| a.sum)
-            .map(|_| m.input.as_str());
         insert.push(node::build(
             &name,
             &params,
@@ -379,14 +385,14 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
                 Some(&x),
                 scale.as_deref(),
                 bias.as_deref(),
-                absorbed.as_ref().map(|a| a.skip.as_str()),
-                absorbed.as_ref().and_then(|a| a.bias.as_deref()),
+                slots.skip.as_deref(),
+                slots.bias.as_deref(),
             ],
             &[
                 Some(&y),
                 m.mean_output.as_deref(),
                 m.inv_std_output.as_deref(),
-                sum,
+                slots.sum.as_deref(),
             ],
             &doc,
         ));
@@ -427,8 +433,20 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         let mut outputs = vec![m.output.clone()];
         outputs.extend(m.mean_output.iter().cloned());
         outputs.extend(m.inv_std_output.iter().cloned());
-        outputs.extend(sum.map(str::to_string));
+        outputs.extend(slots.sum.iter().cloned());
         let inserted_names = insert.iter().map(|n| n.name().to_string()).collect();
+        // Y (when the node writes the match's output itself) and Sum keep the values' names,
+        // so what is known of those values describes them.
+        let declared_outputs = [
+            (y == m.output).then_some(m.output.as_str()),
+            slots.sum.as_deref(),
+        ];
+        let value_info = declared_outputs
+            .into_iter()
+            .flatten()
+            .filter(|_| g.scope.is_main())
+            .filter_map(|v| crate::graph::shapes::to_value_info(v, g.facts(v)?))
+            .collect();
         patch.replacements.push(Replacement {
             remove,
             insert,
@@ -436,6 +454,7 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             record_key: Some(name),
             inserted_names,
             drop_initializers: drop_inits,
+            value_info,
         });
     }
 

@@ -15,6 +15,59 @@ use crate::graph::{GraphIndex, NodeId};
 use crate::onnx::proto::NodeProto;
 use crate::patterns::Match;
 
+/// Version 2's slots of a node being built: `Skip`, the residual `Bias`, `Sum` (value names).
+#[derive(Debug, Clone, Default)]
+pub struct Slots {
+    pub skip: Option<String>,
+    pub bias: Option<String>,
+    pub sum: Option<String>,
+}
+
+/// ONNX Runtime's `SkipLayerNormalization(input, skip, gamma, beta, bias)` as version-2 slots:
+/// it sums `(input + skip) + bias`, so without `bias` the node reads `X = input`, `Skip = skip`;
+/// with it, `input + skip` stays an `Add` (pushed to `insert`) and `bias` becomes the residual
+/// `Bias` (`S = (X + Bias)` with `X` that sum). Its fourth output, the sum, becomes `Sum`.
+/// Returns the node's `X` and its slots.
+pub fn from_skip_layer_norm(
+    n: &NodeProto,
+    name: &str,
+    insert: &mut Vec<NodeProto>,
+    names: &mut Names,
+) -> Result<(String, Slots), String> {
+    let (Some(input), Some(skip)) = (present(&n.input, 0), present(&n.input, 1)) else {
+        return Err("it lacks its input or its skip input".into());
+    };
+    let sum = present(&n.output, 3).map(str::to_string);
+    match present(&n.input, 4) {
+        None => Ok((
+            input.to_string(),
+            Slots {
+                skip: Some(skip.to_string()),
+                bias: None,
+                sum,
+            },
+        )),
+        Some(bias) => {
+            let skip_sum = names.fresh(&format!("{name}/skip_sum"));
+            insert.push(NodeProto {
+                name: Some(names.fresh(&format!("{name}/SkipAdd"))),
+                op_type: Some("Add".into()),
+                input: vec![input.to_string(), skip.to_string()],
+                output: vec![skip_sum.clone()],
+                ..Default::default()
+            });
+            Ok((
+                skip_sum,
+                Slots {
+                    skip: None,
+                    bias: Some(bias.to_string()),
+                    sum,
+                },
+            ))
+        }
+    }
+}
+
 /// What a version-2 node takes over from the graph in front of a norm.
 #[derive(Debug, Clone)]
 pub struct Absorbed {

@@ -116,6 +116,10 @@ fn revert_scope(
             used_keys.push(key.clone());
             let record =
                 decode_record(encoded).map_err(|e| e.at_node(&label).in_file(&g.model.path))?;
+            // The value_info the rewrite added for the node's outputs goes with it.
+            patch
+                .drop_value_info
+                .extend(record.output.iter().map(|v| v.name().to_string()));
             let inserted: Vec<String> =
                 serde_json::from_str(record.doc_string()).unwrap_or_default();
             let mut remove = vec![id];
@@ -238,6 +242,7 @@ fn revert_scope(
             record_key: None,
             inserted_names: vec![],
             drop_initializers: vec![],
+            value_info: vec![],
         });
     }
     // Initializers restored twice (shared by two records) are added once.
