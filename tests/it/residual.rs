@@ -13,7 +13,7 @@ use crate::common::{Builder, A, F32};
 use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::onnx::proto::ModelProto;
 use adanorm_onnx::onnx::{load_model, save_model};
-use adanorm_onnx::rewrite::{plan::plan_model, revert::revert, Affine, Target};
+use adanorm_onnx::rewrite::{plan::plan_model, revert::revert, Affine, Options, Outcome, Target};
 use adanorm_onnx::runner::{compare, run};
 use adanorm_tract::tract_onnx::prelude::Tensor;
 
@@ -76,6 +76,20 @@ fn assert_same_outputs(original: &Path, other: &Path, inputs: &[(String, Tensor)
     }
 }
 
+/// `plan_model` of the model at `path` (the rewrite `fuse`/`rewrite` would write).
+fn planned(path: &Path, options: &Options) -> Outcome {
+    let model = load_model(path).unwrap();
+    let g = GraphIndex::build(&model).unwrap();
+    plan_model(&g, options).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `revert` of the model at `path`.
+fn reverted(path: &Path) -> Outcome {
+    let model = load_model(path).unwrap();
+    let g = GraphIndex::build(&model).unwrap();
+    revert(&g, None).unwrap_or_else(|e| panic!("revert of {}: {e}", path.display()))
+}
+
 fn nodes_of(model: &ModelProto) -> Vec<(String, String, usize, usize)> {
     model
         .graph
@@ -120,9 +134,7 @@ fn revert_writes_the_adds_and_a_standard_norm() {
     for (op, skip_dims, sum) in CASES {
         let what = format!("{op} skip {skip_dims:?} sum {sum}");
         let original = v2_model(op, attrs_of(op), skip_dims, sum).save(dir.path(), "v2.onnx");
-        let model = load_model(&original).unwrap();
-        let g = GraphIndex::build(&model).unwrap();
-        let outcome = revert(&g, None).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let outcome = reverted(&original);
         let nodes = nodes_of(&outcome.model);
         assert!(
             nodes.iter().all(|(d, ..)| d != "ai.adanorm"),
@@ -150,11 +162,9 @@ fn portable_writes_the_adds_and_a_version_1_call() {
     for (op, skip_dims, sum) in CASES {
         let what = format!("{op} skip {skip_dims:?} sum {sum}");
         let original = v2_model(op, attrs_of(op), skip_dims, sum).save(dir.path(), "v2.onnx");
-        let model = load_model(&original).unwrap();
-        let g = GraphIndex::build(&model).unwrap();
         let mut options = crate::common::rewrite_options(Target::Same, Affine::Keep, None, true);
         options.portable = true;
-        let outcome = plan_model(&g, &options).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let outcome = planned(&original, &options);
         let ours: Vec<_> = nodes_of(&outcome.model)
             .into_iter()
             .filter(|(d, ..)| d == "ai.adanorm")

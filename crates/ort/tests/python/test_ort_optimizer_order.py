@@ -57,7 +57,10 @@ class OptimizerFirst(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             optimized = ort_optimize(os.path.join(ZOO, "model.onnx"), os.path.join(tmp, "opt.onnx"))
             before = op_counts(optimized)
-            self.assertGreaterEqual(before["Attention"], 2, before)
+            if before["Attention"] == 0:
+                # onnxruntime 1.17's optimizer does not match this export's attention blocks.
+                self.skipTest(f"the optimizer of onnxruntime {lib.ort.__version__} fuses no Attention here")
+            self.assertEqual(before["Attention"], 2, before)
             self.assertGreaterEqual(before["SkipLayerNormalization"], 4, before)
             ours = os.path.join(tmp, "opt.adanorm.onnx")
             cli("rewrite", optimized, "-o", ours, "--to", "simple", "--k", "0", "--c", "1")
@@ -82,6 +85,10 @@ class OptimizerFirst(unittest.TestCase):
             cli("fuse", os.path.join(ZOO, "model.onnx"), "-o", fused)
             optimized = ort_optimize(fused, os.path.join(tmp, "fused.opt.onnx"))
             self.assertEqual(op_counts(optimized)["Attention"], 0)
+            # ... while on the original it does (where this runtime's optimizer fuses any).
+            original = ort_optimize(os.path.join(ZOO, "model.onnx"), os.path.join(tmp, "opt.onnx"))
+            if op_counts(original)["Attention"] == 0:
+                self.skipTest(f"the optimizer of onnxruntime {lib.ort.__version__} fuses no Attention here")
 
 
 if __name__ == "__main__":
