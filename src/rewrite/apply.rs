@@ -208,6 +208,27 @@ pub fn apply_to(model: &mut ModelProto, g: &GraphIndex<'_>, patch: Patch) {
     }
 }
 
+/// Adds `names` to the nodes `revert` removes with node `node`'s record: nodes a later pass put
+/// in front of it (`--portable` writes a version-2 node's slots as `Add`s). A node without a
+/// record, or a record that does not decode, is left alone (revert then reports it).
+pub fn extend_record_inserted(model: &mut ModelProto, node: &str, names: &[String]) {
+    let key = format!("{RECORD_PREFIX}{node}");
+    let Some(entry) = model.metadata_props.iter_mut().find(|e| e.key() == key) else {
+        return;
+    };
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let Ok(bytes) = engine.decode(entry.value()) else {
+        return;
+    };
+    let Ok(mut record) = GraphProto::decode(bytes.as_slice()) else {
+        return;
+    };
+    let mut inserted: Vec<String> = serde_json::from_str(record.doc_string()).unwrap_or_default();
+    inserted.extend(names.iter().cloned());
+    record.doc_string = Some(serde_json::to_string(&inserted).expect("names"));
+    entry.value = Some(engine.encode(record.encode_to_vec()));
+}
+
 pub fn set_metadata(model: &mut ModelProto, key: &str, value: String) {
     model.metadata_props.retain(|e| e.key() != key);
     model.metadata_props.push(StringStringEntryProto {

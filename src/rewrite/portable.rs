@@ -338,7 +338,19 @@ pub fn add_portable_functions(
     let graph = model.graph.as_mut().expect("checked at load");
     let mut used = Vec::new();
     let mut types = std::collections::HashSet::new();
-    make_calls_portable(graph, elem_type_of, &mut names, &mut used, &mut types);
+    let mut split = Vec::new();
+    make_calls_portable(
+        graph,
+        elem_type_of,
+        &mut names,
+        &mut used,
+        &mut types,
+        &mut split,
+    );
+    // A recorded node's Adds go with it on revert, which restores the recorded ones.
+    for (node, adds) in split {
+        super::apply::extend_record_inserted(model, &node, &adds);
+    }
     for kind in used {
         model
             .functions
@@ -370,6 +382,7 @@ fn make_calls_portable(
     names: &mut Names,
     used: &mut Vec<OpKind>,
     types: &mut std::collections::HashSet<Option<i32>>,
+    split: &mut Vec<(String, Vec<String>)>,
 ) {
     let mut new_inits = Vec::new();
     // Version 2's residual slots become the `Add`s they stand for, before a version-1 call: the
@@ -384,6 +397,10 @@ fn make_calls_portable(
         {
             Some((adds, v1)) => {
                 sum_types.insert(v1.input[0].clone(), elem_type_of(&n.input[0]));
+                split.push((
+                    n.name().to_string(),
+                    adds.iter().map(|a| a.name().to_string()).collect(),
+                ));
                 graph.node.extend(adds);
                 graph.node.push(v1);
             }
@@ -398,7 +415,7 @@ fn make_calls_portable(
     for n in graph.node.iter_mut() {
         for a in &mut n.attribute {
             for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                make_calls_portable(sub, &elem_type_of, names, used, types);
+                make_calls_portable(sub, &elem_type_of, names, used, types, split);
             }
         }
         if n.domain() != DOMAIN {

@@ -515,3 +515,31 @@ fn a_sum_read_before_the_norm_ends_or_an_add_another_norm_holds_is_not_absorbed(
     )];
     assert_same_outputs(&path, &fused, &feeds, "two norms");
 }
+
+#[test]
+fn portable_after_fuse_still_reverts_to_the_original() {
+    // fuse absorbs the residual (a recorded version-2 node); a later --portable writes its
+    // slots as Adds in front of a version-1 call; revert takes those Adds away with the call
+    // and restores the recorded ones.
+    let dir = tempfile::tempdir().unwrap();
+    let original = residual_block(true, false).save(dir.path(), "block.onnx");
+    let fuse = crate::common::rewrite_options(Target::Same, Affine::Keep, None, false);
+    let fused = save(&planned(&original, &fuse).model, dir.path(), "fused.onnx");
+    let mut portable = fuse.clone();
+    portable.portable = true;
+    let outcome = planned(&fused, &portable);
+    assert!(
+        nodes_of(&outcome.model)
+            .iter()
+            .any(|(d, op, ..)| d.is_empty() && op == "Add"),
+        "the slots became Adds"
+    );
+    let portable = save(&outcome.model, dir.path(), "portable.onnx");
+    let back = reverted(&portable);
+    let model = load_model(&original).unwrap();
+    assert_eq!(
+        back.model.graph.as_ref().unwrap().node,
+        model.proto.graph.as_ref().unwrap().node,
+        "revert restores exactly the original nodes, no Add left over"
+    );
+}
