@@ -288,16 +288,16 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         let mut slots = residual::Slots::default();
         let mut x = m.input.clone();
         if skip_ln {
-            let split = if residual_ok {
-                residual::from_skip_layer_norm(single, &name, &mut insert, names)
-                    .map(|(input, s)| (input, Some(s)))
-            } else {
-                split_skip_add(single, &name, &mut insert, names).map(|sum| (sum, None))
-            };
-            match split {
-                Ok((input, s)) => {
+            match residual::from_skip_layer_norm(single, &name, &mut insert, names) {
+                Ok((input, s)) if residual_ok => {
                     x = input;
-                    slots = s.unwrap_or_default();
+                    slots = s;
+                }
+                // Version 1: its slots as the Adds they stand for.
+                Ok((input, s)) => {
+                    let (adds, sum) = residual::as_adds(&input, &s, &name, names);
+                    insert.extend(adds);
+                    x = sum;
                 }
                 Err(why) => {
                     skipped.push((what, why));
@@ -628,45 +628,6 @@ fn channel_param(
         patch,
         insert,
     )
-}
-
-/// `SkipLayerNormalization(input, skip, gamma, beta, bias)`: the residual sum becomes an `Add`
-/// (plus the bias), named as the op's 4th output when something reads it. A node without both
-/// of its required inputs is refused (it is a broken model, not a residual sum).
-fn split_skip_add(
-    n: &NodeProto,
-    name: &str,
-    insert: &mut Vec<NodeProto>,
-    names: &mut Names,
-) -> std::result::Result<String, String> {
-    let present = |i: usize| n.input.get(i).filter(|s| !s.is_empty()).cloned();
-    let (Some(input), Some(skip)) = (present(0), present(1)) else {
-        return Err("it lacks its input or its skip input".into());
-    };
-    let sum_out = n.output.get(3).filter(|s| !s.is_empty()).cloned();
-    let with_bias = present(4);
-    let add = |node_name: String, a: &str, b: &str, out: String| NodeProto {
-        name: Some(node_name),
-        op_type: Some("Add".into()),
-        input: vec![a.to_string(), b.to_string()],
-        output: vec![out],
-        ..Default::default()
-    };
-    let first_out = match (&with_bias, &sum_out) {
-        (None, Some(s)) => s.clone(),
-        _ => names.fresh(&format!("{name}/skip_sum")),
-    };
-    let skip_add = names.fresh(&format!("{name}/SkipAdd"));
-    insert.push(add(skip_add, &input, &skip, first_out.clone()));
-    Ok(match with_bias {
-        Some(b) => {
-            let out = sum_out.unwrap_or_else(|| names.fresh(&format!("{name}/skip_bias_sum")));
-            let bias_add = names.fresh(&format!("{name}/BiasAdd"));
-            insert.push(add(bias_add, &first_out, &b, out.clone()));
-            out
-        }
-        None => first_out,
-    })
 }
 
 /// Takes the constant gain and bias out of the model into the weights file; returns the

@@ -161,26 +161,26 @@ pub fn absorb(
     let typed = |v: &str| g.elem_type(v) == Some(ty);
     let full = |v: &str| typed(v) && g.shape(v).is_some_and(|s| same_shape(s, out));
     let (a, b) = (add.input[0].as_str(), add.input[1].as_str());
-    // X: a full-shape operand, one that is a bias Add's output first.
-    let mut choice = None;
-    for (x, skip) in [(a, b), (b, a)] {
-        if !full(x) || !typed(skip) || !g.shape(skip).is_some_and(|s| broadcasts_to(s, out)) {
-            continue;
-        }
-        // Add(v, v): the bias Add's output is also Skip, so it must stay.
-        let bias = (x != skip)
-            .then(|| {
-                bias_add(g, x, add_id, claimed, &full, |v| {
-                    typed(v) && g.shape(v).is_some_and(|s| broadcasts_to(s, normalized))
-                })
-            })
-            .flatten();
-        let better = bias.is_some() || choice.is_none();
-        if better && !matches!(choice, Some((_, _, Some(_)))) {
-            choice = Some((x, skip, bias));
-        }
-    }
-    let (x, skip, bias) = choice?;
+    // X: a full-shape operand whose Skip broadcasts to it; one that is a bias Add's output first.
+    let per_row = |v: &str| typed(v) && g.shape(v).is_some_and(|s| broadcasts_to(s, normalized));
+    let candidates: Vec<_> = [(a, b), (b, a)]
+        .into_iter()
+        .filter(|&(x, skip)| {
+            full(x) && typed(skip) && g.shape(skip).is_some_and(|s| broadcasts_to(s, out))
+        })
+        .map(|(x, skip)| {
+            // Add(v, v): the bias Add's output is also Skip, so it must stay.
+            let bias = (x != skip)
+                .then(|| bias_add(g, x, add_id, claimed, &full, &per_row))
+                .flatten();
+            (x, skip, bias)
+        })
+        .collect();
+    let (x, skip, bias) = candidates
+        .iter()
+        .find(|c| c.2.is_some())
+        .or(candidates.first())
+        .cloned()?;
     let match_nodes: HashSet<NodeId> = m.nodes.iter().copied().collect();
     let outside: Vec<NodeId> = g
         .consumers(&m.input)
@@ -217,7 +217,7 @@ fn bias_add(
     residual: NodeId,
     claimed: &HashSet<NodeId>,
     full: &dyn Fn(&str) -> bool,
-    per_row: impl Fn(&str) -> bool,
+    per_row: &dyn Fn(&str) -> bool,
 ) -> Option<(NodeId, String, String)> {
     let (id, n) = g.producer_node(x)?;
     if !is_plain_add(n)
@@ -242,32 +242,20 @@ fn present(names: &[String], index: usize) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
-/// Splits a version-2 node into the `Add`s of its residual and a version-1 node reading their
-/// sum: `Add(X, Bias)`, then `Add(., Skip)`, each present term only, the last writing `Sum`'s
-/// name when the node has one. `None` for a node without residual slots.
-pub fn split(n: &NodeProto, names: &mut Names) -> Option<(Vec<NodeProto>, NodeProto)> {
-    let skip = present(&n.input, slot::SKIP);
-    let bias = present(&n.input, slot::BIAS);
-    let sum = present(&n.output, slot::SUM);
-    if skip.is_none() && bias.is_none() && sum.is_none() {
-        return None;
-    }
-    let label = n
-        .name
-        .clone()
-        .filter(|s| !s.is_empty())
-        .or_else(|| n.output.first().cloned())
-        .unwrap_or_else(|| "adanorm".into());
+/// The standard ops `slots` stand for over `x`: `Add(x, Bias)`, then `Add(., Skip)`, each
+/// present term only, the last writing `Sum`'s name when there is one (an `Identity` for a
+/// `Sum` alone, which leaves `x` the value to read). Returns the nodes and the value holding
+/// `S`; names are fresh under `label`.
+pub fn as_adds(x: &str, slots: &Slots, label: &str, names: &mut Names) -> (Vec<NodeProto>, String) {
     let mut adds = Vec::new();
-    let mut s = n.input[slot::X].clone();
-    let terms: Vec<(&str, &str)> = [("bias", bias), ("skip", skip)]
+    let mut s = x.to_string();
+    let terms: Vec<(&str, &str)> = [("bias", &slots.bias), ("skip", &slots.skip)]
         .into_iter()
-        .filter_map(|(what, t)| Some((what, t?)))
+        .filter_map(|(what, t)| Some((what, t.as_deref()?)))
         .collect();
     for (i, (what, term)) in terms.iter().enumerate() {
-        let last = i + 1 == terms.len();
-        let out = match (last, sum) {
-            (true, Some(sum)) => sum.to_string(),
+        let out = match (i + 1 == terms.len(), &slots.sum) {
+            (true, Some(sum)) => sum.clone(),
             _ => names.fresh(&format!("{label}/residual_{what}")),
         };
         adds.push(NodeProto {
@@ -279,17 +267,38 @@ pub fn split(n: &NodeProto, names: &mut Names) -> Option<(Vec<NodeProto>, NodePr
         });
         s = out;
     }
-    if terms.is_empty() {
+    if let (true, Some(sum)) = (terms.is_empty(), &slots.sum) {
         // Sum alone is X itself.
-        let sum = sum.expect("one of the slots is present");
         adds.push(NodeProto {
             name: Some(names.fresh(&format!("{label}/sum"))),
             op_type: Some("Identity".into()),
             input: vec![s.clone()],
-            output: vec![sum.to_string()],
+            output: vec![sum.clone()],
             ..Default::default()
         });
     }
+    (adds, s)
+}
+
+/// Splits a version-2 node into the `Add`s of its residual and a version-1 node reading their
+/// sum: `Add(X, Bias)`, then `Add(., Skip)`, each present term only, the last writing `Sum`'s
+/// name when the node has one. `None` for a node without residual slots.
+pub fn split(n: &NodeProto, names: &mut Names) -> Option<(Vec<NodeProto>, NodeProto)> {
+    let slots = Slots {
+        skip: present(&n.input, slot::SKIP).map(str::to_string),
+        bias: present(&n.input, slot::BIAS).map(str::to_string),
+        sum: present(&n.output, slot::SUM).map(str::to_string),
+    };
+    if slots.skip.is_none() && slots.bias.is_none() && slots.sum.is_none() {
+        return None;
+    }
+    let label = n
+        .name
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| n.output.first().cloned())
+        .unwrap_or_else(|| "adanorm".into());
+    let (adds, s) = as_adds(&n.input[slot::X], &slots, &label, names);
     let mut v1 = n.clone();
     v1.input.truncate(slot::SKIP);
     v1.input[slot::X] = s;

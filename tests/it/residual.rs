@@ -90,6 +90,15 @@ fn reverted(path: &Path) -> Outcome {
     revert(&g, None).unwrap_or_else(|e| panic!("revert of {}: {e}", path.display()))
 }
 
+/// The `ai.adanorm` version `model` imports.
+fn adanorm_version(model: &ModelProto) -> Option<i64> {
+    model
+        .opset_import
+        .iter()
+        .find(|o| o.domain() == "ai.adanorm")
+        .and_then(|o| o.version)
+}
+
 fn nodes_of(model: &ModelProto) -> Vec<(String, String, usize, usize)> {
     model
         .graph
@@ -174,12 +183,7 @@ fn portable_writes_the_adds_and_a_version_1_call() {
             ours[0].2 <= 3 && ours[0].3 == 3,
             "{what}: a version-1 call: {ours:?}"
         );
-        let version = outcome
-            .model
-            .opset_import
-            .iter()
-            .find(|o| o.domain() == "ai.adanorm")
-            .and_then(|o| o.version);
+        let version = adanorm_version(&outcome.model);
         assert_eq!(version, Some(1), "{what}: no version-2 slot is left");
         assert!(
             outcome.model.functions.iter().any(|f| f.name() == op),
@@ -403,12 +407,7 @@ fn fuse_absorbs_the_residual_and_the_bias_and_revert_restores_them() {
             "{what}: Sum"
         );
         assert!(graph.node.iter().all(|n| n.name() != "residual"), "{what}");
-        let version = outcome
-            .model
-            .opset_import
-            .iter()
-            .find(|o| o.domain() == "ai.adanorm")
-            .and_then(|o| o.version);
+        let version = adanorm_version(&outcome.model);
         assert_eq!(version, Some(2), "{what}");
         let fused = save(&outcome.model, dir.path(), "fused.onnx");
         let feeds = vec![(

@@ -2,6 +2,8 @@
 //! `Mean`/`InvStdDev` outputs. Every runtime checks shapes through here so they all refuse the
 //! same inputs with the same messages.
 
+use std::borrow::Cow;
+
 use crate::params::{rule, SpecError};
 
 /// `X` seen as `rows` rows of `row_len` contiguous elements.
@@ -129,6 +131,36 @@ pub fn skip_rows(
     } else {
         Ok(SkipRows::Expand)
     }
+}
+
+/// `values` (of shape `shape`, checked with [`check_param_shape`] or [`check_bias_shape`]) as
+/// one full row of `normalized_shape`: borrowed when it already holds the row's element count
+/// (the same layout up to leading 1s), broadcast with [`expand_param`] otherwise.
+pub fn param_row<'a, T: Copy>(
+    values: &'a [T],
+    shape: &[usize],
+    normalized_shape: &[usize],
+) -> Cow<'a, [T]> {
+    if values.len() == normalized_shape.iter().product::<usize>() {
+        Cow::Borrowed(values)
+    } else {
+        Cow::Owned(expand_param(values, shape, normalized_shape))
+    }
+}
+
+/// Version 2's `Skip` (`values` of `skip_shape`) as the whole rows the kernels read: checked
+/// against `X` ([`skip_rows`]), borrowed when it already is rows, expanded to `X`'s shape
+/// otherwise.
+pub fn skip_values<'a, T: Copy>(
+    values: &'a [T],
+    skip_shape: &[usize],
+    x_shape: &[usize],
+    axis: usize,
+) -> Result<Cow<'a, [T]>, SpecError> {
+    Ok(match skip_rows(skip_shape, x_shape, axis)? {
+        SkipRows::Rows(_) => Cow::Borrowed(values),
+        SkipRows::Expand => Cow::Owned(expand_param(values, skip_shape, x_shape)),
+    })
 }
 
 /// Broadcasts `values` (of shape `param_shape`) to one full row of `prod(normalized_shape)`

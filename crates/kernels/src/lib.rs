@@ -42,8 +42,8 @@ pub mod reference;
 pub mod rows;
 
 pub use layout::{
-    check_bias_shape, check_param_shape, expand_param, row_layout, skip_rows, stats_shape,
-    RowLayout, SkipRows,
+    check_bias_shape, check_param_shape, expand_param, param_row, row_layout, skip_rows,
+    skip_values, stats_shape, RowLayout, SkipRows,
 };
 pub use params::{OpKind, Params, SpecError, Variant};
 pub use reference::{reference, reference_residual, RefOutput, RefResidual};

@@ -10,8 +10,8 @@ use std::sync::Mutex;
 
 use adanorm_kernels::params::slot;
 use adanorm_kernels::{
-    check_bias_shape, check_param_shape, dispatch, expand_param, row_layout, skip_rows,
-    stats_shape, Element, Residual, SkipInput, SkipRows,
+    check_bias_shape, check_param_shape, dispatch, param_row, row_layout, skip_values, stats_shape,
+    Element, Residual, SkipInput,
 };
 use half::{bf16, f16};
 use ort_sys::OrtKernelContext;
@@ -58,7 +58,7 @@ fn run<T: OrtElement>(kernel: &Kernel, io: &KernelIo) -> Result<(), Error> {
     let bias = param::<T>(bias_in.as_ref(), "B", normalized)?;
     // Version 2's slots; a version-1 kernel was refused at creation if its node used them.
     let (skip_in, residual_bias_in) = (io.input(slot::SKIP)?, io.input(slot::BIAS)?);
-    let skip = skip_values::<T>(skip_in.as_ref(), &x.shape, layout.axis)?;
+    let skip = skip_input::<T>(skip_in.as_ref(), &x.shape, layout.axis)?;
     let residual_bias = residual_bias_row::<T>(residual_bias_in.as_ref(), normalized)?;
 
     let mut y = io
@@ -108,7 +108,7 @@ fn run<T: OrtElement>(kernel: &Kernel, io: &KernelIo) -> Result<(), Error> {
 
 /// Checks an optional `Skip` and returns it as whole rows (borrowed when it already is, see
 /// `layout::SkipRows`, expanded to `X`'s shape otherwise).
-fn skip_values<'a, T: OrtElement>(
+fn skip_input<'a, T: OrtElement>(
     input: Option<&'a Input>,
     x_shape: &[usize],
     axis: usize,
@@ -117,13 +117,9 @@ fn skip_values<'a, T: OrtElement>(
         return Ok(None);
     };
     check_type::<T>(input, "Skip")?;
-    let rows = skip_rows(&input.shape, x_shape, axis)?;
     // SAFETY: the element type was checked above; the data lives until the call returns.
     let data = unsafe { input.data::<T>()? };
-    Ok(Some(match rows {
-        SkipRows::Rows(_) => Cow::Borrowed(data),
-        SkipRows::Expand => Cow::Owned(expand_param(data, &input.shape, x_shape)),
-    }))
+    Ok(Some(skip_values(data, &input.shape, x_shape, axis)?))
 }
 
 /// Checks an optional residual `Bias` and returns one full row of it.
@@ -137,7 +133,7 @@ fn residual_bias_row<'a, T: OrtElement>(
     check_type::<T>(input, "Bias")?;
     check_bias_shape(&input.shape, normalized)?;
     // SAFETY: the element type was checked above; the data lives until the call returns.
-    Ok(Some(full_row(
+    Ok(Some(param_row(
         unsafe { input.data::<T>()? },
         &input.shape,
         normalized,
@@ -156,16 +152,6 @@ fn check_type<T: OrtElement>(input: &Input, what: &str) -> Result<(), Error> {
     }
 }
 
-/// `data` of `shape` as one row of `normalized`: borrowed when it already has the row's length
-/// (the same layout up to leading 1s), broadcast into a new row otherwise.
-fn full_row<'a, T: Copy>(data: &'a [T], shape: &[usize], normalized: &[usize]) -> Cow<'a, [T]> {
-    if data.len() == normalized.iter().product::<usize>() {
-        Cow::Borrowed(data)
-    } else {
-        Cow::Owned(expand_param(data, shape, normalized))
-    }
-}
-
 /// Checks an optional `Scale`/`B` and returns one full row of it.
 fn param<'a, T: OrtElement>(
     input: Option<&'a Input>,
@@ -178,7 +164,7 @@ fn param<'a, T: OrtElement>(
     check_type::<T>(input, what)?;
     check_param_shape(&input.shape, normalized, what)?;
     // SAFETY: the element type was checked above; the data lives until the call returns.
-    Ok(Some(full_row(
+    Ok(Some(param_row(
         unsafe { input.data::<T>()? },
         &input.shape,
         normalized,

@@ -8,8 +8,8 @@
 use std::borrow::Cow;
 
 use adanorm_kernels::{
-    check_bias_shape, check_param_shape, expand_param, row_layout, skip_rows, stats_shape,
-    Accumulator, Element, Residual, SkipInput, SkipRows,
+    check_bias_shape, check_param_shape, param_row, row_layout, skip_values, stats_shape,
+    Accumulator, Element, Residual, SkipInput,
 };
 use tract_onnx::tract_hir::internal::*;
 
@@ -109,7 +109,7 @@ impl NormOp {
             let skip = given
                 .skip
                 .as_deref()
-                .map(|t| self.skip_values::<T>(t, &shape, layout.axis))
+                .map(|t| self.skip_rows::<T>(t, &shape, layout.axis))
                 .transpose()?;
             // SAFETY: the kernel writes every element of `y` before anything reads it.
             let mut y = unsafe { Tensor::uninitialized::<T>(&shape)? };
@@ -176,8 +176,7 @@ impl NormOp {
         Ok(outputs)
     }
 
-    /// `Scale` or `B` as one full row: borrowed when it already has the row's element count,
-    /// broadcast into a new row otherwise.
+    /// `Scale` or `B` as one full row (borrowed when it already is one).
     fn param_row<'a, T: Datum + Copy>(
         &self,
         param: &'a Tensor,
@@ -185,11 +184,8 @@ impl NormOp {
         what: &str,
     ) -> TractResult<Cow<'a, [T]>> {
         check_param_shape(param.shape(), normalized, what).map_err(|e| self.spec_error(e))?;
-        Ok(row_of(
-            param.try_as_plain_ram()?.as_slice::<T>()?,
-            param.shape(),
-            normalized,
-        ))
+        let values = param.try_as_plain_ram()?.as_slice::<T>()?;
+        Ok(param_row(values, param.shape(), normalized))
     }
 
     /// The residual `Bias` as one full row, as [`Self::param_row`] under `Bias`'s own rule.
@@ -199,34 +195,18 @@ impl NormOp {
         normalized: &[usize],
     ) -> TractResult<Cow<'a, [T]>> {
         check_bias_shape(bias.shape(), normalized).map_err(|e| self.spec_error(e))?;
-        Ok(row_of(
-            bias.try_as_plain_ram()?.as_slice::<T>()?,
-            bias.shape(),
-            normalized,
-        ))
+        let values = bias.try_as_plain_ram()?.as_slice::<T>()?;
+        Ok(param_row(values, bias.shape(), normalized))
     }
 
-    /// `Skip` as whole rows: borrowed when its layout already is (`X`'s shape, or a suffix of
-    /// it covering the normalised axes), expanded to `X`'s shape otherwise.
-    fn skip_values<'a, T: Datum + Copy>(
+    /// `Skip` as the whole rows the kernels read (`adanorm_kernels::skip_values`).
+    fn skip_rows<'a, T: Datum + Copy>(
         &self,
         skip: &'a Tensor,
         x_shape: &[usize],
         axis: usize,
     ) -> TractResult<Cow<'a, [T]>> {
         let values = skip.try_as_plain_ram()?.as_slice::<T>()?;
-        match skip_rows(skip.shape(), x_shape, axis).map_err(|e| self.spec_error(e))? {
-            SkipRows::Rows(_) => Ok(Cow::Borrowed(values)),
-            SkipRows::Expand => Ok(Cow::Owned(expand_param(values, skip.shape(), x_shape))),
-        }
-    }
-}
-
-/// `values` of `shape` as one row of `normalized`: borrowed when already that long.
-fn row_of<'a, T: Copy>(values: &'a [T], shape: &[usize], normalized: &[usize]) -> Cow<'a, [T]> {
-    if values.len() == normalized.iter().product::<usize>() {
-        Cow::Borrowed(values)
-    } else {
-        Cow::Owned(expand_param(values, shape, normalized))
+        skip_values(values, skip.shape(), x_shape, axis).map_err(|e| self.spec_error(e))
     }
 }
