@@ -66,6 +66,24 @@ pub fn round_through_f16(row: &mut [f32], scratch: &mut Vec<f16>) {
     scratch.convert_to_f32_slice(row);
 }
 
+/// `dst = src` widened and `sum(dst)`, summed exactly as `rows::sum` sums (the same lanes,
+/// blocks and reduction), in one pass. The CPU must have F16C ([`has_f16c`]).
+///
+/// # Panics
+/// Without F16C, or when the lengths differ.
+#[inline(always)]
+pub fn widen_sum_f16(src: &[f16], dst: &mut [f32]) -> f32 {
+    assert_eq!(src.len(), dst.len(), "row lengths differ");
+    assert!(has_f16c(), "widen_sum_f16 needs F16C");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has the features (asserted above); the lengths are equal.
+    unsafe {
+        f16c::widen_sum(src, dst)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!()
+}
+
 /// Version 2's residual of one float16 row in one pass: `work = S` with
 /// `S = f16(f16(x + bias) + skip)` (each present term only), and `sum = S` when given. The CPU
 /// must have F16C ([`has_f16c`]); every slice has `x`'s length.
@@ -100,15 +118,19 @@ pub fn residual_f16(
 mod f16c {
     use std::arch::x86_64::{
         __m128i, _mm256_add_ps, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps,
-        _mm256_storeu_ps, _mm_loadu_si128, _mm_storeu_si128, _MM_FROUND_TO_NEAREST_INT,
+        _mm256_setzero_ps, _mm256_storeu_ps, _mm_loadu_si128, _mm_storeu_si128,
+        _MM_FROUND_TO_NEAREST_INT,
     };
 
     use half::f16;
+
+    use crate::rows::{reduce, BLOCK, LANES as LANES_SUM};
 
     const LANES: usize = 8;
 
     /// # Safety
     /// The CPU must have AVX and F16C; `src` and `dst` have the same length.
+    #[inline]
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn widen(src: &[f16], dst: &mut [f32]) {
         let full = src.len() / LANES * LANES;
@@ -126,6 +148,44 @@ mod f16c {
 
     /// # Safety
     /// As [`widen`].
+    #[inline]
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) unsafe fn widen_sum(src: &[f16], dst: &mut [f32]) -> f32 {
+        const REGS: usize = LANES_SUM / LANES;
+        let mut total = 0f32;
+        for (s, d) in src.chunks(BLOCK).zip(dst.chunks_mut(BLOCK)) {
+            let full = s.len() / LANES_SUM * LANES_SUM;
+            let mut acc = [_mm256_setzero_ps(); REGS];
+            for i in (0..full).step_by(LANES_SUM) {
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let at = i + r * LANES;
+                    // SAFETY: `at + LANES <= full <= len` for both slices; unaligned access.
+                    unsafe {
+                        let h = _mm_loadu_si128(s.as_ptr().add(at).cast::<__m128i>());
+                        let v = _mm256_cvtph_ps(h);
+                        _mm256_storeu_ps(d.as_mut_ptr().add(at), v);
+                        *a = _mm256_add_ps(*a, v);
+                    }
+                }
+            }
+            let mut lanes = [0f32; LANES_SUM];
+            for (r, a) in acc.iter().enumerate() {
+                // SAFETY: `lanes` holds REGS * LANES floats.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(r * LANES), *a) };
+            }
+            let mut tail = 0f32;
+            for (d, v) in d[full..].iter_mut().zip(&s[full..]) {
+                *d = v.to_f32();
+                tail += *d;
+            }
+            total += reduce(lanes) + tail;
+        }
+        total
+    }
+
+    /// # Safety
+    /// As [`widen`].
+    #[inline]
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn narrow(src: &[f32], dst: &mut [f16]) {
         let full = src.len() / LANES * LANES;
@@ -144,6 +204,7 @@ mod f16c {
 
     /// # Safety
     /// The CPU must have AVX and F16C; every slice has `x`'s length.
+    #[inline]
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn residual(
         x: &[f16],
@@ -192,6 +253,7 @@ mod f16c {
 
     /// # Safety
     /// The CPU must have AVX and F16C.
+    #[inline]
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn round_trip(row: &mut [f32]) {
         let full = row.len() / LANES * LANES;

@@ -1,5 +1,6 @@
 //! The row kernels compiled three times — for the baseline target (SSE2 on x86_64), with AVX2,
-//! and with AVX-512 — and picked at run time. The default build cannot assume either, and at
+//! and with AVX-512, both with F16C (every AVX2 CPU has it; it lets `convert`'s loops inline) —
+//! and picked at run time. The default build cannot assume either, and at
 //! SSE2 width the kernel's passes over a row cost more than streaming the row from memory.
 //!
 //! [`crate::rows`] marks its entry points `#[inline(always)]`, so calling them from a
@@ -32,10 +33,13 @@ pub fn width() -> Width {
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
         {
             return Width::Avx512;
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
             return Width::Avx2;
         }
     }
@@ -206,8 +210,8 @@ macro_rules! feature_build {
     };
 }
 
-feature_build!(avx2, "avx2");
-feature_build!(avx512, "avx512f,avx512bw,avx512vl,avx2");
+feature_build!(avx2, "avx2,f16c");
+feature_build!(avx512, "avx512f,avx512bw,avx512vl,avx2,f16c");
 
 #[cfg(test)]
 mod tests {

@@ -31,7 +31,7 @@
 //! residual also `layout::check_bias_shape` and `layout::skip_rows`, then
 //! `dispatch::out_of_place_residual`.
 // The only unsafe code is the call into `#[target_feature]` functions after the CPU check
-// (`dispatch`, and `convert`'s F16C loops).
+// (`dispatch`), and `convert`'s F16C and `sums`' AVX loops.
 #![deny(unsafe_code)]
 
 pub mod convert;
@@ -40,6 +40,7 @@ pub mod layout;
 pub mod params;
 pub mod reference;
 pub mod rows;
+mod sums;
 
 pub use layout::{
     check_bias_shape, check_param_shape, expand_param, param_row, row_layout, skip_rows,

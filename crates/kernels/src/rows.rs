@@ -1,16 +1,17 @@
 //! Fast row kernels: the formulas of `reference`, over contiguous rows, in the compute precision
 //! (f32 for f32/f16/bf16, f64 for f64).
 //!
-//! Per row: one pass for a first mean `m`, two for `sum(x - m)` and `sum((x - m)^2)`, then one
-//! fused output pass (normalise, AdaNorm factor, `* Scale`, `+ B`). `sum(x - m)` corrects `m`
+//! Per row: one pass for a first mean `m`, two for `sum(x - m)` and `sum((x - m)^2)` (one on
+//! AVX-512), then one fused output pass (normalise, AdaNorm factor, `* Scale`, `+ B`). `sum(x - m)` corrects `m`
 //! (the "corrected two-pass" variance): on a row like `1e4 + noise`, `m` alone is only as exact
 //! as one f32 at `1e4` (~5e-4), which would show up directly in `y`; `m + sum(x - m)/N` is exact
 //! to the precision of the deviations instead.
 //!
-//! Sums use [`LANES`] independent accumulators over fixed-size chunks so the compiler vectorises
-//! them, and restart every [`BLOCK`] elements so long rows do not build one long rounding chain.
-//! f16/bf16 rows are widened to f32 once into a per-call buffer (f16 with F16C, `convert`);
-//! f32/f64 rows are used as they are.
+//! Sums use [`LANES`] independent accumulators over fixed-size chunks so they vectorise (f32's
+//! with explicit vectors, `sums`), and restart every [`BLOCK`] elements so long rows do not build
+//! one long rounding chain. f16/bf16 rows are widened to f32 into a working row by the first
+//! pass, which also sums them (f16 with F16C, `convert`), and the output pass narrows them a
+//! chunk at a time as it goes; f32/f64 rows are used as they are.
 //!
 //! [`normalize_rows`], [`normalize_rows_in_place`] and everything they call are
 //! `#[inline(always)]`, so a caller can compile the whole kernel inside its own
@@ -30,9 +31,9 @@ use crate::params::{Params, Variant};
 /// loop is bound by add latency (about 4 cycles), not by loads: 64 f32 lanes (16 SSE or 8 AVX
 /// registers) keep enough adds in flight that the passes over an L1-resident row cost less than
 /// streaming it from memory; 16 lanes made the kernel compute-bound at about twice that.
-const LANES: usize = 64;
+pub(crate) const LANES: usize = 64;
 /// Elements summed into one partial result before it joins the row total.
-const BLOCK: usize = 64 * LANES;
+pub(crate) const BLOCK: usize = 64 * LANES;
 
 mod sealed {
     pub trait Sealed {}
@@ -66,10 +67,28 @@ pub trait Accumulator:
     fn to_f64(self) -> f64;
     fn from_usize(n: usize) -> Self;
     fn sqrt(self) -> Self;
+
+    /// `sum(x)` in the order of [`sum_map`]; f32 overrides it with explicit vectors (`sums`).
+    #[inline(always)]
+    fn row_sum(x: &[Self]) -> Self {
+        sum_map(x, |v| v)
+    }
+
+    /// `(sum(x - shift), sum((x - shift)²))` in the order of [`sum_map`].
+    ///
+    /// Two sweeps rather than one loop with two accumulator sets: fused, the vectoriser packs
+    /// each lane's `d` with its `d²` instead of packing lanes together, and runs mostly scalar.
+    #[inline(always)]
+    fn centered_sums(x: &[Self], shift: Self) -> (Self, Self) {
+        (
+            sum_map(x, |v| v - shift),
+            sum_map(x, |v| (v - shift) * (v - shift)),
+        )
+    }
 }
 
 macro_rules! accumulator {
-    ($t:ident) => {
+    ($t:ident $(, $sum:path, $centered:path)?) => {
         impl Accumulator for $t {
             const ZERO: $t = 0.0;
             const ONE: $t = 1.0;
@@ -86,11 +105,21 @@ macro_rules! accumulator {
             fn sqrt(self) -> $t {
                 $t::sqrt(self)
             }
+            $(
+                #[inline(always)]
+                fn row_sum(x: &[$t]) -> $t {
+                    $sum(x)
+                }
+                #[inline(always)]
+                fn centered_sums(x: &[$t], shift: $t) -> ($t, $t) {
+                    $centered(x, shift)
+                }
+            )?
         }
     };
 }
 
-accumulator!(f32);
+accumulator!(f32, crate::sums::sum, crate::sums::centered);
 accumulator!(f64);
 
 /// A tensor element type `T` of the spec, with its compute precision.
@@ -114,19 +143,19 @@ pub trait Element: Copy + Send + Sync + 'static {
         buf
     }
 
-    /// Calls `f` on `row` in compute precision, then stores what `f` left there in `row`.
-    fn update_row<R>(
-        row: &mut [Self],
-        buf: &mut Vec<Self::Acc>,
-        f: impl FnOnce(&mut [Self::Acc]) -> R,
-    ) -> R {
-        buf.clear();
-        buf.extend(row.iter().map(|v| v.to_acc()));
-        let r = f(buf);
-        for (d, &s) in row.iter_mut().zip(buf.iter()) {
-            *d = Self::from_acc(s);
+    /// Widens `src` into `dst` (the same length). Called a chunk at a time, interleaved with
+    /// the arithmetic, so that the conversion overlaps it instead of running as its own pass.
+    fn widen_into(src: &[Self], dst: &mut [Self::Acc]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s.to_acc();
         }
-        r
+    }
+
+    /// `buf = row` widened and `sum(buf)` (summed exactly as `sum` does), in one pass; float16
+    /// overrides it with F16C.
+    #[inline(always)]
+    fn widen_sum(row: &[Self], buf: &mut [Self::Acc]) -> Self::Acc {
+        widen_sum(row, buf)
     }
 
     /// Rounds every value of `row` to `Self` (and back): what storing an `Add`'s result in
@@ -167,21 +196,10 @@ pub trait Element: Copy + Send + Sync + 'static {
         None
     }
 
-    /// Calls `f` on `src` in compute precision, then stores what `f` left there in `dst`.
-    /// `src` and `dst` have the same length.
-    fn map_row<R>(
-        src: &[Self],
-        dst: &mut [Self],
-        buf: &mut Vec<Self::Acc>,
-        f: impl FnOnce(&mut [Self::Acc]) -> R,
-    ) -> R {
-        buf.clear();
-        buf.extend(src.iter().map(|v| v.to_acc()));
-        let r = f(buf);
-        for (d, &s) in dst.iter_mut().zip(buf.iter()) {
-            *d = Self::from_acc(s);
-        }
-        r
+    /// The row itself when `Self` is its own compute type, for the in-place kernel.
+    #[inline(always)]
+    fn as_acc_row(_row: &mut [Self]) -> Option<&mut [Self::Acc]> {
+        None
     }
 }
 
@@ -207,25 +225,18 @@ macro_rules! native_element {
                 Some((src, dst))
             }
             #[inline(always)]
-            fn update_row<R>(row: &mut [$t], _: &mut Vec<$t>, f: impl FnOnce(&mut [$t]) -> R) -> R {
-                f(row)
+            fn as_acc_row(row: &mut [$t]) -> Option<&mut [$t]> {
+                Some(row)
+            }
+            #[inline(always)]
+            fn widen_into(src: &[$t], dst: &mut [$t]) {
+                dst.copy_from_slice(src);
             }
             #[inline(always)]
             fn round_row(_: &mut [$t], _: &mut Vec<$t>) {}
             #[inline(always)]
             fn store_row(src: &[$t], dst: &mut [$t]) {
                 dst.copy_from_slice(src);
-            }
-            #[inline(always)]
-            fn map_row<R>(
-                src: &[$t],
-                dst: &mut [$t],
-                _: &mut Vec<$t>,
-                f: impl FnOnce(&mut [$t]) -> R,
-            ) -> R {
-                // The output row doubles as the work row: one copy instead of a scratch buffer.
-                dst.copy_from_slice(src);
-                f(dst)
             }
         }
     };
@@ -270,7 +281,7 @@ fn residual_row_widened<T: Element>(
 }
 
 macro_rules! half_element {
-    ($t:ty, $widen:path, $narrow:path, $round:path, $residual:path) => {
+    ($t:ty, $widen:path, $widen_sum:path, $narrow:path, $round:path, $residual:path) => {
         impl Element for $t {
             type Acc = f32;
             fn to_acc(self) -> f32 {
@@ -304,29 +315,12 @@ macro_rules! half_element {
                 $narrow(src, dst);
             }
             #[inline(always)]
-            fn update_row<R>(
-                row: &mut [$t],
-                buf: &mut Vec<f32>,
-                f: impl FnOnce(&mut [f32]) -> R,
-            ) -> R {
-                buf.resize(row.len(), 0.0);
-                $widen(row, buf);
-                let r = f(buf);
-                $narrow(buf, row);
-                r
+            fn widen_into(src: &[$t], dst: &mut [f32]) {
+                $widen(src, dst);
             }
             #[inline(always)]
-            fn map_row<R>(
-                src: &[$t],
-                dst: &mut [$t],
-                buf: &mut Vec<f32>,
-                f: impl FnOnce(&mut [f32]) -> R,
-            ) -> R {
-                buf.resize(src.len(), 0.0);
-                $widen(src, buf);
-                let r = f(buf);
-                $narrow(buf, dst);
-                r
+            fn widen_sum(row: &[$t], buf: &mut [f32]) -> f32 {
+                $widen_sum(row, buf)
             }
         }
     };
@@ -335,6 +329,7 @@ macro_rules! half_element {
 half_element!(
     f16,
     crate::convert::f16_to_f32,
+    widen_sum_f16,
     crate::convert::f32_to_f16,
     crate::convert::round_through_f16,
     residual_row_f16
@@ -342,10 +337,21 @@ half_element!(
 half_element!(
     bf16,
     bf16_to_f32,
+    widen_sum::<bf16>,
     f32_to_bf16,
     round_through_bf16,
     residual_row_widened
 );
+
+/// float16's [`Element::widen_sum`]: one F16C pass where the CPU has it.
+#[inline(always)]
+fn widen_sum_f16(row: &[f16], buf: &mut [f32]) -> f32 {
+    if crate::convert::has_f16c() {
+        crate::convert::widen_sum_f16(row, buf)
+    } else {
+        widen_sum(row, buf)
+    }
+}
 
 /// float16's [`Element::residual_row`]: one F16C pass where the CPU has it.
 #[inline(always)]
@@ -410,12 +416,8 @@ pub fn normalize_rows<T: Element>(
     if check_lengths(x.len(), row_len, scale, bias, &mut mean, &mut inv_std_dev).is_none() {
         return;
     }
-    let (mut scale_buf, mut bias_buf) = (Vec::new(), Vec::new());
-    let epilogue = Epilogue {
-        ada: ada_consts(params),
-        scale: scale.map(|s| T::acc_row(s, &mut scale_buf)),
-        bias: bias.map(|b| T::acc_row(b, &mut bias_buf)),
-    };
+    let mut epilogue_bufs = EpilogueBufs::default();
+    let epilogue = Epilogue::new(params, scale, bias, &mut epilogue_bufs);
     let mut buf = Vec::new();
     for (r, (xr, yr)) in x
         .chunks_exact(row_len)
@@ -427,13 +429,10 @@ pub fn normalize_rows<T: Element>(
             stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
             continue;
         }
-        let stats = T::map_row(
-            xr,
-            yr,
-            &mut buf,
-            #[inline(always)]
-            |row| normalize_row(row, params, &epilogue),
-        );
+        buf.resize(row_len, <T::Acc as Accumulator>::ZERO);
+        let first_sum = T::widen_sum(xr, &mut buf);
+        let stats = RowStats::with_sum(&buf, first_sum, params);
+        epilogue.store(&stats, &mut buf, yr);
         stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
     }
 }
@@ -455,20 +454,20 @@ pub fn normalize_rows_in_place<T: Element>(
     if check_lengths(xy.len(), row_len, scale, bias, &mut mean, &mut inv_std_dev).is_none() {
         return;
     }
-    let (mut scale_buf, mut bias_buf) = (Vec::new(), Vec::new());
-    let epilogue = Epilogue {
-        ada: ada_consts(params),
-        scale: scale.map(|s| T::acc_row(s, &mut scale_buf)),
-        bias: bias.map(|b| T::acc_row(b, &mut bias_buf)),
-    };
+    let mut epilogue_bufs = EpilogueBufs::default();
+    let epilogue = Epilogue::new(params, scale, bias, &mut epilogue_bufs);
     let mut buf = Vec::new();
     for (r, row) in xy.chunks_exact_mut(row_len).enumerate() {
-        let stats = T::update_row(
-            row,
-            &mut buf,
-            #[inline(always)]
-            |row| normalize_row(row, params, &epilogue),
-        );
+        let stats = match T::as_acc_row(row) {
+            Some(row) => normalize_row(row, params, &epilogue),
+            None => {
+                buf.resize(row_len, <T::Acc as Accumulator>::ZERO);
+                let first_sum = T::widen_sum(row, &mut buf);
+                let stats = RowStats::with_sum(&buf, first_sum, params);
+                epilogue.store(&stats, &mut buf, row);
+                stats
+            }
+        };
         stats.store(r, mean.as_deref_mut(), inv_std_dev.as_deref_mut());
     }
 }
@@ -539,12 +538,9 @@ pub fn normalize_rows_residual<T: Element>(
         );
         k.rows.len() / row_len
     });
-    let (mut scale_buf, mut b_buf, mut bias_buf) = (Vec::new(), Vec::new(), Vec::new());
-    let epilogue = Epilogue {
-        ada: ada_consts(params),
-        scale: scale.map(|s| T::acc_row(s, &mut scale_buf)),
-        bias: b.map(|b| T::acc_row(b, &mut b_buf)),
-    };
+    let mut epilogue_bufs = EpilogueBufs::default();
+    let epilogue = Epilogue::new(params, scale, b, &mut epilogue_bufs);
+    let mut bias_buf = Vec::new();
     let bias = bias.map(|b| T::acc_row(b, &mut bias_buf));
     let (mut skip_buf, mut work) = (Vec::new(), Vec::new());
     let mut scratch: Vec<T> = Vec::new();
@@ -589,8 +585,8 @@ pub fn normalize_rows_residual<T: Element>(
             None => {
                 work.resize(row_len, <T::Acc as Accumulator>::ZERO);
                 T::residual_row(xr, bias, skip_raw, &mut work, sum_row, &mut bufs);
-                let stats = normalize_row(&mut work, params, &epilogue);
-                T::store_row(&work, yr);
+                let stats = RowStats::of(&work, params);
+                epilogue.store(&stats, &mut work, yr);
                 stats
             }
         };
@@ -646,13 +642,7 @@ fn normalize_row_into<A: Accumulator>(
     epilogue: &Epilogue<'_, A>,
 ) -> RowStats<A> {
     let stats = RowStats::of(src, params);
-    match epilogue.ada {
-        Some((c, k)) => epilogue.apply_into(src, dst, |v| {
-            let y = stats.normalize(v);
-            c * (A::ONE - k * y) * y
-        }),
-        None => epilogue.apply_into(src, dst, |v| stats.normalize(v)),
-    }
+    epilogue.apply(Out::Into(src, dst), |v| stats.normalize(v));
     stats
 }
 
@@ -664,13 +654,7 @@ fn normalize_row<A: Accumulator>(
     epilogue: &Epilogue<'_, A>,
 ) -> RowStats<A> {
     let stats = RowStats::of(row, params);
-    match epilogue.ada {
-        Some((c, k)) => epilogue.apply(row, |v| {
-            let y = stats.normalize(v);
-            c * (A::ONE - k * y) * y
-        }),
-        None => epilogue.apply(row, |v| stats.normalize(v)),
-    }
+    epilogue.apply(Out::InPlace(row), |v| stats.normalize(v));
     stats
 }
 
@@ -725,9 +709,15 @@ impl<A: Accumulator> RowStats<A> {
     /// Requires a non-empty row.
     #[inline(always)]
     fn of(x: &[A], params: &Params) -> RowStats<A> {
+        RowStats::with_sum(x, sum(x), params)
+    }
+
+    /// [`RowStats::of`] given `sum(x)`.
+    #[inline(always)]
+    fn with_sum(x: &[A], first_sum: A, params: &Params) -> RowStats<A> {
         let n = A::from_usize(x.len());
-        let shift = sum(x) / n;
-        let (sum_d, sum_d2) = centered_sums(x, shift);
+        let shift = first_sum / n;
+        let (sum_d, sum_d2) = A::centered_sums(x, shift);
         let corr = sum_d / n;
         // sum((x - mean)^2) = sum(d^2) - sum(d)^2 / N with d = x - shift. Mathematically >= 0;
         // the clamp only removes rounding below zero and lets NaN through.
@@ -765,115 +755,263 @@ impl<A: Accumulator> RowStats<A> {
     }
 }
 
-/// What follows `y = d / sigma`: the AdaNorm factor, `* Scale`, `+ B`.
+/// What follows `y = d / sigma`, with AdaNorm's constants folded into the columns once per
+/// call: `C·(1 − k·y)·y·Scale + B` is computed as `y·(cs − cks·y) + B` with `cs = C·Scale` and
+/// `cks = (C·k)·Scale`, two multiplies per element fewer than the formula's order (which made
+/// the float16 AdaNorm with Scale/B slower than ORT's own LayerNormalization); the roundings
+/// differ from the formula's by a few ulps, well inside the reference tolerances.
 struct Epilogue<'a, A> {
-    ada: Option<(A, A)>,
-    scale: Option<&'a [A]>,
+    form: Form<'a, A>,
     bias: Option<&'a [A]>,
 }
 
-impl<A: Accumulator> Epilogue<'_, A> {
-    /// `dst[j] = f(src[j]) * scale[j] + bias[j]` in one pass (see [`Epilogue::apply`]).
-    #[inline(always)]
-    fn apply_into(&self, src: &[A], dst: &mut [A], f: impl Fn(A) -> A) {
-        let pairs = dst.iter_mut().zip(src);
-        match (self.scale, self.bias) {
-            (Some(s), Some(b)) => {
-                for (((d, &v), &s), &b) in pairs.zip(s).zip(b) {
-                    *d = f(v) * s + b;
+#[derive(Clone, Copy)]
+enum Form<'a, A> {
+    /// LayerNormSimple: `y`, or `y · Scale`.
+    Simple(Option<&'a [A]>),
+    /// AdaNorm without Scale: `y · (C − C·k·y)`.
+    Ada { c: A, ck: A },
+    /// AdaNorm with Scale: `y · (cs − cks·y)`.
+    AdaScaled { cs: &'a [A], cks: &'a [A] },
+}
+
+/// The column buffers an [`Epilogue`] borrows: Scale and B widened, or Scale folded.
+struct EpilogueBufs<A> {
+    scale: Vec<A>,
+    scale_k: Vec<A>,
+    bias: Vec<A>,
+}
+
+impl<A> Default for EpilogueBufs<A> {
+    fn default() -> Self {
+        EpilogueBufs {
+            scale: Vec::new(),
+            scale_k: Vec::new(),
+            bias: Vec::new(),
+        }
+    }
+}
+
+/// Where an output pass writes: over its input, or from `src` into `dst`.
+enum Out<'r, A> {
+    InPlace(&'r mut [A]),
+    Into(&'r [A], &'r mut [A]),
+}
+
+impl<'a, A: Accumulator> Epilogue<'a, A> {
+    fn new<T: Element<Acc = A>>(
+        params: &Params,
+        scale: Option<&'a [T]>,
+        bias: Option<&'a [T]>,
+        bufs: &'a mut EpilogueBufs<A>,
+    ) -> Epilogue<'a, A> {
+        let EpilogueBufs {
+            scale: scale_buf,
+            scale_k: scale_k_buf,
+            bias: bias_buf,
+        } = bufs;
+        let form = match (params.variant, scale) {
+            (Variant::LayerNormSimple, s) => Form::Simple(s.map(|s| T::acc_row(s, scale_buf))),
+            (Variant::AdaNorm { c, k }, None) => Form::Ada {
+                c: A::from_f64(c),
+                ck: A::from_f64(c * k),
+            },
+            (Variant::AdaNorm { c, k }, Some(s)) => {
+                // Widened once (F16C for float16), then scaled in A: callers that split X into
+                // many calls pay this per call.
+                let s = T::acc_row(s, bias_buf);
+                let (c, ck) = (A::from_f64(c), A::from_f64(c * k));
+                scale_buf.clear();
+                scale_buf.extend(s.iter().map(|&v| c * v));
+                scale_k_buf.clear();
+                scale_k_buf.extend(s.iter().map(|&v| ck * v));
+                Form::AdaScaled {
+                    cs: scale_buf,
+                    cks: scale_k_buf,
                 }
             }
-            (Some(s), None) => {
-                for ((d, &v), &s) in pairs.zip(s) {
-                    *d = f(v) * s;
-                }
-            }
-            (None, Some(b)) => {
-                for ((d, &v), &b) in pairs.zip(b) {
-                    *d = f(v) + b;
-                }
-            }
-            (None, None) => {
-                for (d, &v) in pairs {
-                    *d = f(v);
-                }
-            }
+        };
+        Epilogue {
+            form,
+            bias: bias.map(|b| T::acc_row(b, bias_buf)),
         }
     }
 
-    /// `row[j] = f(row[j]) * scale[j] + bias[j]` in one pass. One loop per Scale/B combination
-    /// keeps each loop branch-free, so it vectorises.
+    /// The columns `at` of this epilogue, for an output pass over part of a row.
+    fn part(&self, at: std::ops::Range<usize>) -> Epilogue<'_, A> {
+        let cut = |v: &'a [A]| &v[at.clone()];
+        Epilogue {
+            form: match self.form {
+                Form::Simple(s) => Form::Simple(s.map(cut)),
+                Form::Ada { c, ck } => Form::Ada { c, ck },
+                Form::AdaScaled { cs, cks } => Form::AdaScaled {
+                    cs: cut(cs),
+                    cks: cut(cks),
+                },
+            },
+            bias: self.bias.map(cut),
+        }
+    }
+
+    /// The output pass: `out = epilogue(y(v))` for every `v`. One loop per form and B keeps
+    /// each loop branch-free, so it vectorises.
     #[inline(always)]
-    fn apply(&self, row: &mut [A], f: impl Fn(A) -> A) {
-        match (self.scale, self.bias) {
-            (Some(s), Some(b)) => {
-                for ((v, &s), &b) in row.iter_mut().zip(s).zip(b) {
-                    *v = f(*v) * s + b;
-                }
-            }
-            (Some(s), None) => {
-                for (v, &s) in row.iter_mut().zip(s) {
-                    *v = f(*v) * s;
-                }
-            }
-            (None, Some(b)) => {
-                for (v, &b) in row.iter_mut().zip(b) {
-                    *v = f(*v) + b;
-                }
-            }
-            (None, None) => {
-                for v in row.iter_mut() {
-                    *v = f(*v);
-                }
+    fn apply(&self, out: Out<'_, A>, y: impl Fn(A) -> A) {
+        match (self.form, self.bias) {
+            (Form::Simple(None), None) => each0(out, y),
+            (Form::Simple(None), Some(b)) => each1(out, b, |v, b| y(v) + b),
+            (Form::Simple(Some(s)), None) => each1(out, s, |v, s| y(v) * s),
+            (Form::Simple(Some(s)), Some(b)) => each2(out, s, b, |v, s, b| y(v) * s + b),
+            (Form::Ada { c, ck }, None) => each0(out, |v| {
+                let y = y(v);
+                y * (c - ck * y)
+            }),
+            (Form::Ada { c, ck }, Some(b)) => each1(out, b, |v, b| {
+                let y = y(v);
+                y * (c - ck * y) + b
+            }),
+            (Form::AdaScaled { cs, cks }, None) => each2(out, cs, cks, |v, cs, cks| {
+                let y = y(v);
+                y * (cs - cks * y)
+            }),
+            (Form::AdaScaled { cs, cks }, Some(b)) => each3(out, cs, cks, b, |v, cs, cks, b| {
+                let y = y(v);
+                y * (cs - cks * y) + b
+            }),
+        }
+    }
+
+    /// The output pass of a widened row: `work` is normalised in place a chunk at a time, each
+    /// chunk narrowed into `dst` while it is still in L1 so that the conversion overlaps the
+    /// arithmetic of the next chunk. `work` is left undefined.
+    #[inline(always)]
+    fn store<T: Element<Acc = A>>(&self, stats: &RowStats<A>, work: &mut [A], dst: &mut [T]) {
+        const CHUNK: usize = 256;
+        for (i, (w, d)) in work
+            .chunks_mut(CHUNK)
+            .zip(dst.chunks_mut(CHUNK))
+            .enumerate()
+        {
+            let at = i * CHUNK..i * CHUNK + w.len();
+            self.part(at)
+                .apply(Out::InPlace(&mut *w), |v| stats.normalize(v));
+            T::store_row(w, d);
+        }
+    }
+}
+
+// The output loops by number of column operands; each a plain zip, so that it vectorises.
+
+#[inline(always)]
+fn each0<A: Copy>(out: Out<'_, A>, f: impl Fn(A) -> A) {
+    match out {
+        Out::InPlace(row) => row.iter_mut().for_each(|v| *v = f(*v)),
+        Out::Into(src, dst) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = f(v)),
+    }
+}
+
+#[inline(always)]
+fn each1<A: Copy>(out: Out<'_, A>, a: &[A], f: impl Fn(A, A) -> A) {
+    match out {
+        Out::InPlace(row) => row.iter_mut().zip(a).for_each(|(v, &a)| *v = f(*v, a)),
+        Out::Into(src, dst) => {
+            for ((d, &v), &a) in dst.iter_mut().zip(src).zip(a) {
+                *d = f(v, a);
             }
         }
     }
 }
 
-fn ada_consts<A: Accumulator>(params: &Params) -> Option<(A, A)> {
-    match params.variant {
-        Variant::AdaNorm { c, k } => Some((A::from_f64(c), A::from_f64(k))),
-        Variant::LayerNormSimple => None,
+#[inline(always)]
+fn each2<A: Copy>(out: Out<'_, A>, a: &[A], b: &[A], f: impl Fn(A, A, A) -> A) {
+    match out {
+        Out::InPlace(row) => {
+            for ((v, &a), &b) in row.iter_mut().zip(a).zip(b) {
+                *v = f(*v, a, b);
+            }
+        }
+        Out::Into(src, dst) => {
+            for (((d, &v), &a), &b) in dst.iter_mut().zip(src).zip(a).zip(b) {
+                *d = f(v, a, b);
+            }
+        }
     }
 }
+
+#[inline(always)]
+fn each3<A: Copy>(out: Out<'_, A>, a: &[A], b: &[A], c: &[A], f: impl Fn(A, A, A, A) -> A) {
+    match out {
+        Out::InPlace(row) => {
+            for (((v, &a), &b), &c) in row.iter_mut().zip(a).zip(b).zip(c) {
+                *v = f(*v, a, b, c);
+            }
+        }
+        Out::Into(src, dst) => {
+            for ((((d, &v), &a), &b), &c) in dst.iter_mut().zip(src).zip(a).zip(b).zip(c) {
+                *d = f(v, a, b, c);
+            }
+        }
+    }
+}
+
+/// The accumulators of a sum, cache-line aligned: where the compiler keeps them in memory
+/// rather than registers, each iteration stores and reloads them, and a vector store split
+/// across two cache lines cannot be forwarded to the next load (measured: the two centred sums
+/// ran 3× slower, or not, depending on where the stack frame put the array).
+#[repr(C, align(64))]
+struct Lanes<A>([A; LANES]);
 
 /// `sum(f(x))` with [`LANES`] independent accumulators, restarted every [`BLOCK`] elements.
 #[inline(always)]
-fn sum_map<A: Accumulator>(x: &[A], f: impl Fn(A) -> A) -> A {
+pub(crate) fn sum_map<A: Accumulator>(x: &[A], f: impl Fn(A) -> A) -> A {
     let mut total = A::ZERO;
     for block in x.chunks(BLOCK) {
         let (chunks, tail) = block.as_chunks::<LANES>();
-        let mut acc = [A::ZERO; LANES];
+        let mut acc = Lanes([A::ZERO; LANES]);
         for chunk in chunks {
-            for j in 0..LANES {
-                acc[j] += f(chunk[j]);
+            for (a, &v) in acc.0.iter_mut().zip(chunk) {
+                *a += f(v);
             }
         }
-        total += reduce(acc) + tail.iter().fold(A::ZERO, |s, &v| s + f(v));
+        total += reduce(acc.0) + tail.iter().fold(A::ZERO, |s, &v| s + f(v));
     }
     total
 }
 
 #[inline(always)]
 fn sum<A: Accumulator>(x: &[A]) -> A {
-    sum_map(x, |v| v)
+    A::row_sum(x)
 }
 
-/// `(sum(x - shift), sum((x - shift)^2))`.
-///
-/// Two sweeps rather than one loop with two accumulator sets: fused, the vectoriser packs each
-/// lane's `d` with its `d²` instead of packing lanes together, and runs mostly scalar.
+/// `buf = row` widened and `sum(buf)` (summed exactly as [`sum`] does), in one pass: each
+/// [`LANES`]-long chunk is widened and then added while it is still in registers or L1.
 #[inline(always)]
-fn centered_sums<A: Accumulator>(x: &[A], shift: A) -> (A, A) {
-    let sum_d = sum_map(x, |v| v - shift);
-    let sum_d2 = sum_map(x, |v| (v - shift) * (v - shift));
-    (sum_d, sum_d2)
+fn widen_sum<T: Element>(row: &[T], buf: &mut [T::Acc]) -> T::Acc {
+    let mut total = <T::Acc as Accumulator>::ZERO;
+    for (src, dst) in row.chunks(BLOCK).zip(buf.chunks_mut(BLOCK)) {
+        let (src_chunks, src_tail) = src.as_chunks::<LANES>();
+        let (dst_chunks, dst_tail) = dst.as_chunks_mut::<LANES>();
+        let mut acc = Lanes([<T::Acc as Accumulator>::ZERO; LANES]);
+        for (s, d) in src_chunks.iter().zip(dst_chunks) {
+            T::widen_into(s, d);
+            for (a, &v) in acc.0.iter_mut().zip(d.iter()) {
+                *a += v;
+            }
+        }
+        T::widen_into(src_tail, dst_tail);
+        total += reduce(acc.0)
+            + dst_tail
+                .iter()
+                .fold(<T::Acc as Accumulator>::ZERO, |s, &v| s + v);
+    }
+    total
 }
 
 /// Sums the lanes by halving: lane `j` takes lane `j + width/2` until four remain.
 ///
 /// Each step adds two contiguous halves, which the vectoriser turns into whole-register adds.
-fn reduce<A: Accumulator>(mut acc: [A; LANES]) -> A {
+#[inline(always)]
+pub(crate) fn reduce<A: Accumulator>(mut acc: [A; LANES]) -> A {
     let mut width = LANES;
     while width > 4 {
         width /= 2;
@@ -915,7 +1053,7 @@ mod tests {
             let x: Vec<f64> = (0..n).map(|i| (i % 7) as f64).collect();
             let expect: f64 = x.iter().sum();
             assert_eq!(sum(&x), expect, "n = {n}");
-            let (d, d2) = centered_sums(&x, 3.0);
+            let (d, d2) = f64::centered_sums(&x, 3.0);
             assert_eq!(d, expect - 3.0 * n as f64, "n = {n}");
             assert_eq!(
                 d2,
