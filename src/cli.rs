@@ -55,6 +55,9 @@ pub enum Command {
         /// version-1 nodes, instead of absorbing them into version-2 nodes (Skip, Bias, Sum).
         #[arg(long)]
         no_residual: bool,
+        /// Print what was done as one JSON object instead of text (the Python API's report).
+        #[arg(long)]
+        json: bool,
     },
     /// Replace every LayerNorm-family match (fused or not) by AdaNorm or LayerNorm-simple.
     Rewrite {
@@ -89,6 +92,9 @@ pub enum Command {
         /// version-1 nodes, instead of absorbing them into version-2 nodes (Skip, Bias, Sum).
         #[arg(long)]
         no_residual: bool,
+        /// Print what was done as one JSON object instead of text (the Python API's report).
+        #[arg(long)]
+        json: bool,
     },
     /// Run a model in tract (with the ai.adanorm ops) and write its outputs.
     Run {
@@ -126,6 +132,9 @@ pub enum Command {
         /// The weights file a `rewrite --affine drop|fold` wrote.
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// Print what was done as one JSON object instead of text (the Python API's report).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -202,7 +211,10 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn print_outcome(verb: &str, input: &Path, out: &Path, o: &Outcome) {
+fn print_outcome(verb: &str, input: &Path, out: &Path, weights: Option<&Path>, o: &Outcome) {
+    if let Some(path) = weights {
+        println!("weights removed from the model -> {}", path.display());
+    }
     println!("{verb} {} -> {}", input.display(), out.display());
     for c in &o.changes {
         println!(
@@ -242,7 +254,7 @@ fn write_outcome(
     force: bool,
     weights_out: Option<PathBuf>,
     o: &Outcome,
-) -> Result<()> {
+) -> Result<Option<PathBuf>> {
     if same_file(input, out) {
         return Err(
             Error::msg("the output would replace the input model; choose another -o")
@@ -274,7 +286,7 @@ fn write_outcome(
         }
     }
     let Some(w) = &o.weights else {
-        return save_model(&o.model, out, force);
+        return save_model(&o.model, out, force).map(|()| None);
     };
     let path = weights_out.unwrap_or_else(|| beside(out, ".weights.safetensors"));
     if same_file(input, &path) || same_file(out, &path) || path == out {
@@ -292,8 +304,7 @@ fn write_outcome(
         }
         return Err(e);
     }
-    println!("weights removed from the model -> {}", path.display());
-    Ok(())
+    Ok(Some(path))
 }
 
 /// Loads a model for `inspect`/`fuse`/`rewrite`, with the calls of model-local functions that
@@ -314,6 +325,19 @@ fn print_inlined(inlined: &[String]) {
 
 /// Runs a command; returns the process exit code on success.
 pub fn run(cli: Cli) -> Result<i32> {
+    let (code, report) = execute(cli)?;
+    if let Some(report) = report {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("JSON of plain values")
+        );
+    }
+    Ok(code)
+}
+
+/// Runs a command; returns the exit code and, for `--json`, the report instead of printing it
+/// (the Python API's entry). Without `--json` the command prints its text as `run` does.
+pub fn execute(cli: Cli) -> Result<(i32, Option<serde_json::Value>)> {
     match cli.command {
         Command::Inspect { model, json } => {
             let (loaded, inlined) = load_for_matching(&model)?;
@@ -324,15 +348,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             if json {
                 let mut report = report::inspect_json(&shown, &found);
                 report["inlined_functions"] = serde_json::json!(inlined);
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("JSON of plain values")
-                );
-            } else {
-                print!("{}", report::inspect_table(&shown, &found));
-                print_inlined(&inlined);
+                return Ok((0, Some(report)));
             }
-            Ok(0)
+            print!("{}", report::inspect_table(&shown, &found));
+            print_inlined(&inlined);
+            Ok((0, None))
         }
         Command::Fuse {
             model,
@@ -341,6 +361,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             portable,
             only,
             no_residual,
+            json,
         } => {
             let (loaded, inlined) = load_for_matching(&model)?;
             let g = GraphIndex::build(&loaded)?;
@@ -357,9 +378,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let o = rewrite::plan::plan_model(&g, &opts).map_err(|e| e.in_file(&model))?;
             let out = output.unwrap_or_else(|| beside(&model, ".fused.onnx"));
             write_outcome(&model, &out, force, None, &o)?;
-            print_outcome("fused", &model, &out, &o);
-            print_inlined(&inlined);
-            Ok(0)
+            finish(json, "fuse", &model, &out, None, &o, &inlined)
         }
         Command::Rewrite {
             model,
@@ -373,6 +392,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             portable,
             only,
             no_residual,
+            json,
         } => {
             let (loaded, inlined) = load_for_matching(&model)?;
             let g = GraphIndex::build(&loaded)?;
@@ -398,10 +418,16 @@ pub fn run(cli: Cli) -> Result<i32> {
             let o = rewrite::plan::plan_model(&g, &opts).map_err(|e| e.in_file(&model))?;
             let out = output.unwrap_or_else(|| beside(&model, ".adanorm.onnx"));
             // Beside the output (never the input's folder unless the output is there too).
-            write_outcome(&model, &out, force, weights_out, &o)?;
-            print_outcome("rewrote", &model, &out, &o);
-            print_inlined(&inlined);
-            Ok(0)
+            let weights = write_outcome(&model, &out, force, weights_out, &o)?;
+            finish(
+                json,
+                "rewrite",
+                &model,
+                &out,
+                weights.as_deref(),
+                &o,
+                &inlined,
+            )
         }
         Command::Run {
             model,
@@ -416,7 +442,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 println!("{name}: {:?} {:?}", t.datum_type(), t.shape());
             }
             println!("wrote {}", out.display());
-            Ok(0)
+            Ok((0, None))
         }
         Command::Verify {
             a,
@@ -460,13 +486,14 @@ pub fn run(cli: Cli) -> Result<i32> {
                     "the models DIFFER"
                 }
             );
-            Ok(if ok { 0 } else { 1 })
+            Ok((if ok { 0 } else { 1 }, None))
         }
         Command::Revert {
             model,
             output,
             force,
             weights,
+            json,
         } => {
             let loaded = load_model(&model)?;
             let g = GraphIndex::build(&loaded)?;
@@ -474,8 +501,31 @@ pub fn run(cli: Cli) -> Result<i32> {
             let o = rewrite::revert::revert(&g, w.as_ref())?;
             let out = output.unwrap_or_else(|| beside(&model, ".reverted.onnx"));
             write_outcome(&model, &out, force, None, &o)?;
-            print_outcome("reverted", &model, &out, &o);
-            Ok(0)
+            finish(json, "revert", &model, &out, None, &o, &[])
         }
     }
+}
+
+/// The end of `fuse`, `rewrite` and `revert`: the report as JSON, or printed as text.
+fn finish(
+    json: bool,
+    command: &str,
+    input: &Path,
+    out: &Path,
+    weights: Option<&Path>,
+    o: &Outcome,
+    inlined: &[String],
+) -> Result<(i32, Option<serde_json::Value>)> {
+    if json {
+        let report = report::outcome_json(command, input, out, weights, o, inlined);
+        return Ok((0, Some(report)));
+    }
+    let verb = match command {
+        "fuse" => "fused",
+        "rewrite" => "rewrote",
+        _ => "reverted",
+    };
+    print_outcome(verb, input, out, weights, o);
+    print_inlined(inlined);
+    Ok((0, None))
 }

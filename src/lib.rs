@@ -3,6 +3,7 @@
 
 pub mod atomic_file;
 pub mod cli;
+pub mod entry;
 pub mod error;
 pub mod graph;
 pub mod onnx;

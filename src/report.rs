@@ -115,3 +115,33 @@ pub fn inspect_table(path: &str, found: &Found<'_, '_>) -> String {
     ));
     out
 }
+
+/// What `fuse`, `rewrite` and `revert` did, as `--json` prints it and the Python API returns it.
+pub fn outcome_json(
+    command: &str,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    weights: Option<&std::path::Path>,
+    outcome: &crate::rewrite::Outcome,
+    inlined_functions: &[String],
+) -> Value {
+    json!({
+        "command": command,
+        "model": input.display().to_string(),
+        "output": output.display().to_string(),
+        "weights": weights.map(|w| w.display().to_string()),
+        "changes": outcome.changes.iter().map(|c| json!({
+            "before": c.before,
+            "after": c.after,
+            "same_function": c.same_function,
+            "note": c.note,
+        })).collect::<Vec<_>>(),
+        "left_as_is": outcome.skipped.iter().map(|(what, why)| json!({
+            "what": what,
+            "why": why,
+        })).collect::<Vec<_>>(),
+        "replaced": outcome.changes.len(),
+        "same_function": outcome.same_function(),
+        "inlined_functions": inlined_functions,
+    })
+}

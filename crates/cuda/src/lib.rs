@@ -225,7 +225,8 @@ pub unsafe fn launch(
     params: &Params,
 ) -> Result<(), String> {
     #[cfg(feature = "cuda")]
-    {
+    // SAFETY: the caller's contract is this function's (`# Safety` above), passed on unchanged.
+    unsafe {
         launch::launch(
             stream,
             dtype,
@@ -277,7 +278,8 @@ pub unsafe fn launch_expand_param(
     normalized_shape: &[usize],
 ) -> Result<(), String> {
     #[cfg(feature = "cuda")]
-    {
+    // SAFETY: as in `launch`: the caller's contract, passed on unchanged.
+    unsafe {
         launch::launch_expand_param(stream, dtype, src, dst, param_shape, normalized_shape)
     }
     #[cfg(not(feature = "cuda"))]
