@@ -192,3 +192,23 @@ def test_portable_rewrite_runs_in_onnxruntime_node(tmp_path):
            for o in json.loads((tmp_path / "outputs.json").read_text())]
     assert_same_outputs(got, run_ort(portable, feeds))
     assert_same_outputs(got, run_ort(onnx.load(zoo(name)), feeds))
+
+
+def test_external_data_models_go_through_output(tmp_path):
+    """A model keeping its weights in an external file: output= beside it works, and the
+    in-memory return (which would need the data elsewhere) is refused with an Error."""
+    name = "bert_legacy_op14"
+    model = onnx.load(zoo(name))
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.data", size_threshold=0)
+    assert (tmp_path / "ext.data").exists()
+    out = tmp_path / "ext.fused.onnx"
+    fused, report = adanorm_onnx.fuse(path, output=out)
+    assert fused is None and report["replaced"] > 0
+    feeds = inputs(name)
+    # (onnx.save with external data rewrote `model` in place: reload the original.)
+    want = run_ort(onnx.load(zoo(name)), feeds)
+    assert_same_outputs(run_ort(str(out), feeds, adanorm_onnx.get_library_path()), want)
+    with pytest.raises(adanorm_onnx.Error, match="external data"):
+        adanorm_onnx.fuse(path)

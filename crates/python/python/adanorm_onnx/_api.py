@@ -94,7 +94,13 @@ def _transform(command, model, options, output, force):
         argv = [command, inp.path, "-o", target, "--json", *options]
         if force:
             argv.append("--force")
-        report = _run(inp, argv)
+        try:
+            report = _run(inp, argv)
+        except Error as e:
+            if output is None and "external data" in e.message:
+                e = Error(e.message + "; give output= in that directory", e.file, e.node)
+                raise e from None
+            raise
         if inp.shown:
             report["model"] = inp.shown
         if output is not None:
