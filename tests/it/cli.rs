@@ -67,6 +67,68 @@ fn inspect_json_has_matches_and_summary() {
     assert_eq!(m["eps_in_sqrt"], 0);
 }
 
+/// `fuse`/`rewrite`/`revert --json`: the report instead of the text, and the files written as
+/// without it (the Python API reads this document).
+#[test]
+fn transform_json_reports_what_was_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fused, rewritten, weights) = (
+        dir.path().join("f.onnx"),
+        dir.path().join("r.onnx"),
+        dir.path().join("w.safetensors"),
+    );
+    let model = zoo_model("adanorm_legacy_op14");
+    let report = |args: &[&std::ffi::OsStr]| -> serde_json::Value {
+        let out = bin().args(args).arg("--json").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
+    };
+    let j = report(&[
+        "fuse".as_ref(),
+        model.as_os_str(),
+        "-o".as_ref(),
+        fused.as_os_str(),
+    ]);
+    assert_eq!(j["command"], "fuse");
+    assert_eq!(j["output"], fused.display().to_string());
+    assert_eq!(j["replaced"], 4);
+    assert_eq!(j["changes"].as_array().unwrap().len(), 4);
+    assert_eq!(j["same_function"], true);
+    assert!(j["weights"].is_null() && fused.exists());
+    // A model with gains and biases to drop.
+    let model = zoo_model("bert_legacy_op14");
+    let j = report(&[
+        "rewrite".as_ref(),
+        model.as_os_str(),
+        "-o".as_ref(),
+        rewritten.as_os_str(),
+        "--affine".as_ref(),
+        "drop".as_ref(),
+        "--weights-out".as_ref(),
+        weights.as_os_str(),
+    ]);
+    assert_eq!(j["weights"], weights.display().to_string());
+    assert_eq!(j["same_function"], false);
+    assert!(weights.exists() && rewritten.exists());
+    let rewritten_count = j["replaced"].clone();
+    assert!(rewritten_count.as_u64().unwrap() > 0);
+    let back = dir.path().join("b.onnx");
+    let j = report(&[
+        "revert".as_ref(),
+        rewritten.as_os_str(),
+        "-o".as_ref(),
+        back.as_os_str(),
+        "--weights".as_ref(),
+        weights.as_os_str(),
+    ]);
+    assert_eq!(j["command"], "revert");
+    assert_eq!(j["replaced"], rewritten_count);
+}
+
 #[test]
 fn inspect_table_lists_each_match() {
     let out = inspect(&zoo_model("gpt2_legacy_op14"));
