@@ -275,6 +275,38 @@ mod f16c {
 mod tests {
     use super::*;
 
+    /// The one-pass widening sum adds in the order of `rows::sum_map` over the widened row, bit
+    /// for bit (lengths around the chunk and block sizes), and widens as `half` does.
+    #[test]
+    fn widen_sum_is_the_generic_sum_of_the_widened_row() {
+        if !has_f16c() {
+            return;
+        }
+        use crate::rows::{sum_map, BLOCK};
+        let src: Vec<f16> = (0..2 * BLOCK + 77)
+            .map(|i| f16::from_f32(((i * 7919) % 1013) as f32 * 0.37 - 180.0))
+            .collect();
+        for n in [
+            0,
+            1,
+            63,
+            64,
+            65,
+            768,
+            1000,
+            BLOCK - 1,
+            BLOCK,
+            BLOCK + 1,
+            src.len(),
+        ] {
+            let mut dst = vec![0f32; n];
+            let got = widen_sum_f16(&src[..n], &mut dst);
+            let widened: Vec<f32> = src[..n].iter().map(|v| v.to_f32()).collect();
+            assert_eq!(dst, widened, "n = {n}");
+            assert_eq!(got.to_bits(), sum_map(&widened, |v| v).to_bits(), "n = {n}");
+        }
+    }
+
     /// Every float16 bit pattern widens as `half` widens it, and every float32 near each of them
     /// (the value, the midpoints to its neighbours and just off them) narrows as `half` does:
     /// the F16C path and the fallback agree bit for bit, ties to even, subnormals, infinities.

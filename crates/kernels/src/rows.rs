@@ -2,8 +2,8 @@
 //! (f32 for f32/f16/bf16, f64 for f64).
 //!
 //! Per row: one pass for a first mean `m`, two for `sum(x - m)` and `sum((x - m)^2)` (one on
-//! AVX-512), then one fused output pass (normalise, AdaNorm factor, `* Scale`, `+ B`). `sum(x - m)` corrects `m`
-//! (the "corrected two-pass" variance): on a row like `1e4 + noise`, `m` alone is only as exact
+//! AVX-512), then one fused output pass (normalise, AdaNorm factor, `* Scale`, `+ B`).
+//! `sum(x - m)` corrects `m` (the "corrected two-pass" variance): on a row like `1e4 + noise`, `m` alone is only as exact
 //! as one f32 at `1e4` (~5e-4), which would show up directly in `y`; `m + sum(x - m)/N` is exact
 //! to the precision of the deviations instead.
 //!
@@ -782,6 +782,7 @@ struct EpilogueBufs<A> {
     bias: Vec<A>,
 }
 
+// By hand: a derive would require `A: Default`, which `Accumulator` does not promise.
 impl<A> Default for EpilogueBufs<A> {
     fn default() -> Self {
         EpilogueBufs {
@@ -818,7 +819,8 @@ impl<'a, A: Accumulator> Epilogue<'a, A> {
             },
             (Variant::AdaNorm { c, k }, Some(s)) => {
                 // Widened once (F16C for float16), then scaled in A: callers that split X into
-                // many calls pay this per call.
+                // many calls pay this per call. The widened Scale borrows B's buffer, which B
+                // overwrites below once both folds are made.
                 let s = T::acc_row(s, bias_buf);
                 let (c, ck) = (A::from_f64(c), A::from_f64(c * k));
                 scale_buf.clear();
