@@ -72,7 +72,7 @@ pub fn random_inputs(
                     Error::msg(format!("input '{name}' declares the dimension {v}")).in_file(path)
                 }),
                 Dim::Named(n) => Ok(dims.get(n).copied().unwrap_or(DEFAULT_DYNAMIC_DIM)),
-                Dim::Unknown => Ok(DEFAULT_DYNAMIC_DIM),
+                Dim::Sym(_) | Dim::Unknown => Ok(DEFAULT_DYNAMIC_DIM),
             })
             .collect::<Result<_>>()?;
         // Zero-sized dimensions aside: ndarray refuses shapes whose other sizes overflow.

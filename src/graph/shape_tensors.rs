@@ -29,9 +29,19 @@ pub struct ShapeContents {
 
 /// The contents of `value`, when every entry can be named.
 pub fn contents(g: &GraphIndex<'_>, value: &str) -> Option<ShapeContents> {
+    contents_with(g, value, &|v| g.shape(v).map(<[Dim]>::to_vec))
+}
+
+/// [`contents`], with the shapes of values from `shape` (shape inference asks while it runs,
+/// before the index knows any).
+pub fn contents_with(
+    g: &GraphIndex<'_>,
+    value: &str,
+    shape: &dyn Fn(&str) -> Option<Vec<Dim>>,
+) -> Option<ShapeContents> {
     let mut nodes = Vec::new();
     let mut budget = MAX_VISITS;
-    let dims = walk(g, value, &mut nodes, &mut budget)?;
+    let dims = walk(g, value, shape, &mut nodes, &mut budget)?;
     Some(ShapeContents { dims, nodes })
 }
 
@@ -50,11 +60,7 @@ impl DimRef {
 
     /// Whether this entry is certainly the dimension `d` (unknown dimensions never are).
     pub fn is(&self, g: &GraphIndex<'_>, d: &Dim) -> bool {
-        match (self.resolve(g), d) {
-            (Dim::Known(a), Dim::Known(b)) => a == *b,
-            (Dim::Named(a), Dim::Named(b)) => a == *b,
-            _ => false,
-        }
+        self.resolve(g).same(d)
     }
 }
 
@@ -65,6 +71,7 @@ const MAX_VISITS: usize = 256;
 fn walk(
     g: &GraphIndex<'_>,
     value: &str,
+    shape_of: &dyn Fn(&str) -> Option<Vec<Dim>>,
     nodes: &mut Vec<NodeId>,
     budget: &mut usize,
 ) -> Option<Vec<DimRef>> {
@@ -80,7 +87,7 @@ fn walk(
     let dims = match n.op_type() {
         "Shape" => {
             let of = input(0)?;
-            let rank = g.rank(of)? as i64;
+            let rank = shape_of(of)?.len() as i64;
             let clamp = |v: i64| if v < 0 { v + rank } else { v }.clamp(0, rank);
             let start = clamp(attr::int(n, "start").unwrap_or(0));
             let end = clamp(attr::int(n, "end").unwrap_or(rank));
@@ -93,9 +100,9 @@ fn walk(
         }
         // A one-dimensional shape tensor keeps its entries through these (a scalar and a
         // one-element vector hold the same entry).
-        "Identity" | "Squeeze" | "Unsqueeze" => walk(g, input(0)?, nodes, budget)?,
+        "Identity" | "Squeeze" | "Unsqueeze" => walk(g, input(0)?, shape_of, nodes, budget)?,
         "Reshape" => {
-            let inner = walk(g, input(0)?, nodes, budget)?;
+            let inner = walk(g, input(0)?, shape_of, nodes, budget)?;
             let target = g.constant(input(1)?)?;
             let flat = match target.as_ints()? {
                 [-1] => true,
@@ -113,7 +120,7 @@ fn walk(
             if !matches!(to, crate::onnx::dtype::INT64 | crate::onnx::dtype::INT32) {
                 return None;
             }
-            walk(g, input(0)?, nodes, budget)?
+            walk(g, input(0)?, shape_of, nodes, budget)?
         }
         "Concat" => {
             if attr::int(n, "axis") != Some(0) && attr::int(n, "axis") != Some(-1) {
@@ -121,7 +128,7 @@ fn walk(
             }
             let mut all = Vec::new();
             for i in n.input.iter().filter(|s| !s.is_empty()) {
-                all.extend(walk(g, i, nodes, budget)?);
+                all.extend(walk(g, i, shape_of, nodes, budget)?);
             }
             all
         }
@@ -129,7 +136,7 @@ fn walk(
             if attr::int(n, "axis").unwrap_or(0) != 0 {
                 return None;
             }
-            let inner = walk(g, input(0)?, nodes, budget)?;
+            let inner = walk(g, input(0)?, shape_of, nodes, budget)?;
             let idx = g.constant(input(1)?)?;
             let len = inner.len() as i64;
             idx.as_ints()?
@@ -141,7 +148,7 @@ fn walk(
                 .collect::<Option<Vec<_>>>()?
         }
         "Slice" => {
-            let inner = walk(g, input(0)?, nodes, budget)?;
+            let inner = walk(g, input(0)?, shape_of, nodes, budget)?;
             let one = |i: usize| -> Option<Option<i64>> {
                 match input(i) {
                     None => Some(None),
@@ -159,6 +166,47 @@ fn walk(
             let clamp = |v: i64| if v < 0 { v + len } else { v }.clamp(0, len) as usize;
             let (s, e) = (clamp(start), clamp(end));
             inner.get(s..e.max(s))?.to_vec()
+        }
+        // Element-wise over entries of one length (tf2onnx's einsum takes the broadcast batch
+        // as `Max` of both operands' sizes): a size against itself, or numbers.
+        "Max" | "Min" => {
+            let parts = n
+                .input
+                .iter()
+                .filter(|s| !s.is_empty())
+                .map(|i| walk(g, i, shape_of, nodes, budget))
+                .collect::<Option<Vec<_>>>()?;
+            let len = parts.first()?.len();
+            if parts.iter().any(|p| p.len() != len) {
+                return None;
+            }
+            let size = |d: &DimRef| match d {
+                DimRef::Known(v) => Dim::Known(*v),
+                DimRef::Of { value, axis } => shape_of(value)
+                    .and_then(|s| s.get(*axis).cloned())
+                    .unwrap_or(Dim::Unknown),
+            };
+            (0..len)
+                .map(|i| {
+                    let sizes: Vec<Dim> = parts.iter().map(|p| size(&p[i])).collect();
+                    if sizes.iter().all(|d| d.same(&sizes[0])) {
+                        return Some(parts[0][i].clone());
+                    }
+                    let known = sizes
+                        .iter()
+                        .map(|d| match d {
+                            Dim::Known(v) => Some(*v),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<i64>>>()?;
+                    let pick = if n.op_type() == "Max" {
+                        known.iter().max()
+                    } else {
+                        known.iter().min()
+                    };
+                    pick.map(|&v| DimRef::Known(v))
+                })
+                .collect::<Option<Vec<_>>>()?
         }
         _ => return None,
     };

@@ -18,6 +18,13 @@ pub fn ints<'a>(node: &'a NodeProto, name: &str) -> Option<&'a [i64]> {
     find(node, name).map(|a| a.ints.as_slice())
 }
 
+/// A string attribute, as UTF-8 (lossy: ONNX strings are bytes).
+pub fn string(node: &NodeProto, name: &str) -> Option<String> {
+    find(node, name)
+        .and_then(|a| a.s.as_ref())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+}
+
 pub fn tensor<'a>(node: &'a NodeProto, name: &str) -> Option<&'a TensorProto> {
     find(node, name).and_then(|a| a.t.as_ref())
 }

@@ -645,14 +645,8 @@ impl<'g, 'm> Canon<'g, 'm> {
         if self.origin(&rows).0 != sum_out {
             return None;
         }
-        let same_dims = |a: &[Dim], b: &[Dim]| {
-            a.len() == b.len()
-                && a.iter().zip(b).all(|(x, y)| match (x, y) {
-                    (Dim::Known(p), Dim::Known(q)) => p == q,
-                    (Dim::Named(p), Dim::Named(q)) => p == q,
-                    _ => false,
-                })
-        };
+        let same_dims =
+            |a: &[Dim], b: &[Dim]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(y));
         if !same_dims(self.g.shape(&all)?, self.g.shape(sum_input)?) {
             return None;
         }

@@ -360,7 +360,7 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             let insert_at = remove.iter().copied().max().expect("a match has nodes");
             if let Some(a) = residual::absorb(g, m, axis, &claimed, insert_at) {
                 x = a.x.clone();
-                remove.extend(a.nodes.iter().copied());
+                remove.extend(a.nodes.iter().chain(&a.copies).copied());
                 let line = a.describe(g);
                 note = Some(match note {
                     Some(n) => format!("{n}; {line}"),

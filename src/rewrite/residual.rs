@@ -81,6 +81,8 @@ pub struct Absorbed {
     pub sum: bool,
     /// The `Add` nodes it replaces: the residual one, then the bias one.
     pub nodes: Vec<NodeId>,
+    /// The `Identity` nodes between them and the norm it removes too (copies only they read).
+    pub copies: Vec<NodeId>,
 }
 
 impl Absorbed {
@@ -97,17 +99,8 @@ impl Absorbed {
     }
 }
 
-/// Whether two dimensions are the same size for sure: equal numbers or the same symbol.
-fn same_dim(a: &Dim, b: &Dim) -> bool {
-    match (a, b) {
-        (Dim::Known(p), Dim::Known(q)) => p == q,
-        (Dim::Named(p), Dim::Named(q)) => p == q,
-        _ => false,
-    }
-}
-
 fn same_shape(a: &[Dim], b: &[Dim]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(p, q)| same_dim(p, q))
+    a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.same(q))
 }
 
 /// Whether `small` broadcasts unidirectionally to `big` for sure.
@@ -117,7 +110,7 @@ fn broadcasts_to(small: &[Dim], big: &[Dim]) -> bool {
             .iter()
             .rev()
             .zip(big.iter().rev())
-            .all(|(s, b)| s.known() == Some(1) || same_dim(s, b))
+            .all(|(s, b)| s.broadcasts_to(b))
 }
 
 /// A default-domain `Add` of two named inputs with one output.
@@ -145,10 +138,8 @@ pub fn absorb(
     claimed: &HashSet<NodeId>,
     insert_at: NodeId,
 ) -> Option<Absorbed> {
-    if !m.input_casts.is_empty() {
-        return None;
-    }
-    let (add_id, add) = g.producer_node(&m.input)?;
+    let (mut copies, sum_value) = behind_identities(g, &m.input, claimed);
+    let (add_id, add) = g.producer_node(sum_value)?;
     if !is_plain_add(add) || claimed.contains(&add_id) || g.is_outer_value(&m.input) {
         return None;
     }
@@ -194,8 +185,9 @@ pub fn absorb(
     let sum = !outside.is_empty() || g.is_graph_output(&m.input);
     let mut nodes = vec![add_id];
     let (x, bias) = match bias {
-        Some((bias_id, t, b)) => {
+        Some((bias_id, bias_copies, t, b)) => {
             nodes.push(bias_id);
+            copies.extend(bias_copies);
             (t, Some(b))
         }
         None => (x.to_string(), None),
@@ -206,11 +198,12 @@ pub fn absorb(
         bias,
         sum,
         nodes,
+        copies,
     })
 }
 
-/// `x = Add(t, b)` with `t` of the full shape and `b` per row, read only by `residual`:
-/// `(its id, t, b)`.
+/// `x = Add(t, b)` (through copies only the chain reads) with `t` of the full shape and `b` per
+/// row, read only by `residual`: `(its id, the copies, t, b)`.
 fn bias_add(
     g: &GraphIndex<'_>,
     x: &str,
@@ -218,20 +211,53 @@ fn bias_add(
     claimed: &HashSet<NodeId>,
     full: &dyn Fn(&str) -> bool,
     per_row: &dyn Fn(&str) -> bool,
-) -> Option<(NodeId, String, String)> {
-    let (id, n) = g.producer_node(x)?;
-    if !is_plain_add(n)
-        || claimed.contains(&id)
-        || g.consumers(x) != [residual]
-        || g.is_graph_output(x)
-    {
+) -> Option<(NodeId, Vec<NodeId>, String, String)> {
+    if g.consumers(x) != [residual] || g.is_graph_output(x) {
+        return None;
+    }
+    let (copies, v) = behind_identities(g, x, claimed);
+    let (id, n) = g.producer_node(v)?;
+    if !is_plain_add(n) || claimed.contains(&id) {
         return None;
     }
     let (p, q) = (n.input[0].as_str(), n.input[1].as_str());
     [(p, q), (q, p)]
         .into_iter()
         .find(|&(t, b)| full(t) && per_row(b))
-        .map(|(t, b)| (id, t.to_string(), b.to_string()))
+        .map(|(t, b)| (id, copies, t.to_string(), b.to_string()))
+}
+
+/// `v` followed back through the `Identity` nodes that copy it (paddle2onnx writes one after
+/// almost every op) as long as nothing else reads what they copy: `(those Identities, the value
+/// they copy)`. `v` itself may have other readers; the copied values are gone once absorbed.
+fn behind_identities<'a>(
+    g: &'a GraphIndex<'_>,
+    v: &'a str,
+    claimed: &HashSet<NodeId>,
+) -> (Vec<NodeId>, &'a str) {
+    let mut copies = Vec::new();
+    let mut v = v;
+    while let Some((id, n)) = g.producer_node(v) {
+        let copied = match n.input.first() {
+            Some(w) if is_identity(n) && !claimed.contains(&id) => w.as_str(),
+            _ => break,
+        };
+        if g.consumers(copied) != [id] || g.is_graph_output(copied) || g.is_outer_value(copied) {
+            break;
+        }
+        copies.push(id);
+        v = copied;
+    }
+    (copies, v)
+}
+
+/// A default-domain `Identity` of one named input.
+fn is_identity(n: &NodeProto) -> bool {
+    matches!(n.domain(), "" | "ai.onnx")
+        && n.op_type() == "Identity"
+        && n.input.len() == 1
+        && !n.input[0].is_empty()
+        && n.output.len() == 1
 }
 
 /// The name of input or output `index` of `names`, if present (named, not empty).

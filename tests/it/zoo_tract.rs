@@ -269,3 +269,77 @@ fn channels_first_rank_3_with_a_computed_gain_matches_the_original_in_tract() {
         diffs[0]
     );
 }
+
+/// Version-2 nodes in `model` that read a residual (`Skip` present).
+fn residual_nodes(model: &Path) -> usize {
+    load_model(model)
+        .unwrap()
+        .graph()
+        .node
+        .iter()
+        .filter(|n| n.domain() == "ai.adanorm" && n.input.get(3).is_some_and(|s| !s.is_empty()))
+        .count()
+}
+
+#[test]
+fn every_residual_norm_of_the_zoo_absorbs_its_add_and_revert_restores_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/zoo");
+    let truth: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("residual_truth.json")).unwrap())
+            .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut absorbed = 0;
+    let cases: Vec<PathBuf> = zoo().into_iter().filter(|c| c.starts_with(&root)).collect();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let expected = &truth[name.as_str()];
+        assert!(expected.is_object(), "{name} has no residual ground truth");
+        for (tool, include_fused) in [("fuse", false), ("rewrite", true)] {
+            let (out, _, _) = rewritten(
+                case,
+                tmp.path(),
+                tool,
+                &opts(Target::Same, Affine::Keep, None, include_fused),
+            );
+            let n = residual_nodes(&out);
+            assert_eq!(
+                n as u64,
+                expected[tool].as_u64().unwrap(),
+                "{name} after {tool}: {n} norms absorbed their residual Add ({})",
+                expected["why"]
+            );
+            absorbed += n;
+            assert_matches_reference(case, &out);
+            if n == 0 {
+                continue;
+            }
+            // revert brings the Adds (and Identity copies) back as they were.
+            let model = load_model(&out).unwrap();
+            let o = revert(&GraphIndex::build(&model).unwrap(), None).unwrap();
+            let original = load_model(&case.join("model.onnx")).unwrap();
+            let ops = |m: &adanorm_onnx::onnx::proto::ModelProto| {
+                let mut v: Vec<String> = m
+                    .graph
+                    .as_ref()
+                    .unwrap()
+                    .node
+                    .iter()
+                    .map(|n| format!("{}:{}", n.op_type(), n.output.join(",")))
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(
+                ops(&o.model),
+                ops(&original.proto),
+                "{name}: revert of {tool}"
+            );
+        }
+    }
+    assert_eq!(
+        truth.as_object().unwrap().len(),
+        cases.len() + 1,
+        "every ground-truth entry names a zoo model"
+    );
+    assert!(absorbed >= 100, "absorbed {absorbed}");
+}

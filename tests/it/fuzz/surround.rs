@@ -330,17 +330,32 @@ fn prefix(c: &mut Ctx, main: &mut G, symbolic: bool) -> (String, Option<String>)
                     main.op("Add", &[&b, &branch], vec![])
                 };
             }
+            // paddle2onnx writes an Identity after almost every op; the copied value is read
+            // elsewhere too, now and then.
+            let copies = c.rng.chance(0.3);
+            let copied = |c: &mut Ctx, main: &mut G, v: String| {
+                if !copies {
+                    return v;
+                }
+                if c.rng.chance(0.2) && !c.island {
+                    c.outs.push((v.clone(), c.t));
+                }
+                main.op("Identity", &[&v], vec![])
+            };
+            branch = copied(c, main, branch);
             let sum = if c.rng.chance(0.5) {
                 main.op("Add", &[&x_in, &branch], vec![])
             } else {
                 main.op("Add", &[&branch, &x_in], vec![])
             };
+            let sum = copied(c, main, sum);
             let read_on = c.rng.chance(0.5);
             if read_on && !c.island {
                 c.outs.push((sum.clone(), c.t));
             }
             c.desc.push(format!(
-                "pre: residual block{}",
+                "pre: residual block{}{}",
+                if copies { " with Identity copies" } else { "" },
                 if read_on { ", sum read on" } else { "" }
             ));
             (sum, Some(w))
