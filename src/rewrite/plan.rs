@@ -441,11 +441,23 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             (y == m.output).then_some(m.output.as_str()),
             slots.sum.as_deref(),
         ];
+        // Inside a subgraph, sizes are written as numbers only: tract binds a `dim_param` of
+        // a subgraph apart from the main graph's, so a declared name there would not unify
+        // with the size the run gives it.
         let value_info = declared_outputs
             .into_iter()
             .flatten()
-            .filter(|_| g.scope.is_main())
-            .filter_map(|v| crate::graph::shapes::to_value_info(v, g.facts(v)?))
+            .filter_map(|v| {
+                let mut facts = g.facts(v)?.clone();
+                if !g.scope.is_main() {
+                    for d in facts.shape.iter_mut().flatten() {
+                        if d.known().is_none() {
+                            *d = crate::graph::shapes::Dim::Unknown;
+                        }
+                    }
+                }
+                crate::graph::shapes::to_value_info(v, &facts)
+            })
             .collect();
         patch.replacements.push(Replacement {
             remove,

@@ -253,3 +253,50 @@ fn revert_restores_every_subgraph_byte_for_byte() {
             .all(|i| i.domain() != "ai.adanorm"));
     }
 }
+
+#[test]
+fn the_new_nodes_outputs_are_declared_in_their_branch_with_numbers_only() {
+    // ORT's fusions after our nodes need their shapes; in a subgraph a `dim_param` would be
+    // bound apart from the main graph's (tract fails to unify it with the run's size), so only
+    // numbers are written there.
+    let tmp = tempfile::tempdir().unwrap();
+    let (fused, _, _) = rewritten(
+        "gpt2_merged_optimum_op14",
+        tmp.path(),
+        "fused",
+        &opts(Target::Same, Affine::Keep, None),
+    );
+    let m = load_model(&fused).unwrap();
+    let mut declared_dims = 0;
+    let mut outputs = 0;
+    for node in &m.graph().node {
+        for g in node.attribute.iter().filter_map(|a| a.g.as_ref()) {
+            for n in g.node.iter().filter(|n| n.domain() == "ai.adanorm") {
+                for out in n.output.iter().filter(|o| !o.is_empty()) {
+                    outputs += 1;
+                    let vi = g
+                        .value_info
+                        .iter()
+                        .find(|v| v.name() == out)
+                        .unwrap_or_else(|| panic!("{out} is not declared in its branch"));
+                    let Some(adanorm_onnx::onnx::proto::type_proto::Value::TensorType(t)) =
+                        vi.r#type.as_ref().and_then(|t| t.value.as_ref())
+                    else {
+                        panic!("{out}: not a tensor type");
+                    };
+                    assert_eq!(t.elem_type(), 1, "{out}: float");
+                    for d in t.shape.iter().flat_map(|s| &s.dim) {
+                        use adanorm_onnx::onnx::proto::tensor_shape_proto::dimension::Value;
+                        assert!(!matches!(d.value, Some(Value::DimParam(_))), "{out}: {d:?}");
+                        declared_dims += matches!(d.value, Some(Value::DimValue(32))) as usize;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(outputs, 10, "five norms per branch");
+    assert!(declared_dims > 0, "some row length is declared");
+    // And the fused model still runs every branch in tract.
+    let dir = fixture("gpt2_merged_optimum_op14");
+    assert_every_case_matches(&dir, &fused, 1e-4, &["step"]);
+}
