@@ -42,6 +42,9 @@ struct Collected {
     names: Names,
     /// Element types of values the plan creates (not in any index), for `--portable`.
     new_types: HashMap<String, i32>,
+    /// The element type each new `ai.adanorm` node computes in, by node name (unique in the
+    /// model), for `--portable`.
+    call_types: HashMap<String, i32>,
 }
 
 /// Plans every graph's matches: the main graph's and those of its subgraphs (If branches,
@@ -70,7 +73,8 @@ pub fn plan_scopes(scopes: &[(&GraphIndex<'_>, &[Match])], opts: &Options) -> Re
                 .find_map(|(g, _)| g.elem_type(v))
                 .or_else(|| all.new_types.get(v).copied())
         };
-        portable::add_portable_functions(&mut model, &types)?;
+        let call_type = |n: &str| all.call_types.get(n).copied();
+        portable::add_portable_functions(&mut model, &types, &call_type)?;
     }
     // After --portable, which writes version 2's slots as Adds in front of version-1 calls.
     apply::sync_adanorm_opset(&mut model);
@@ -91,6 +95,7 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         weights,
         names,
         new_types,
+        call_types,
     } = all;
     let mut removed_nodes: HashSet<usize> = HashSet::new();
     // Nodes some match holds, rewritten or not: never absorbed as another norm's residual.
@@ -376,6 +381,7 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         // Values this plan creates, typed for `--portable` (they are not in the original graph).
         if let Some(t) = compute.or(g.elem_type(&m.input)) {
             new_types.entry(x.clone()).or_insert(t);
+            call_types.insert(name.clone(), t);
         }
         let doc = format!("adanorm-onnx: replaces {}", what);
         insert.push(node::build(

@@ -327,6 +327,7 @@ fn default_opset(model: &ModelProto) -> Option<i64> {
 pub fn add_portable_functions(
     model: &mut ModelProto,
     elem_type_of: &dyn Fn(&str) -> Option<i32>,
+    call_type: &dyn Fn(&str) -> Option<i32>,
 ) -> Result<()> {
     let opset = default_opset(model).unwrap_or(0);
     if opset < MIN_OPSET {
@@ -342,6 +343,7 @@ pub fn add_portable_functions(
     make_calls_portable(
         graph,
         elem_type_of,
+        call_type,
         &mut names,
         &mut used,
         &mut types,
@@ -379,6 +381,7 @@ pub fn add_portable_functions(
 fn make_calls_portable(
     graph: &mut GraphProto,
     elem_type_of: &dyn Fn(&str) -> Option<i32>,
+    call_type: &dyn Fn(&str) -> Option<i32>,
     names: &mut Names,
     used: &mut Vec<OpKind>,
     types: &mut std::collections::HashSet<Option<i32>>,
@@ -396,7 +399,8 @@ fn make_calls_portable(
             .flatten()
         {
             Some((adds, v1)) => {
-                sum_types.insert(v1.input[0].clone(), elem_type_of(&n.input[0]));
+                let t = call_type(n.name()).or_else(|| elem_type_of(&n.input[0]));
+                sum_types.insert(v1.input[0].clone(), t);
                 split.push((
                     n.name().to_string(),
                     adds.iter().map(|a| a.name().to_string()).collect(),
@@ -415,7 +419,7 @@ fn make_calls_portable(
     for n in graph.node.iter_mut() {
         for a in &mut n.attribute {
             for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                make_calls_portable(sub, &elem_type_of, names, used, types, split);
+                make_calls_portable(sub, &elem_type_of, call_type, names, used, types, split);
             }
         }
         if n.domain() != DOMAIN {
@@ -425,7 +429,10 @@ fn make_calls_portable(
         let Some(kind) = OpKind::from_op_type(n.op_type()) else {
             continue;
         };
-        types.insert(elem_type_of(&n.input[0]));
+        // The type the plan computed the call in, by node name: a value's name alone can
+        // mean another value in another graph (merged decoders reuse names across branches).
+        let x_type = call_type(n.name()).or_else(|| elem_type_of(&n.input[0]));
+        types.insert(x_type);
         if !used.contains(&kind) {
             used.push(kind);
         }
@@ -444,7 +451,7 @@ fn make_calls_portable(
         for (slot, value) in [(1usize, 1.0f32), (2, 0.0)] {
             if n.input[slot].is_empty() {
                 // Of unknown type the default is float32; the body then casts it like X.
-                let elem = elem_type_of(&n.input[0]).unwrap_or(1);
+                let elem = x_type.unwrap_or(1);
                 let name = names.fresh(&format!(
                     "{}/portable_{}",
                     label(n),
