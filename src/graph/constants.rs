@@ -1,4 +1,4 @@
-//! Constant values: initializers (unless a graph input of the same name can override them),
+//! Constant values: initializers (unless a graph input of the same name can override them: IR ≥ 4),
 //! `Constant` nodes, `Identity`/`Cast`/`CastLike`/`Reshape`/`Squeeze`/`Unsqueeze` of a constant,
 //! and arithmetic and comparisons of one-element constants (jax2onnx writes a variance's divisor
 //! as `Sub(32.0, Cast(ddof))` and guards it with `Greater(divisor, 0)`).
@@ -49,7 +49,7 @@ impl<'m> Constants<'m> {
     /// Whether a value is a constant at all (large weights included, which `value` does not
     /// decode).
     pub fn is_constant(&self, g: &GraphIndex<'m>, name: &str) -> bool {
-        if (g.initializer(name).is_some() && !g.is_graph_input(name)) || g.is_outer_constant(name) {
+        if (g.initializer(name).is_some() && !g.is_overridable(name)) || g.is_outer_constant(name) {
             return true;
         }
         match g.producer_node(name) {
@@ -84,7 +84,7 @@ impl<'m> Constants<'m> {
             return None;
         }
         if let Some(t) = g.initializer(name) {
-            if g.is_graph_input(name) {
+            if g.is_overridable(name) {
                 return None; // a default the caller may override: not a constant
             }
             return decode(self.model, t).ok().flatten();

@@ -166,7 +166,7 @@ impl<'m> GraphIndex<'m> {
                 }
                 match outer
                     .initializer(name)
-                    .filter(|_| !outer.is_graph_input(name))
+                    .filter(|_| !outer.is_overridable(name))
                 {
                     Some(t) => {
                         initializers.insert(name, t);
@@ -347,6 +347,13 @@ impl<'m> GraphIndex<'m> {
 
     pub fn is_graph_input(&self, name: &str) -> bool {
         self.graph_inputs.contains(name)
+    }
+
+    /// Whether a feed may replace this value's initializer: it is also a graph input, at IR
+    /// version 4 or later. Below IR 4 every initializer had to be listed as an input, so the
+    /// listing says nothing there: the initializer is the model's constant.
+    pub fn is_overridable(&self, name: &str) -> bool {
+        self.is_graph_input(name) && self.model.proto.ir_version.unwrap_or(0) >= 4
     }
 
     pub fn is_graph_output(&self, name: &str) -> bool {

@@ -119,9 +119,17 @@ pub fn apply_to(model: &mut ModelProto, g: &GraphIndex<'_>, patch: Patch) {
         .iter()
         .flat_map(|&id| g.node(id).input.iter().map(String::as_str))
         .collect();
+    // A graph input that only lists an initializer this tool added (IR < 4) is no feed.
+    let ours_listed: HashSet<String> = graph
+        .input
+        .iter()
+        .filter(|v| v.doc_string() == LISTED_INITIALIZER)
+        .map(|v| v.name().to_string())
+        .collect();
     graph.initializer.retain(|t| {
         let name = t.name();
-        let unread = !referenced.contains(name) && !g.is_graph_input(name);
+        let unread =
+            !referenced.contains(name) && (!g.is_graph_input(name) || ours_listed.contains(name));
         let goes = unread
             && (dropped.contains(name)
                 || was_read_by_removed.contains(name)
@@ -206,6 +214,59 @@ pub fn apply_to(model: &mut ModelProto, g: &GraphIndex<'_>, patch: Patch) {
     for (k, v) in patch.metadata {
         set_metadata(model, &k, v);
     }
+    if g.scope.is_main() && model.ir_version.unwrap_or(0) < 4 {
+        if let Some(graph) = model.graph.as_mut() {
+            list_initializers_as_inputs(graph);
+        }
+    }
+}
+
+/// Marks the graph inputs [`list_initializers_as_inputs`] adds, so that the one it added for
+/// a tensor a later patch (`revert`) removes goes with it.
+const LISTED_INITIALIZER: &str = "adanorm-onnx: lists an initializer (IR version < 4)";
+
+/// Below IR version 4 every initializer must also be a graph input: lists the new ones, and
+/// drops the listings this tool added whose initializer is gone.
+fn list_initializers_as_inputs(graph: &mut GraphProto) {
+    use crate::onnx::proto::{
+        tensor_shape_proto, type_proto, TensorShapeProto, TypeProto, ValueInfoProto,
+    };
+    let inits: HashSet<String> = graph
+        .initializer
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect();
+    graph
+        .input
+        .retain(|v| v.doc_string() != LISTED_INITIALIZER || inits.contains(v.name()));
+    let listed: HashSet<String> = graph.input.iter().map(|v| v.name().to_string()).collect();
+    let new: Vec<ValueInfoProto> = graph
+        .initializer
+        .iter()
+        .filter(|t| !listed.contains(t.name()))
+        .map(|t| ValueInfoProto {
+            name: t.name.clone(),
+            doc_string: Some(LISTED_INITIALIZER.into()),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: t.data_type,
+                    shape: Some(TensorShapeProto {
+                        dim: t
+                            .dims
+                            .iter()
+                            .map(|&d| tensor_shape_proto::Dimension {
+                                value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    graph.input.extend(new);
 }
 
 /// Adds `names` to the nodes `revert` removes with node `node`'s record: nodes a later pass put

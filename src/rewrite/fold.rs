@@ -46,7 +46,7 @@ pub struct FoldPlan {
 fn initializer<'m>(g: &GraphIndex<'m>, name: &str) -> Option<&'m TensorProto> {
     let mut v = name.to_string();
     for _ in 0..4 {
-        if let Some(t) = g.initializer(&v).filter(|_| !g.is_graph_input(&v)) {
+        if let Some(t) = g.initializer(&v).filter(|_| !g.is_overridable(&v)) {
             return Some(t);
         }
         let (_, n) = g
@@ -58,8 +58,13 @@ fn initializer<'m>(g: &GraphIndex<'m>, name: &str) -> Option<&'m TensorProto> {
 }
 
 fn values(g: &GraphIndex<'_>, name: &str) -> Result<(Vec<f64>, Vec<i64>), String> {
-    let t =
-        initializer(g, name).ok_or_else(|| format!("'{name}' is not a constant initializer"))?;
+    let t = initializer(g, name).ok_or_else(|| {
+        if g.is_overridable(name) {
+            format!("'{name}' is an initializer that is also a graph input (IR version >= 4): a feed may override it")
+        } else {
+            format!("'{name}' is not a constant initializer")
+        }
+    })?;
     let w = WeightTensor::from_proto(g.model, t).map_err(|e| e.to_string())?;
     let v = decode(&w).ok_or_else(|| format!("'{name}' has a type that cannot be folded"))?;
     Ok((v, t.dims.clone()))

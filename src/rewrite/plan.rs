@@ -531,7 +531,7 @@ fn reshaped_param(
 ) -> String {
     // A new tensor under a new name: `p` itself may be read elsewhere with its own shape.
     let fitted = names.fresh(&format!("{p}:{node_name}"));
-    match (g.initializer(p).filter(|_| !g.is_graph_input(p)), view) {
+    match (g.initializer(p).filter(|_| !g.is_overridable(p)), view) {
         (Some(t), Some(dims)) => {
             let mut t = t.clone(); // payload bytes are shared, not copied
             t.name = Some(fitted.clone());
@@ -661,7 +661,7 @@ fn drop_params(
     let mut nodes = Vec::new();
     for (role, p) in [("scale", &m.scale), ("bias", &m.bias)] {
         let Some(p) = p else { continue };
-        let t: TensorProto = if let Some(t) = g.initializer(p).filter(|_| !g.is_graph_input(p)) {
+        let t: TensorProto = if let Some(t) = g.initializer(p).filter(|_| !g.is_overridable(p)) {
             inits.push(p.clone());
             t.clone()
         } else if let Some((id, n)) = g
@@ -674,6 +674,10 @@ fn drop_params(
                 nodes.push(id);
             }
             t.clone()
+        } else if g.initializer(p).is_some() {
+            return Err(format!(
+                "its {role} '{p}' is an initializer that is also a graph input (IR version >= 4): a feed may override it, so it is not a constant"
+            ));
         } else {
             return Err(format!("its {role} '{p}' is not a constant"));
         };

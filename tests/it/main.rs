@@ -8,6 +8,7 @@ mod cli;
 mod conformance;
 mod functions;
 mod fuzz_rewrites;
+mod initializer_inputs;
 mod matcher_forms;
 mod model_io;
 mod residual;

@@ -929,8 +929,21 @@ fn an_unsqueeze_at_the_reduced_axis_restores_the_variance() {
 /// Statistics as sums divided by hand: `mean = Unsqueeze(ReduceSum(x, keepdims=0)) / n_mean`,
 /// `var = ReduceSum(d², keepdims=1) / n_var`, `y = d / sqrt(var + eps)`.
 fn sums(n_mean: f32, n_var: f32) -> Builder {
+    sums_of(n_mean, n_var, false)
+}
+
+/// [`sums`] over `x`, or over `Gemm(x2d, W[16, H], b)` (whose row length only the `Gemm`
+/// shape rule tells: nothing declares it).
+fn sums_of(n_mean: f32, n_var: f32, of_gemm: bool) -> Builder {
     let mut b = Builder::new(13);
-    let x = b.input("x", F32, &[2, 3, H]);
+    let x = if of_gemm {
+        let x = b.input_named("x", F32, &["rows", "16"]);
+        let w = b.init("W", &[16, H], &vec![0.5; 16 * H as usize]);
+        let bias = b.init("gemm_b", &[H], &vec![0.25; H as usize]);
+        b.op("Gemm", &[&x, &w, &bias], vec![])
+    } else {
+        b.input("x", F32, &[2, 3, H])
+    };
     let axes = b.init_typed("axes", I64, &[1], &[-1.0]);
     let s = b.op("ReduceSum", &[&x, &axes], vec![("keepdims", A::I(0))]);
     let s = b.op("Unsqueeze", &[&s, &axes], vec![]);
@@ -960,6 +973,20 @@ fn sums_divided_by_the_row_length_are_means() {
     let m = only(sums(H as f32, (H - 1) as f32).matches());
     assert_eq!((m.family, m.unbiased), (Family::LnSimple, true));
     assert!(m.rewritable, "{:?}", m.reason);
+}
+
+#[test]
+fn row_counts_of_a_gemm_output_are_known() {
+    let m = only(sums_of(H as f32, H as f32, true).matches());
+    assert_eq!((m.family, m.unbiased), (Family::LayerNorm, false));
+    assert!(m.rewritable, "{:?}", m.reason);
+    let m = only(sums_of(H as f32, (H - 1) as f32, true).matches());
+    assert_eq!((m.family, m.unbiased), (Family::LnSimple, true));
+    // A count that is not the Gemm's row length is not a mean.
+    assert!(sums_of(H as f32 + 1.0, H as f32, true)
+        .matches()
+        .iter()
+        .all(|m| m.family != Family::LayerNorm));
 }
 
 #[test]
