@@ -424,6 +424,7 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
             family: cand.family,
             form: cand.form,
             function_body: lifted_axis.is_some(),
+            adanorm_factor: false,
             nodes,
             input_casts,
             input,

@@ -77,6 +77,7 @@ pub fn read(c: &Canon<'_, '_>, id: NodeId) -> Option<Match> {
             family,
             form,
             function_body: false,
+            adanorm_factor: false,
             nodes: vec![id],
             input_casts: vec![],
             input: x.clone(),

@@ -12,6 +12,7 @@
 //! checks keepdims, axes, constants and shapes. [`local_functions`] inlines the model-local
 //! functions that hold a match first; which functions are tried is derived from the table.
 
+pub mod adanorm_factor;
 pub mod affine;
 pub mod batchnorm;
 pub mod candidate;
@@ -189,6 +190,9 @@ pub struct Match {
     /// Read over `Flatten(X)` as the ONNX `LayerNormalization` function body writes it, and
     /// lifted back to `X` ([`expanded`]).
     pub function_body: bool,
+    /// The paper's AdaNorm factor `C·(1 − k·y)·y` was read after the inner norm
+    /// ([`adanorm_factor`]): `form` is the inner norm's.
+    pub adanorm_factor: bool,
     /// The nodes it covers (what a rewrite replaces), in graph order.
     pub nodes: Vec<NodeId>,
     /// Those of `nodes` that are Casts or Identities in front of its input, absorbed because
@@ -229,6 +233,9 @@ impl Match {
         }
         if self.channels_first {
             name.push_str(", channels-first (normalises axis 1 only)");
+        }
+        if self.adanorm_factor {
+            name.push_str(", then the paper's AdaNorm C·(1 − k·y)·y");
         }
         name
     }
@@ -314,7 +321,18 @@ fn find_matches_once(
             Read::Node(_) => true,
             Read::Candidate(_) => keeps_rank(g, m),
         });
+        let kept: Vec<Match> = kept.collect();
+        let mut taken: HashSet<NodeId> = claimed.clone();
+        taken.extend(kept.iter().flat_map(|m| m.nodes.iter().copied()));
         for m in kept {
+            // The paper-form AdaNorm: the factor after a plain norm any recogniser read.
+            let m = match adanorm_factor::extend(c, &taken, &m) {
+                Some(ext) => {
+                    taken.extend(ext.nodes.iter().copied());
+                    ext
+                }
+                None => m,
+            };
             claimed.extend(m.nodes.iter().copied());
             matches.push(m);
         }

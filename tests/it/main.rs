@@ -11,6 +11,7 @@ mod fuzz_rewrites;
 mod initializer_inputs;
 mod matcher_forms;
 mod model_io;
+mod paper_adanorm;
 mod residual;
 mod run_verify;
 mod sharing;

@@ -42,7 +42,7 @@ fn every_zoo_model_matches_its_ground_truth_exactly() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 40, "all zoo models were inspected");
+    assert_eq!(checked, 44, "all zoo models were inspected");
 }
 
 fn all(ms: &[Match], pred: impl Fn(&Match) -> bool) -> bool {
@@ -140,6 +140,36 @@ fn dynamo_adanorm_modules_with_dynamic_shapes() {
                 && m.unbiased
                 && !m.eps_in_sqrt
                 && m.axis == Some(-1)
+                && m.rewritable),
+            "{name}: {ms:#?}"
+        );
+    }
+}
+
+/// AdaNorm as the paper writes it (a LayerNorm without affine, then `C·(1 − k·y)·y`) from
+/// the TorchScript exporter (decomposed, and fused `LayerNormalization` at opset 17), the dynamo
+/// exporter and jax2onnx: one AdaNorm per module with the module's own `C` and `k`, the
+/// biased variance under the root.
+#[test]
+fn paper_form_adanorm_from_three_exporters() {
+    for name in [
+        "paperform_legacy_op14",
+        "paperform_legacy_op17",
+        "paperform_dynamo_op18",
+        "paperform_jnp_jax2onnx_op18",
+    ] {
+        let ms = inspect(name);
+        let cs: Vec<f64> = ms.iter().map(|m| m.c).collect();
+        assert_eq!(cs, [2.0, 1.0, 1.5, 1.0], "{name}");
+        assert!(
+            all(&ms, |m| m.family == Family::AdaNorm
+                && m.form_name().contains("paper's AdaNorm")
+                && (m.k - 0.1).abs() < 1e-8
+                && !m.unbiased
+                && m.eps_in_sqrt
+                && m.epsilon == 1e-5f32 as f64
+                && m.scale.is_none()
+                && m.bias.is_none()
                 && m.rewritable),
             "{name}: {ms:#?}"
         );
