@@ -28,7 +28,9 @@ NORMS = {"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormali
 # (zoo model, op type): lost by `fuse` today. adanorm_dynamo_op18: ORT folds the AdaNorm's
 # `Mul(C)` after the division into the next MatMul (FusedMatMul alpha = C); in the fused model
 # that Mul is inside our node, so no work is lost (the paper models' FusedMatMul likely the
-# same: unverified). paper_dynamo_op18_noopt's 8 Casts: not looked at yet. swin_legacy_op14's
+# same: unverified). The paperform models (the paper's own AdaNorm form): verified the same,
+# the one FusedMatMul of each original has alpha 1.5, the C of `y·(1 − k·y)·1.5` whose final
+# `Mul(·, 1.5)` feeds the next Linear. paper_dynamo_op18_noopt's 8 Casts: not looked at yet. swin_legacy_op14's
 # Gemm: ORT fuses a 2-D MatMul with its bias Add into Gemm; where that bias Add feeds a residual
 # Add into a norm, `fuse` absorbs it as the node's residual Bias (ai.adanorm version 2), so the
 # bias is added inside our node's one pass and no work is lost. segformer_legacy_op14,
@@ -45,6 +47,9 @@ KNOWN_LOST = {
     ("paper_dynamo_op18_noopt", "FusedMatMul"),
     ("paper_dynamo_op18_noopt", "Cast"),
     ("paper_paddle_paddle2onnx_op13", "FusedMatMul"),
+    ("paperform_legacy_op14", "FusedMatMul"),
+    ("paperform_legacy_op17", "FusedMatMul"),
+    ("paperform_dynamo_op18", "FusedMatMul"),
 }
 
 
