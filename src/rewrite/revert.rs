@@ -160,11 +160,18 @@ fn revert_scope(
                 .iter()
                 .flat_map(|r| r.input.iter().map(String::as_str))
                 .collect();
+            // Not where the record makes the value itself: a gain that was a `Constant` node
+            // comes back as that node (fuzz seed 190), and would otherwise be produced twice.
+            let recorded = |v: &str| {
+                record.node.iter().any(|r| r.output.iter().any(|o| o == v))
+                    || record.initializer.iter().any(|t| t.name() == v)
+            };
             for (_, (original, t)) in &ours {
                 if needs.contains(&original.as_str())
                     && g.initializer(original).is_none()
                     && !g.is_outer_value(original)
                     && !restored_around.contains(original.as_str())
+                    && !recorded(original)
                 {
                     patch.add_initializers.push(t.to_proto(original));
                 }

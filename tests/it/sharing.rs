@@ -614,3 +614,27 @@ fn real_exports_with_deduplicated_tensors() {
         );
     }
 }
+
+/// A gain and bias written as `Constant` nodes: `drop` puts their values in the weights file and
+/// the revert record keeps the nodes; revert must bring them back once, as the nodes (fuzz seed
+/// 190: the values came back as initializers beside the restored nodes, each defined twice).
+#[test]
+fn a_gain_and_bias_made_by_constant_nodes_come_back_once_after_drop() {
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[2, 3, H]);
+    let gamma = b.constant_typed(
+        F32,
+        &[H],
+        &values(5, H as usize)
+            .iter()
+            .map(|&v| v as f64)
+            .collect::<Vec<_>>(),
+    );
+    let beta = b.constant(0.25);
+    let eps = b.constant(1e-5);
+    let y = layer_norm(&mut b, &x, &gamma, &beta, &eps, None);
+    let r = b.op("Relu", &[&y], vec![]);
+    b.output(&r, F32);
+    let changed = check_every_rewrite(&b, "Constant-node gain and bias");
+    assert!(changed.values().all(|&n| n == 1), "{changed:?}");
+}

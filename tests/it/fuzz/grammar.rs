@@ -17,6 +17,9 @@ pub enum Form {
     Simple,
     /// lancopku's AdaNorm.
     AdaNorm,
+    /// AdaNorm as the paper writes it: a LayerNorm without affine, then `C·(1 − k·y)·y` in one
+    /// of its orders, and its near-misses (`PaperMiss`).
+    PaperAdaNorm,
     /// RMSNorm: never a LayerNorm, never rewritten.
     RmsNorm,
     /// A LayerNorm over axis 1 of `[N, C, L]` with `[C, 1]` parameters (ConvNeXt's LayerNorm2d).
@@ -330,6 +333,13 @@ pub fn draw(rng: &mut Rng, env: &Env) -> (Form, Miss) {
     } else {
         form
     };
+    // Half the AdaNorms the paper's way (drawn after the pick, so that the other forms' draws
+    // are as they were).
+    let form = if form == Form::AdaNorm && rng.chance(0.5) {
+        Form::PaperAdaNorm
+    } else {
+        form
+    };
     let miss = match form {
         Form::Decomposed if rng.chance(0.4) => *rng.pick(DECOMPOSED_MISSES),
         Form::Simple if rng.chance(0.2) => Miss::WrongBessel,
@@ -352,6 +362,7 @@ pub fn emit(g: &mut G, rng: &mut Rng, env: &Env, x: &str, form: Form, miss: Miss
         Form::Decomposed => decomposed(g, rng, env, x, miss),
         Form::Simple => simple(g, rng, env, x, miss),
         Form::AdaNorm => adanorm(g, rng, env, x),
+        Form::PaperAdaNorm => paper_adanorm(g, rng, env, x),
         Form::RmsNorm => rmsnorm(g, rng, env, x),
         Form::ChannelsFirst => channels_first(g, rng, env, x),
     }
@@ -697,6 +708,120 @@ fn adanorm(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
         escapes: vec![],
         gamma: None,
         label: format!("adanorm k={k} c={c:?}"),
+    }
+}
+
+/// One check of the paper-form AdaNorm broken: each leaves a LayerNorm with the factor outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PaperMiss {
+    None,
+    /// `(1 − k·y)·x`: the factor multiplies the input, not `y`.
+    TimesX,
+    /// `(2 − k·y)·y`.
+    TwoMinus,
+    /// The factor also read outside.
+    FactorEscapes,
+    /// `y` also read outside.
+    YEscapes,
+}
+
+fn paper_adanorm(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
+    let t = env.t;
+    let h = env.h();
+    let fused_inner = env.opset >= 17 && rng.chance(0.3);
+    let y = if fused_inner {
+        let ones = g.constant(t, &[h], &vec![1.0; h as usize]);
+        let attrs = vec![("axis", A::I(-1)), ("epsilon", A::F(epsilon(rng) as f32))];
+        g.op("LayerNormalization", &[x, &ones], attrs)
+    } else {
+        let ax = axes(rng, env.rank(), 1);
+        let m = mean(g, env, x, &ax, Some(1));
+        let d = g.op("Sub", &[x, &m], vec![]);
+        let two = g.scalar(t, 2.0);
+        let sq = g.op("Pow", &[&d, &two], vec![]);
+        let v = mean(g, env, &sq, &ax, Some(1));
+        let e = g.scalar(t, epsilon(rng));
+        let ve = g.op("Add", &[&v, &e], vec![]);
+        let s = g.op("Sqrt", &[&ve], vec![]);
+        g.op("Div", &[&d, &s], vec![])
+    };
+    let miss = if rng.chance(0.3) {
+        *rng.pick(&[
+            PaperMiss::TimesX,
+            PaperMiss::TwoMinus,
+            PaperMiss::FactorEscapes,
+            PaperMiss::YEscapes,
+        ])
+    } else {
+        PaperMiss::None
+    };
+    let k = *rng.pick(&[0.1, 0.2, 0.5]);
+    // `.detach()` is an Identity in TorchScript and jax2onnx exports, gone in dynamo's.
+    let detached = if rng.chance(0.5) {
+        g.op("Identity", &[&y], vec![])
+    } else {
+        y.clone()
+    };
+    let ky = match rng.below(3) {
+        0 => {
+            let d = g.scalar(t, 1.0 / k);
+            g.op("Div", &[&detached, &d], vec![])
+        }
+        1 => {
+            let kc = g.scalar(t, k);
+            g.op("Mul", &[&kc, &detached], vec![])
+        }
+        _ => {
+            let kc = g.scalar(t, k);
+            g.op("Mul", &[&detached, &kc], vec![])
+        }
+    };
+    let one = g.scalar(
+        t,
+        if miss == PaperMiss::TwoMinus {
+            2.0
+        } else {
+            1.0
+        },
+    );
+    // `1 + k·y` is AdaNorm with −k.
+    let f = match rng.below(4) {
+        0 => g.op("Add", &[&ky, &one], vec![]),
+        _ => g.op("Sub", &[&one, &ky], vec![]),
+    };
+    let other: &str = if miss == PaperMiss::TimesX { x } else { &y };
+    let c = *rng.pick(&[None, Some(2.0), Some(0.5), Some(1.5)]);
+    let z = match (c, rng.below(3)) {
+        (None, 0) => g.op("Mul", &[other, &f], vec![]),
+        (None, _) => g.op("Mul", &[&f, other], vec![]),
+        (Some(c), 0) => {
+            let cc = g.scalar(t, c);
+            let cf = g.op("Mul", &[&cc, &f], vec![]);
+            g.op("Mul", &[&cf, other], vec![])
+        }
+        (Some(c), 1) => {
+            let cc = g.scalar(t, c);
+            let p = g.op("Mul", &[other, &f], vec![]);
+            g.op("Mul", &[&p, &cc], vec![])
+        }
+        (Some(c), _) => {
+            let cc = g.scalar(t, c);
+            let cy = g.op("Mul", &[other, &cc], vec![]);
+            g.op("Mul", &[&cy, &f], vec![])
+        }
+    };
+    let (gamma, beta) = affine(g, rng, env, 1, Miss::None, false);
+    let z = apply_affine(g, rng, z, gamma.as_deref(), beta.as_deref());
+    let escapes = match miss {
+        PaperMiss::FactorEscapes => vec![f],
+        PaperMiss::YEscapes => vec![y],
+        _ => vec![],
+    };
+    Norm {
+        y: z,
+        escapes,
+        gamma,
+        label: format!("paper adanorm fused={fused_inner} k={k} c={c:?} miss={miss:?}"),
     }
 }
 
