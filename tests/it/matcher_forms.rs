@@ -669,6 +669,76 @@ fn rmsnorm_is_reported_as_rmsnorm() {
     assert!(!m.rewritable);
 }
 
+/// Keras' `RMSNormalization` as tf2onnx writes it: `Mul(x, x)`, `GlobalAveragePool` (the last
+/// axis of a rank-3 tensor), `Reciprocal(Sqrt)`, the gain multiplied into the inverse root, then
+/// `Mul(x, ·)`. Near-misses: the "gain" varying across rows, and the product with another tensor
+/// than x; and Keras' `LayerNormalization(rms_scaling=True)`, `x · rsqrt(var + ε) · γ` with the
+/// variance centred but x not, which is neither a LayerNorm nor an RMSNorm.
+#[test]
+fn keras_rmsnorm_gain_into_the_inverse_root() {
+    enum Case {
+        Keras,
+        GainPerToken,
+        OtherTensor,
+        RmsScaling,
+    }
+    for case in [
+        Case::Keras,
+        Case::GainPerToken,
+        Case::OtherTensor,
+        Case::RmsScaling,
+    ] {
+        let mut b = Builder::new(13);
+        let x = b.input("x", F32, &[2, 3, H]);
+        let other = b.input("other", F32, &[2, 3, H]);
+        let sq = if let Case::RmsScaling = case {
+            let m = b.op("GlobalAveragePool", &[&x], vec![]);
+            let d = b.op("Sub", &[&x, &m], vec![]);
+            b.op("Mul", &[&d, &d], vec![])
+        } else {
+            b.op("Mul", &[&x, &x], vec![])
+        };
+        let ms = b.op("GlobalAveragePool", &[&sq], vec![]);
+        let e = b.constant(1e-6);
+        let ve = b.op("Add", &[&ms, &e], vec![]);
+        let s = b.op("Sqrt", &[&ve], vec![]);
+        let r = b.op("Reciprocal", &[&s], vec![]);
+        let gains: Vec<f32> = (0..H).map(|i| 1.0 + i as f32 / 16.0).collect();
+        let g = match case {
+            Case::GainPerToken => b.init("w", &[3, 1], &[0.5, 1.0, 1.5]),
+            _ => b.init("w", &[H], &gains),
+        };
+        let y = if let Case::RmsScaling = case {
+            let n = b.op("Mul", &[&x, &r], vec![]);
+            b.op("Mul", &[&n, &g], vec![])
+        } else {
+            let rg = b.op("Mul", &[&r, &g], vec![]);
+            let times = if let Case::OtherTensor = case {
+                &other
+            } else {
+                &x
+            };
+            b.op("Mul", &[times, &rg], vec![])
+        };
+        b.node_named("c", "Relu", &[&y], &["out"], vec![]);
+        b.output("out", F32);
+        let found = b.matches();
+        match case {
+            Case::Keras => {
+                let m = only(found);
+                assert_eq!(m.family, Family::RmsNorm);
+                assert_eq!((m.input.as_str(), m.scale.as_deref()), ("x", Some("w")));
+                assert_eq!(m.output, y);
+                assert!(!m.rewritable);
+            }
+            _ => assert!(
+                found.iter().all(|m| m.output != y),
+                "a near-miss taken whole: {found:#?}"
+            ),
+        }
+    }
+}
+
 // ---- fused ops ----
 
 #[test]

@@ -42,7 +42,7 @@ fn every_zoo_model_matches_its_ground_truth_exactly() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 44, "all zoo models were inspected");
+    assert_eq!(checked, 46, "all zoo models were inspected");
 }
 
 fn all(ms: &[Match], pred: impl Fn(&Match) -> bool) -> bool {
@@ -284,6 +284,18 @@ fn channels_first_convnext_is_axis_1_only_and_rewritable() {
 #[test]
 fn t5_rmsnorm_is_never_layernorm() {
     let ms = inspect("t5_legacy_op14");
+    assert!(all(&ms, |m| m.family == Family::RmsNorm
+        && m.scale.is_some()
+        && !m.rewritable));
+}
+
+/// Keras 3's RMSNormalization through its own ONNX export: the gain multiplied into the inverse
+/// root before `x`; each norm with its gain and its epsilon, reported and never rewritten.
+#[test]
+fn keras_rmsnorm_through_tf2onnx() {
+    let ms = inspect("keras_rmsnorm_tf2onnx_op13");
+    let eps: Vec<f64> = ms.iter().map(|m| m.epsilon).collect();
+    assert_eq!(eps, [1e-6f32 as f64, 1e-5f32 as f64, 1e-4f32 as f64]);
     assert!(all(&ms, |m| m.family == Family::RmsNorm
         && m.scale.is_some()
         && !m.rewritable));

@@ -446,12 +446,36 @@ fn rms(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
             }
         }
     }
+    // Keras' RMSNormalization through tf2onnx: the gain multiplied into the inverse root
+    // before `x`, `x · (rsqrt(mean(x²) + ε) · γ)`.
+    let mut gain = None;
+    if found.is_none() {
+        for r in reciprocals(c, s) {
+            let inv = c.g.node(r).output[0].clone();
+            for gid in consumers_of(c, &inv, "Mul") {
+                let gn = c.g.node(gid);
+                let Some(gamma) = c.other_operand(gn, &inv) else {
+                    continue;
+                };
+                if c.origin(gamma).0 == s.x || !is_row_parameter(c, gamma, &s.x, &s.axes) {
+                    continue;
+                }
+                let scaled = gn.output[0].clone();
+                for id in consumers_of(c, &scaled, "Mul") {
+                    let n = c.g.node(id);
+                    if c.other_operand(n, &scaled)
+                        .is_some_and(|o| c.origin(o).0 == s.x)
+                    {
+                        found = Some((vec![r, gid, id], n.output[0].clone()));
+                        gain = Some(gamma.to_string());
+                    }
+                }
+            }
+        }
+    }
     let (core, y) = found?;
-    let t = tail(c, &y, &s.x, &s.axes, x_type, true);
-    Some(Normalised::with_tail(
-        Family::RmsNorm,
-        Form::DecomposedRmsNorm,
-        core,
-        t,
-    ))
+    let t = tail(c, &y, &s.x, &s.axes, x_type, gain.is_none());
+    let mut n = Normalised::with_tail(Family::RmsNorm, Form::DecomposedRmsNorm, core, t);
+    n.scale = gain.or(n.scale);
+    Some(n)
 }

@@ -868,7 +868,6 @@ fn rmsnorm(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
     let ve = g.op("Add", &[&ms, &e], vec![]);
     let s = g.op("Sqrt", &[&ve], vec![]);
     let r = g.op("Reciprocal", &[&s], vec![]);
-    let n = g.op("Mul", &[x, &r], vec![]);
     let gamma = match &env.gamma {
         Some(gm) => gm.clone(),
         None => {
@@ -876,12 +875,20 @@ fn rmsnorm(g: &mut G, rng: &mut Rng, env: &Env, x: &str) -> Norm {
             param(g, rng, env, "rms_w", &d, 1.0)
         }
     };
-    let y = g.op("Mul", &[&gamma, &n], vec![]);
+    // Keras' RMSNormalization through tf2onnx: the gain into the inverse root, then x.
+    let keras = rng.chance(0.3);
+    let y = if keras {
+        let rg = g.op("Mul", &[&r, &gamma], vec![]);
+        g.op("Mul", &[x, &rg], vec![])
+    } else {
+        let n = g.op("Mul", &[x, &r], vec![]);
+        g.op("Mul", &[&gamma, &n], vec![])
+    };
     Norm {
         y,
         escapes: vec![],
         gamma: Some(gamma),
-        label: "rmsnorm".into(),
+        label: format!("rmsnorm keras={keras}"),
     }
 }
 
