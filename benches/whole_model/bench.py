@@ -81,7 +81,7 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     a = p.parse_args()
 
-    names = [n for n in ("bert_postln", "gpt2_preln", "bert_adanorm")
+    names = [n for n in ("bert_postln", "gpt2_preln", "bert_adanorm", "bert_paperform")
              if os.path.exists(os.path.join(a.models, f"{n}.onnx"))]
     if not names:
         sys.exit(f"no models in {a.models}: run benches/whole_model/export.py first")
@@ -105,9 +105,10 @@ def main():
         return np.load(own if os.path.exists(own) else os.path.join(a.models, "inputs.npz"))["x"]
 
     x = {n: inputs(n) for n in names}
+    has_ada = "bert_adanorm" in names or "bert_paperform" in names
     print("| model | threads | original | fused (v2) | fused --no-residual (v1) | v2/original | v1/original |"
-          + (" adanorm v2 / bert_postln original |" if "bert_adanorm" in names else ""))
-    print("|---" * (7 + ("bert_adanorm" in names)) + "|")
+          + (" adanorm v2 / bert_postln original |" if has_ada else ""))
+    print("|---" * (7 + has_ada) + "|")
     for threads in a.threads:
         runners = {k: Runner(path, x[k[0]], threads, a.lib) for k, path in variants.items()}
         # Same function first: every variant's output against its original's.
@@ -130,9 +131,10 @@ def main():
             row = (f"| {n} | {threads} | {cell((n, 'original'))} | {cell((n, 'fused'))} | "
                    f"{cell((n, 'fused v1'))} | {med[(n, 'fused')] / med[(n, 'original')]:.3f}x | "
                    f"{med[(n, 'fused v1')] / med[(n, 'original')]:.3f}x |")
-            if "bert_adanorm" in names:
+            if has_ada:
                 partner = ("bert_postln", "original")
-                row += (f" {med[(n, 'fused')] / med[partner]:.3f}x |" if n == "bert_adanorm" and partner in med
+                row += (f" {med[(n, 'fused')] / med[partner]:.3f}x |"
+                        if n in ("bert_adanorm", "bert_paperform") and partner in med
                         else " |")
             print(row)
 

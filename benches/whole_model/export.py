@@ -8,6 +8,7 @@ Models (4 layers, hidden 768, 12 heads, FFN 3072 each):
   gpt2_preln    GPT-2-like pre-LN stack:    x = x + Attn(LN(x)); x = x + FFN(LN(x)),
                 plus a final LN; nn.LayerNorm(eps=1e-5), tanh GELU, no causal mask.
   bert_adanorm  bert_postln with every LayerNorm replaced by AdaNorm
+  bert_paperform  the same with AdaNorm written as the paper writes it (PaperFormAdaNorm)
                 (Xu et al. 2019, "Understanding and Improving Layer Normalization").
 
 Every model is exported with the legacy TorchScript exporter (dynamo=False) at
@@ -85,8 +86,7 @@ class AdaNorm(nn.Module):
     reference code writes it (lancopku/AdaNorm, fairseq/modules/layer_norm.py, mode 'adanorm'):
     the unbiased std, eps added to it, and the factor k * y detached, so that in eval mode and in
     the export it is plain arithmetic: z = C * (x - x * k*y) / (std + eps) = C * (1 - k*y) * y.
-    (The paper's own formula `C * (1 - k*y) * y`, written as such, is another form the rewriter
-    does not find yet: issue 16.)
+    (The paper's own formula `C * (1 - k*y) * y`, written as such: `PaperFormAdaNorm`.)
     """
 
     def __init__(self, k=0.1, scale=1.0, eps=1e-5):
@@ -102,6 +102,23 @@ class AdaNorm(nn.Module):
         mean = x.mean(-1, keepdim=True)
         factor = (self.k * (x - mean) / (std + self.eps)).detach()
         return (x - x * factor) / (std + self.eps) * self.scale
+
+
+class PaperFormAdaNorm(nn.Module):
+    """AdaNorm as the paper writes it, not as its reference code does: a LayerNorm without
+    affine (biased variance, eps under the root), then z = C * (1 - k * y.detach()) * y."""
+
+    def __init__(self, k=0.1, scale=2.0, eps=1e-5):
+        super().__init__()
+        self.k = k
+        self.scale = scale
+        self.eps = eps
+
+    def forward(self, x):
+        m = x.mean(-1, keepdim=True)
+        v = ((x - m) ** 2).mean(-1, keepdim=True)
+        y = (x - m) / torch.sqrt(v + self.eps)
+        return self.scale * (1 - self.k * y.detach()) * y
 
 
 class PostLNLayer(nn.Module):
@@ -161,11 +178,17 @@ def bert_adanorm():
     return Stack([PostLNLayer(norm, "none") for _ in range(LAYERS)])
 
 
+def bert_paperform():
+    norm = lambda: PaperFormAdaNorm(k=0.1, scale=2.0, eps=1e-5)
+    return Stack([PostLNLayer(norm, "none") for _ in range(LAYERS)])
+
+
 # name -> (constructor, weight seed)
 MODELS = {
     "bert_postln": (bert_postln, 1),
     "gpt2_preln": (gpt2_preln, 2),
     "bert_adanorm": (bert_adanorm, 3),
+    "bert_paperform": (bert_paperform, 4),
 }
 
 
