@@ -340,3 +340,31 @@ pub fn rewrite_options(
         residual: true,
     }
 }
+
+/// The one match of `ms`.
+pub fn only(ms: Vec<Match>) -> Match {
+    assert_eq!(ms.len(), 1, "expected exactly one match, got {ms:#?}");
+    ms.into_iter().next().unwrap()
+}
+
+/// `other` computes what `original` computes on `inputs` (tract, within 1e-5 scaled).
+pub fn assert_same_outputs(
+    original: &Path,
+    other: &Path,
+    inputs: &[(String, adanorm_tract::tract_onnx::prelude::Tensor)],
+    what: &str,
+) {
+    use adanorm_onnx::runner::{compare, run};
+    let want = run(original, inputs.to_vec()).unwrap();
+    let got = run(other, inputs.to_vec()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(want.len(), got.len(), "{what}: output count");
+    for d in compare(&want, &got) {
+        assert!(
+            d.problem.is_none() && d.max_scaled <= 1e-5,
+            "{what}: output '{}' differs: {:?} (max {})",
+            d.output,
+            d.problem,
+            d.max_scaled
+        );
+    }
+}

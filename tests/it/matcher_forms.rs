@@ -2,7 +2,7 @@
 //! not take for a LayerNorm.
 
 use crate::common;
-use crate::common::{Builder, A, F16, F32, F64, I64};
+use crate::common::{only, Builder, A, F16, F32, F64, I64};
 use adanorm_onnx::patterns::{Family, Match};
 
 const H: i64 = 8;
@@ -134,11 +134,6 @@ fn build_ln(o: &Ln) -> Builder {
     b.node_named("consumer", "Relu", &[&y], &["out"], vec![]);
     b.output("out", F32);
     b
-}
-
-fn only(ms: Vec<Match>) -> Match {
-    assert_eq!(ms.len(), 1, "expected exactly one match, got {ms:#?}");
-    ms.into_iter().next().unwrap()
 }
 
 fn ln_ok(o: &Ln) -> Match {

@@ -6,12 +6,11 @@
 
 use std::path::Path;
 
-use crate::common::{Builder, A, F32};
+use crate::common::{assert_same_outputs, only, Builder, A, F32};
 use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::onnx::{load_model, save_model};
-use adanorm_onnx::patterns::{Family, Match};
+use adanorm_onnx::patterns::Family;
 use adanorm_onnx::rewrite::{plan::plan_model, revert::revert, Affine, Target};
-use adanorm_onnx::runner::{compare, run};
 use adanorm_tract::tract_onnx::prelude::Tensor;
 
 const H: i64 = 8;
@@ -117,11 +116,6 @@ fn paper_model(form: Inner, order: Order, c: f32, k: f32, affine: bool) -> Build
     b
 }
 
-fn only(ms: Vec<Match>) -> Match {
-    assert_eq!(ms.len(), 1, "expected exactly one match, got {ms:#?}");
-    ms.into_iter().next().unwrap()
-}
-
 const FORMS: [Inner; 2] = [Inner::Decomposed, Inner::Fused];
 const ORDERS: [Order; 4] = [Order::CFirst, Order::Div, Order::YFirst, Order::ScaledY];
 
@@ -174,6 +168,7 @@ fn one_plus_k_y_is_adanorm_with_a_negative_k() {
     }
 }
 
+/// `other` computes what `original` computes on one fixed x.
 fn assert_same(original: &Path, other: &Path, what: &str) {
     let vals: Vec<f32> = (0..6 * H)
         .map(|i| ((i * 37 % 23) as f32) / 4.0 - 2.5)
@@ -182,17 +177,7 @@ fn assert_same(original: &Path, other: &Path, what: &str) {
         "x".to_string(),
         Tensor::from_shape(&[2, 3, H as usize], &vals).unwrap(),
     )];
-    let want = run(original, feeds.clone()).unwrap();
-    let got = run(other, feeds).unwrap_or_else(|e| panic!("{what}: {e}"));
-    for d in compare(&want, &got) {
-        assert!(
-            d.problem.is_none() && d.max_scaled <= 1e-5,
-            "{what}: '{}' differs: {:?} (max {})",
-            d.output,
-            d.problem,
-            d.max_scaled
-        );
-    }
+    assert_same_outputs(original, other, &feeds, what);
 }
 
 #[test]

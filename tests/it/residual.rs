@@ -9,12 +9,11 @@
 
 use std::path::Path;
 
-use crate::common::{Builder, A, F32};
+use crate::common::{assert_same_outputs, Builder, A, F32};
 use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::onnx::proto::ModelProto;
 use adanorm_onnx::onnx::{load_model, save_model};
 use adanorm_onnx::rewrite::{plan::plan_model, revert::revert, Affine, Options, Outcome, Target};
-use adanorm_onnx::runner::{compare, run};
 use adanorm_tract::tract_onnx::prelude::Tensor;
 
 const H: i64 = 8;
@@ -59,21 +58,6 @@ fn inputs(skip_dims: &[i64]) -> Vec<(String, Tensor)> {
     let n = dims.iter().product();
     let skip = Tensor::from_shape(&dims, &values(5, n)).unwrap();
     vec![("x".into(), x), ("skip".into(), skip)]
-}
-
-fn assert_same_outputs(original: &Path, other: &Path, inputs: &[(String, Tensor)], what: &str) {
-    let want = run(original, inputs.to_vec()).unwrap();
-    let got = run(other, inputs.to_vec()).unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert_eq!(want.len(), got.len(), "{what}: output count");
-    for d in compare(&want, &got) {
-        assert!(
-            d.problem.is_none() && d.max_scaled <= 1e-5,
-            "{what}: output '{}' differs: {:?} (max {})",
-            d.output,
-            d.problem,
-            d.max_scaled
-        );
-    }
 }
 
 /// `plan_model` of the model at `path` (the rewrite `fuse`/`rewrite` would write).

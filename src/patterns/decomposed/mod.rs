@@ -423,57 +423,56 @@ fn mean_here(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<Vec<NodeId>> {
     (c.origin(&m.input).0 == s.x && m.axes.same_as(&s.axes)).then_some(m.nodes)
 }
 
-/// RMSNorm: `x / sqrt(mean(x²) + eps)` or `x * (1 / sqrt(...))`, then the gain.
+/// RMSNorm: `x / sqrt(mean(x²) + eps)`, `x * (1 / sqrt(...))` or `x * ((1 / sqrt(...)) * γ)`
+/// (Keras), then the gain.
 fn rms(c: &Canon<'_, '_>, s: &Stats) -> Option<Normalised> {
     let x_type = c.g.elem_type(&s.x);
-    let mut found = None;
-    for id in consumers_of(c, &s.den, "Div") {
-        let n = c.g.node(id);
-        if operands(n).is_some_and(|(num, den)| den == s.den && c.origin(num).0 == s.x) {
-            found = Some((vec![id], n.output[0].clone()));
-        }
-    }
-    if found.is_none() {
-        for r in reciprocals(c, s) {
-            let inv = c.g.node(r).output[0].clone();
-            for id in consumers_of(c, &inv, "Mul") {
-                let n = c.g.node(id);
-                if c.other_operand(n, &inv)
+    // The `Mul` of `v` by x and its output (the last such reader).
+    let times_x = |v: &str| -> Option<(NodeId, String)> {
+        consumers_of(c, v, "Mul")
+            .filter(|&id| {
+                c.other_operand(c.g.node(id), v)
                     .is_some_and(|o| c.origin(o).0 == s.x)
-                {
-                    found = Some((vec![r, id], n.output[0].clone()));
-                }
-            }
-        }
+            })
+            .last()
+            .map(|id| (id, c.g.node(id).output[0].clone()))
+    };
+    // (core nodes, output, a gain read inside the core)
+    let mut found: Option<(Vec<NodeId>, String, Option<String>)> = consumers_of(c, &s.den, "Div")
+        .filter(|&id| {
+            operands(c.g.node(id)).is_some_and(|(num, den)| den == s.den && c.origin(num).0 == s.x)
+        })
+        .last()
+        .map(|id| (vec![id], c.g.node(id).output[0].clone(), None));
+    let inverses: Vec<(NodeId, String)> = reciprocals(c, s)
+        .into_iter()
+        .map(|r| (r, c.g.node(r).output[0].clone()))
+        .collect();
+    if found.is_none() {
+        found = inverses
+            .iter()
+            .rev()
+            .find_map(|(r, inv)| times_x(inv).map(|(id, y)| (vec![*r, id], y, None)));
     }
     // Keras' RMSNormalization through tf2onnx: the gain multiplied into the inverse root
     // before `x`, `x · (rsqrt(mean(x²) + ε) · γ)`.
-    let mut gain = None;
     if found.is_none() {
-        for r in reciprocals(c, s) {
-            let inv = c.g.node(r).output[0].clone();
-            for gid in consumers_of(c, &inv, "Mul") {
+        for (r, inv) in &inverses {
+            for gid in consumers_of(c, inv, "Mul") {
                 let gn = c.g.node(gid);
-                let Some(gamma) = c.other_operand(gn, &inv) else {
+                let Some(gamma) = c.other_operand(gn, inv) else {
                     continue;
                 };
                 if c.origin(gamma).0 == s.x || !is_row_parameter(c, gamma, &s.x, &s.axes) {
                     continue;
                 }
-                let scaled = gn.output[0].clone();
-                for id in consumers_of(c, &scaled, "Mul") {
-                    let n = c.g.node(id);
-                    if c.other_operand(n, &scaled)
-                        .is_some_and(|o| c.origin(o).0 == s.x)
-                    {
-                        found = Some((vec![r, gid, id], n.output[0].clone()));
-                        gain = Some(gamma.to_string());
-                    }
+                if let Some((id, y)) = times_x(&gn.output[0]) {
+                    found = Some((vec![*r, gid, id], y, Some(gamma.to_string())));
                 }
             }
         }
     }
-    let (core, y) = found?;
+    let (core, y, gain) = found?;
     let t = tail(c, &y, &s.x, &s.axes, x_type, gain.is_none());
     let mut n = Normalised::with_tail(Family::RmsNorm, Form::DecomposedRmsNorm, core, t);
     n.scale = gain.or(n.scale);
