@@ -186,8 +186,7 @@ fn revert_scope(
                         && !g.is_graph_input(v)
                         && !g.is_outer_value(v)
                         && !restored_around.contains(*v)
-                        && !record.node.iter().any(|r| r.output.iter().any(|o| o == v))
-                        && !record.initializer.iter().any(|t| t.name() == *v)
+                        && !recorded(v)
                         && !ours.iter().any(|(_, (o, _))| o == v)
                 })
                 .collect();
