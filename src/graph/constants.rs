@@ -70,6 +70,12 @@ impl<'m> Constants<'m> {
                     .filter(|i| !i.is_empty())
                     .all(|i| self.is_constant(g, i))
             }
+            // A quantised constant read back as floats (QDQ models store ε, γ and β so).
+            Some((_, n)) if n.op_type() == "DequantizeLinear" && crate::onnx::is_standard(n) => n
+                .input
+                .iter()
+                .filter(|i| !i.is_empty())
+                .all(|i| self.is_constant(g, i)),
             // Scalar arithmetic: constant exactly when it folds (see `compute`).
             Some((_, n)) if is_scalar_arithmetic(n) || n.op_type() == "Size" => {
                 self.value(g, name).is_some()
@@ -124,6 +130,15 @@ impl<'m> Constants<'m> {
                     floats: None,
                     ints: Some(vec![count]),
                 })
+            }
+            "DequantizeLinear" => {
+                let q = self.value_of_input(g, node, 0, depth)?;
+                let scale = self.value_of_input(g, node, 1, depth)?;
+                let zero = match node.input.get(2).filter(|z| !z.is_empty()) {
+                    Some(_) => self.value_of_input(g, node, 2, depth)?.scalar_f64()?,
+                    None => 0.0,
+                };
+                dequantized(&q, &scale, zero)
             }
             _ if is_scalar_arithmetic(node) => {
                 let a = self.value_of_input(g, node, 0, depth)?;
@@ -266,6 +281,26 @@ fn scalar_arithmetic(op: &str, a: &ConstValue, b: &ConstValue) -> Option<ConstVa
     )?;
     out.dims = dims;
     Some(out)
+}
+
+/// `(q − zero) · scale` for a one-element quantised constant with a per-tensor scale, in the
+/// scale's type (what ONNX Runtime computes; `DequantizeLinear` of a larger tensor is a
+/// parameter, never decoded).
+fn dequantized(q: &ConstValue, scale: &ConstValue, zero: f64) -> Option<ConstValue> {
+    let q_dims = &q.dims;
+    let (q, s) = (q.scalar_f64()?, scale.scalar_f64()?);
+    if !scale.is_float() {
+        return None;
+    }
+    cast(
+        ConstValue {
+            elem_type: dtype::DOUBLE,
+            dims: q_dims.to_vec(),
+            floats: Some(vec![(q - zero) * s]),
+            ints: None,
+        },
+        scale.elem_type,
+    )
 }
 
 /// Applies a Cast to a constant, rounding floats to the target precision as the runtime would.

@@ -414,6 +414,17 @@ fn infer_node(
             in_shape(0).cloned(),
         ),
         "CastLike" => with(in_type(1), in_shape(0).cloned()),
+        // QDQ: the shape of the input, the type of the scale (dequantised) or of the zero point
+        // (quantised; uint8 without one, or as `output_dtype` says from opset 21).
+        "DequantizeLinear" => with(in_type(1), in_shape(0).cloned()),
+        "QuantizeLinear" => {
+            let quantised = in_type(2)
+                .or(attr::int(node, "output_dtype")
+                    .filter(|&t| t != 0)
+                    .map(|t| t as i32))
+                .or(Some(crate::onnx::dtype::UINT8));
+            with(quantised, in_shape(0).cloned())
+        }
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Mod" | "PRelu" => {
             let shapes: Option<Vec<&Vec<Dim>>> = (0..node.input.len()).map(in_shape).collect();
             with(in_type(0), shapes.map(|s| broadcast(&s)))

@@ -2,7 +2,9 @@
 
 use half::{bf16, f16};
 
-use super::dtype::{self, BFLOAT16, DOUBLE, FLOAT, FLOAT16, INT32, INT64};
+use super::dtype::{
+    self, BFLOAT16, DOUBLE, FLOAT, FLOAT16, INT16, INT32, INT64, INT8, UINT16, UINT8,
+};
 use super::proto::TensorProto;
 use super::Model;
 use crate::error::Result;
@@ -85,6 +87,20 @@ pub fn decode(model: &Model, t: &TensorProto) -> Result<Option<ConstValue>> {
         }
         (INT32, Some(b)) => {
             ints = le_chunks::<4>(&b, n).map(|v| v.map(|c| i32::from_le_bytes(c) as i64).collect())
+        }
+        // 8- and 16-bit integers: QDQ models' quantised constants (ε, γ, β, zero points).
+        (INT8, Some(b)) => {
+            ints = le_chunks::<1>(&b, n).map(|v| v.map(|c| c[0] as i8 as i64).collect())
+        }
+        (UINT8, Some(b)) => ints = le_chunks::<1>(&b, n).map(|v| v.map(|c| c[0] as i64).collect()),
+        (INT16, Some(b)) => {
+            ints = le_chunks::<2>(&b, n).map(|v| v.map(|c| i16::from_le_bytes(c) as i64).collect())
+        }
+        (UINT16, Some(b)) => {
+            ints = le_chunks::<2>(&b, n).map(|v| v.map(|c| u16::from_le_bytes(c) as i64).collect())
+        }
+        (INT8 | UINT8 | INT16 | UINT16, None) if t.int32_data.len() == n => {
+            ints = Some(t.int32_data.iter().map(|&v| v as i64).collect())
         }
         (FLOAT, None) if t.float_data.len() == n => {
             floats = Some(t.float_data.iter().map(|&v| v as f64).collect())

@@ -56,7 +56,10 @@ pub struct Tail {
 }
 
 /// Follows `y` through an optional Cast back to `out_type`, then `Mul(scale)` and `Add(bias)`
-/// (either operand order), each only when `y` has that single consumer.
+/// (either operand order), each only when `y` has that single consumer. Copies between the
+/// steps (`Canon::past_copies`: float16 converters put Casts around the ops they keep in
+/// float32, QDQ puts a round trip through int8 after each) are crossed where a step follows
+/// them; a float island the tail opened is closed by a Cast back to `out_type` after it.
 pub fn tail(
     c: &Canon<'_, '_>,
     y: &str,
@@ -91,43 +94,58 @@ pub fn tail(
             t.output = n.output[0].clone();
         }
     }
+    let mut opened_island = false;
     for (op, wanted) in [("Mul", want_scale), ("Add", true)] {
-        let Some(id) = single(&t.output).filter(|_| wanted) else {
+        let (at, copies) = c.past_copies(&t.output);
+        let Some(id) = single(&at).filter(|_| wanted) else {
             continue;
         };
         let n = c.g.node(id);
         if n.op_type() != op {
             continue;
         }
-        let Some(p) = c.other_operand(n, &t.output) else {
+        let Some(p) = c.other_operand(n, &at) else {
             continue;
         };
         // A neutral constant (paddle2onnx's scale op with its defaults) is no parameter at all.
         let neutral = if op == "Mul" { 1.0 } else { 0.0 };
-        if c.scalar(p) == Some(neutral)
+        let taken = if c.scalar(p) == Some(neutral)
             && c.g
                 .constant(p)
                 .is_some_and(|k| k.dims.len() <= axes.axes.len())
         {
-            t.nodes.push(id);
-            t.output = n.output[0].clone();
-            skip_identities(&mut t);
-            continue;
-        }
-        let (param, expand) = match unexpanded(c, p, &t.output) {
-            Some((q, e)) => (q, Some(e)),
-            None => (p.to_string(), None),
+            true
+        } else {
+            let (param, expand) = match unexpanded(c, p, &at) {
+                Some((q, e)) => (q, Some(e)),
+                None => (p.to_string(), None),
+            };
+            let fits = is_row_parameter(c, &param, x, axes) && !computed_from(c, &param, x);
+            if fits {
+                *(if op == "Mul" {
+                    &mut t.scale
+                } else {
+                    &mut t.bias
+                }) = Some(param);
+                t.nodes.extend(expand);
+            }
+            fits
         };
-        if is_row_parameter(c, &param, x, axes) && !computed_from(c, &param, x) {
-            *(if op == "Mul" {
-                &mut t.scale
-            } else {
-                &mut t.bias
-            }) = Some(param);
-            t.nodes.extend(expand);
+        if taken {
+            opened_island |= copies.iter().any(|&k| c.g.node(k).op_type() == "Cast");
+            t.nodes.extend(copies);
             t.nodes.push(id);
             t.output = n.output[0].clone();
             skip_identities(&mut t);
+        }
+    }
+    // The Cast closing an island the steps crossed into.
+    if let (true, Some(id), Some(want)) = (opened_island, single(&t.output), out_type) {
+        let n = c.g.node(id);
+        let wider = c.g.elem_type(&t.output) != Some(want);
+        if wider && n.op_type() == "Cast" && attr::int(n, "to") == Some(want as i64) {
+            t.nodes.push(id);
+            t.output = n.output[0].clone();
         }
     }
     t

@@ -110,7 +110,7 @@ pub struct Centred {
 
 /// Whether every value of float type `from` is exactly a value of float type `to` (mantissa
 /// and exponent range both at least as wide).
-fn holds_exactly(to: i32, from: i32) -> bool {
+pub fn holds_exactly(to: i32, from: i32) -> bool {
     // (mantissa bits, exponent bits)
     let bits = |t: i32| match t {
         dtype::FLOAT16 => Some((10, 5)),
@@ -163,8 +163,10 @@ impl<'g, 'm> Canon<'g, 'm> {
     }
 
     /// The producer of `value` when it is a standard-domain node with this op type.
-    /// `Identity` nodes in between are looked through (paddle2onnx writes one after almost every
-    /// op); `cover` takes those inside a match into it.
+    /// Copies in between are looked through ([`Canon::copied_value`]: `Identity`, which
+    /// paddle2onnx writes after almost every op; float Casts, which float16 converters put
+    /// around each op they keep in float32; a QDQ pair); `cover` takes those inside a match into
+    /// it and judges the roundings they make.
     pub fn op(&self, value: &str, op_type: &str) -> Option<(NodeId, &'m NodeProto)> {
         let mut v = value;
         for _ in 0..8 {
@@ -176,12 +178,69 @@ impl<'g, 'm> Canon<'g, 'm> {
             if node.op_type() == op_type {
                 return Some((id, node));
             }
-            if node.op_type() != "Identity" {
-                return None;
-            }
-            v = node.input.first()?;
+            v = self.copied_value(node)?;
         }
         None
+    }
+
+    /// The value `node` passes on as it is, or rounded to another precision: `Identity`, a
+    /// Cast between float types, or the `DequantizeLinear` of a `QuantizeLinear` (a round trip
+    /// through 8-bit integers), whose input it returns. The caller judges the rounding.
+    pub fn copied_value(&self, node: &'m NodeProto) -> Option<&'m String> {
+        if !crate::onnx::is_standard(node) {
+            return None;
+        }
+        let input = node.input.first().filter(|i| !i.is_empty())?;
+        match node.op_type() {
+            "Identity" => Some(input),
+            "Cast" => {
+                let to = attr::int(node, "to")? as i32;
+                let from = self.g.elem_type(input);
+                (dtype::is_float(to) && from.is_none_or(dtype::is_float)).then_some(input)
+            }
+            "DequantizeLinear" => {
+                let (_, q) = self.g.producer_node(input)?;
+                let quantised = crate::onnx::is_standard(q) && q.op_type() == "QuantizeLinear";
+                quantised
+                    .then(|| q.input.first().filter(|i| !i.is_empty()))
+                    .flatten()
+            }
+            _ => None,
+        }
+    }
+
+    /// Forward from `value` through copies ([`Canon::copied_value`]) that are its only reader,
+    /// one after another (not past a graph output): the value they end in and the nodes
+    /// crossed. The caller takes them only where a node it wants reads what they end in.
+    pub fn past_copies(&self, value: &str) -> (String, Vec<NodeId>) {
+        let mut v = value.to_string();
+        let mut crossed = Vec::new();
+        while let [only] = self.g.consumers(&v) {
+            if self.g.is_graph_output(&v) {
+                break;
+            }
+            let n = self.g.node(*only);
+            // A QuantizeLinear is crossed together with the one DequantizeLinear reading it.
+            let (ids, out) = match n.op_type() {
+                "QuantizeLinear" if crate::onnx::is_standard(n) => {
+                    let Some(q_out) = n.output.first() else { break };
+                    let [dq] = self.g.consumers(q_out) else { break };
+                    let dq_node = self.g.node(*dq);
+                    if self.g.is_graph_output(q_out) || self.copied_value(dq_node) != Some(&v) {
+                        break;
+                    }
+                    (vec![*only, *dq], dq_node.output.first())
+                }
+                _ if self.copied_value(n) == Some(&v) => (vec![*only], n.output.first()),
+                _ => break,
+            };
+            let Some(out) = out.filter(|o| !o.is_empty()) else {
+                break;
+            };
+            crossed.extend(ids);
+            v = out.clone();
+        }
+        (v, crossed)
     }
 
     /// `op_type`'s node making `value` (as [`Canon::op`]) when it has exactly two operands, with
@@ -304,10 +363,11 @@ impl<'g, 'm> Canon<'g, 'm> {
                 let to = attr::int(node, "to").unwrap_or(0) as i32;
                 let input = node.input.first()?;
                 let from = self.g.elem_type(input);
-                (dtype::is_float(to)
-                    && from.is_none_or(dtype::is_float)
-                    && !self.rounded_on_the_way(input))
-                .then_some(input)
+                if !dtype::is_float(to) || !from.is_none_or(dtype::is_float) {
+                    return None;
+                }
+                let exact = from.is_some_and(|f| holds_exactly(to, f));
+                (exact || !self.widened_again(node)).then_some(input)
             }
             "Mul" => self.operand_beside_neutral(node, 1.0),
             "Add" => self.operand_beside_neutral(node, 0.0),
@@ -315,17 +375,21 @@ impl<'g, 'm> Canon<'g, 'm> {
         }
     }
 
-    /// Whether `value` is a float Cast to a type that cannot hold its input exactly (float32 →
-    /// float16): casting it back up is then no precision cast, the round trip rounded the value
-    /// (a LayerNorm of it is not the LayerNorm of the wider value).
-    fn rounded_on_the_way(&self, value: &str) -> bool {
-        let Some((_, n)) = self.op(value, "Cast") else {
+    /// Whether a rounding Cast's result is cast back up (`float32 → float16 → float32`): the
+    /// round trip rounded the value, so the wider value before it is not where it originates
+    /// (a LayerNorm of it is not the LayerNorm of the wider value). A widening Cast is crossed
+    /// to the rounded value; the rounding Cast is not.
+    fn widened_again(&self, narrowing: &NodeProto) -> bool {
+        let Some(out) = narrowing.output.first() else {
             return false;
         };
-        let narrow = attr::int(n, "to").unwrap_or(0) as i32;
-        let wide = n.input.first().and_then(|i| self.g.elem_type(i));
-        // A source of unknown type may have been wider: the cast is taken to round.
-        wide.is_none_or(|w| !holds_exactly(narrow, w))
+        let narrow = attr::int(narrowing, "to").unwrap_or(0) as i32;
+        self.g.consumers(out).iter().any(|&id| {
+            let n = self.g.node(id);
+            n.op_type() == "Cast"
+                && attr::int(n, "to")
+                    .is_some_and(|to| to as i32 != narrow && holds_exactly(to as i32, narrow))
+        })
     }
 
     /// Walks back from `value` through the producers of standard ops for which `step` names

@@ -37,6 +37,8 @@ struct Cover<'c, 'g, 'm> {
     inv_std_output: Option<String>,
     /// The axis of `X` the rows start at, for the ONNX function-body form.
     lifted_axis: Option<i64>,
+    /// Its intermediate values go through QDQ round trips ([`Cover::check_inner_roundings`]).
+    quantised: bool,
     problems: Vec<String>,
 }
 
@@ -44,10 +46,11 @@ struct Cover<'c, 'g, 'm> {
 /// `not_absorbable` (earlier matches', reserved ones) is absorbed as an input cast.
 pub fn finish(c: &Canon<'_, '_>, not_absorbable: &HashSet<NodeId>, cand: Candidate) -> Match {
     let mut m = Cover::new(c, not_absorbable, cand);
-    m.absorb_identity_chains();
+    m.absorb_inner_copies();
     m.find_shape_helpers();
     m.absorb_input_casts();
     m.start_at_own_type();
+    m.check_inner_roundings();
     m.lift_function_body();
     m.find_constant_helpers();
     m.include_unshared_helpers();
@@ -72,6 +75,7 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
             mean_output: None,
             inv_std_output: None,
             lifted_axis: None,
+            quantised: false,
             problems: cand.problems.clone(),
             cand,
         }
@@ -81,48 +85,68 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
         self.c.g
     }
 
-    /// Chains of Identity nodes between two nodes of the match (`Canon::op` looks through them)
-    /// are the match's when nothing else reads them.
-    fn absorb_identity_chains(&mut self) {
-        let g = self.g();
-        let core = &mut self.core;
+    /// Chains of copies between two nodes of the match (`Canon::op` looks through them:
+    /// Identity, float Casts, QDQ pairs) are the match's when nothing else reads them. A copy
+    /// that two chains share (a centred value rounded once, then widened again for the variance
+    /// and for the division) joins when every reader of it does.
+    fn absorb_inner_copies(&mut self) {
+        let (c, g) = (self.c, self.g());
         loop {
-            let mut interior: Vec<NodeId> = Vec::new();
-            for &id in core.iter() {
+            let mut chains: Vec<Vec<NodeId>> = Vec::new();
+            for &id in &self.core {
                 for v in &g.node(id).input {
                     let mut chain: Vec<NodeId> = Vec::new();
                     let mut w = v.as_str();
                     while let Some((p, n)) = g.producer_node(w) {
-                        if core.contains(&p)
-                            || n.op_type() != "Identity"
-                            || !crate::onnx::is_standard(n)
-                        {
+                        if self.core.contains(&p) {
                             break;
                         }
-                        let Some(input) = n.input.first() else { break };
+                        let Some(input) = c.copied_value(n) else {
+                            break;
+                        };
                         chain.push(p);
+                        // A DequantizeLinear is crossed with its QuantizeLinear.
+                        if n.op_type() == "DequantizeLinear" {
+                            chain.extend(g.producer(&n.input[0]).map(|(q, _)| q));
+                        }
                         w = input;
                     }
-                    let from_core = g.producer(w).is_some_and(|(p, _)| core.contains(&p));
-                    let only_read_here = chain.iter().all(|&i| {
-                        let Some(out) = g.node(i).output.first() else {
-                            return false;
-                        };
-                        !g.is_graph_output(out)
-                            && g.consumers(out)
-                                .iter()
-                                .all(|c| core.contains(c) || chain.contains(c))
-                    });
-                    if from_core && !chain.is_empty() && only_read_here {
-                        interior.extend(chain);
+                    let from_core = g.producer(w).is_some_and(|(p, _)| self.core.contains(&p));
+                    if from_core && !chain.is_empty() {
+                        chains.push(chain);
                     }
                 }
             }
-            interior.retain(|i| !core.contains(i));
+            // Drop chains with a node read outside the core and the chains kept, until none is.
+            loop {
+                let kept: HashSet<NodeId> = chains.iter().flatten().copied().collect();
+                let read_here_only = |id: &NodeId| {
+                    g.node(*id)
+                        .output
+                        .iter()
+                        .filter(|o| !o.is_empty())
+                        .all(|o| {
+                            !g.is_graph_output(o)
+                                && g.consumers(o)
+                                    .iter()
+                                    .all(|r| self.core.contains(r) || kept.contains(r))
+                        })
+                };
+                let before = chains.len();
+                chains.retain(|chain| chain.iter().all(read_here_only));
+                if chains.len() == before {
+                    break;
+                }
+            }
+            let interior: Vec<NodeId> = chains
+                .into_iter()
+                .flatten()
+                .filter(|id| !self.core.contains(id))
+                .collect();
             if interior.is_empty() {
                 break;
             }
-            core.extend(interior);
+            self.core.extend(interior);
         }
     }
 
@@ -227,6 +251,64 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
                 self.core.remove(id);
             }
             self.input = chain[at].0.clone();
+        }
+    }
+
+    /// Roundings inside the match that one fused node would not make: a round trip through
+    /// 8-bit integers (QDQ after the variance, the division, the gain...), or a Cast to a type
+    /// narrower than the input's (a float32 LayerNorm rounding its mean to float16). A Cast to
+    /// the input's own type or a wider one is what a norm computed in that type does anyway
+    /// (a float16 model's float32 islands), and the fused node, which computes in float32 at
+    /// least and rounds once, is at least as precise.
+    fn check_inner_roundings(&mut self) {
+        let g = self.g();
+        let in_front: HashSet<NodeId> = self
+            .input_chains
+            .iter()
+            .flatten()
+            .map(|&(_, id)| id)
+            .collect();
+        let x_type = g.elem_type(&self.input);
+        let mut ids: Vec<NodeId> = self.core.difference(&in_front).copied().collect();
+        ids.sort_unstable();
+        let mut quantised_after = Vec::new();
+        for id in ids {
+            let n = g.node(id);
+            match n.op_type() {
+                "QuantizeLinear" => quantised_after.extend(n.input.first().cloned()),
+                "Cast" => {
+                    let to = crate::onnx::attr::int(n, "to").unwrap_or(0) as i32;
+                    let from = g.elem_type(&n.input[0]);
+                    let holds = |t: i32| super::canon::holds_exactly(to, t);
+                    // Without the input's type, only a Cast known to be exact is taken.
+                    let rounds = match x_type {
+                        Some(x) => !holds(x),
+                        None => !from.is_some_and(holds),
+                    };
+                    if crate::onnx::dtype::is_float(to) && rounds {
+                        let than = match x_type {
+                            Some(x) => {
+                                format!("narrower than its input's {}", crate::onnx::dtype::name(x))
+                            }
+                            None => "and its input's type is unknown".into(),
+                        };
+                        self.problems.push(format!(
+                            "it rounds '{}' to {} inside, {than}: one fused node would not round there",
+                            n.input[0],
+                            crate::onnx::dtype::name(to),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !quantised_after.is_empty() {
+            self.quantised = true;
+            // First: this is what makes it not rewritable whatever else holds.
+            self.problems.insert(0, format!(
+                "it rounds its intermediate values to integers (QuantizeLinear → DequantizeLinear after {}): one fused node would not round where the original does",
+                quantised_after.iter().map(|v| format!("'{v}'")).collect::<Vec<_>>().join(", ")
+            ));
         }
     }
 
@@ -361,6 +443,7 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
             inv_std_output,
             input_chains,
             lifted_axis,
+            quantised,
             mut problems,
             ..
         } = self;
@@ -425,6 +508,7 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
             form: cand.form,
             function_body: lifted_axis.is_some(),
             adanorm_factor: false,
+            quantised,
             nodes,
             input_casts,
             input,

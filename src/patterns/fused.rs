@@ -78,6 +78,7 @@ pub fn read(c: &Canon<'_, '_>, id: NodeId) -> Option<Match> {
             form,
             function_body: false,
             adanorm_factor: false,
+            quantised: false,
             nodes: vec![id],
             input_casts: vec![],
             input: x.clone(),

@@ -193,6 +193,9 @@ pub struct Match {
     /// The paper's AdaNorm factor `C·(1 − k·y)·y` was read after the inner norm
     /// ([`adanorm_factor`]): `form` is the inner norm's.
     pub adanorm_factor: bool,
+    /// Its intermediate values are rounded to integers between its ops (QDQ quantisation):
+    /// found, never rewritten.
+    pub quantised: bool,
     /// The nodes it covers (what a rewrite replaces), in graph order.
     pub nodes: Vec<NodeId>,
     /// Those of `nodes` that are Casts or Identities in front of its input, absorbed because
@@ -236,6 +239,9 @@ impl Match {
         }
         if self.adanorm_factor {
             name.push_str(", then the paper's AdaNorm C·(1 − k·y)·y");
+        }
+        if self.quantised {
+            name.push_str(", quantised (QDQ: QuantizeLinear → DequantizeLinear between its ops)");
         }
         name
     }

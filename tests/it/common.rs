@@ -15,6 +15,7 @@ pub const F32: i32 = 1;
 pub const F16: i32 = 10;
 pub const F64: i32 = 11;
 pub const I64: i32 = 7;
+pub const I8: i32 = 3;
 
 /// An attribute value for [`Builder`] (test code: size does not matter).
 #[allow(clippy::large_enum_variant)]
@@ -102,6 +103,7 @@ pub fn tensor_typed(name: &str, elem_type: i32, dims: &[i64], vals: &[f64]) -> T
             .iter()
             .flat_map(|&v| (v as i64).to_le_bytes())
             .collect(),
+        I8 => vals.iter().map(|&v| v as i8 as u8).collect(),
         _ => panic!("unsupported"),
     };
     TensorProto {

@@ -9,6 +9,7 @@ mod conformance;
 mod functions;
 mod fuzz_rewrites;
 mod initializer_inputs;
+mod inner_roundings;
 mod matcher_forms;
 mod model_io;
 mod paper_adanorm;

@@ -42,7 +42,7 @@ fn every_zoo_model_matches_its_ground_truth_exactly() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 46, "all zoo models were inspected");
+    assert_eq!(checked, 53, "all zoo models were inspected");
 }
 
 fn all(ms: &[Match], pred: impl Fn(&Match) -> bool) -> bool {
@@ -404,4 +404,106 @@ fn paddle2onnx_layernorms() {
         "{ms:#?}"
     );
     assert_eq!(ms[0].k, 0.1f32 as f64);
+}
+
+#[test]
+fn float16_models_with_float32_islands_around_each_op() {
+    // onnxconverter-common's convert_float_to_float16 with a block list (fixtures/zoo/
+    // make_fp16_qdq.py): Casts between nearly every op of the chain. ε is the converter's clamp
+    // of 1e-12 to its min_positive_val 1e-7, stored as float16.
+    for (name, bias_type) in [
+        ("bert_fp16_islands_legacy_op14", 1),
+        ("bert_fp16_islands_small_legacy_op14", 10),
+    ] {
+        let model = load_model(&zoo().join(name).join("model.onnx")).unwrap();
+        let g = GraphIndex::build(&model).unwrap();
+        let ms = find_matches(&g);
+        assert_eq!(ms.len(), 5, "{name}");
+        for m in &ms {
+            assert!(
+                m.rewritable && m.family == Family::LayerNorm,
+                "{name}: {m:#?}"
+            );
+            assert_eq!(m.dtype, Some(10), "{name}: float16 input");
+            assert_eq!(m.epsilon, 1.1920928955078125e-07, "{name}");
+            assert_eq!(g.elem_type(m.scale.as_deref().unwrap()), Some(10), "{name}");
+            assert_eq!(
+                g.elem_type(m.bias.as_deref().unwrap()),
+                Some(bias_type),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn qdq_quantised_layernorms_are_found_and_not_rewritable() {
+    // quantize_static in QDQ format rounds the variance, var + ε, the division and the gain's
+    // product to int8; ε, γ and β are DequantizeLinear of int8 constants.
+    let ms = inspect("bert_qdq_static_legacy_op14");
+    assert_eq!(ms.len(), 5);
+    for m in &ms {
+        assert!(
+            !m.rewritable && m.quantised && m.family == Family::LayerNorm,
+            "{m:#?}"
+        );
+        assert!(m.form_name().contains("quantised"), "{}", m.form_name());
+        assert!((m.epsilon - 1e-12).abs() < 1e-15, "{}", m.epsilon);
+        assert!(m
+            .scale
+            .as_deref()
+            .is_some_and(|s| s.ends_with("DequantizeLinear_Output")));
+        assert!(m
+            .bias
+            .as_deref()
+            .is_some_and(|s| s.ends_with("DequantizeLinear_Output")));
+        let reason = m.reason.as_deref().unwrap();
+        assert_eq!(reason.matches("_QuantizeLinear").count(), 0, "{reason}");
+        assert_eq!(
+            reason.matches("_output_0'").count(),
+            4,
+            "four roundings inside: {reason}"
+        );
+    }
+    // QDQ around a fused LayerNormalization, and dynamic quantisation (DynamicQuantizeLinear
+    // after the norm): the norms themselves are exact and rewritable.
+    for name in ["bert_qdq_static_legacy_op17", "bert_qdynamic_legacy_op14"] {
+        let ms = inspect(name);
+        assert!(
+            ms.len() == 5 && all(&ms, |m| m.rewritable && !m.quantised && m.scale.is_some()),
+            "{name}: {ms:#?}"
+        );
+    }
+}
+
+#[test]
+fn ir_version_3_legacy_exports_read_their_initializer_inputs_as_constants() {
+    // torch's legacy exporter at opsets 7 and 8 writes IR 3 and lists every initializer as a
+    // graph input (fixtures/zoo/export_ir3.py): there they are the model's constants.
+    for name in ["bert_legacy_op7_ir3", "bert_legacy_op8_ir3"] {
+        let model = load_model(&zoo().join(name).join("model.onnx")).unwrap();
+        assert_eq!(model.proto.ir_version, Some(3), "{name}");
+        let graph = model.graph();
+        let inputs: Vec<&str> = graph.input.iter().map(|i| i.name()).collect();
+        assert!(
+            graph.initializer.iter().all(|t| inputs.contains(&t.name())),
+            "{name}"
+        );
+        let ms = inspect(name);
+        assert_eq!(ms.len(), 5, "{name}");
+        assert!(
+            all(&ms, |m| m.rewritable && m.epsilon == 1e-12f32 as f64),
+            "{name}: {ms:#?}"
+        );
+        // Four with gain and bias, one without (elementwise_affine=False).
+        let affine = ms
+            .iter()
+            .filter(|m| m.scale.is_some() && m.bias.is_some())
+            .count();
+        let bare = ms
+            .iter()
+            .filter(|m| m.scale.is_none() && m.bias.is_none())
+            .count();
+        assert_eq!((affine, bare), (4, 1), "{name}");
+    }
 }

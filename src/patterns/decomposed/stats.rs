@@ -99,12 +99,13 @@ pub fn stats_at_sqrt(c: &Canon<'_, '_>, sqrt: NodeId) -> Option<Stats> {
         }
     };
 
-    // Identity nodes after sigma (paddle2onnx) are crossed: the division reads what they make.
+    // Copies after sigma (paddle2onnx's Identity nodes, a float16 converter's Cast back from
+    // its float32 island) are crossed: the division reads what they make.
     let den = if inverse {
         den
     } else {
-        let (past, identities) = c.past_identities(&den);
-        core.extend(identities);
+        let (past, copies) = c.past_copies(&den);
+        core.extend(copies);
         past
     };
     let mut stats = variance(c, &var_value)?;
