@@ -429,6 +429,29 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
     } else {
         x0.to_string()
     };
+    // A float16 norm whose statistics ops each run in float32 between Casts, every result
+    // rounded back to float16 (onnxconverter-common's op_block_list): rewritable, and computed
+    // at least as precisely by the fused node.
+    let islands = env.t == F16 && !stats_in_float && miss == Miss::None && rng.chance(0.3);
+    if islands {
+        label += " islands";
+    }
+    let to = |g: &mut G, v: &str, t: i32| g.op("Cast", &[v], vec![("to", A::I(t as i64))]);
+    let isl = |g: &mut G, op: &str, ins: &[&str]| -> String {
+        if !islands {
+            return g.op(op, ins, vec![]);
+        }
+        let wide: Vec<String> = ins.iter().map(|v| to(g, v, F32)).collect();
+        let refs: Vec<&str> = wide.iter().map(String::as_str).collect();
+        let r = g.op(op, &refs, vec![]);
+        to(g, &r, F16)
+    };
+    // The means in float32 on a widened input, rounded back (`t` is the numbers' type).
+    let (mt, wide_x) = if islands {
+        (F32, to(g, &x, F32))
+    } else {
+        (t, x.clone())
+    };
     let kind = draw_mean(rng, env);
     let wrong_count = if miss == Miss::WrongCount { 1.0 } else { 0.0 };
     let kind = if miss == Miss::WrongCount {
@@ -441,10 +464,11 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
     } else if kind == MeanKind::Unsqueezed {
         label += " unsqueezed";
     }
-    let m = mean_as(g, rng, env, t, &x, &ax, keepdims, kind, wrong_count);
-    let d = g.op("Sub", &[&x, &m], vec![]);
+    let m = mean_as(g, rng, env, mt, &wide_x, &ax, keepdims, kind, wrong_count);
+    let m = if islands { to(g, &m, F16) } else { m };
+    let d = isl(g, "Sub", &[&x, &m]);
     let d2 = if rng.chance(0.15) {
-        g.op("Sub", &[&x, &m], vec![])
+        isl(g, "Sub", &[&x, &m])
     } else {
         d.clone()
     };
@@ -460,9 +484,9 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
     } else if rng.chance(0.6) || miss == Miss::Pow3 {
         let e = if miss == Miss::Pow3 { 3.0 } else { 2.0 };
         let two = number(g, rng, t, &[], e);
-        g.op("Pow", &[&dq, &two], vec![])
+        isl(g, "Pow", &[&dq, &two])
     } else {
-        g.op("Mul", &[&dq, &dq], vec![])
+        isl(g, "Mul", &[&dq, &dq])
     };
     let var_axes = if miss == Miss::VarAxes {
         // Another axis of a rank >= 2 input: the one before the last.
@@ -482,6 +506,14 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
         let ex2 = mean(g, env, &xx, &ax, keepdims);
         let m2 = g.op("Mul", &[&m, &m], vec![]);
         g.op("Sub", &[&ex2, &m2], vec![])
+    } else if islands {
+        let wide_sq = to(g, &sq, F32);
+        let v = if kind == MeanKind::ReduceMean {
+            mean(g, env, &wide_sq, &var_axes, var_keep)
+        } else {
+            mean_as(g, rng, env, F32, &wide_sq, &var_axes, keepdims, kind, 0.0)
+        };
+        to(g, &v, F16)
     } else if miss == Miss::KeepdimsNoRestore || kind == MeanKind::ReduceMean {
         mean(g, env, &sq, &var_axes, var_keep)
     } else {
@@ -521,7 +553,7 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
         (Some(e), _) => {
             let dims: &[i64] = if rng.chance(0.2) { &[1] } else { &[] };
             let e = number(g, rng, t, dims, e);
-            g.op("Add", &[&v, &e], vec![])
+            isl(g, "Add", &[&v, &e])
         }
         (None, _) => v,
     };
@@ -540,7 +572,7 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
     };
     let root = |g: &mut G, rng: &mut Rng, ve: &str| -> String {
         if rng.chance(0.8) {
-            g.op("Sqrt", &[ve], vec![])
+            isl(g, "Sqrt", &[ve])
         } else {
             let half = number(g, rng, t, &[], 0.5);
             g.op("Pow", &[ve, &half], vec![])
@@ -550,7 +582,7 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
     let n = match rng.below(4) {
         0 | 1 => {
             let s = root(g, rng, &ve);
-            g.op("Div", &[&num, &s], vec![])
+            isl(g, "Div", &[&num, &s])
         }
         2 => {
             let s = root(g, rng, &ve);
