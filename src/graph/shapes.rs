@@ -336,6 +336,24 @@ fn infer_node(
             | "FastGelu"
             | "BiasGelu"
             | "QuickGelu" => same(0),
+            // ONNX Runtime's attention and matmul fusions keep the input's type (their shapes
+            // depend on weights and attributes: left unknown).
+            "Attention" | "MultiHeadAttention" | "FusedMatMul" => with(in_type(0), None),
+            // EmbedLayerNormalization: the embedding table's type; int32 mask_index.
+            "EmbedLayerNormalization" => vec![
+                ValueFacts {
+                    elem_type: in_type(2),
+                    shape: None,
+                },
+                ValueFacts {
+                    elem_type: Some(crate::onnx::dtype::INT32),
+                    shape: None,
+                },
+                ValueFacts {
+                    elem_type: in_type(2),
+                    shape: None,
+                },
+            ],
             _ => vec![],
         };
     }

@@ -144,10 +144,11 @@ pub fn read(c: &Canon<'_, '_>, id: NodeId) -> Option<Match> {
                 eps_attr(1e-12),
                 -1,
             );
-            m.dtype = None;
+            // The norm runs on the embedding sum, of the word table's type; `rewrite` splits
+            // the lookups off (`rewrite::embed`), `fuse` keeps the node.
+            m.dtype = input(2).and_then(|w| g.elem_type(&w));
             m.scale = input(5);
             m.bias = input(6);
-            m.not_rewritable("the embedding lookups are fused into this node; it is left as it is");
             m
         }
         ("" | "com.microsoft", "SimplifiedLayerNormalization")

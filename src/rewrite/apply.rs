@@ -49,6 +49,8 @@ pub struct Patch {
     pub metadata: Vec<(String, String)>,
     /// `value_info` entries to take out (those a rewrite added, on `revert`).
     pub drop_value_info: Vec<String>,
+    /// Graph input listings to put back at their places (`revert`, IR < 4).
+    pub restore_inputs: Vec<(usize, ValueInfoProto)>,
 }
 
 pub fn apply(g: &GraphIndex<'_>, patch: Patch) -> ModelProto {
@@ -128,8 +130,9 @@ pub fn apply_to(model: &mut ModelProto, g: &GraphIndex<'_>, patch: Patch) {
         .collect();
     graph.initializer.retain(|t| {
         let name = t.name();
+        // (Below IR 4 every initializer is listed as an input: there the listing is no feed.)
         let unread =
-            !referenced.contains(name) && (!g.is_graph_input(name) || ours_listed.contains(name));
+            !referenced.contains(name) && (!g.is_overridable(name) || ours_listed.contains(name));
         let goes = unread
             && (dropped.contains(name)
                 || was_read_by_removed.contains(name)
@@ -139,7 +142,28 @@ pub fn apply_to(model: &mut ModelProto, g: &GraphIndex<'_>, patch: Patch) {
         }
         !goes
     });
+    // The input listing of a removed initializer (IR < 4) goes with it; its place is recorded.
+    let mut removed_listings: HashMap<String, (usize, ValueInfoProto)> = HashMap::new();
+    let mut at = 0;
+    graph.input.retain(|v| {
+        let goes = removed_inits.contains_key(v.name());
+        if goes {
+            removed_listings.insert(v.name().to_string(), (at, v.clone()));
+        }
+        at += 1;
+        !goes
+    });
     graph.initializer.extend(patch.add_initializers);
+    // Listings `revert` gives back, each at its recorded place (ascending, so that the places
+    // of the earlier ones hold).
+    let mut restored = patch.restore_inputs;
+    restored.sort_by_key(|(i, _)| *i);
+    for (i, v) in restored {
+        if !graph.input.iter().any(|w| w.name() == v.name()) {
+            let i = i.min(graph.input.len());
+            graph.input.insert(i, v);
+        }
+    }
 
     // value_info of values nothing produces any more.
     let produced: HashSet<&str> = graph
@@ -189,7 +213,24 @@ pub fn apply_to(model: &mut ModelProto, g: &GraphIndex<'_>, patch: Patch) {
             .iter()
             .flat_map(|n| n.output.iter().map(String::as_str))
             .collect();
+        // Input listings of the initializers it removed (IR < 4), with their places.
+        let mut listings: Vec<&(usize, ValueInfoProto)> = removed_listings
+            .iter()
+            .filter(|(name, _)| reads.contains(name.as_str()))
+            .map(|(_, l)| l)
+            .collect();
+        listings.sort_by_key(|(i, _)| *i);
         let record = GraphProto {
+            input: listings.iter().map(|(_, v)| v.clone()).collect(),
+            metadata_props: if listings.is_empty() {
+                vec![]
+            } else {
+                let places: Vec<usize> = listings.iter().map(|(i, _)| *i).collect();
+                vec![StringStringEntryProto {
+                    key: Some(INPUT_PLACES.into()),
+                    value: Some(serde_json::to_string(&places).expect("numbers")),
+                }]
+            },
             node: nodes.clone(),
             initializer: removed_inits
                 .iter()
@@ -220,6 +261,10 @@ pub fn apply_to(model: &mut ModelProto, g: &GraphIndex<'_>, patch: Patch) {
         }
     }
 }
+
+/// The record's `metadata_props` key of the places its `input` listings had among the graph
+/// inputs (a JSON list, in the same order).
+pub const INPUT_PLACES: &str = "adanorm-onnx: input places";
 
 /// Marks the graph inputs [`list_initializers_as_inputs`] adds, so that the one it added for
 /// a tensor a later patch (`revert`) removes goes with it.

@@ -6,6 +6,7 @@
 //! safetensors file ([`weights`]).
 
 pub mod apply;
+pub mod embed;
 pub mod fold;
 pub mod names;
 pub mod node;

@@ -9,7 +9,7 @@ use super::fold;
 use super::names::Names;
 use super::node::{self, OpKind, OpParams};
 use super::weights::{WeightTensor, WeightsFile};
-use super::{portable, residual, Affine, Change, Options, Outcome, Target};
+use super::{embed, portable, residual, Affine, Change, Options, Outcome, Target};
 use crate::error::{Error, Result};
 use crate::graph::GraphIndex;
 use crate::onnx::attr;
@@ -159,6 +159,20 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             skipped.push((what, "it lacks its input or its skip input".into()));
             continue;
         }
+        // EmbedLayerNormalization: the norm's input is the embedding sum the split computes,
+        // of the word embedding table's type.
+        let embed_ln = m.is_one_node_op() && single.op_type() == "EmbedLayerNormalization";
+        if embed_ln {
+            if let Err(why) = embed::can_split(g, single) {
+                skipped.push((what, why));
+                continue;
+            }
+        }
+        let in_type = if embed_ln {
+            embed::word_embedding(single).and_then(|w| g.elem_type(w))
+        } else {
+            g.elem_type(&m.input)
+        };
         let has_stat_outputs = m.mean_output.is_some() || m.inv_std_output.is_some();
         let param_types = |ps: [&Option<String>; 2]| -> Vec<i32> {
             ps.into_iter()
@@ -166,9 +180,7 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
                 .filter_map(|p| g.elem_type(p))
                 .collect()
         };
-        if has_stat_outputs
-            && common_type(g.elem_type(&m.input), &param_types([&m.scale, &m.bias])).is_some()
-        {
+        if has_stat_outputs && common_type(in_type, &param_types([&m.scale, &m.bias])).is_some() {
             skipped.push((
                 what,
                 "its parameters' type differs from its input's and it has Mean/InvStdDev outputs"
@@ -282,14 +294,17 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         // the input (a float16 model whose gain lives in a float32 island), the node computes
         // in the wider type between Casts, as the island did; narrower parameters are widened
         // (exactly).
-        let out_type = g.elem_type(&m.output).or(g.elem_type(&m.input));
-        let compute = common_type(g.elem_type(&m.input), &param_types([&m.scale, &m.bias]))
+        let out_type = g.elem_type(&m.output).or(in_type);
+        let compute = common_type(in_type, &param_types([&m.scale, &m.bias]))
             .filter(|_| scale.is_some() || bias.is_some());
         // Version 2's residual slots: where the node reads its input as it is (no Casts, no
         // Transposes) and the model is not --portable (its runtimes gain nothing, and the
         // standard-op split of the slots could not revert to the recorded Adds).
-        let residual_ok =
-            opts.residual && !opts.portable && compute.is_none() && channels_first_rank.is_none();
+        let residual_ok = opts.residual
+            && !opts.portable
+            && compute.is_none()
+            && channels_first_rank.is_none()
+            && !embed_ln;
         let mut slots = residual::Slots::default();
         let mut x = m.input.clone();
         if skip_ln {
@@ -310,9 +325,18 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
                 }
             }
         }
+        if embed_ln {
+            match embed::split(g, single, &name, &mut insert, names) {
+                Ok(sum) => x = sum,
+                Err(why) => {
+                    skipped.push((what, why));
+                    continue;
+                }
+            }
+        }
         let mut final_out = m.output.clone();
         if let Some(t) = compute {
-            if g.elem_type(&m.input) != Some(t) {
+            if in_type != Some(t) {
                 let cast_in = names.fresh(&format!("{name}/ToComputeType"));
                 let widened = names.fresh(&format!("{name}/input_widened"));
                 insert.push(cast(&cast_in, &x, &widened, t));
@@ -379,7 +403,7 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             }
         }
         // Values this plan creates, typed for `--portable` (they are not in the original graph).
-        if let Some(t) = compute.or(g.elem_type(&m.input)) {
+        if let Some(t) = compute.or(in_type) {
             new_types.entry(x.clone()).or_insert(t);
             call_types.insert(name.clone(), t);
         }
@@ -440,6 +464,9 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         outputs.extend(m.mean_output.iter().cloned());
         outputs.extend(m.inv_std_output.iter().cloned());
         outputs.extend(slots.sum.iter().cloned());
+        if embed_ln {
+            outputs.extend(embed::extra_outputs(single));
+        }
         let inserted_names = insert.iter().map(|n| n.name().to_string()).collect();
         // Y (when the node writes the match's output itself) and Sum keep the values' names,
         // so what is known of those values describes them.

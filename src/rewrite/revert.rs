@@ -116,6 +116,16 @@ fn revert_scope(
             used_keys.push(key.clone());
             let record =
                 decode_record(encoded).map_err(|e| e.at_node(&label).in_file(&g.model.path))?;
+            // Input listings of the initializers it removed (IR < 4) go back to their places.
+            let places: Vec<usize> = record
+                .metadata_props
+                .iter()
+                .find(|e| e.key() == apply::INPUT_PLACES)
+                .and_then(|e| serde_json::from_str(e.value()).ok())
+                .unwrap_or_default();
+            patch
+                .restore_inputs
+                .extend(places.into_iter().zip(record.input.iter().cloned()));
             // The value_info the rewrite added for the node's outputs goes with it.
             patch
                 .drop_value_info

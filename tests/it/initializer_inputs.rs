@@ -118,10 +118,19 @@ fn fuse_at_ir_3_lists_the_tensors_it_adds_and_revert_unlists_them() {
                 t.name()
             );
         }
-        assert_eq!(
-            fused.initializer.len() > original.graph.as_ref().unwrap().initializer.len(),
-            gamma_dims.len() > 1,
-            "{what}: a view only for the [1, 1, H] gain"
+        // ε and the exponent, which only the replaced nodes read, go with their listings (at
+        // IR 3 a listing is no feed); so does the [1, 1, H] gain, read through an [H] view.
+        let mut kept: Vec<&str> = fused.initializer.iter().map(|t| t.name()).collect();
+        kept.sort_unstable();
+        let gain = if gamma_dims.len() > 1 {
+            "gamma:y/LayerNormSimple"
+        } else {
+            "gamma"
+        };
+        assert_eq!(kept, ["beta", gain], "{what}");
+        assert!(
+            !inputs.iter().any(|i| i == "eps" || i == "two"),
+            "{what}: {inputs:?}"
         );
         let fused_path = save(&outcome.model, dir.path(), "fused.onnx");
         let want = run(&original_path, feeds()).unwrap();
@@ -138,5 +147,36 @@ fn fuse_at_ir_3_lists_the_tensors_it_adds_and_revert_unlists_them() {
             "{what}"
         );
         assert_eq!(input_names(&back.model), input_names(&original), "{what}");
+    }
+}
+
+#[test]
+fn a_drop_at_ir_3_takes_the_weights_and_their_listings_and_revert_puts_both_back() {
+    // At IR 3 a dropped gain's listing is no feed: it goes with the tensor (a listed input
+    // without its initializer would be a required feed), and revert gives it back in its place.
+    let dir = tempfile::tempdir().unwrap();
+    let original = legacy_layer_norm(3, &[H]);
+    let original_path = save(&original, dir.path(), "original.onnx");
+    let loaded = load_model(&original_path).unwrap();
+    let g = GraphIndex::build(&loaded).unwrap();
+    let options = common::rewrite_options(Target::Simple, Affine::Drop, None, true);
+    let outcome = plan_model(&g, &options).unwrap();
+    assert_eq!(input_names(&outcome.model), ["x"]);
+    assert!(outcome.model.graph.as_ref().unwrap().initializer.is_empty());
+    let dropped = save(&outcome.model, dir.path(), "dropped.onnx");
+    let weights = dir.path().join("dropped.safetensors");
+    outcome.weights.unwrap().save(&weights, true).unwrap();
+    let model = load_model(&dropped).unwrap();
+    let index = GraphIndex::build(&model).unwrap();
+    let refused = revert(&index, None).err().expect("the weights are needed");
+    assert!(refused.to_string().contains("--weights"), "{refused}");
+    let w = adanorm_onnx::rewrite::weights::WeightsFile::load(&weights).unwrap();
+    let back = revert(&index, Some(&w)).unwrap();
+    assert_eq!(input_names(&back.model), input_names(&original));
+    let back_path = save(&back.model, dir.path(), "back.onnx");
+    let want = run(&original_path, feeds()).unwrap();
+    let got = run(&back_path, feeds()).unwrap();
+    for d in compare(&want, &got) {
+        assert!(d.problem.is_none() && d.max_scaled == 0.0, "{d:?}");
     }
 }

@@ -6,6 +6,7 @@ mod fuzz;
 
 mod cli;
 mod conformance;
+mod embed_layer_norm;
 mod functions;
 mod fuzz_rewrites;
 mod initializer_inputs;
