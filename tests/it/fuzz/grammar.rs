@@ -4,7 +4,7 @@
 //! no expected answer of its own: if the matcher takes it for a LayerNorm, a rewrite that claims
 //! the same function computes something else, and the differential check sees it.
 
-use super::graph::{Dim, A, F16, F32, G, I64};
+use super::graph::{Dim, A, F16, F32, G, I64, I8};
 use super::rng::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +54,8 @@ pub enum Miss {
     PositiveFloor,
     /// `float32 → float16 → float32` on the centred value.
     NarrowingCast,
+    /// The variance rounded to int8 and back (`QuantizeLinear → DequantizeLinear`, QDQ).
+    Quantised,
     /// A Bessel factor for another row length (LayerNorm-simple).
     WrongBessel,
     /// A mean written as a sum divided by another count than the row length.
@@ -74,6 +76,7 @@ pub const DECOMPOSED_MISSES: &[Miss] = &[
     Miss::PositiveFloor,
     Miss::NarrowingCast,
     Miss::WrongCount,
+    Miss::Quantised,
 ];
 
 /// Where a norm is emitted and what the surroundings decided for it.
@@ -347,7 +350,7 @@ pub fn draw(rng: &mut Rng, env: &Env) -> (Form, Miss) {
     };
     let miss = match miss {
         Miss::EpsInput if !env.may_add_inputs => Miss::None,
-        Miss::NarrowingCast if env.t != F32 => Miss::None,
+        Miss::NarrowingCast | Miss::Quantised if env.t != F32 => Miss::None,
         // Needs a square rank-2 input; the surroundings choose the shape for it (see `needs_square`).
         Miss::KeepdimsNoRestore if !(env.rank() == 2 && env.shape[0] == env.shape[1]) => Miss::None,
         Miss::VarAxes | Miss::ParamOtherAxis | Miss::ParamNotPerRow if env.rank() < 2 => Miss::None,
@@ -520,6 +523,13 @@ fn decomposed(g: &mut G, rng: &mut Rng, env: &Env, x0: &str, miss: Miss) -> Norm
         mean_as(g, rng, env, t, &sq, &var_axes, keepdims, kind, 0.0)
     };
     match miss {
+        Miss::Quantised => {
+            let scale = number(g, rng, t, &[], 0.01);
+            let zero = g.constant(I8, &[], &[-128.0]);
+            let q = g.op("QuantizeLinear", &[&v, &scale, &zero], vec![]);
+            v = g.op("DequantizeLinear", &[&q, &scale, &zero], vec![]);
+            label += " qdq";
+        }
         Miss::PositiveFloor => {
             let floor = number(g, rng, t, &[], 0.1);
             v = if rng.chance(0.5) {

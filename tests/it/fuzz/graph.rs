@@ -16,6 +16,7 @@ pub const F32: i32 = 1;
 pub const F16: i32 = 10;
 pub const I64: i32 = 7;
 pub const BOOL: i32 = 9;
+pub const I8: i32 = 3;
 
 /// An attribute value.
 #[allow(clippy::large_enum_variant)]
@@ -50,6 +51,7 @@ pub fn tensor(name: &str, elem: i32, dims: &[i64], vals: &[f64]) -> TensorProto 
             .iter()
             .flat_map(|&v| (v as i64).to_le_bytes())
             .collect(),
+        I8 => vals.iter().map(|&v| v as i8 as u8).collect(),
         _ => panic!("tensor of type {elem}"),
     };
     TensorProto {
