@@ -370,3 +370,18 @@ pub fn assert_same_outputs(
         );
     }
 }
+
+/// Every node of `model`'s main graph as `domain:op_type:outputs`, sorted: what two models
+/// that should hold the same nodes (a revert and its original) are compared by.
+pub fn node_signatures(model: &ModelProto) -> Vec<String> {
+    let mut v: Vec<String> = model
+        .graph
+        .as_ref()
+        .map(|g| g.node.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|n| format!("{}:{}:{}", n.domain(), n.op_type(), n.output.join(",")))
+        .collect();
+    v.sort();
+    v
+}

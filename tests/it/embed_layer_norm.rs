@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::common::node_signatures;
 use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::npz::read_npz;
-use adanorm_onnx::onnx::proto::ModelProto;
 use adanorm_onnx::onnx::{load_model, save_model};
 use adanorm_onnx::patterns::find_matches;
 use adanorm_onnx::rewrite::plan::plan_model;
@@ -20,19 +20,6 @@ fn case(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/ort_optimised")
         .join(name)
-}
-
-fn ops(m: &ModelProto) -> Vec<String> {
-    let mut v: Vec<String> = m
-        .graph
-        .as_ref()
-        .unwrap()
-        .node
-        .iter()
-        .map(|n| format!("{}:{}:{}", n.domain(), n.op_type(), n.output.join(",")))
-        .collect();
-    v.sort();
-    v
 }
 
 /// `rewrite` (same function: the matches' own kind) or `fuse` of `name`'s model, saved.
@@ -74,13 +61,13 @@ fn rewrite_splits_the_embedding_lookups_and_tract_runs_the_model() {
     let (out, changes) = rewritten(name, true, dir.path());
     assert_eq!(changes, 5);
     let model = load_model(&out).unwrap();
-    let contrib: Vec<String> = ops(&model.proto)
+    let contrib: Vec<String> = node_signatures(&model.proto)
         .into_iter()
         .filter(|o| o.starts_with("com.microsoft"))
         .collect();
     assert!(contrib.is_empty(), "{contrib:?}");
     // The lookups as standard ops: word and segment Gathers, the position rows by Slice.
-    let all = ops(&model.proto);
+    let all = node_signatures(&model.proto);
     assert!(all.iter().any(|o| o.starts_with(":Slice:")), "{all:?}");
     assert!(all.iter().filter(|o| o.starts_with(":Gather:")).count() >= 2);
     let outputs = run(&out, read_npz(&case(name).join("inputs.npz")).unwrap()).unwrap();
@@ -93,7 +80,10 @@ fn rewrite_splits_the_embedding_lookups_and_tract_runs_the_model() {
     // revert gives the fused op back, and every other node as it was.
     let back = revert(&GraphIndex::build(&model).unwrap(), None).unwrap();
     let original = load_model(&case(name).join("model.onnx")).unwrap();
-    assert_eq!(ops(&back.model), ops(&original.proto));
+    assert_eq!(
+        node_signatures(&back.model),
+        node_signatures(&original.proto)
+    );
 }
 
 #[test]
@@ -111,7 +101,7 @@ fn mask_index_read_by_attention_is_computed_by_standard_ops() {
     let (out, _) = rewritten(name, true, dir.path());
     let model = load_model(&out).unwrap();
     let g = GraphIndex::build(&model).unwrap();
-    assert!(!ops(&model.proto)
+    assert!(!node_signatures(&model.proto)
         .iter()
         .any(|o| o.contains(":EmbedLayerNormalization:")));
     let (_, producer) = g.producer_node(&mask_index).unwrap();
@@ -123,7 +113,10 @@ fn mask_index_read_by_attention_is_computed_by_standard_ops() {
         .collect();
     assert_eq!(readers, ["Attention", "Attention"]);
     let back = revert(&g, None).unwrap();
-    assert_eq!(ops(&back.model), ops(&original.proto));
+    assert_eq!(
+        node_signatures(&back.model),
+        node_signatures(&original.proto)
+    );
 }
 
 #[test]
@@ -133,7 +126,7 @@ fn fuse_keeps_embed_layer_normalization() {
         let (out, changes) = rewritten(name, false, dir.path());
         assert_eq!(changes, 0, "{name}: fuse leaves fused ops to the runtime");
         let model = load_model(&out).unwrap();
-        assert!(ops(&model.proto)
+        assert!(node_signatures(&model.proto)
             .iter()
             .any(|o| o.contains(":EmbedLayerNormalization:")));
     }

@@ -5,7 +5,7 @@
 //! least as precise); a float32 norm that rounds to float16 inside, or a QDQ-quantised one, is
 //! found and reported not rewritable, with the reason.
 
-use crate::common::{only, Builder, A, F16, F32, I8};
+use crate::common::{node_signatures, only, Builder, A, F16, F32, I8};
 use adanorm_onnx::graph::GraphIndex;
 use adanorm_onnx::onnx::{load_model, save_model};
 use adanorm_onnx::patterns::Family;
@@ -107,21 +107,9 @@ fn fuse_run_revert(b: &Builder, x_type: i32, tol: f64) -> Vec<String> {
     }
     let fused_model = load_model(&fused).unwrap();
     let back = revert(&GraphIndex::build(&fused_model).unwrap(), None).unwrap();
-    let names = |m: &adanorm_onnx::onnx::proto::ModelProto| {
-        let mut v: Vec<String> = m
-            .graph
-            .as_ref()
-            .unwrap()
-            .node
-            .iter()
-            .map(|n| n.name().to_string())
-            .collect();
-        v.sort();
-        v
-    };
     assert_eq!(
-        names(&back.model),
-        names(&model.proto),
+        node_signatures(&back.model),
+        node_signatures(&model.proto),
         "revert restores every node"
     );
     outcome

@@ -329,21 +329,9 @@ fn every_residual_norm_of_the_zoo_absorbs_its_add_and_revert_restores_it() {
             let model = load_model(&out).unwrap();
             let o = revert(&GraphIndex::build(&model).unwrap(), None).unwrap();
             let original = load_model(&case.join("model.onnx")).unwrap();
-            let ops = |m: &adanorm_onnx::onnx::proto::ModelProto| {
-                let mut v: Vec<String> = m
-                    .graph
-                    .as_ref()
-                    .unwrap()
-                    .node
-                    .iter()
-                    .map(|n| format!("{}:{}", n.op_type(), n.output.join(",")))
-                    .collect();
-                v.sort();
-                v
-            };
             assert_eq!(
-                ops(&o.model),
-                ops(&original.proto),
+                common::node_signatures(&o.model),
+                common::node_signatures(&original.proto),
                 "{name}: revert of {tool}"
             );
         }
