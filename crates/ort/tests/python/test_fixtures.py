@@ -47,10 +47,27 @@ def check_case(testcase, case, threads=1):
     with np.load(inputs) as i, np.load(ref) as r:
         try:
             return lib.check_model_case(testcase, model, dict(i), dict(r), tol=tol, threads=threads)
-        except Exception as e:  # an old runtime that cannot load this IR version at all
+        except Exception as e:  # an old runtime that cannot load the model at all
             if "Unsupported model IR version" in str(e):
                 testcase.skipTest(f"{name}: this onnxruntime cannot load the model's IR version ({e})")
+            # A standard domain at a version newer than this runtime knows: the original's own
+            # imports (onnxruntime.quantization writes ai.onnx.ml 5), not the rewrite's.
+            if "is under development and support for this is limited" in str(e) and not original_loads(model):
+                testcase.skipTest(f"{name}: this onnxruntime refuses the original model's opset imports ({e})")
             raise
+
+
+def original_loads(model):
+    """Whether this onnxruntime loads the unrewritten model the case was made from
+    (`original.onnx` beside it, which scripts/build-ort-fixtures links; without one: yes)."""
+    original = os.path.join(os.path.dirname(model), "original.onnx")
+    if not os.path.exists(original):
+        return True
+    try:
+        lib.ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+        return True
+    except Exception:  # noqa: BLE001 - any refusal means the same: the original does not load
+        return False
 
 
 class Fixtures(unittest.TestCase):
