@@ -222,6 +222,8 @@ pub struct Match {
     /// Optional outputs (ops-spec `Mean`, `InvStdDev`) the subgraph also computes.
     pub mean_output: Option<String>,
     pub inv_std_output: Option<String>,
+    /// The element type the normalisation reads: its input's (an `EmbedLayerNormalization`'s
+    /// embedding sum has its word table's).
     pub dtype: Option<i32>,
     pub rewritable: bool,
     pub reason: Option<String>,

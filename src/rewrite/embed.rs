@@ -40,11 +40,6 @@ fn present(values: &[String], i: usize) -> Option<&str> {
     values.get(i).map(String::as_str).filter(|s| !s.is_empty())
 }
 
-/// The value the op normalises: its word embedding table has the sum's element type.
-pub fn word_embedding(n: &NodeProto) -> Option<&str> {
-    present(&n.input, WORD_EMBEDDING)
-}
-
 /// The outputs other than the normalised one that the split computes, for the revert record.
 pub fn extra_outputs(n: &NodeProto) -> Vec<String> {
     [MASK_INDEX, EMBEDDING_SUM]

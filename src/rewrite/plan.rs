@@ -159,8 +159,7 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             skipped.push((what, "it lacks its input or its skip input".into()));
             continue;
         }
-        // EmbedLayerNormalization: the norm's input is the embedding sum the split computes,
-        // of the word embedding table's type.
+        // EmbedLayerNormalization: the norm's input is the embedding sum the split computes.
         let embed_ln = m.is_one_node_op() && single.op_type() == "EmbedLayerNormalization";
         if embed_ln {
             if let Err(why) = embed::can_split(g, single) {
@@ -168,11 +167,9 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
                 continue;
             }
         }
-        let in_type = if embed_ln {
-            embed::word_embedding(single).and_then(|w| g.elem_type(w))
-        } else {
-            g.elem_type(&m.input)
-        };
+        // The type the norm reads: its input's (an EmbedLayerNormalization's sum has its word
+        // table's), as the matcher recorded it.
+        let in_type = m.dtype;
         let has_stat_outputs = m.mean_output.is_some() || m.inv_std_output.is_some();
         let param_types = |ps: [&Option<String>; 2]| -> Vec<i32> {
             ps.into_iter()
