@@ -43,11 +43,13 @@ def nodes_everywhere(graph):
                 yield from nodes_everywhere(sub)
 
 
-def feeds_for(session, seed):
+def feeds_for(session, seed, dims=None):
+    """Random inputs of the declared types (integers 0 or 1: in range of any table); a dynamic
+    dimension's size from `dims` by name, else 2. None for a type it cannot make."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for i in session.get_inputs():
-        shape = [d if isinstance(d, int) and d >= 0 else 2 for d in i.shape]
+        shape = [d if isinstance(d, int) and d >= 0 else (dims or {}).get(d, 2) for d in i.shape]
         t = i.type
         if "float16" in t:
             feeds[i.name] = rng.standard_normal(shape).astype(np.float16)
