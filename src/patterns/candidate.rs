@@ -32,6 +32,9 @@ pub enum Form {
     MeanVarianceNorm,
     /// A node that is a normalisation op by itself.
     Fused(FusedOp),
+    /// An RMSNorm op over `Sub(x, ReduceMean(x))` on the same axes: a LayerNorm of `x`. ONNX
+    /// Runtime's optimiser writes it where two LayerNorms read one input (GPT-NeoX, Falcon).
+    CentredRms(FusedOp),
 }
 
 /// The normalisation ops [`Form::Fused`] covers.
@@ -98,6 +101,13 @@ impl fmt::Display for Form {
                 write!(f, "ai.adanorm {}", op.op_type())
             }
             Form::Fused(op) => write!(f, "fused {}", op.op_type()),
+            Form::CentredRms(op) => {
+                write!(
+                    f,
+                    "fused {} of a centred input (Sub of its mean)",
+                    op.op_type()
+                )
+            }
         }
     }
 }

@@ -222,6 +222,9 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
         }
         self.input = match inputs.len() {
             1 => inputs.into_iter().next().expect("one input"),
+            // Every read is of a constant: the norm normalises a stored table (DeBERTa-v2's
+            // relative position embeddings), which the node reads as it is.
+            0 if c.is_constant(&x) => x,
             _ => {
                 self.problems.push(format!(
                     "it reads its input '{x}' through several different casts"
@@ -510,6 +513,7 @@ impl<'c, 'g, 'm> Cover<'c, 'g, 'm> {
             adanorm_factor: false,
             quantised,
             nodes,
+            released: vec![],
             input_casts,
             input,
             output,

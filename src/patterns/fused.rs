@@ -40,6 +40,31 @@ fn row_parameters(g: &GraphIndex<'_>, m: &mut Match) {
     }
 }
 
+/// An RMSNorm op whose input is `Sub(x, mean(x))` over its own axes, with `x` of the input's
+/// type: a LayerNorm of `x` (its second output, 1/σ of the centred input, is the LayerNorm's
+/// InvStdDev). The centring stays where something else reads it (ONNX Runtime writes one Sub
+/// for the two norms of a parallel block); a rewrite removes it once nothing else does.
+fn centred_input(c: &Canon<'_, '_>, m: &mut Match, op: FusedOp) -> bool {
+    let g = c.g;
+    let Some(centred) = c.centred(&m.input) else {
+        return false;
+    };
+    let same_axes = !m.axes.is_empty()
+        && Axes::new(&m.axes, g.rank(&m.input)).is_some_and(|a| a.same_as(&centred.axes));
+    let x_type = g.elem_type(&centred.x);
+    if !same_axes || x_type.is_none() || x_type != g.elem_type(&m.input) {
+        return false;
+    }
+    let n = g.node(m.nodes[0]);
+    m.family = Family::LayerNorm;
+    m.form = Form::CentredRms(op);
+    m.input = centred.x;
+    m.released = centred.nodes;
+    m.inv_std_output = n.output.get(1).filter(|s| !s.is_empty()).cloned();
+    row_parameters(g, m);
+    true
+}
+
 /// The recogniser: the node itself is the normalisation.
 pub fn read(c: &Canon<'_, '_>, id: NodeId) -> Option<Match> {
     let g = c.g;
@@ -80,6 +105,7 @@ pub fn read(c: &Canon<'_, '_>, id: NodeId) -> Option<Match> {
             adanorm_factor: false,
             quantised: false,
             nodes: vec![id],
+            released: vec![],
             input_casts: vec![],
             input: x.clone(),
             output: n.output.first().cloned().unwrap_or_default(),
@@ -167,6 +193,9 @@ pub fn read(c: &Canon<'_, '_>, id: NodeId) -> Option<Match> {
                 if skip { -1 } else { axis_attr },
             );
             m.scale = input(if skip { 2 } else { 1 });
+            if !skip && centred_input(c, &mut m, op) {
+                return Some(m);
+            }
             m.not_rewritable("RMSNorm has no centring: reported, left alone");
             m
         }

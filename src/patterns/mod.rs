@@ -198,6 +198,10 @@ pub struct Match {
     pub quantised: bool,
     /// The nodes it covers (what a rewrite replaces), in graph order.
     pub nodes: Vec<NodeId>,
+    /// Nodes in front of the match that it reads through but other nodes may read too (the
+    /// centring Sub and mean of [`Form::CentredRms`], which two norms can share): a rewrite
+    /// removes them once nothing but removed nodes reads them.
+    pub released: Vec<NodeId>,
     /// Those of `nodes` that are Casts or Identities in front of its input, absorbed because
     /// only it reads them: the weakest claim, given up to a match that needs them
     /// ([`find_matches`]).

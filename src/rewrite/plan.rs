@@ -11,7 +11,7 @@ use super::node::{self, OpKind, OpParams};
 use super::weights::{WeightTensor, WeightsFile};
 use super::{embed, portable, residual, Affine, Change, Options, Outcome, Target};
 use crate::error::{Error, Result};
-use crate::graph::GraphIndex;
+use crate::graph::{GraphIndex, NodeId};
 use crate::onnx::attr;
 use crate::onnx::proto::{NodeProto, TensorProto};
 use crate::patterns::{Family, Match};
@@ -98,6 +98,8 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
         call_types,
     } = all;
     let mut removed_nodes: HashSet<usize> = HashSet::new();
+    // (replacement, the nodes its match released): see `remove_released`.
+    let mut released: Vec<(usize, &Vec<NodeId>)> = Vec::new();
     // Nodes some match holds, rewritten or not: never absorbed as another norm's residual.
     let in_matches: HashSet<usize> = matches
         .iter()
@@ -489,6 +491,9 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
                 crate::graph::shapes::to_value_info(v, &facts)
             })
             .collect();
+        if !m.released.is_empty() {
+            released.push((patch.replacements.len(), &m.released));
+        }
         patch.replacements.push(Replacement {
             remove,
             insert,
@@ -499,8 +504,37 @@ fn plan_scope(g: &GraphIndex<'_>, matches: &[Match], opts: &Options, all: &mut C
             value_info,
         });
     }
-
+    remove_released(g, &released, &mut patch, &mut removed_nodes);
     patch
+}
+
+/// Nodes the rewritten matches read through but did not own (a centring two norms share) go
+/// once only removed nodes read them, each with the first replacement that released it: its
+/// record puts it back in front of every norm that read it.
+fn remove_released(
+    g: &GraphIndex<'_>,
+    released: &[(usize, &Vec<NodeId>)],
+    patch: &mut Patch,
+    removed_nodes: &mut HashSet<NodeId>,
+) {
+    loop {
+        let mut changed = false;
+        for &(replacement, nodes) in released {
+            for &id in nodes {
+                let unread = g.node(id).output.iter().filter(|o| !o.is_empty()).all(|o| {
+                    !g.is_graph_output(o)
+                        && g.consumers(o).iter().all(|r| removed_nodes.contains(r))
+                });
+                if unread && removed_nodes.insert(id) {
+                    patch.replacements[replacement].remove.push(id);
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
 }
 
 /// A parameter of shape `[1, .., 1, d...]` with more dimensions than the normalised ones

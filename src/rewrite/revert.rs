@@ -103,6 +103,15 @@ fn revert_scope(
         .map(|(i, n)| (n.name(), i))
         .collect();
     let mut patch = Patch::default();
+    // What every record of this graph restores: a record may read a value another one gives
+    // back (a centring two norms shared goes back with the first of them).
+    let restored_here: HashSet<String> = g
+        .nodes()
+        .filter(|(_, n)| !n.name().is_empty())
+        .filter_map(|(_, n)| meta.get(format!("{RECORD_PREFIX}{}", n.name()).as_str()))
+        .filter_map(|encoded| decode_record(encoded).ok())
+        .flat_map(|r| r.node.into_iter().flat_map(|n| n.output))
+        .collect();
 
     for (id, n) in g.nodes() {
         let Some(p) = OpParams::from_node(n) else {
@@ -197,6 +206,7 @@ fn revert_scope(
                         && !g.is_outer_value(v)
                         && !restored_around.contains(*v)
                         && !recorded(v)
+                        && !restored_here.contains(*v)
                         && !ours.iter().any(|(_, (o, _))| o == v)
                 })
                 .collect();

@@ -4,6 +4,7 @@
 mod common;
 mod fuzz;
 
+mod centred_rms;
 mod cli;
 mod conformance;
 mod embed_layer_norm;
