@@ -262,3 +262,44 @@ fn near_misses_stay_rms_norms() {
         assert!(!rms[0].rewritable, "{what}");
     }
 }
+
+/// The real thing: `fixtures/ort_optimised/gptneox_ort_opt`, ONNX Runtime's optimiser output for
+/// a GPT-NeoX parallel block (made by its make.py). `rewrite` leaves no contrib op, so tract runs
+/// it against ONNX Runtime's output of the original; `revert` gives every node back.
+#[test]
+fn real_optimizer_output_is_rewritten_run_in_tract_and_reverted() {
+    use adanorm_onnx::npz::read_npz;
+    use adanorm_onnx::patterns::find_matches;
+    use adanorm_onnx::runner::{compare, run};
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ort_optimised/gptneox_ort_opt");
+    let original = case.join("model.onnx");
+    let model = load_model(&original).unwrap();
+    let g = GraphIndex::build(&model).unwrap();
+    let ms = find_matches(&g);
+    assert_eq!(ms.len(), 5, "{ms:#?}");
+    assert_eq!(ms.iter().filter(|m| is_centred_layer_norm(m)).count(), 4);
+    assert!(ms.iter().all(|m| m.rewritable), "{ms:#?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let options = rewrite_options(Target::Same, Affine::Keep, None, true);
+    let outcome = plan_model(&g, &options).unwrap();
+    assert_eq!(outcome.changes.len(), 5);
+    let out = dir.path().join("rewritten.onnx");
+    save_model(&outcome.model, &out, true).unwrap();
+    let left: Vec<String> = node_signatures(&outcome.model)
+        .into_iter()
+        .filter(|s| s.starts_with("com.microsoft") || s.contains(":SimplifiedLayerNormalization:"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    for op in ["Sub", "ReduceMean"] {
+        assert_eq!(op_count(&out, op), 0, "{op}: the shared centrings go");
+    }
+    let got = run(&out, read_npz(&case.join("inputs.npz")).unwrap()).unwrap();
+    let want = read_npz(&case.join("ref_output.npz")).unwrap();
+    let diffs = compare(&want, &got);
+    assert!(!diffs.is_empty());
+    for d in diffs {
+        assert!(d.problem.is_none() && d.max_scaled <= 1e-4, "{d:?}");
+    }
+    assert_eq!(reverted_signatures(&out), node_signatures(&model.proto));
+}

@@ -2,8 +2,12 @@
 //! not take for a LayerNorm.
 
 use crate::common;
-use crate::common::{only, Builder, A, F16, F32, F64, I64};
+use crate::common::{assert_same_outputs, only, rewrite_options, Builder, A, F16, F32, F64, I64};
+use adanorm_onnx::graph::GraphIndex;
+use adanorm_onnx::onnx::{load_model, save_model};
 use adanorm_onnx::patterns::{Family, Match};
+use adanorm_onnx::rewrite::plan::plan_model;
+use adanorm_onnx::rewrite::{Affine, Target};
 
 const H: i64 = 8;
 
@@ -154,6 +158,32 @@ fn legacy_layernorm_with_affine() {
     assert_eq!(m.bias.as_deref(), Some("beta"));
     // ReduceMean, Sub, Pow (+its Constant), ReduceMean, Add (+eps Constant), Sqrt, Div, Mul, Add
     assert_eq!(m.nodes.len(), 11);
+}
+
+/// A LayerNorm of a stored table (DeBERTa-v2 normalises its relative position embeddings):
+/// every read is of the initializer, which the node reads as its input.
+#[test]
+fn layernorm_of_an_initializer_reads_it_as_input() {
+    let mut b = build_ln(&Ln::default());
+    b.inputs.clear();
+    let table: Vec<f32> = (0..6 * H).map(|i| ((i * 7 % 11) as f32) - 5.0).collect();
+    b.init("x", &[2, 3, H], &table);
+    let m = ln_ok(&Ln::default()).input;
+    assert_eq!(m, "x");
+    let found = only(b.matches());
+    assert!(found.rewritable, "{:?}", found.reason);
+    assert_eq!(found.input, "x");
+
+    let dir = tempfile::tempdir().unwrap();
+    let original = b.save(dir.path(), "m.onnx");
+    let model = load_model(&original).unwrap();
+    let g = GraphIndex::build(&model).unwrap();
+    let options = rewrite_options(Target::Same, Affine::Keep, None, false);
+    let fused = plan_model(&g, &options).unwrap();
+    assert_eq!(fused.changes.len(), 1);
+    let out = dir.path().join("fused.onnx");
+    save_model(&fused.model, &out, true).unwrap();
+    assert_same_outputs(&original, &out, &[], "a norm of a stored table, fused");
 }
 
 #[test]
