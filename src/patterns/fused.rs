@@ -4,6 +4,7 @@
 
 use adanorm_kernels::params::{attr as op_attr, OpKind, DOMAIN};
 
+use super::affine;
 use super::candidate::{Form, FusedOp};
 use super::canon::{Axes, Canon};
 use super::{Family, Match};
@@ -61,6 +62,14 @@ fn centred_input(c: &Canon<'_, '_>, m: &mut Match, op: FusedOp) -> bool {
     m.input = centred.x;
     m.released = centred.nodes;
     m.inv_std_output = n.output.get(1).filter(|s| !s.is_empty()).cloned();
+    // The optimiser writes the LayerNorm's bias as an `Add` after the node: the match's B.
+    let axes = Axes::new(&m.axes, g.rank(&m.input)).expect("checked non-empty above");
+    let tail = affine::tail(c, &m.output, &m.input, &axes, g.elem_type(&m.output), false);
+    if tail.bias.is_some() {
+        m.bias = tail.bias;
+        m.nodes.extend(tail.nodes);
+        m.output = tail.output;
+    }
     row_parameters(g, m);
     true
 }

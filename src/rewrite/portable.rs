@@ -362,7 +362,7 @@ pub fn add_portable_functions(
             [Some(t)] if *t != 11 => Some(*t),
             _ if opset < 15 => {
                 return Err(Error::msg(format!(
-                    "--portable: these ai.adanorm calls mix element types, use float64, or read a value whose element type is not known; their body then needs CastLike, opset >= 15 (the model imports {opset})"
+                    "--portable: these ai.adanorm calls mix element types, use float64, or read a value whose element type is not known; their body then needs CastLike, opset >= 15 (the model imports {opset}): leave out --portable, or convert the model to opset 15 or later first (onnx.version_converter)"
                 )))
             }
             _ => None,

@@ -31,8 +31,9 @@ enum Shape {
     SecondNotRewritable,
 }
 
-/// `x → ReduceMean → Sub → two SimplifiedLayerNormalization(·, γ_i) → Add`, or with
-/// `reference` the same with `LayerNormalization(x, γ_i, 0)` (what it computes).
+/// `x → ReduceMean → Sub → two SimplifiedLayerNormalization(·, γ_i)`, the first with `Add(β)`
+/// after it, summed; or with `reference` the same with `LayerNormalization(x, γ_i, β_i)` (what
+/// it computes).
 fn model(shape: Shape, reference: bool) -> Builder {
     let mut b = Builder::new(17);
     let x = b.input("x", F32, &[2, 3, H]);
@@ -47,11 +48,13 @@ fn model(shape: Shape, reference: bool) -> Builder {
     let g1 = b.init("g1", &[H], &g1);
     let g2 = b.init("g2", g2_dims, &g2);
     let zeros = b.init("zeros", &[H], &[0.0; H as usize]);
+    let b1: Vec<f32> = (0..H).map(|i| 0.25 * i as f32 - 1.0).collect();
+    let b1 = b.init("b1", &[H], &b1);
     let eps = || vec![("axis", A::I(-1)), ("epsilon", A::F(EPS))];
     let (y1, y2);
     let mut centred = None;
     if reference {
-        y1 = b.op("LayerNormalization", &[&x, &g1, &zeros], eps());
+        y1 = b.op("LayerNormalization", &[&x, &g1, &b1], eps());
         // LayerNormalization broadcasts a [3, H] gain over [2, 3, H] as the Simplified op does.
         y2 = b.op("LayerNormalization", &[&x, &g2, &zeros], eps());
         if shape == Shape::CentredReadElsewhere {
@@ -69,7 +72,9 @@ fn model(shape: Shape, reference: bool) -> Builder {
             vec![("axes", A::Is(vec![-1])), ("keepdims", A::I(1))],
         );
         let c = b.op("Sub", &[&x, &mean], vec![]);
-        y1 = b.op("SimplifiedLayerNormalization", &[&c, &g1], eps());
+        // The first norm's bias as the optimiser writes it: an Add after the node.
+        let n1 = b.op("SimplifiedLayerNormalization", &[&c, &g1], eps());
+        y1 = b.op("Add", &[&n1, &b1], vec![]);
         y2 = b.op("SimplifiedLayerNormalization", &[&c, &g2], eps());
         centred = Some(c);
     }
@@ -132,8 +137,10 @@ fn both_norms_of_a_shared_centring_are_layer_norms_and_the_centring_goes_with_th
         assert!(is_centred_layer_norm(m) && m.rewritable, "{m:#?}");
         assert_eq!(m.input, "x", "the norm reads x, not the centred value");
         assert!((m.epsilon - EPS as f64).abs() < 1e-12 && m.eps_in_sqrt && !m.unbiased);
-        assert!(m.scale.is_some() && m.bias.is_none());
     }
+    let params = |m: &Match| (m.scale.clone(), m.bias.clone());
+    assert_eq!(params(&ms[0]), (Some("g1".into()), Some("b1".into())));
+    assert_eq!(params(&ms[1]), (Some("g2".into()), None));
 
     let dir = tempfile::tempdir().unwrap();
     let original = model(Shape::Shared, false).save(dir.path(), "m.onnx");
@@ -277,7 +284,15 @@ fn real_optimizer_output_is_rewritten_run_in_tract_and_reverted() {
     let g = GraphIndex::build(&model).unwrap();
     let ms = find_matches(&g);
     assert_eq!(ms.len(), 5, "{ms:#?}");
-    assert_eq!(ms.iter().filter(|m| is_centred_layer_norm(m)).count(), 4);
+    let centred: Vec<&Match> = ms.iter().filter(|m| is_centred_layer_norm(m)).collect();
+    assert_eq!(centred.len(), 4);
+    // Each with its gain, and its bias from the Add the optimiser wrote after it.
+    assert!(
+        centred
+            .iter()
+            .all(|m| m.scale.is_some() && m.bias.is_some()),
+        "{centred:#?}"
+    );
     assert!(ms.iter().all(|m| m.rewritable), "{ms:#?}");
 
     let dir = tempfile::tempdir().unwrap();
