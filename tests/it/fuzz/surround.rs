@@ -143,7 +143,11 @@ pub fn generate(seed: u64) -> Case {
                 may_add_inputs: true,
             };
             let (form, miss) = grammar::draw(&mut c.rng, &env);
-            if c.rng.chance(0.05) {
+            // ONNX Runtime's own forms, one case in twenty (a second draw picks which).
+            let ort_form = c.rng.chance(0.05);
+            if ort_form && c.rng.chance(0.5) {
+                centred_simplified(&mut c, &mut main, &x)
+            } else if ort_form {
                 // ONNX Runtime's fusion with its residual Add, in the com.microsoft domain.
                 extra_opsets.push(("com.microsoft", 1));
                 let gm = c.vector(&mut main, "skip_gamma", t, 1.0);
@@ -306,6 +310,53 @@ pub fn generate(seed: u64) -> Case {
         mutated,
         half: c.t == F16,
     }
+}
+
+/// ONNX Runtime's optimiser's form of two LayerNorms of one input: one centring
+/// `Sub(x, ReduceMean(x))` read by `SimplifiedLayerNormalization` nodes, the bias an `Add` after
+/// the node. Now and then a second norm on the same centring, and the centred value read
+/// elsewhere (then it must stay). The original runs in ONNX Runtime only: the Python judge
+/// compares the rewrites there.
+fn centred_simplified(c: &mut Ctx, main: &mut G, x: &str) -> (String, Option<String>, Form) {
+    let t = c.t;
+    let mean = if c.opset >= 18 {
+        let axes = main.constant(I64, &[1], &[-1.0]);
+        main.op("ReduceMean", &[x, &axes], vec![("keepdims", A::I(1))])
+    } else {
+        main.op(
+            "ReduceMean",
+            &[x],
+            vec![("axes", A::Is(vec![-1])), ("keepdims", A::I(1))],
+        )
+    };
+    let centred = main.op("Sub", &[x, &mean], vec![]);
+    let norm = |main: &mut G, gamma: &str| {
+        main.op(
+            "SimplifiedLayerNormalization",
+            &[&centred, gamma],
+            vec![("axis", A::I(-1)), ("epsilon", A::F(1e-5))],
+        )
+    };
+    let gm = c.vector(main, "simplified_gamma", t, 1.0);
+    let mut y = norm(main, &gm);
+    let mut label = String::from("SimplifiedLayerNormalization of a centred input");
+    if c.rng.chance(0.6) {
+        let be = c.vector(main, "simplified_beta", t, 0.0);
+        y = main.op("Add", &[&y, &be], vec![]);
+        label.push_str(", its bias an Add after");
+    }
+    if c.rng.chance(0.5) {
+        let g2 = c.vector(main, "simplified_gamma2", t, 1.0);
+        let y2 = norm(main, &g2);
+        c.outs.push((y2, t));
+        label.push_str(", a second norm on the same centring");
+    }
+    if c.rng.chance(0.2) {
+        c.outs.push((centred.clone(), t));
+        label.push_str(", the centred value read on");
+    }
+    c.desc.push(label);
+    (y, Some(gm), Form::Fused)
 }
 
 /// X: a graph input, possibly through a Linear, a Transpose, an embedding Gather and a Cast to
