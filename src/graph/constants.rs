@@ -76,8 +76,13 @@ impl<'m> Constants<'m> {
                 .iter()
                 .filter(|i| !i.is_empty())
                 .all(|i| self.is_constant(g, i)),
-            // Scalar arithmetic: constant exactly when it folds (see `compute`).
-            Some((_, n)) if is_scalar_arithmetic(n) || n.op_type() == "Size" => {
+            // Scalar arithmetic: constant exactly when it folds (see `compute`); likewise a
+            // quantised one-element constant (ONNX Runtime's QDQ of an ε `Constant` node).
+            Some((_, n))
+                if is_scalar_arithmetic(n)
+                    || n.op_type() == "Size"
+                    || (n.op_type() == "QuantizeLinear" && crate::onnx::is_standard(n)) =>
+            {
                 self.value(g, name).is_some()
             }
             _ => false,
@@ -139,6 +144,15 @@ impl<'m> Constants<'m> {
                     None => 0.0,
                 };
                 dequantized(&q, &scale, zero)
+            }
+            "QuantizeLinear" => {
+                let x = self.value_of_input(g, node, 0, depth)?;
+                let scale = self.value_of_input(g, node, 1, depth)?;
+                let zero = match node.input.get(2).filter(|z| !z.is_empty()) {
+                    Some(_) => Some(self.value_of_input(g, node, 2, depth)?),
+                    None => None,
+                };
+                quantized(node, &x, &scale, zero.as_ref())
             }
             _ if is_scalar_arithmetic(node) => {
                 let a = self.value_of_input(g, node, 0, depth)?;
@@ -286,6 +300,46 @@ fn scalar_arithmetic(op: &str, a: &ConstValue, b: &ConstValue) -> Option<ConstVa
 /// `(q − zero) · scale` for a one-element quantised constant with a per-tensor scale, in the
 /// scale's type (what ONNX Runtime computes; `DequantizeLinear` of a larger tensor is a
 /// parameter, never decoded).
+/// `QuantizeLinear` of a one-element float constant as ONNX Runtime computes it: `x / scale` in
+/// float32, rounded half to even, plus the zero point, saturated to the integer type (the zero
+/// point's, else `output_dtype`, else uint8).
+fn quantized(
+    node: &NodeProto,
+    x: &ConstValue,
+    scale: &ConstValue,
+    zero: Option<&ConstValue>,
+) -> Option<ConstValue> {
+    if !x.is_float() || !scale.is_float() {
+        return None;
+    }
+    let to = match zero {
+        Some(z) => z.elem_type,
+        None => attr::int(node, "output_dtype")
+            .map(|t| t as i32)
+            .filter(|&t| t != 0)
+            .unwrap_or(dtype::UINT8),
+    };
+    let (lo, hi) = match to {
+        dtype::INT8 => (-128.0, 127.0),
+        dtype::UINT8 => (0.0, 255.0),
+        dtype::INT16 => (-32768.0, 32767.0),
+        dtype::UINT16 => (0.0, 65535.0),
+        _ => return None,
+    };
+    let zp = zero.map_or(Some(0.0), ConstValue::scalar_f64)? as f32;
+    let (x, s) = (x.scalar_f64()? as f32, scale.scalar_f64()? as f32);
+    let q = ((x / s).round_ties_even() + zp).clamp(lo, hi);
+    if !q.is_finite() {
+        return None;
+    }
+    Some(ConstValue {
+        elem_type: to,
+        dims: vec![],
+        floats: None,
+        ints: Some(vec![q as i64]),
+    })
+}
+
 fn dequantized(q: &ConstValue, scale: &ConstValue, zero: f64) -> Option<ConstValue> {
     let q_dims = &q.dims;
     let (q, s) = (q.scalar_f64()?, scale.scalar_f64()?);

@@ -298,3 +298,58 @@ fn epsilon_gain_and_bias_read_through_dequantize_linear() {
         Some(b.nodes[b.nodes.len() - 3].output[0].as_str())
     );
 }
+
+/// ONNX Runtime's static quantiser on an export whose ε is a `Constant` node (torch at opset 14)
+/// writes ε as `DequantizeLinear(QuantizeLinear(Constant))`: the matcher folds both as ONNX
+/// Runtime computes them (`x / scale` in float32, rounded half to even, plus the zero point,
+/// saturated) and finds the norm, quantised. The same with an ε the quantiser's range cannot
+/// hold saturates, and with no zero point the quantised value is uint8.
+#[test]
+fn epsilon_quantised_from_a_constant_node_folds_as_onnx_runtime_computes_it() {
+    // (ε, scale, zero point (int8) or none (uint8), the ε ONNX Runtime reads back)
+    let cases: [(f32, f32, Option<f64>, f64); 4] = [
+        // 1e-5 / 3.92e-8 = 255.0 → 255 − 128 = 127 → (127 + 128) · scale.
+        (
+            1e-5,
+            3.921_568_6e-8,
+            Some(-128.0),
+            (255.0 * 3.921_568_6e-8_f32) as f64,
+        ),
+        // 2.5 → 2 (half to even).
+        (2.5, 1.0, Some(0.0), 2.0),
+        // 1000 saturates at 127.
+        (1000.0, 1.0, Some(0.0), 127.0),
+        // uint8: 3.5 → 4 (half to even).
+        (3.5, 1.0, None, 4.0),
+    ];
+    for (eps, scale, zero, want) in cases {
+        let mut b = Builder::new(14);
+        let x = b.input("x", F32, &[2, 3, H]);
+        let m = mean(&mut b, &x);
+        let d = b.op("Sub", &[&x, &m], vec![]);
+        let sq = b.op("Mul", &[&d, &d], vec![]);
+        let v = mean(&mut b, &sq);
+        let v = qdq(&mut b, &v);
+        let e = b.constant(eps);
+        let s = b.constant(scale);
+        let mut q_in = vec![e.clone(), s.clone()];
+        if let Some(z) = zero {
+            q_in.push(b.constant_typed(I8, &[], &[z]));
+        }
+        let q_refs: Vec<&str> = q_in.iter().map(String::as_str).collect();
+        let q = b.op("QuantizeLinear", &q_refs, vec![]);
+        let mut dq_in = vec![q.as_str(), s.as_str()];
+        if zero.is_some() {
+            dq_in.push(q_refs[2]);
+        }
+        let eps_dq = b.op("DequantizeLinear", &dq_in, vec![]);
+        let ve = b.op("Add", &[&v, &eps_dq], vec![]);
+        let root = b.op("Sqrt", &[&ve], vec![]);
+        let y = b.op("Div", &[&d, &root], vec![]);
+        b.node_named("consumer", "Relu", &[&y], &["out"], vec![]);
+        b.output("out", F32);
+        let m = only(b.matches());
+        assert!(m.quantised && !m.rewritable, "ε {eps}: {m:#?}");
+        assert_eq!(m.epsilon, want as f32 as f64, "ε {eps}");
+    }
+}
