@@ -42,7 +42,7 @@ fn every_zoo_model_matches_its_ground_truth_exactly() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 54, "all zoo models were inspected");
+    assert_eq!(checked, 55, "all zoo models were inspected");
 }
 
 fn all(ms: &[Match], pred: impl Fn(&Match) -> bool) -> bool {
@@ -464,6 +464,14 @@ fn qdq_quantised_layernorms_are_found_and_not_rewritable() {
             4,
             "four roundings inside: {reason}"
         );
+    }
+    // Quantised without quant_pre_process: ε is DequantizeLinear(QuantizeLinear(Constant)),
+    // 1e-12 rounded to int8 on the quantiser's scale and read back.
+    let ms = inspect("bert_qdq_static_noprep_legacy_op14");
+    assert_eq!(ms.len(), 5);
+    for m in &ms {
+        assert!(!m.rewritable && m.quantised, "{m:#?}");
+        assert!((m.epsilon - 1e-12).abs() < 1e-14, "{}", m.epsilon);
     }
     // QDQ around a fused LayerNormalization, and dynamic quantisation (DynamicQuantizeLinear
     // after the norm): the norms themselves are exact and rewritable.
