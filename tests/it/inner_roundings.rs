@@ -264,10 +264,9 @@ fn a_qdq_quantised_layernorm_is_found_and_reported_not_rewritable() {
     );
 }
 
-#[test]
-fn epsilon_gain_and_bias_read_through_dequantize_linear() {
-    // QDQ stores ε, γ and β as int8 constants behind DequantizeLinear: ε = (127 − (−128)) ·
-    // 3.92e-15 as ONNX Runtime computes it in float32.
+/// A float32 norm's start as the static quantiser leaves it: the centred input `d` and the
+/// variance `v` after a QDQ round trip; ε, the root and the rest are the caller's.
+fn quantised_variance() -> (Builder, String, String) {
     let mut b = Builder::new(14);
     let x = b.input("x", F32, &[2, 3, H]);
     let m = mean(&mut b, &x);
@@ -275,6 +274,14 @@ fn epsilon_gain_and_bias_read_through_dequantize_linear() {
     let sq = b.op("Mul", &[&d, &d], vec![]);
     let v = mean(&mut b, &sq);
     let v = qdq(&mut b, &v);
+    (b, d, v)
+}
+
+#[test]
+fn epsilon_gain_and_bias_read_through_dequantize_linear() {
+    // QDQ stores ε, γ and β as int8 constants behind DequantizeLinear: ε = (127 − (−128)) ·
+    // 3.92e-15 as ONNX Runtime computes it in float32.
+    let (mut b, d, v) = quantised_variance();
     let eps_q = b.init_typed("eps_q", I8, &[], &[127.0]);
     let eps_s = b.init("eps_scale", &[], &[3.921_568_6e-15]);
     let eps_z = b.init_typed("eps_zero", I8, &[], &[-128.0]);
@@ -323,13 +330,7 @@ fn epsilon_quantised_from_a_constant_node_folds_as_onnx_runtime_computes_it() {
         (3.5, 1.0, None, 4.0),
     ];
     for (eps, scale, zero, want) in cases {
-        let mut b = Builder::new(14);
-        let x = b.input("x", F32, &[2, 3, H]);
-        let m = mean(&mut b, &x);
-        let d = b.op("Sub", &[&x, &m], vec![]);
-        let sq = b.op("Mul", &[&d, &d], vec![]);
-        let v = mean(&mut b, &sq);
-        let v = qdq(&mut b, &v);
+        let (mut b, d, v) = quantised_variance();
         let e = b.constant(eps);
         let s = b.constant(scale);
         let mut q_in = vec![e.clone(), s.clone()];
