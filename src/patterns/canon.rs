@@ -789,28 +789,39 @@ impl<'g, 'm> Canon<'g, 'm> {
     }
 }
 
-/// `value` holds `fill` only: a constant, `ConstantOfShape` of that value, or `Expand` of a
-/// one-value constant, to any shape. Returns the nodes computing it, with the shape arithmetic
-/// behind the shape where there is some (helpers of the match).
-pub fn filled_with(c: &Canon<'_, '_>, value: &str, fill: f64) -> Option<Vec<NodeId>> {
+/// `value` holds one number everywhere: a constant of equal values, `ConstantOfShape`, or
+/// `Expand` of a one-value constant, to any shape. Returns the number and the nodes computing
+/// it, with the shape arithmetic behind the shape where there is some (helpers of the match).
+pub fn uniform_fill(c: &Canon<'_, '_>, value: &str) -> Option<(f64, Vec<NodeId>)> {
+    let same = |a: f64, b: f64| a == b || (a.is_nan() && b.is_nan());
     if let Some(v) = c.g.constant(value) {
-        let all = v.floats.as_ref()?.iter().all(|&f| f == fill);
-        return all.then(Vec::new);
+        let floats = v.floats.as_ref()?;
+        let first = *floats.first()?;
+        return floats
+            .iter()
+            .all(|&f| same(f, first))
+            .then(|| (first, Vec::new()));
     }
-    let (id, shape) = if let Some((id, n)) = c.op(value, "ConstantOfShape") {
+    let (held, id, shape) = if let Some((id, n)) = c.op(value, "ConstantOfShape") {
         // No `value` attribute: float zeros.
         let held = match attr::tensor(n, "value") {
             Some(t) => decode(c.g.model, t).ok().flatten()?.scalar_f64()?,
             None => 0.0,
         };
-        (held == fill).then_some((id, n.input.first()?))?
+        (held, id, n.input.first()?)
     } else {
         let (id, expand) = c.op(value, "Expand")?;
-        (c.scalar(expand.input.first()?)? == fill).then_some((id, expand.input.get(1)?))?
+        (c.scalar(expand.input.first()?)?, id, expand.input.get(1)?)
     };
     let mut nodes = vec![id];
     nodes.extend(shape_arithmetic(c, shape, 0).unwrap_or_default());
-    Some(nodes)
+    Some((held, nodes))
+}
+
+/// `value` holds `fill` only ([`uniform_fill`]); the nodes computing it.
+pub fn filled_with(c: &Canon<'_, '_>, value: &str, fill: f64) -> Option<Vec<NodeId>> {
+    let (held, nodes) = uniform_fill(c, value)?;
+    (held == fill).then_some(nodes)
 }
 
 /// The nodes computing `value` from tensor shapes and constants only (`Shape`, casts, slices,

@@ -1554,6 +1554,12 @@ fn variance_clamped_at_zero_is_the_variance() {
 /// jax.numpy's variance: `ReduceSumSquare(x - mean) / (N - ddof)` with the divisor
 /// `Sub(N, Cast(ddof))` and the guard `Where(Greater(divisor, 0), var, NaN)`.
 fn jnp_variance(ddof: i64, n: f32, cond_from_input: bool) -> Vec<Match> {
+    jnp_variance_nan(ddof, n, cond_from_input, false)
+}
+
+/// The same; with `spread`, the NaN `Expand`ed to the variance's shape read by `Shape`, as
+/// Keras 3 on JAX writes it through jax2onnx.
+fn jnp_variance_nan(ddof: i64, n: f32, cond_from_input: bool, spread: bool) -> Vec<Match> {
     let mut b = Builder::new(14);
     let x = b.input("x", F32, &[2, H]);
     let m = mean(&mut b, &x, &[-1], 14, None);
@@ -1571,7 +1577,13 @@ fn jnp_variance(ddof: i64, n: f32, cond_from_input: bool) -> Vec<Match> {
         let zero = b.constant(0.0);
         b.op("Greater", &[&divisor, &zero], vec![])
     };
-    let nan = b.init("nan", &[2, 1], &[f32::NAN; 2]);
+    let nan = if spread {
+        let one_nan = b.constant(f32::NAN);
+        let shape = b.op("Shape", &[&var], vec![]);
+        b.op("Expand", &[&one_nan, &shape], vec![])
+    } else {
+        b.init("nan", &[2, 1], &[f32::NAN; 2])
+    };
     let guarded = b.op("Where", &[&cond, &var, &nan], vec![]);
     let e = b.constant(1e-5);
     let ve = b.op("Add", &[&guarded, &e], vec![]);
@@ -1601,6 +1613,12 @@ fn jnp_var_and_std_through_reduce_sum_square() {
     assert!(jnp_variance(0, (H + 1) as f32, false).is_empty());
     // A guard whose condition depends on an input is a real choice, not a guard.
     assert!(jnp_variance(0, H as f32, true).is_empty());
+    // The NaN spread by Expand over Shape(var): its nodes are the match's helpers, not a
+    // second input (was "reads its input through several different casts").
+    let spread = only(jnp_variance_nan(0, H as f32, false, true));
+    assert!(spread.rewritable, "{:?}", spread.reason);
+    assert_eq!(spread.input, "x");
+    assert_eq!(spread.nodes, (0..19).collect::<Vec<_>>(), "{spread:?}");
 }
 
 /// A bias spelled out to the full shape by `Expand` is the bias when the expansion repeats

@@ -5,7 +5,7 @@
 use crate::graph::NodeId;
 use crate::onnx::attr;
 use crate::onnx::proto::NodeProto;
-use crate::patterns::canon::{operands, Axes, Canon, Divisor};
+use crate::patterns::canon::{operands, uniform_fill, Axes, Canon, Divisor};
 use crate::patterns::keepdims;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,8 +187,18 @@ fn constant_and_other<'a>(
 fn variance(c: &Canon<'_, '_>, value: &str) -> Option<Stats> {
     let (v, mut core) = c.origin(value);
     let (v, guards) = strip_guards(c, &v);
-    core.extend(guards);
     let mut aux = Vec::new();
+    // The branch an all-true `Where` guard never takes, when it is a fill (jax2onnx's NaN
+    // spread to the variance's shape): helpers, not a second input.
+    for &id in &guards {
+        let n = c.g.node(id);
+        if n.op_type() == "Where" {
+            if let Some((_, fill)) = n.input.get(2).and_then(|o| uniform_fill(c, o)) {
+                aux.extend(fill);
+            }
+        }
+    }
+    core.extend(guards);
 
     // The dynamo exporter reduces the variance without keepdims and gives the dimensions back
     // before the Sqrt (see `keepdims`).
