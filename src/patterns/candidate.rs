@@ -84,7 +84,7 @@ impl fmt::Display for Form {
             Form::Decomposed => f.write_str("decomposed"),
             Form::MomentDifference => f.write_str("decomposed, E[x²]−E[x]²"),
             Form::DecomposedAdaNorm => f.write_str("decomposed AdaNorm"),
-            Form::KerasFoldedAffine => f.write_str("Keras (tf2onnx), folded affine"),
+            Form::KerasFoldedAffine => f.write_str("Keras, folded affine (tf2onnx, jax2onnx)"),
             Form::DecomposedRmsNorm => f.write_str("decomposed RMSNorm"),
             Form::KerasBatchNorm => f.write_str("Keras fused (tf2onnx BatchNormalization)"),
             Form::InstanceNorm => {

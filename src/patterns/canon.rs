@@ -106,6 +106,8 @@ pub struct Centred {
     pub axes: Axes,
     /// The Sub, the mean, and any casts crossed.
     pub nodes: Vec<NodeId>,
+    /// Rows whose elements are all equal get exactly 0 ([`Canon::constant_row_guarded`]).
+    pub constant_row_guard: bool,
 }
 
 /// Whether every value of float type `from` is exactly a value of float type `to` (mantissa
@@ -737,8 +739,73 @@ impl<'g, 'm> Canon<'g, 'm> {
 
     /// `value` (through casts) is `Sub(x, mean(x))` with the mean over `x` itself.
     pub fn centred(&self, value: &str) -> Option<Centred> {
-        let (v, mut nodes) = self.origin(value);
-        let (sub_id, sub) = self.op(&v, "Sub")?;
+        let (v, nodes) = self.origin(value);
+        if let Some(mut guarded) = self.constant_row_guarded(&v) {
+            guarded.nodes.extend(nodes);
+            return Some(guarded);
+        }
+        self.centred_at(&v, nodes)
+    }
+
+    /// `Where(constant_row, 0, x − mean(x))`, the centring jax2onnx writes for Flax's
+    /// `use_fast_variance=False`: a row whose elements are all equal (`ReduceMin(x) ==
+    /// ReduceMax(x)` over the same axes) and whose mean is finite (`mean − mean == 0`) is
+    /// centred to exactly 0. One fused node computes `x − mean` there, which rounding of the
+    /// mean can make non-zero: the match is a LayerNorm its recogniser reports, not rewritable.
+    pub fn constant_row_guarded(&self, value: &str) -> Option<Centred> {
+        let (where_id, w) = self.op(value, "Where")?;
+        let (cond, zero, inner) = (w.input.first()?, w.input.get(1)?, w.input.get(2)?);
+        let fill = filled_with(self, zero, 0.0)?;
+        let (inner, crossed) = self.origin(inner);
+        let mut cen = self.centred_at(&inner, crossed)?;
+        let (and_id, and) = self.op(cond, "And")?;
+        let (a, b) = operands(and)?;
+        let mut tests = Vec::new();
+        for side in [a, b] {
+            let (id, eq) = self.op(side, "Equal")?;
+            let (l, r) = operands(eq)?;
+            tests.push(id);
+            if let Some(extrema) = self.equal_extrema(l, r, &cen) {
+                tests.extend(extrema);
+            } else {
+                tests.extend(self.finite_test(l, r)?);
+            }
+        }
+        cen.nodes.extend([where_id, and_id]);
+        cen.nodes.extend(tests);
+        cen.nodes.extend(fill);
+        cen.constant_row_guard = true;
+        Some(cen)
+    }
+
+    /// `ReduceMin(x)` and `ReduceMax(x)` (either order), both over `cen`'s axes keeping them.
+    fn equal_extrema(&self, l: &str, r: &str, cen: &Centred) -> Option<Vec<NodeId>> {
+        let reduced = |v: &str, op: &str| -> Option<NodeId> {
+            let (id, n) = self.op(v, op)?;
+            let kept = attr::int(n, "keepdims").unwrap_or(1) == 1;
+            let axes = Axes::new(&self.listed_axes(n)?, self.g.rank(n.input.first()?))?;
+            let (x, _) = self.origin(n.input.first()?);
+            (kept && x == cen.x && axes.same_as(&cen.axes)).then_some(id)
+        };
+        let pair =
+            |lo: &str, hi: &str| Some(vec![reduced(lo, "ReduceMin")?, reduced(hi, "ReduceMax")?]);
+        pair(l, r).or_else(|| pair(r, l))
+    }
+
+    /// `Sub(m, m) == 0` (either order): true exactly where `m` is finite.
+    fn finite_test(&self, l: &str, r: &str) -> Option<Vec<NodeId>> {
+        let test = |d: &str, zero: &str| -> Option<Vec<NodeId>> {
+            (self.scalar(zero)? == 0.0).then_some(())?;
+            let (id, sub) = self.op(d, "Sub")?;
+            let (p, q) = operands(sub)?;
+            (p == q).then(|| vec![id])
+        };
+        test(l, r).or_else(|| test(r, l))
+    }
+
+    /// `Sub(x, mean(x))` at `v` (reached through the `crossed` copies).
+    fn centred_at(&self, v: &str, mut nodes: Vec<NodeId>) -> Option<Centred> {
+        let (sub_id, sub) = self.op(v, "Sub")?;
         let (mean_value, x_value) = (sub.input.get(1)?, sub.input.first()?);
         let mean = self.mean_of(mean_value)?;
         let (x, _) = self.origin(x_value);
@@ -752,6 +819,7 @@ impl<'g, 'm> Canon<'g, 'm> {
             x,
             axes: mean.axes,
             nodes,
+            constant_row_guard: false,
         })
     }
 

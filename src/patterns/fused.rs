@@ -57,6 +57,9 @@ fn centred_input(c: &Canon<'_, '_>, m: &mut Match, op: FusedOp) -> bool {
         return false;
     }
     let n = g.node(m.nodes[0]);
+    if centred.constant_row_guard {
+        m.not_rewritable(super::decomposed::CONSTANT_ROW_GUARD);
+    }
     m.family = Family::LayerNorm;
     m.form = Form::CentredRms(op);
     m.input = centred.x;

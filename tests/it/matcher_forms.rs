@@ -1979,3 +1979,61 @@ fn with_the_input_rank_unknown_a_gain_with_leading_ones_is_not_the_scale() {
     assert_eq!(gained(&[H]).scale.as_deref(), Some("gamma"));
     assert_ne!(gained(&[1, 1, 1, H]).scale.as_deref(), Some("gamma"));
 }
+
+/// jax2onnx's centring for Flax `use_fast_variance=False`: `Where(ReduceMin(x) == ReduceMax(x)
+/// and mean − mean == 0, 0, x − mean)` zeroes constant rows exactly. Found as the LayerNorm it
+/// is, and not rewritten: one fused node's `x − mean` is not exactly 0 there. With extrema
+/// over other axes it is no constant-row test, and no LayerNorm.
+fn constant_row_guarded_ln(extrema_axes: &[i64]) -> Vec<Match> {
+    let mut b = Builder::new(14);
+    let x = b.input("x", F32, &[2, 3, H]);
+    let m = mean(&mut b, &x, &[-1], 14, None);
+    let d = b.op("Sub", &[&x, &m], vec![]);
+    let reduce = |b: &mut Builder, op: &str| {
+        b.op(
+            op,
+            &[&x],
+            vec![
+                ("axes", A::Is(extrema_axes.to_vec())),
+                ("keepdims", A::I(1)),
+            ],
+        )
+    };
+    let lo = reduce(&mut b, "ReduceMin");
+    let hi = reduce(&mut b, "ReduceMax");
+    let equal_extrema = b.op("Equal", &[&lo, &hi], vec![]);
+    let delta = b.op("Sub", &[&m, &m], vec![]);
+    let zero = b.constant(0.0);
+    let finite = b.op("Equal", &[&delta, &zero], vec![]);
+    let constant_row = b.op("And", &[&equal_extrema, &finite], vec![]);
+    let stable = b.op("Where", &[&constant_row, &zero, &d], vec![]);
+    let sq = b.op("Mul", &[&stable, &stable], vec![]);
+    let v = mean(&mut b, &sq, &[-1], 14, None);
+    let e = b.constant(1e-6);
+    let ve = b.op("Add", &[&v, &e], vec![]);
+    let s = b.op("Sqrt", &[&ve], vec![]);
+    let y = b.op("Div", &[&stable, &s], vec![]);
+    b.node_named("consumer", "Relu", &[&y], &["out"], vec![]);
+    b.output("out", F32);
+    b.matches()
+}
+
+#[test]
+fn jax2onnx_constant_row_guard_is_a_layernorm_left_as_it_is() {
+    let m = only(constant_row_guarded_ln(&[-1]));
+    assert_eq!(m.family, Family::LayerNorm, "{m:#?}");
+    assert_eq!(m.input, "x");
+    assert!(!m.rewritable);
+    assert!(
+        m.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("constant-row guard")),
+        "{:?}",
+        m.reason
+    );
+    let other_axes = constant_row_guarded_ln(&[1]);
+    assert!(
+        other_axes.iter().all(|m| m.family != Family::LayerNorm),
+        "{other_axes:#?}"
+    );
+}

@@ -19,6 +19,10 @@ pub fn read(c: &Canon<'_, '_>, root: NodeId) -> Option<Candidate> {
     let n = normalisation(c, &stats)?;
     let mut core = stats.core;
     core.extend(n.core);
+    let mut problems = n.problems;
+    if stats.form == VarianceForm::TwoPassConstantRowGuard {
+        problems.push(CONSTANT_ROW_GUARD.into());
+    }
     Some(Candidate {
         family: n.family,
         form: n.form,
@@ -37,9 +41,12 @@ pub fn read(c: &Canon<'_, '_>, root: NodeId) -> Option<Candidate> {
         bias: n.bias,
         c: n.c,
         k: n.k,
-        problems: n.problems,
+        problems,
     })
 }
+
+/// Why a norm with jax2onnx's constant-row guard is not rewritten.
+pub const CONSTANT_ROW_GUARD: &str = "it centres rows whose elements are all equal to exactly 0 (jax2onnx's constant-row guard); one fused node computes x − mean there, which the rounding of the mean can make non-zero";
 
 /// What the normalisation layer read after the statistics.
 #[derive(Debug)]
@@ -91,10 +98,13 @@ fn family_of(s: &Stats) -> Family {
     }
 }
 
-/// The centring nodes when `v` is `x - mean(x)` for this statistics' `x` and axes.
+/// The centring nodes when `v` is `x - mean(x)` for this statistics' `x` and axes, guarded for
+/// constant rows exactly when the variance's centring is.
 fn centred_here(c: &Canon<'_, '_>, s: &Stats, v: &str) -> Option<Vec<NodeId>> {
     let cen = c.centred(v)?;
-    (cen.x == s.x && cen.axes.same_as(&s.axes)).then_some(cen.nodes)
+    let guarded = s.form == VarianceForm::TwoPassConstantRowGuard;
+    (cen.x == s.x && cen.axes.same_as(&s.axes) && cen.constant_row_guard == guarded)
+        .then_some(cen.nodes)
 }
 
 /// The standard `op` nodes with two operands that read `v`.

@@ -12,6 +12,8 @@ use crate::patterns::keepdims;
 pub enum VarianceForm {
     /// `mean((x - mean x)²)`
     TwoPass,
+    /// `mean(d²)` of a centring that sets constant rows to 0 ([`Canon::constant_row_guarded`]).
+    TwoPassConstantRowGuard,
     /// `mean(x²) - mean(x)²`
     MomentDifference,
     /// `mean(x²)`: no centring (RMSNorm).
@@ -378,7 +380,12 @@ fn variance_of_mean(
             return None;
         }
         nodes.extend(cen.nodes);
-        return Some((cen.x, mean.axes, VarianceForm::TwoPass, nodes, kept));
+        let form = if cen.constant_row_guard {
+            VarianceForm::TwoPassConstantRowGuard
+        } else {
+            VarianceForm::TwoPass
+        };
+        return Some((cen.x, mean.axes, form, nodes, kept));
     }
     // Casts in front of x are the caller's to judge (they may be shared).
     let (x, _) = c.origin(&squared);
