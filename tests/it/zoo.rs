@@ -42,7 +42,7 @@ fn every_zoo_model_matches_its_ground_truth_exactly() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 56, "all zoo models were inspected");
+    assert_eq!(checked, 57, "all zoo models were inspected");
 }
 
 fn all(ms: &[Match], pred: impl Fn(&Match) -> bool) -> bool {
@@ -514,4 +514,17 @@ fn ir_version_3_legacy_exports_read_their_initializer_inputs_as_constants() {
             .count();
         assert_eq!((affine, bare), (4, 1), "{name}");
     }
+}
+
+#[test]
+fn deberta_normalises_its_relative_position_table_read_as_the_input() {
+    // DeBERTa-v2's encoder LayerNorm reads the stored relative-embedding table itself.
+    let ms = inspect("deberta_v2_legacy_op14");
+    assert_eq!(ms.len(), 6);
+    assert!(ms.iter().all(|m| m.rewritable), "{ms:#?}");
+    let table: Vec<&Match> = ms
+        .iter()
+        .filter(|m| m.input.ends_with("rel_embeddings.weight"))
+        .collect();
+    assert_eq!(table.len(), 1, "{ms:#?}");
 }
