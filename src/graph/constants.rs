@@ -297,9 +297,6 @@ fn scalar_arithmetic(op: &str, a: &ConstValue, b: &ConstValue) -> Option<ConstVa
     Some(out)
 }
 
-/// `(q − zero) · scale` for a one-element quantised constant with a per-tensor scale, in the
-/// scale's type (what ONNX Runtime computes; `DequantizeLinear` of a larger tensor is a
-/// parameter, never decoded).
 /// `QuantizeLinear` of a one-element float constant as ONNX Runtime computes it: `x / scale` in
 /// float32, rounded half to even, plus the zero point, saturated to the integer type (the zero
 /// point's, else `output_dtype`, else uint8).
@@ -340,6 +337,9 @@ fn quantized(
     })
 }
 
+/// `(q − zero) · scale` for a one-element quantised constant with a per-tensor scale, in the
+/// scale's type (what ONNX Runtime computes; `DequantizeLinear` of a larger tensor is a
+/// parameter, never decoded).
 fn dequantized(q: &ConstValue, scale: &ConstValue, zero: f64) -> Option<ConstValue> {
     let q_dims = &q.dims;
     let (q, s) = (q.scalar_f64()?, scale.scalar_f64()?);

@@ -50,10 +50,15 @@ fn centred_input(c: &Canon<'_, '_>, m: &mut Match, op: FusedOp) -> bool {
     let Some(centred) = c.centred(&m.input) else {
         return false;
     };
-    let same_axes = !m.axes.is_empty()
-        && Axes::new(&m.axes, g.rank(&m.input)).is_some_and(|a| a.same_as(&centred.axes));
+    let axes = match m.axes.is_empty() {
+        true => None,
+        false => Axes::new(&m.axes, g.rank(&m.input)),
+    };
+    let Some(axes) = axes.filter(|a| a.same_as(&centred.axes)) else {
+        return false;
+    };
     let x_type = g.elem_type(&centred.x);
-    if !same_axes || x_type.is_none() || x_type != g.elem_type(&m.input) {
+    if x_type.is_none() || x_type != g.elem_type(&m.input) {
         return false;
     }
     let n = g.node(m.nodes[0]);
@@ -66,7 +71,6 @@ fn centred_input(c: &Canon<'_, '_>, m: &mut Match, op: FusedOp) -> bool {
     m.released = centred.nodes;
     m.inv_std_output = n.output.get(1).filter(|s| !s.is_empty()).cloned();
     // The optimiser writes the LayerNorm's bias as an `Add` after the node: the match's B.
-    let axes = Axes::new(&m.axes, g.rank(&m.input)).expect("checked non-empty above");
     let tail = affine::tail(c, &m.output, &m.input, &axes, g.elem_type(&m.output), false);
     if tail.bias.is_some() {
         m.bias = tail.bias;

@@ -103,14 +103,20 @@ fn revert_scope(
         .map(|(i, n)| (n.name(), i))
         .collect();
     let mut patch = Patch::default();
-    // What every record of this graph restores: a record may read a value another one gives
-    // back (a centring two norms shared goes back with the first of them).
-    let restored_here: HashSet<String> = g
+    // Every record of this graph's ai.adanorm nodes, decoded once: a record may read a value
+    // another one gives back (a centring two norms shared goes back with the first of them).
+    let mut records: HashMap<usize, Result<GraphProto>> = g
         .nodes()
-        .filter(|(_, n)| !n.name().is_empty())
-        .filter_map(|(_, n)| meta.get(format!("{RECORD_PREFIX}{}", n.name()).as_str()))
-        .filter_map(|encoded| decode_record(encoded).ok())
-        .flat_map(|r| r.node.into_iter().flat_map(|n| n.output))
+        .filter(|(_, n)| OpParams::from_node(n).is_some() && !n.name().is_empty())
+        .filter_map(|(id, n)| {
+            let encoded = meta.get(format!("{RECORD_PREFIX}{}", n.name()).as_str())?;
+            Some((id, decode_record(encoded)))
+        })
+        .collect();
+    let restored_here: HashSet<String> = records
+        .values()
+        .filter_map(|r| r.as_ref().ok())
+        .flat_map(|r| r.node.iter().flat_map(|n| n.output.iter().cloned()))
         .collect();
 
     for (id, n) in g.nodes() {
@@ -119,12 +125,9 @@ fn revert_scope(
         };
         let label = g.label(id);
         let key = format!("{RECORD_PREFIX}{}", n.name());
-        let (insert, remove, how) = if let Some(encoded) =
-            meta.get(key.as_str()).filter(|_| !n.name().is_empty())
-        {
+        let (insert, remove, how) = if let Some(decoded) = records.remove(&id) {
             used_keys.push(key.clone());
-            let record =
-                decode_record(encoded).map_err(|e| e.at_node(&label).in_file(&g.model.path))?;
+            let record = decoded.map_err(|e| e.at_node(&label).in_file(&g.model.path))?;
             // Input listings of the initializers it removed (IR < 4) go back to their places.
             let places: Vec<usize> = record
                 .metadata_props
