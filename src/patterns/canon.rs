@@ -760,17 +760,22 @@ impl<'g, 'm> Canon<'g, 'm> {
         let mut cen = self.centred_at(&inner, crossed)?;
         let (and_id, and) = self.op(cond, "And")?;
         let (a, b) = operands(and)?;
-        let mut tests = Vec::new();
-        for side in [a, b] {
+        // One side compares the row's extrema, the other tests the mean for finiteness.
+        let test = |side: &str, extrema: bool| -> Option<Vec<NodeId>> {
             let (id, eq) = self.op(side, "Equal")?;
             let (l, r) = operands(eq)?;
-            tests.push(id);
-            if let Some(extrema) = self.equal_extrema(l, r, &cen) {
-                tests.extend(extrema);
-            } else {
-                tests.extend(self.finite_test(l, r)?);
-            }
-        }
+            let mut nodes = match extrema {
+                true => self.equal_extrema(l, r, &cen)?,
+                false => self.finite_test(l, r)?,
+            };
+            nodes.push(id);
+            Some(nodes)
+        };
+        let tests = [(a, b), (b, a)].into_iter().find_map(|(e, f)| {
+            let mut nodes = test(e, true)?;
+            nodes.extend(test(f, false)?);
+            Some(nodes)
+        })?;
         cen.nodes.extend([where_id, and_id]);
         cen.nodes.extend(tests);
         cen.nodes.extend(fill);

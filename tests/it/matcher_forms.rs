@@ -1985,6 +1985,12 @@ fn with_the_input_rank_unknown_a_gain_with_leading_ones_is_not_the_scale() {
 /// is, and not rewritten: one fused node's `x − mean` is not exactly 0 there. With extrema
 /// over other axes it is no constant-row test, and no LayerNorm.
 fn constant_row_guarded_ln(extrema_axes: &[i64]) -> Vec<Match> {
+    constant_row_guarded_ln_with(extrema_axes, true)
+}
+
+/// The same; without `extrema`, both sides of the `And` are the finiteness test, which zeroes
+/// every finite row: no constant-row guard, and no LayerNorm.
+fn constant_row_guarded_ln_with(extrema_axes: &[i64], extrema: bool) -> Vec<Match> {
     let mut b = Builder::new(14);
     let x = b.input("x", F32, &[2, 3, H]);
     let m = mean(&mut b, &x, &[-1], 14, None);
@@ -2005,7 +2011,12 @@ fn constant_row_guarded_ln(extrema_axes: &[i64]) -> Vec<Match> {
     let delta = b.op("Sub", &[&m, &m], vec![]);
     let zero = b.constant(0.0);
     let finite = b.op("Equal", &[&delta, &zero], vec![]);
-    let constant_row = b.op("And", &[&equal_extrema, &finite], vec![]);
+    let first = if extrema {
+        equal_extrema
+    } else {
+        finite.clone()
+    };
+    let constant_row = b.op("And", &[&first, &finite], vec![]);
     let stable = b.op("Where", &[&constant_row, &zero, &d], vec![]);
     let sq = b.op("Mul", &[&stable, &stable], vec![]);
     let v = mean(&mut b, &sq, &[-1], 14, None);
@@ -2035,5 +2046,10 @@ fn jax2onnx_constant_row_guard_is_a_layernorm_left_as_it_is() {
     assert!(
         other_axes.iter().all(|m| m.family != Family::LayerNorm),
         "{other_axes:#?}"
+    );
+    let no_extrema = constant_row_guarded_ln_with(&[-1], false);
+    assert!(
+        no_extrema.iter().all(|m| m.family != Family::LayerNorm),
+        "{no_extrema:#?}"
     );
 }
